@@ -1,0 +1,59 @@
+//! The boundary between the pipeline and the compute kernels. The pipeline
+//! talks to a [`Backend`]; only the backends know about rayon or wgpu.
+
+use anyhow::Result;
+
+use crate::graph::{ReceptiveField, TileGraph};
+use crate::model::Model;
+
+pub mod cpu;
+
+/// Node activations after one stage of the model.
+#[derive(Debug, Clone, Default)]
+pub struct Activations {
+    /// `[n_tx, width]` transcript activations.
+    pub tx: Vec<f32>,
+    /// `[n_bd, width]` nucleus activations.
+    pub bd: Vec<f32>,
+}
+
+/// Result of a forward pass over one tile.
+#[derive(Debug, Clone, Default)]
+pub struct Embeddings {
+    /// `[n_tx, dim]` final transcript embeddings.
+    pub z_tx: Vec<f32>,
+    /// `[n_bd, dim]` final nucleus embeddings.
+    pub z_bd: Vec<f32>,
+    /// Width of z (H·C_out).
+    pub dim: usize,
+    /// When requested: activations after the input stage (index 0) and after
+    /// every GATv2 layer (1..=L). Empty otherwise.
+    pub layers: Vec<Activations>,
+}
+
+/// Best candidate nucleus per transcript.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BestMatches {
+    /// Best score; meaningful only where `index` ≥ 0 (0 otherwise).
+    pub score: Vec<f32>,
+    /// Index of the best nucleus, −1 when the transcript has no candidate.
+    pub index: Vec<i32>,
+}
+
+/// A compute engine able to run the Segger model and scoring on one tile.
+pub trait Backend {
+    /// Human-readable name, with the adapter for GPU backends.
+    fn describe(&self) -> String;
+
+    /// Runs the model over `graph`. With `keep_layers`, also returns every
+    /// intermediate activation (for parity checks).
+    fn forward(
+        &mut self,
+        model: &Model,
+        graph: &TileGraph,
+        keep_layers: bool,
+    ) -> Result<Embeddings>;
+
+    /// Scores every transcript against its receptive field.
+    fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches>;
+}

@@ -1,0 +1,91 @@
+//! Twin of `shaders/gatv2.wgsl`: one GATv2 aggregation per destination and
+//! head, fused — attention logits, online softmax, weighted sum of messages,
+//! bias and optional ReLU — with no per-edge temporaries.
+
+use rayon::prelude::*;
+
+use crate::graph::Csr;
+
+/// PyG's softmax adds this to the denominator.
+pub const SOFTMAX_EPS: f32 = 1e-16;
+/// GATv2's leaky ReLU slope.
+pub const NEGATIVE_SLOPE: f32 = 0.2;
+
+/// Per-layer constants of one aggregation.
+#[derive(Clone, Copy)]
+pub struct Gat<'a> {
+    /// Heads H.
+    pub heads: usize,
+    /// Channels per head C.
+    pub channels: usize,
+    /// Attention vector `[H·C]`.
+    pub att: &'a [f32],
+    /// Output bias `[H·C]`.
+    pub bias: &'a [f32],
+    /// Apply ReLU to the output.
+    pub relu: bool,
+}
+
+#[inline(always)]
+fn leaky_relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        v * NEGATIVE_SLOPE
+    }
+}
+
+/// One invocation: destination `dst`, head `head`. `xl` is `[n_src, H·C]`
+/// (messages), `xr` is `[n_dst, H·C]`; writes the head's C outputs to `out`.
+#[inline]
+pub fn gatv2_at(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    dst: usize,
+    head: usize,
+    out: &mut [f32],
+) {
+    let hc = gat.heads * gat.channels;
+    let base = head * gat.channels;
+    let xr_row = &xr[dst * hc + base..dst * hc + base + gat.channels];
+    let att = &gat.att[base..base + gat.channels];
+    // Running maximum starts at the lowest finite float: the first edge's
+    // rescale factor exp(f32::MIN - logit) is exactly zero, as the shader's.
+    let mut running_max = f32::MIN;
+    let mut denom = 0.0f32;
+    out.fill(0.0);
+    for e in csr.offsets[dst] as usize..csr.offsets[dst + 1] as usize {
+        let src = csr.sources[e] as usize;
+        let xl_row = &xl[src * hc + base..src * hc + base + gat.channels];
+        let mut logit = 0.0f32;
+        for c in 0..gat.channels {
+            logit += att[c] * leaky_relu(xl_row[c] + xr_row[c]);
+        }
+        let new_max = running_max.max(logit);
+        let rescale = (running_max - new_max).exp();
+        let weight = (logit - new_max).exp();
+        denom = denom * rescale + weight;
+        for c in 0..gat.channels {
+            out[c] = out[c] * rescale + weight * xl_row[c];
+        }
+        running_max = new_max;
+    }
+    for c in 0..gat.channels {
+        let v = out[c] / (denom + SOFTMAX_EPS) + gat.bias[base + c];
+        out[c] = if gat.relu { v.max(0.0) } else { v };
+    }
+}
+
+/// `out[d, :]` for every destination of `csr`; `out` is `[n_dst, H·C]`.
+pub fn gatv2(gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, out: &mut [f32]) {
+    let hc = gat.heads * gat.channels;
+    assert_eq!(out.len(), csr.n_dst() * hc);
+    assert_eq!(xr.len(), csr.n_dst() * hc);
+    out.par_chunks_mut(hc).enumerate().for_each(|(dst, row)| {
+        for (head, head_out) in row.chunks_mut(gat.channels).enumerate() {
+            gatv2_at(gat, xl, xr, csr, dst, head, head_out);
+        }
+    });
+}

@@ -1,0 +1,11 @@
+//! CPU twins of the WGSL kernels in `shaders/`. Each function here computes
+//! what one shader invocation computes, in the same reduction order, so the
+//! CPU backend and the GPU backend can be compared value by value.
+
+pub mod embed;
+pub mod gatv2;
+pub mod linear;
+pub mod score;
+
+/// Rows handed to one rayon task: large enough to amortise scheduling.
+pub(crate) const ROWS_PER_TASK: usize = 256;

@@ -1,0 +1,370 @@
+//! The Segger model (SPEC §6–7): weights read from a seggpu safetensors file,
+//! architecture derived from tensor shapes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::tensorfile::{TensorFile, TensorFileError};
+
+/// The value of `seggpu.format` this version reads.
+pub const FORMAT: &str = "segger-hetero/1";
+
+/// Number of nucleus shape features (area, convexity, elongation, circularity).
+pub const BD_FEATURES: usize = 4;
+
+/// A problem with a weights file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The file could not be read, is not safetensors, or a tensor is missing or misshapen.
+    #[error(transparent)]
+    File(#[from] TensorFileError),
+    /// The vocabulary lists more genes than the embedding has rows.
+    #[error("{path}: the vocabulary (seggpu.genes) has {genes} genes but tx_embedding.tx.weight has only {rows} rows")]
+    VocabularyTooLong {
+        /// File path.
+        path: PathBuf,
+        /// Number of genes in the metadata.
+        genes: usize,
+        /// Rows of the embedding table.
+        rows: usize,
+    },
+    /// A metadata entry is missing or malformed.
+    #[error("{path}: metadata `{key}`: {reason}")]
+    Metadata {
+        /// File path.
+        path: PathBuf,
+        /// Metadata key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Sizes of a Segger model, read from tensor shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Architecture {
+    /// Embedding rows (vocabulary capacity) V.
+    pub vocab: usize,
+    /// Initial embedding size E.
+    pub emb: usize,
+    /// Attention heads H.
+    pub heads: usize,
+    /// Channels per head of the hidden layers.
+    pub hidden: usize,
+    /// Channels per head of the last layer.
+    pub out: usize,
+    /// Number of middle layers M.
+    pub mid_layers: usize,
+}
+
+impl Architecture {
+    /// Width of the final embeddings z (H·C_out).
+    pub fn z_dim(&self) -> usize {
+        self.heads * self.out
+    }
+
+    /// Number of GATv2 layers (first, mid, last).
+    pub fn layers(&self) -> usize {
+        self.mid_layers + 2
+    }
+}
+
+/// How nucleus features are computed for this model (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BdFeatureMode {
+    /// Area, convexity, elongation, circularity.
+    Props,
+    /// All four features zero (segger_dev after April 2025).
+    Zeros,
+}
+
+/// Weights of one GATv2Conv for one edge type. Linear weights are stored
+/// transposed, `[in, H·C]`, so the kernels stream them row by row.
+#[derive(Debug, Clone)]
+pub struct GatWeights {
+    /// Input width.
+    pub in_dim: usize,
+    /// Heads H.
+    pub heads: usize,
+    /// Channels per head C.
+    pub channels: usize,
+    /// lin_l weight, transposed `[in, H·C]`.
+    pub lin_l_wt: Vec<f32>,
+    /// lin_l bias `[H·C]`.
+    pub lin_l_b: Vec<f32>,
+    /// lin_r weight, transposed `[in, H·C]`.
+    pub lin_r_wt: Vec<f32>,
+    /// lin_r bias `[H·C]`.
+    pub lin_r_b: Vec<f32>,
+    /// Attention vector `[H·C]`.
+    pub att: Vec<f32>,
+    /// Output bias `[H·C]`.
+    pub bias: Vec<f32>,
+}
+
+impl GatWeights {
+    /// Output width H·C.
+    pub fn out_dim(&self) -> usize {
+        self.heads * self.channels
+    }
+}
+
+/// One heterogeneous layer: tx→tx neighbours and tx→bd belongs.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Prefix in the weights file (`conv_first`, `conv_mid_layers.0`, …).
+    pub name: String,
+    /// The `tx__neighbors__tx` convolution.
+    pub neighbors: GatWeights,
+    /// The `tx__belongs__bd` convolution.
+    pub belongs: GatWeights,
+    /// Whether ReLU follows this layer (all but the last).
+    pub relu: bool,
+}
+
+/// A loaded Segger model with its vocabulary and provenance.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Sizes.
+    pub arch: Architecture,
+    /// Gene names in token order.
+    pub genes: Vec<String>,
+    /// Nucleus feature mode.
+    pub bd_features: BdFeatureMode,
+    /// Optional defaults the model was trained for (`seggpu.defaults`).
+    pub defaults: Option<serde_json::Value>,
+    /// sha256 of the file bytes, hex.
+    pub sha256: String,
+    /// Storage dtype of the embedding table (F32, F16, BF16).
+    pub dtype: String,
+    /// `tx_embedding.tx.weight` `[V, E]`.
+    pub tx_embedding: Vec<f32>,
+    /// `lin0.bd.weight` transposed, `[4, E]`.
+    pub lin0_bd_wt: Vec<f32>,
+    /// GATv2 layers in order.
+    pub layers: Vec<Layer>,
+}
+
+fn transpose(rows: usize, cols: usize, m: &[f32]) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+struct Reader<'a> {
+    file: &'a TensorFile,
+}
+
+impl Reader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TensorFileError> {
+        let (found, values) = self.file.f32(name)?;
+        if found != shape {
+            return Err(self.file.wrong_shape(name, &found, format!("{shape:?}")));
+        }
+        Ok(values)
+    }
+
+    fn att_shape(&self, name: &str) -> Result<(usize, usize), TensorFileError> {
+        let (shape, _) = self.file.info(name)?;
+        match shape[..] {
+            [1, h, c] if h > 0 && c > 0 => Ok((h, c)),
+            _ => Err(self
+                .file
+                .wrong_shape(name, &shape, "[1, heads, channels]".into())),
+        }
+    }
+
+    fn gat(
+        &self,
+        prefix: &str,
+        in_dim: usize,
+        heads: usize,
+        channels: usize,
+    ) -> Result<GatWeights, TensorFileError> {
+        let hc = heads * channels;
+        let lin_l = self.tensor(&format!("{prefix}.lin_l.weight"), &[hc, in_dim])?;
+        let lin_r = self.tensor(&format!("{prefix}.lin_r.weight"), &[hc, in_dim])?;
+        Ok(GatWeights {
+            in_dim,
+            heads,
+            channels,
+            lin_l_wt: transpose(hc, in_dim, &lin_l),
+            lin_l_b: self.tensor(&format!("{prefix}.lin_l.bias"), &[hc])?,
+            lin_r_wt: transpose(hc, in_dim, &lin_r),
+            lin_r_b: self.tensor(&format!("{prefix}.lin_r.bias"), &[hc])?,
+            att: self.tensor(&format!("{prefix}.att"), &[1, heads, channels])?,
+            bias: self.tensor(&format!("{prefix}.bias"), &[hc])?,
+        })
+    }
+
+    fn layer(
+        &self,
+        name: &str,
+        in_dim: usize,
+        heads: usize,
+        channels: usize,
+        relu: bool,
+    ) -> Result<Layer, TensorFileError> {
+        Ok(Layer {
+            name: name.to_owned(),
+            neighbors: self.gat(
+                &format!("{name}.tx__neighbors__tx"),
+                in_dim,
+                heads,
+                channels,
+            )?,
+            belongs: self.gat(&format!("{name}.tx__belongs__bd"), in_dim, heads, channels)?,
+            relu,
+        })
+    }
+}
+
+impl Model {
+    /// Reads a seggpu weights file.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        Self::from_file(&TensorFile::open(path)?)
+    }
+
+    /// Builds the model from an opened tensor file.
+    pub fn from_file(file: &TensorFile) -> Result<Self, ModelError> {
+        let path = file.path().to_path_buf();
+        let meta = file.metadata();
+        let metadata_error = |key: &str, reason: String| ModelError::Metadata {
+            path: path.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        if let Some(format) = meta.get("seggpu.format") {
+            if format != FORMAT {
+                return Err(metadata_error(
+                    "seggpu.format",
+                    format!("is `{format}`, this version reads `{FORMAT}`"),
+                ));
+            }
+        }
+        let genes_json = meta.get("seggpu.genes").ok_or_else(|| {
+            metadata_error(
+                "seggpu.genes",
+                "missing (a JSON array of gene names in token order is required)".into(),
+            )
+        })?;
+        let genes: Vec<String> = serde_json::from_str(genes_json).map_err(|e| {
+            metadata_error("seggpu.genes", format!("not a JSON array of strings: {e}"))
+        })?;
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = genes.iter().find(|g| !seen.insert(g.as_str())) {
+            return Err(metadata_error(
+                "seggpu.genes",
+                format!("gene `{dup}` appears twice"),
+            ));
+        }
+        let bd_features = match meta.get("seggpu.bd_features").map(String::as_str) {
+            None | Some("props") => BdFeatureMode::Props,
+            Some("zeros") => BdFeatureMode::Zeros,
+            Some(other) => {
+                return Err(metadata_error(
+                    "seggpu.bd_features",
+                    format!("is `{other}`, expected `props` or `zeros`"),
+                ))
+            }
+        };
+        let defaults = match meta.get("seggpu.defaults") {
+            None => None,
+            Some(text) => Some(
+                serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .filter(serde_json::Value::is_object)
+                    .ok_or_else(|| metadata_error("seggpu.defaults", "not a JSON object".into()))?,
+            ),
+        };
+
+        let reader = Reader { file };
+        let emb_name = "tx_embedding.tx.weight";
+        let (emb_shape, dtype) = file.info(emb_name)?;
+        let [vocab, emb] = emb_shape[..] else {
+            return Err(file
+                .wrong_shape(emb_name, &emb_shape, "[vocab, emb]".into())
+                .into());
+        };
+        if genes.len() > vocab {
+            return Err(ModelError::VocabularyTooLong {
+                path,
+                genes: genes.len(),
+                rows: vocab,
+            });
+        }
+        let tx_embedding = reader.tensor(emb_name, &[vocab, emb])?;
+        let lin0 = reader.tensor("lin0.bd.weight", &[emb, BD_FEATURES])?;
+
+        let (heads, hidden) = reader.att_shape("conv_first.tx__neighbors__tx.att")?;
+        let (last_heads, out) = reader.att_shape("conv_last.tx__neighbors__tx.att")?;
+        if last_heads != heads {
+            return Err(file
+                .wrong_shape(
+                    "conv_last.tx__neighbors__tx.att",
+                    &[1, last_heads, out],
+                    format!("[1, {heads}, C] (same heads as conv_first)"),
+                )
+                .into());
+        }
+        let mid_layers = file
+            .names()
+            .iter()
+            .filter_map(|n| n.strip_prefix("conv_mid_layers."))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .map(|i| i + 1)
+            .max()
+            .unwrap_or(0);
+
+        let hidden_width = heads * hidden;
+        let mut layers = vec![reader.layer("conv_first", emb, heads, hidden, true)?];
+        for i in 0..mid_layers {
+            let name = format!("conv_mid_layers.{i}");
+            layers.push(reader.layer(&name, hidden_width, heads, hidden, true)?);
+        }
+        layers.push(reader.layer("conv_last", hidden_width, heads, out, false)?);
+
+        Ok(Model {
+            arch: Architecture {
+                vocab,
+                emb,
+                heads,
+                hidden,
+                out,
+                mid_layers,
+            },
+            genes,
+            bd_features,
+            defaults,
+            sha256: hex_sha256(file.bytes()),
+            dtype,
+            tx_embedding,
+            lin0_bd_wt: transpose(emb, BD_FEATURES, &lin0),
+            layers,
+        })
+    }
+
+    /// Token id of each gene name, for building a lookup.
+    pub fn gene_index(&self) -> std::collections::HashMap<&str, u32> {
+        self.genes
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.as_str(), i as u32))
+            .collect()
+    }
+}
+
+/// Lower-case hex sha256 of bytes.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
