@@ -9,4 +9,5 @@ pub mod cli;
 pub mod graph;
 pub mod kernels;
 pub mod model;
+pub mod synthetic;
 pub mod tensorfile;

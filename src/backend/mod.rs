@@ -7,6 +7,7 @@ use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
 
 pub mod cpu;
+pub mod gpu;
 
 /// Node activations after one stage of the model.
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,8 @@
 //! Per-tile graphs (SPEC §5): the tx–tx neighbour and tx→bd belongs edges the
 //! model passes messages over, and the receptive field used for scoring.
 
+pub mod knn;
+
 use anyhow::{bail, Result};
 
 use crate::model::BD_FEATURES;
@@ -190,4 +192,42 @@ fn read_edges(file: &TensorFile, name: &str, n_src: usize, n_dst: usize) -> Resu
         n_dst,
         src.iter().zip(dst).map(|(&s, &d)| (s as u32, d as u32)),
     ))
+}
+
+impl TileGraph {
+    /// The graph as tensors in the `seggpu forward` input format.
+    pub fn to_tensors(&self) -> Vec<(String, crate::tensorfile::OwnedTensor)> {
+        use crate::tensorfile::OwnedTensor;
+        let edge_index = |csr: &Csr| {
+            let mut src = Vec::with_capacity(csr.n_edges());
+            let mut dst = Vec::with_capacity(csr.n_edges());
+            for d in 0..csr.n_dst() {
+                for &s in &csr.sources[csr.offsets[d] as usize..csr.offsets[d + 1] as usize] {
+                    src.push(s as i64);
+                    dst.push(d as i64);
+                }
+            }
+            let n = src.len();
+            src.extend(dst);
+            OwnedTensor::i64(vec![2, n], &src)
+        };
+        let tokens: Vec<i64> = self.tx_token.iter().map(|&t| t as i64).collect();
+        let mut tensors = vec![
+            ("tx_token".to_owned(), OwnedTensor::i64(vec![self.n_tx()], &tokens)),
+            (
+                "bd_x".to_owned(),
+                OwnedTensor::f32(vec![self.n_bd(), BD_FEATURES], &self.bd_x),
+            ),
+            ("edge_tx_tx".to_owned(), edge_index(&self.neighbors)),
+            ("edge_tx_bd".to_owned(), edge_index(&self.belongs)),
+        ];
+        if let Some(rf) = &self.receptive_field {
+            let index: Vec<i64> = rf.index.iter().map(|&i| i as i64).collect();
+            tensors.push((
+                "rf_index".to_owned(),
+                OwnedTensor::i64(vec![self.n_tx(), rf.k], &index),
+            ));
+        }
+        tensors
+    }
 }

@@ -35,8 +35,14 @@ fn leaky_relu(v: f32) -> f32 {
     }
 }
 
+/// Edges whose logits one invocation computes together: their sums are
+/// independent, so they pipeline, and the softmax rescales once per batch.
+pub const EDGE_BATCH: usize = 8;
+
 /// One invocation: destination `dst`, head `head`. `xl` is `[n_src, H·C]`
 /// (messages), `xr` is `[n_dst, H·C]`; writes the head's C outputs to `out`.
+/// Incoming edges are taken in batches of [`EDGE_BATCH`]: logits of a batch
+/// (each summed over c in increasing order), then one online-softmax step.
 #[inline]
 pub fn gatv2_at(
     gat: &Gat,
@@ -51,26 +57,46 @@ pub fn gatv2_at(
     let base = head * gat.channels;
     let xr_row = &xr[dst * hc + base..dst * hc + base + gat.channels];
     let att = &gat.att[base..base + gat.channels];
-    // Running maximum starts at the lowest finite float: the first edge's
-    // rescale factor exp(f32::MIN - logit) is exactly zero, as the shader's.
+    let edge_begin = csr.offsets[dst] as usize;
+    let edge_end = csr.offsets[dst + 1] as usize;
+    // The running maximum starts at the lowest finite float, as in the shader
+    // (WGSL has no infinity literal); the first batch always raises it.
     let mut running_max = f32::MIN;
     let mut denom = 0.0f32;
     out.fill(0.0);
-    for e in csr.offsets[dst] as usize..csr.offsets[dst + 1] as usize {
-        let src = csr.sources[e] as usize;
-        let xl_row = &xl[src * hc + base..src * hc + base + gat.channels];
-        let mut logit = 0.0f32;
+    let mut batch_begin = edge_begin;
+    while batch_begin < edge_end {
+        let batch_len = EDGE_BATCH.min(edge_end - batch_begin);
+        let mut logits = [0.0f32; EDGE_BATCH];
         for c in 0..gat.channels {
-            logit += att[c] * leaky_relu(xl_row[c] + xr_row[c]);
+            for b in 0..batch_len {
+                let src = csr.sources[batch_begin + b] as usize;
+                let message = xl[src * hc + base + c];
+                logits[b] += att[c] * leaky_relu(message + xr_row[c]);
+            }
         }
-        let new_max = running_max.max(logit);
-        let rescale = (running_max - new_max).exp();
-        let weight = (logit - new_max).exp();
-        denom = denom * rescale + weight;
-        for c in 0..gat.channels {
-            out[c] = out[c] * rescale + weight * xl_row[c];
+        let mut new_max = running_max;
+        for &logit in &logits[..batch_len] {
+            new_max = new_max.max(logit);
         }
-        running_max = new_max;
+        if new_max > running_max {
+            let rescale = (running_max - new_max).exp();
+            denom *= rescale;
+            for value in out.iter_mut() {
+                *value *= rescale;
+            }
+            running_max = new_max;
+        }
+        for b in 0..batch_len {
+            let src = csr.sources[batch_begin + b] as usize;
+            let weight = (logits[b] - running_max).exp();
+            denom += weight;
+            let message = &xl[src * hc + base..src * hc + base + gat.channels];
+            for c in 0..gat.channels {
+                out[c] += weight * message[c];
+            }
+        }
+        batch_begin += batch_len;
     }
     for c in 0..gat.channels {
         let v = out[c] / (denom + SOFTMAX_EPS) + gat.bias[base + c];

@@ -1,7 +1,7 @@
 //! Twin of `shaders/linear.wgsl`: `y[r, o] = Σ_k x[row(r), k] · wt[k, o] + b[o]`,
 //! optionally followed by ReLU. The sum runs over k from 0 upwards in one f32
-//! accumulator that starts at zero; the bias is added after the sum — the
-//! order the shader uses. Rows may be gathered through an index list.
+//! accumulator that starts at zero, each step a fused multiply-add; the bias
+//! is added after the sum — the order and rounding the shader uses. Rows may be gathered through an index list.
 
 use rayon::prelude::*;
 
@@ -42,7 +42,7 @@ impl Linear<'_> {
     pub fn at(&self, x_row: &[f32], o: usize) -> f32 {
         let mut acc = 0.0f32;
         for k in 0..self.in_dim {
-            acc += x_row[k] * self.wt[k * self.out_dim + o];
+            acc = x_row[k].mul_add(self.wt[k * self.out_dim + o], acc);
         }
         self.finish(acc, o)
     }
@@ -51,7 +51,7 @@ impl Linear<'_> {
 /// Output columns one register block covers.
 const COLS: usize = 16;
 /// Rows one register block covers.
-const ROWS: usize = 4;
+const ROWS: usize = 6;
 
 /// `out = linear(x[rows])`: `x` is `[n_in, in_dim]`; `rows` selects (and
 /// orders) the input rows, or all rows when `None`; `out` is `[n_out, out_dim]`.
@@ -80,74 +80,89 @@ fn run_block<'x>(
     block: &mut [f32],
     input_row: &(dyn Fn(usize) -> &'x [f32] + Sync),
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        unsafe { run_block_avx2(layer, first, block, input_row) };
-        return;
-    }
-    run_block_portable(layer, first, block, input_row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn run_block_avx2<'x>(
-    layer: &Linear,
-    first: usize,
-    block: &mut [f32],
-    input_row: &(dyn Fn(usize) -> &'x [f32] + Sync),
-) {
-    run_block_portable(layer, first, block, input_row);
-}
-
-/// Register-blocked evaluation of `Linear::at` for a block of rows: the same
-/// sums in the same order, several outputs at a time so the compiler can
-/// vectorise across output columns.
-#[inline(always)]
-fn run_block_portable<'x>(
-    layer: &Linear,
-    first: usize,
-    block: &mut [f32],
-    input_row: &(dyn Fn(usize) -> &'x [f32] + Sync),
-) {
     let (in_dim, out_dim) = (layer.in_dim, layer.out_dim);
     let n_rows = block.len() / out_dim;
+    #[cfg(target_arch = "x86_64")]
+    let fma = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let mut r = 0;
     while r < n_rows {
         let rows_here = ROWS.min(n_rows - r);
         let inputs: [&[f32]; ROWS] =
-            std::array::from_fn(|i| input_row(first + r + i.min(rows_here - 1)));
+            std::array::from_fn(|i| &input_row(first + r + i.min(rows_here - 1))[..in_dim]);
         let mut o0 = 0;
-        while o0 < out_dim {
-            if o0 + COLS <= out_dim {
-                let mut acc = [[0.0f32; COLS]; ROWS];
-                for k in 0..in_dim {
-                    let w: &[f32; COLS] = layer.wt[k * out_dim + o0..k * out_dim + o0 + COLS]
-                        .try_into()
-                        .expect("COLS-wide slice");
-                    for (acc_row, input) in acc.iter_mut().zip(&inputs) {
-                        let xv = input[k];
-                        for c in 0..COLS {
-                            acc_row[c] += xv * w[c];
-                        }
-                    }
-                }
-                for (i, acc_row) in acc.iter().enumerate().take(rows_here) {
-                    let out_row = &mut block[(r + i) * out_dim..(r + i + 1) * out_dim];
-                    for c in 0..COLS {
-                        out_row[o0 + c] = layer.finish(acc_row[c], o0 + c);
-                    }
-                }
-                o0 += COLS;
+        while o0 + COLS <= out_dim {
+            let mut acc = [[0.0f32; COLS]; ROWS];
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: AVX2 and FMA are present (checked above); the
+                // kernel reads `inputs[i][..in_dim]` and `wt[k * out_dim + o0..][..COLS]`
+                // for k < in_dim, all in bounds since o0 + COLS <= out_dim.
+                unsafe { tile_fma_x86(layer.wt, out_dim, o0, &inputs, &mut acc) };
             } else {
-                for (i, input) in inputs.iter().enumerate().take(rows_here) {
-                    for o in o0..out_dim {
-                        block[(r + i) * out_dim + o] = layer.at(input, o);
-                    }
+                tile_portable(layer.wt, out_dim, o0, &inputs, &mut acc);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            tile_portable(layer.wt, out_dim, o0, &inputs, &mut acc);
+            for (i, acc_row) in acc.iter().enumerate().take(rows_here) {
+                let out_row = &mut block[(r + i) * out_dim..(r + i + 1) * out_dim];
+                for c in 0..COLS {
+                    out_row[o0 + c] = layer.finish(acc_row[c], o0 + c);
                 }
-                o0 = out_dim;
+            }
+            o0 += COLS;
+        }
+        for (i, input) in inputs.iter().enumerate().take(rows_here) {
+            for o in o0..out_dim {
+                block[(r + i) * out_dim + o] = layer.at(input, o);
             }
         }
         r += rows_here;
+    }
+}
+
+/// `acc[i][c] = Σ_k fma(inputs[i][k], wt[k, o0 + c])`, k increasing.
+fn tile_portable(
+    wt: &[f32],
+    out_dim: usize,
+    o0: usize,
+    inputs: &[&[f32]; ROWS],
+    acc: &mut [[f32; COLS]; ROWS],
+) {
+    for k in 0..inputs[0].len() {
+        let w = &wt[k * out_dim + o0..k * out_dim + o0 + COLS];
+        for (acc_row, input) in acc.iter_mut().zip(inputs) {
+            for c in 0..COLS {
+                acc_row[c] = input[k].mul_add(w[c], acc_row[c]);
+            }
+        }
+    }
+}
+
+/// `tile_portable` with AVX2 registers: 6 rows × 16 columns of accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_fma_x86(
+    wt: &[f32],
+    out_dim: usize,
+    o0: usize,
+    inputs: &[&[f32]; ROWS],
+    acc: &mut [[f32; COLS]; ROWS],
+) {
+    use std::arch::x86_64::*;
+    let mut regs = [[_mm256_setzero_ps(); 2]; ROWS];
+    let in_dim = inputs[0].len();
+    let w_ptr = wt.as_ptr().add(o0);
+    for k in 0..in_dim {
+        let w0 = _mm256_loadu_ps(w_ptr.add(k * out_dim));
+        let w1 = _mm256_loadu_ps(w_ptr.add(k * out_dim + 8));
+        for i in 0..ROWS {
+            let x = _mm256_set1_ps(*inputs[i].get_unchecked(k));
+            regs[i][0] = _mm256_fmadd_ps(x, w0, regs[i][0]);
+            regs[i][1] = _mm256_fmadd_ps(x, w1, regs[i][1]);
+        }
+    }
+    for i in 0..ROWS {
+        _mm256_storeu_ps(acc[i].as_mut_ptr(), regs[i][0]);
+        _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), regs[i][1]);
     }
 }

@@ -16,6 +16,9 @@ pub fn score_of(dot: f32) -> f32 {
     }
 }
 
+/// Receptive-field slots scored together.
+pub const SLOT_BATCH: usize = 8;
+
 /// One invocation: transcript `tx`. Returns `(best score, best nucleus)`;
 /// ties go to the lower nucleus index; `(0.0, -1)` when there is no candidate.
 #[inline]
@@ -29,21 +32,31 @@ pub fn best_at(
     let tx_row = &z_tx[tx * dim..(tx + 1) * dim];
     let mut best_score = -1.0f32;
     let mut best_index = -1i32;
-    for slot in 0..rf.k {
-        let nucleus = rf.index[tx * rf.k + slot];
-        if nucleus < 0 {
-            continue;
-        }
-        let bd_row = &z_bd[nucleus as usize * dim..(nucleus as usize + 1) * dim];
-        let mut dot = 0.0f32;
+    // Candidates are scored in batches so their dot products (each summed
+    // over c in increasing order) pipeline; the shader batches the same way.
+    let mut batch_begin = 0;
+    while batch_begin < rf.k {
+        let batch_len = SLOT_BATCH.min(rf.k - batch_begin);
+        let nuclei = &rf.index[tx * rf.k + batch_begin..tx * rf.k + batch_begin + batch_len];
+        let mut dots = [0.0f32; SLOT_BATCH];
         for c in 0..dim {
-            dot += tx_row[c] * bd_row[c];
+            for (dot, &nucleus) in dots.iter_mut().zip(nuclei) {
+                if nucleus >= 0 {
+                    *dot += tx_row[c] * z_bd[nucleus as usize * dim + c];
+                }
+            }
         }
-        let score = score_of(dot);
-        if score > best_score || (score == best_score && nucleus < best_index) {
-            best_score = score;
-            best_index = nucleus;
+        for (&dot, &nucleus) in dots.iter().zip(nuclei) {
+            if nucleus < 0 {
+                continue;
+            }
+            let score = score_of(dot);
+            if score > best_score || (score == best_score && nucleus < best_index) {
+                best_score = score;
+                best_index = nucleus;
+            }
         }
+        batch_begin += batch_len;
     }
     if best_index < 0 {
         best_score = 0.0;

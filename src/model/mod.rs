@@ -368,3 +368,77 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Storage precision when writing a weights file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Model {
+    /// Serialises the model as a seggpu weights file (SPEC §7), tensors
+    /// stored in `dtype`.
+    pub fn to_safetensors(&self, dtype: StorageDtype) -> anyhow::Result<Vec<u8>> {
+        use crate::tensorfile::OwnedTensor;
+        let make = |shape: Vec<usize>, values: &[f32]| match dtype {
+            StorageDtype::F32 => OwnedTensor::f32(shape, values),
+            StorageDtype::F16 => OwnedTensor::f16(shape, values),
+            StorageDtype::Bf16 => OwnedTensor::bf16(shape, values),
+        };
+        let a = self.arch;
+        let mut tensors = vec![
+            (
+                "tx_embedding.tx.weight".to_owned(),
+                make(vec![a.vocab, a.emb], &self.tx_embedding),
+            ),
+            (
+                "lin0.bd.weight".to_owned(),
+                make(
+                    vec![a.emb, BD_FEATURES],
+                    &transpose(BD_FEATURES, a.emb, &self.lin0_bd_wt),
+                ),
+            ),
+        ];
+        for layer in &self.layers {
+            for (relation, w) in [
+                ("tx__neighbors__tx", &layer.neighbors),
+                ("tx__belongs__bd", &layer.belongs),
+            ] {
+                let prefix = format!("{}.{relation}", layer.name);
+                let hc = w.out_dim();
+                tensors.push((format!("{prefix}.att"), make(vec![1, w.heads, w.channels], &w.att)));
+                tensors.push((format!("{prefix}.bias"), make(vec![hc], &w.bias)));
+                tensors.push((
+                    format!("{prefix}.lin_l.weight"),
+                    make(vec![hc, w.in_dim], &transpose(w.in_dim, hc, &w.lin_l_wt)),
+                ));
+                tensors.push((format!("{prefix}.lin_l.bias"), make(vec![hc], &w.lin_l_b)));
+                tensors.push((
+                    format!("{prefix}.lin_r.weight"),
+                    make(vec![hc, w.in_dim], &transpose(w.in_dim, hc, &w.lin_r_wt)),
+                ));
+                tensors.push((format!("{prefix}.lin_r.bias"), make(vec![hc], &w.lin_r_b)));
+            }
+        }
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert("seggpu.format".to_owned(), FORMAT.to_owned());
+        metadata.insert("seggpu.genes".to_owned(), serde_json::to_string(&self.genes)?);
+        metadata.insert(
+            "seggpu.bd_features".to_owned(),
+            match self.bd_features {
+                BdFeatureMode::Props => "props",
+                BdFeatureMode::Zeros => "zeros",
+            }
+            .to_owned(),
+        );
+        if let Some(d) = &self.defaults {
+            metadata.insert("seggpu.defaults".to_owned(), d.to_string());
+        }
+        crate::tensorfile::serialize(&tensors, Some(metadata))
+    }
+}

@@ -1,0 +1,305 @@
+//! The WGSL kernels of `shaders/` and the small step that turns a shader file
+//! into compilable source: `//!include NAME` lines are replaced by the named
+//! file, and a generated prelude defines the variant's element types and
+//! sizes (`act`, `act_in`, `WG`, `TILE`, `MAX_C`). No template engine.
+
+use std::fmt::Write as _;
+
+/// Workgroup size of the 1-D kernels (embed, gather, gatv2, score).
+pub const WG: u32 = 64;
+/// Tile edge of the linear kernel (a TILE×TILE workgroup).
+pub const TILE: u32 = 16;
+/// Smallest and largest `MAX_C` (channels per head) the gatv2 variants use.
+pub const MIN_MAX_C: u32 = 8;
+/// Largest channels per head the gatv2 kernel supports.
+pub const LARGEST_MAX_C: u32 = 256;
+
+/// Shader files that may be included.
+const INCLUDES: &[(&str, &str)] = &[("common.wgsl", include_str!("../../../shaders/common.wgsl"))];
+
+/// One compute kernel (one shader file, entry point `main`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    /// `shaders/embed.wgsl`.
+    Embed,
+    /// `shaders/gather.wgsl`.
+    Gather,
+    /// `shaders/linear.wgsl`.
+    Linear,
+    /// `shaders/gatv2.wgsl`.
+    Gatv2,
+    /// `shaders/score.wgsl`.
+    Score,
+}
+
+impl Kernel {
+    /// Every kernel.
+    pub const ALL: [Kernel; 5] = [
+        Kernel::Embed,
+        Kernel::Gather,
+        Kernel::Linear,
+        Kernel::Gatv2,
+        Kernel::Score,
+    ];
+
+    /// File name under `shaders/`.
+    pub fn file(self) -> &'static str {
+        match self {
+            Kernel::Embed => "embed.wgsl",
+            Kernel::Gather => "gather.wgsl",
+            Kernel::Linear => "linear.wgsl",
+            Kernel::Gatv2 => "gatv2.wgsl",
+            Kernel::Score => "score.wgsl",
+        }
+    }
+
+    /// The shader file as written.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Embed => include_str!("../../../shaders/embed.wgsl"),
+            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
+            Kernel::Linear => include_str!("../../../shaders/linear.wgsl"),
+            Kernel::Gatv2 => include_str!("../../../shaders/gatv2.wgsl"),
+            Kernel::Score => include_str!("../../../shaders/score.wgsl"),
+        }
+    }
+
+    /// Storage bindings (1, 2, …; binding 0 is the uniform parameters) and
+    /// whether each is read-only.
+    pub fn storage_bindings(self) -> &'static [bool] {
+        match self {
+            Kernel::Embed => &[true, true, false],
+            Kernel::Gather => &[true, true, false],
+            Kernel::Linear => &[true, true, true, false],
+            Kernel::Gatv2 => &[true, true, true, true, true, false],
+            Kernel::Score => &[true, true, true, false, false],
+        }
+    }
+
+    /// Short name for labels and error messages.
+    pub fn name(self) -> &'static str {
+        self.file().trim_end_matches(".wgsl")
+    }
+}
+
+/// Element type of a buffer in a shader variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Elem {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (needs `SHADER_F16`).
+    F16,
+}
+
+impl Elem {
+    /// WGSL type name.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 => 2,
+        }
+    }
+}
+
+/// What the prelude defines for one compiled shader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Variant {
+    /// Activation element type (`act`).
+    pub act: Elem,
+    /// Linear input element type (`act_in`).
+    pub act_in: Elem,
+    /// Channels-per-head capacity of the gatv2 kernel (`MAX_C`).
+    pub max_c: u32,
+}
+
+impl Variant {
+    /// A variant with activations (and inputs) of type `act`.
+    pub fn of(act: Elem) -> Self {
+        Self {
+            act,
+            act_in: act,
+            max_c: MIN_MAX_C,
+        }
+    }
+
+    /// Whether the variant needs the `f16` extension.
+    pub fn uses_f16(&self) -> bool {
+        self.act == Elem::F16 || self.act_in == Elem::F16
+    }
+
+    /// Short description for labels.
+    pub fn label(&self) -> String {
+        format!("{}/{} C≤{}", self.act.wgsl(), self.act_in.wgsl(), self.max_c)
+    }
+}
+
+/// `MAX_C` for `channels` per head: the next power of two, at least
+/// [`MIN_MAX_C`]; `None` above [`LARGEST_MAX_C`].
+pub fn max_c_for(channels: usize) -> Option<u32> {
+    let c = (channels.max(1) as u32).next_power_of_two().max(MIN_MAX_C);
+    (c <= LARGEST_MAX_C).then_some(c)
+}
+
+/// Replaces every `//!include NAME` line of `text` by the named file
+/// (recursively, a file at most once).
+pub fn expand_includes(text: &str) -> Result<String, String> {
+    fn go(text: &str, out: &mut String, seen: &mut Vec<&'static str>) -> Result<(), String> {
+        for line in text.lines() {
+            match line.trim().strip_prefix("//!include") {
+                Some(name) => {
+                    let name = name.trim();
+                    let (file, body) = INCLUDES
+                        .iter()
+                        .find(|(file, _)| *file == name)
+                        .ok_or_else(|| format!("unknown include `{name}`"))?;
+                    if !seen.contains(file) {
+                        seen.push(file);
+                        go(body, out, seen)?;
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = String::with_capacity(text.len() * 2);
+    go(text, &mut out, &mut Vec::new())?;
+    Ok(out)
+}
+
+/// The compilable WGSL of `kernel` in `variant`: prelude + include-expanded file.
+pub fn wgsl(kernel: Kernel, variant: Variant) -> String {
+    let mut out = String::new();
+    if variant.uses_f16() {
+        out.push_str("enable f16;\n");
+    }
+    let _ = writeln!(
+        out,
+        "// seggpu {} — variant {}\nalias act = {};\nalias act_in = {};\nconst WG: u32 = {WG}u;\nconst TILE: u32 = {TILE}u;\nconst MAX_C: u32 = {}u;\n",
+        kernel.file(),
+        variant.label(),
+        variant.act.wgsl(),
+        variant.act_in.wgsl(),
+        variant.max_c,
+    );
+    out.push_str(&expand_includes(kernel.source()).expect("shader includes are valid"));
+    out
+}
+
+/// Every (kernel, variant) pair seggpu may compile.
+pub fn all_variants() -> Vec<(Kernel, Variant)> {
+    let mut all = Vec::new();
+    for act in [Elem::F32, Elem::F16] {
+        all.push((Kernel::Embed, Variant::of(act)));
+        all.push((Kernel::Gather, Variant::of(act)));
+        all.push((Kernel::Linear, Variant::of(act)));
+        all.push((Kernel::Score, Variant::of(act)));
+        let mut max_c = MIN_MAX_C;
+        while max_c <= LARGEST_MAX_C {
+            all.push((
+                Kernel::Gatv2,
+                Variant {
+                    max_c,
+                    ..Variant::of(act)
+                },
+            ));
+            max_c *= 2;
+        }
+    }
+    // f16 activations computed from an f32 input (the nucleus features).
+    all.push((
+        Kernel::Linear,
+        Variant {
+            act: Elem::F16,
+            act_in: Elem::F32,
+            max_c: MIN_MAX_C,
+        },
+    ));
+    all
+}
+
+/// Parses and validates `kernel` in `variant` with naga, with exactly the
+/// capabilities the variant needs.
+pub fn validate(kernel: Kernel, variant: Variant) -> Result<(), String> {
+    let source = wgsl(kernel, variant);
+    let module = naga::front::wgsl::parse_str(&source)
+        .map_err(|e| e.emit_to_string_with_path(&source, kernel.file()))?;
+    let capabilities = if variant.uses_f16() {
+        naga::valid::Capabilities::SHADER_FLOAT16
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities)
+        .validate(&module)
+        .map_err(|e| e.emit_to_string_with_path(&source, kernel.file()))?;
+    let entry = module
+        .entry_points
+        .iter()
+        .find(|e| e.name == "main")
+        .ok_or_else(|| format!("{}: no entry point `main`", kernel.file()))?;
+    if entry.stage != naga::ShaderStage::Compute {
+        return Err(format!("{}: `main` is not a compute entry point", kernel.file()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shader_variant_validates_with_naga() {
+        let all = all_variants();
+        for (kernel, variant) in &all {
+            validate(*kernel, *variant)
+                .unwrap_or_else(|e| panic!("{} {}:\n{e}", kernel.file(), variant.label()));
+        }
+        // Every kernel appears in f32 and f16.
+        for kernel in Kernel::ALL {
+            for act in [Elem::F32, Elem::F16] {
+                assert!(all.iter().any(|(k, v)| *k == kernel && v.act == act));
+            }
+        }
+    }
+
+    #[test]
+    fn f16_variants_need_the_capability() {
+        let source = wgsl(Kernel::Embed, Variant::of(Elem::F16));
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let result = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module);
+        assert!(result.is_err(), "f16 shader validated without SHADER_FLOAT16");
+    }
+
+    #[test]
+    fn includes_expand_once_and_unknown_includes_fail() {
+        let text = "//!include common.wgsl\n//!include common.wgsl\nfn f() {}\n";
+        let out = expand_includes(text).unwrap();
+        assert_eq!(out.matches("fn linear_index").count(), 1);
+        assert!(!out.contains("//!include"));
+        assert!(expand_includes("//!include nope.wgsl\n").is_err());
+    }
+
+    #[test]
+    fn max_c_is_a_power_of_two_cover() {
+        assert_eq!(max_c_for(1), Some(8));
+        assert_eq!(max_c_for(32), Some(32));
+        assert_eq!(max_c_for(33), Some(64));
+        assert_eq!(max_c_for(256), Some(256));
+        assert_eq!(max_c_for(257), None);
+    }
+}
