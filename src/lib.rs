@@ -6,8 +6,14 @@
 
 pub mod backend;
 pub mod cli;
+pub mod fragments;
 pub mod graph;
+pub mod io;
 pub mod kernels;
 pub mod model;
+pub mod output;
+pub mod pipeline;
+pub mod score;
 pub mod synthetic;
 pub mod tensorfile;
+pub mod tiles;

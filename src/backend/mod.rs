@@ -57,4 +57,11 @@ pub trait Backend {
 
     /// Scores every transcript against its receptive field.
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches>;
+
+    /// Connected components of an undirected graph on `n` nodes: every node
+    /// labelled with the smallest node index of its component. Backends
+    /// without their own kernel use the CPU twin.
+    fn components(&mut self, n: usize, edges: &[(u32, u32)]) -> Result<Vec<u32>> {
+        Ok(crate::kernels::fragments::components(n, edges))
+    }
 }

@@ -1,6 +1,7 @@
 //! Per-tile graphs (SPEC §5): the tx–tx neighbour and tx→bd belongs edges the
 //! model passes messages over, and the receptive field used for scoring.
 
+pub mod build;
 pub mod knn;
 
 use anyhow::{bail, Result};

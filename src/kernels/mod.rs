@@ -3,6 +3,7 @@
 //! CPU backend and the GPU backend can be compared value by value.
 
 pub mod embed;
+pub mod fragments;
 pub mod gatv2;
 pub mod linear;
 pub mod score;
