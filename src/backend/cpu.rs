@@ -9,12 +9,16 @@ use crate::model::{GatWeights, Model, BD_FEATURES};
 
 /// Runs every kernel on the CPU.
 #[derive(Debug, Default)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    /// Scratch buffers reused across layers and tiles, so large activations
+    /// are not allocated (and page-faulted) afresh for every layer.
+    scratch: [Vec<f32>; 3],
+}
 
 impl CpuBackend {
     /// A CPU backend using rayon's global thread pool.
     pub fn new() -> Self {
-        Self
+        Self::default()
     }
 }
 
@@ -27,59 +31,60 @@ fn nan_to_num(v: f32) -> f32 {
     }
 }
 
-fn dense(
-    x: &[f32],
-    rows: Option<&[u32]>,
-    n_out: usize,
-    in_dim: usize,
-    wt: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f32> {
-    let out_dim = wt.len() / in_dim;
-    let mut out = vec![0.0; n_out * out_dim];
-    let layer = linear::Linear {
-        in_dim,
-        out_dim,
-        wt,
-        bias,
-        relu,
-    };
-    linear::linear(x, rows, &layer, &mut out);
-    out
+/// The first `len` elements of `buf`, growing it when needed. Contents are
+/// stale: every kernel writes all of its output.
+fn window(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
-/// One GATv2 convolution: project sources and destinations, then aggregate.
+/// Inputs of one GATv2 convolution.
+struct ConvInput<'a> {
+    /// Source activations `[n, in]`.
+    src: &'a [f32],
+    /// Rows of `src` that send messages (all when `None`).
+    src_rows: Option<&'a [u32]>,
+    /// Number of message rows.
+    n_src_rows: usize,
+    /// Destination activations `[n_dst, in]`.
+    dst: &'a [f32],
+    /// Incoming edges per destination, sources indexing the message rows.
+    csr: &'a crate::graph::Csr,
+}
+
+/// One GATv2 convolution: project sources and destinations, then aggregate
+/// into `out` (`[n_dst, H·C]`). `xl` and `xr` are scratch space.
 fn conv(
     weights: &GatWeights,
     relu: bool,
-    src: &[f32],
-    src_rows: Option<&[u32]>,
-    n_src_rows: usize,
-    dst: &[f32],
-    n_dst: usize,
-    csr: &crate::graph::Csr,
-) -> Vec<f32> {
+    input: ConvInput,
+    xl: &mut Vec<f32>,
+    xr: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let in_dim = weights.in_dim;
-    let xl = dense(
-        src,
-        src_rows,
-        n_src_rows,
+    let hc = weights.out_dim();
+    let n_dst = input.csr.n_dst();
+    let xl = window(xl, input.n_src_rows * hc);
+    let lin_l = linear::Linear {
         in_dim,
-        &weights.lin_l_wt,
-        Some(&weights.lin_l_b),
-        false,
-    );
-    let xr = dense(
-        dst,
-        None,
-        n_dst,
+        out_dim: hc,
+        wt: &weights.lin_l_wt,
+        bias: Some(&weights.lin_l_b),
+        relu: false,
+    };
+    linear::linear(input.src, input.src_rows, &lin_l, xl);
+    let xr = window(xr, n_dst * hc);
+    let lin_r = linear::Linear {
         in_dim,
-        &weights.lin_r_wt,
-        Some(&weights.lin_r_b),
-        false,
-    );
-    let mut out = vec![0.0; n_dst * weights.out_dim()];
+        out_dim: hc,
+        wt: &weights.lin_r_wt,
+        bias: Some(&weights.lin_r_b),
+        relu: false,
+    };
+    linear::linear(&input.dst[..n_dst * in_dim], None, &lin_r, xr);
     let gat = gatv2::Gat {
         heads: weights.heads,
         channels: weights.channels,
@@ -87,8 +92,7 @@ fn conv(
         bias: &weights.bias,
         relu,
     };
-    gatv2::gatv2(&gat, &xl, &xr, csr, &mut out);
-    out
+    gatv2::gatv2(&gat, xl, xr, input.csr, out);
 }
 
 impl Backend for CpuBackend {
@@ -107,18 +111,19 @@ impl Backend for CpuBackend {
         let mut h_tx = vec![0.0; n_tx * emb];
         embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut h_tx);
         let bd_x: Vec<f32> = graph.bd_x.iter().map(|&v| nan_to_num(v)).collect();
-        let mut h_bd = dense(
-            &bd_x,
-            None,
-            n_bd,
-            BD_FEATURES,
-            &model.lin0_bd_wt,
-            None,
-            true,
-        );
+        let mut h_bd = vec![0.0; n_bd * emb];
+        let lin0 = linear::Linear {
+            in_dim: BD_FEATURES,
+            out_dim: emb,
+            wt: &model.lin0_bd_wt,
+            bias: None,
+            relu: true,
+        };
+        linear::linear(&bd_x, None, &lin0, &mut h_bd);
 
         // Only transcripts that send a belongs message need lin_l of that edge type.
         let (belongs_rows, belongs) = graph.belongs.compact_sources();
+        let [xl, xr, next_tx_buf] = &mut self.scratch;
         let mut layers = Vec::new();
         for layer in &model.layers {
             if keep_layers {
@@ -127,27 +132,40 @@ impl Backend for CpuBackend {
                     bd: h_bd.clone(),
                 });
             }
-            let next_tx = conv(
+            let width = layer.neighbors.out_dim();
+            let next_tx = window(next_tx_buf, n_tx * width);
+            conv(
                 &layer.neighbors,
                 layer.relu,
-                &h_tx,
-                None,
-                n_tx,
-                &h_tx,
-                n_tx,
-                &graph.neighbors,
+                ConvInput {
+                    src: &h_tx,
+                    src_rows: None,
+                    n_src_rows: n_tx,
+                    dst: &h_tx,
+                    csr: &graph.neighbors,
+                },
+                xl,
+                xr,
+                next_tx,
             );
-            let next_bd = conv(
+            let mut next_bd = vec![0.0; n_bd * width];
+            conv(
                 &layer.belongs,
                 layer.relu,
-                &h_tx,
-                Some(&belongs_rows),
-                belongs_rows.len(),
-                &h_bd,
-                n_bd,
-                &belongs,
+                ConvInput {
+                    src: &h_tx,
+                    src_rows: Some(&belongs_rows),
+                    n_src_rows: belongs_rows.len(),
+                    dst: &h_bd,
+                    csr: &belongs,
+                },
+                xl,
+                xr,
+                &mut next_bd,
             );
-            h_tx = next_tx;
+            // Swap rather than copy: the old activations become the next layer's scratch.
+            next_tx_buf.truncate(n_tx * width);
+            std::mem::swap(&mut h_tx, next_tx_buf);
             h_bd = next_bd;
         }
         if keep_layers {
