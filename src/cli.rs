@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{self, AutoBackend, GpuBackend, GpuOptions, Precision};
 use crate::backend::Backend;
 use crate::graph::TileGraph;
 use crate::model::Model;
@@ -23,8 +24,52 @@ pub struct Cli {
 /// Compute backend choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
+    /// A hardware GPU when there is one (software adapters are skipped
+    /// unless named with --adapter), else the CPU; a tile the GPU fails on
+    /// is redone on the CPU.
+    Auto,
+    /// A GPU adapter (software ones included); no adapter is an error.
+    Gpu,
     /// Multi-threaded CPU kernels.
     Cpu,
+}
+
+/// Precision of GPU activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionChoice {
+    /// f32 everywhere.
+    F32,
+    /// Activations stored as f16 where the adapter has SHADER_F16 (looser
+    /// results; env SEGGPU_F16=off disables it).
+    F16,
+}
+
+/// Backend selection flags, shared by every command that computes.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// GPU adapter to use: a case-insensitive substring of its name (see `seggpu devices`).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
+    /// Precision of GPU activations.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    pub precision: PrecisionChoice,
+}
+
+impl BackendArgs {
+    /// GPU options for these flags (and `SEGGPU_LIMITS` from the environment).
+    pub fn gpu_options(&self) -> GpuOptions {
+        GpuOptions {
+            adapter: self.adapter.clone(),
+            precision: match self.precision {
+                PrecisionChoice::F32 => Precision::F32,
+                PrecisionChoice::F16 => Precision::F16,
+            },
+            ..GpuOptions::from_env()
+        }
+    }
 }
 
 /// Subcommands.
@@ -47,9 +92,24 @@ pub enum Command {
         /// Output safetensors file: z_tx, z_bd [, best_score, best_index].
         #[arg(long)]
         out: PathBuf,
-        /// Compute backend.
-        #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-        backend: BackendChoice,
+        /// Backend selection.
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
+    /// List the GPU adapters wgpu finds, with the limits and features seggpu uses.
+    Devices,
+    /// Write a synthetic Xenium output folder with ground truth (transcripts,
+    /// nucleus boundaries, ground_truth, ground_truth_cells parquet files).
+    Simulate {
+        /// Output directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of cells (about 150 transcripts each, noise included).
+        #[arg(long, default_value_t = 1000)]
+        cells: usize,
+        /// RNG seed (a seed gives byte-identical files).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -62,7 +122,17 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             out,
             backend,
-        } => forward(&graph, &model, &out, backend),
+        } => forward(&graph, &model, &out, &backend),
+        Command::Devices => devices(),
+        Command::Simulate { out, cells, seed } => {
+            let opts = crate::simulate::SimulateOptions {
+                cells,
+                seed,
+                ..Default::default()
+            };
+            println!("{}", crate::simulate::simulate(&out, &opts)?);
+            Ok(())
+        }
     }
 }
 
@@ -104,21 +174,65 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn make_backend(choice: BackendChoice) -> Box<dyn Backend> {
-    match choice {
+/// The backend `args` ask for: `cpu`; `gpu` (an error without an adapter);
+/// `auto` (a hardware GPU, else the CPU with one warning line on stderr).
+pub fn make_backend(args: &BackendArgs) -> Result<Box<dyn Backend>> {
+    Ok(match args.backend {
         BackendChoice::Cpu => Box::new(CpuBackend::new()),
+        BackendChoice::Gpu => Box::new(
+            GpuBackend::new(args.gpu_options())
+                .context("--backend gpu (try --backend auto or cpu)")?,
+        ),
+        BackendChoice::Auto => Box::new(AutoBackend::new(args.gpu_options())),
+    })
+}
+
+fn devices() -> Result<()> {
+    let adapters = gpu::list_adapters();
+    if adapters.is_empty() {
+        println!("no GPU adapter found (seggpu runs on the CPU: --backend cpu, or auto)");
+        return Ok(());
     }
+    for (i, a) in adapters.iter().enumerate() {
+        let status = match (&a.unusable, a.auto_choice) {
+            (Some(why), _) => format!("unusable: {why}"),
+            (None, true) => "usable; --backend auto picks this one".to_owned(),
+            (None, false) => "usable".to_owned(),
+        };
+        println!("[{i}] {}", a.name);
+        println!("    backend:     {}", a.backend);
+        println!("    device type: {}", a.device_type);
+        if !a.driver.is_empty() {
+            println!("    driver:      {}", a.driver);
+        }
+        println!("    status:      {status}");
+        println!(
+            "    features:    SHADER_F16 {}",
+            if a.shader_f16 {
+                "yes (--precision f16 available)"
+            } else {
+                "no"
+            }
+        );
+        for (name, value) in &a.limits {
+            println!("    {name:<40} {value}");
+        }
+    }
+    if !adapters.iter().any(|a| a.auto_choice) {
+        println!("--backend auto uses the CPU here (no hardware adapter); --backend gpu uses a software one");
+    }
+    Ok(())
 }
 
 fn forward(
     graph_path: &std::path::Path,
     model_path: &std::path::Path,
     out: &std::path::Path,
-    choice: BackendChoice,
+    backend_args: &BackendArgs,
 ) -> Result<()> {
     let model = Model::load(model_path)?;
     let graph = TileGraph::from_tensor_file(&TensorFile::open(graph_path)?, model.arch.vocab)?;
-    let mut backend = make_backend(choice);
+    let mut backend = make_backend(backend_args)?;
     let embeddings = backend.forward(&model, &graph, false)?;
     let dim = embeddings.dim;
     let mut tensors = vec![

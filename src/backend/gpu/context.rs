@@ -115,12 +115,27 @@ pub struct AdapterReport {
     pub auto_choice: bool,
 }
 
-pub(super) fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
 }
 
-pub(super) fn adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+/// Every adapter: those of `WGPU_BACKEND` when set; otherwise Vulkan, Metal
+/// and DX12, and GL only when none of those has one (GL initialisation is
+/// noisy and slower, and adds a second view of the same device).
+pub(super) fn adapters() -> Vec<wgpu::Adapter> {
+    let enumerate = |backends: wgpu::Backends| {
+        pollster::block_on(instance(backends).enumerate_adapters(backends))
+    };
+    if let Some(backends) = wgpu::Backends::from_env() {
+        return enumerate(backends);
+    }
+    let primary = enumerate(wgpu::Backends::PRIMARY);
+    if !primary.is_empty() {
+        return primary;
+    }
+    enumerate(wgpu::Backends::SECONDARY)
 }
 
 fn is_software(info: &wgpu::AdapterInfo) -> bool {
@@ -130,10 +145,7 @@ fn is_software(info: &wgpu::AdapterInfo) -> bool {
 /// Why an adapter cannot run seggpu's kernels, if it cannot.
 fn unusable(adapter: &wgpu::Adapter) -> Option<String> {
     let caps = adapter.get_downlevel_capabilities();
-    if !caps
-        .flags
-        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
-    {
+    if !caps.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
         return Some("no compute shaders".into());
     }
     let limits = adapter.limits();
@@ -234,10 +246,9 @@ pub(super) fn choose(
 
 /// Lists every adapter for `seggpu devices`.
 pub fn list_adapters() -> Vec<AdapterReport> {
-    let instance = instance();
-    let all = adapters(&instance);
+    let all = adapters();
     let auto_pick = choose(
-        adapters(&instance),
+        all.clone(),
         &GpuOptions {
             hardware_only: true,
             ..GpuOptions::default()

@@ -160,7 +160,14 @@ pub(super) fn fingerprint(model: &Model) -> u64 {
     eat_all(&model.lin0_bd_wt);
     for l in &model.layers {
         for g in [&l.neighbors, &l.belongs] {
-            for part in [&g.lin_l_wt, &g.lin_l_b, &g.lin_r_wt, &g.lin_r_b, &g.att, &g.bias] {
+            for part in [
+                &g.lin_l_wt,
+                &g.lin_l_b,
+                &g.lin_r_wt,
+                &g.lin_r_b,
+                &g.att,
+                &g.bias,
+            ] {
                 eat_all(part);
             }
         }
@@ -255,6 +262,7 @@ pub(super) fn build_forward(
         .max()
         .unwrap_or(emb);
     let max_w = max_in.max(max_hc);
+    let heads = layout.layers.first().map_or(1, |l| l.nb.heads);
 
     program.need(MODEL, layout.len * 4);
     let tokens = program.upload_u32("tokens", &graph.tx_token);
@@ -291,6 +299,7 @@ pub(super) fn build_forward(
             refs: Refs::One(&graph.tx_token),
             gathered_rows: layout.vocab as usize,
             gathered_row_bytes: emb * 4,
+            max_rows: program.max_rows(emb, u64::from(shaders::WG)),
         },
     )?;
     let nb_plan = aux.plan(
@@ -304,6 +313,7 @@ pub(super) fn build_forward(
             },
             gathered_rows: n_tx as usize,
             gathered_row_bytes: max_hc * ab,
+            max_rows: program.max_rows(heads, u64::from(shaders::WG)),
         },
     )?;
     let rows_plan = aux.plan(
@@ -314,6 +324,7 @@ pub(super) fn build_forward(
             refs: Refs::One(&bl_rows_v),
             gathered_rows: n_tx as usize,
             gathered_row_bytes: max_in * ab,
+            max_rows: record::linear_max_rows(program, max_hc),
         },
     )?;
     let bl_plan = aux.plan(
@@ -327,6 +338,7 @@ pub(super) fn build_forward(
             },
             gathered_rows: n_rows as usize,
             gathered_row_bytes: max_hc * ab,
+            max_rows: program.max_rows(heads, u64::from(shaders::WG)),
         },
     )?;
 
@@ -363,7 +375,7 @@ pub(super) fn build_forward(
         )?;
     }
     let mut width = emb;
-    let mut read = |program: &mut Program, cur: usize, width: u64| {
+    let read = |program: &mut Program, cur: usize, width: u64| {
         let tx_at = program.readback(tx[cur], 0, n_tx * width * ab);
         let bd_at = program.readback(bd[cur], 0, n_bd * width * ab);
         (tx_at, n_tx * width, bd_at, n_bd * width)
@@ -382,8 +394,12 @@ pub(super) fn build_forward(
         let h_bd = Array::at(bd[cur], ab, n_bd * in_dim);
         let xl_nb = Array::at("xl.nb", ab, n_tx * hc);
         let xr_nb = Array::at("xr.nb", ab, n_tx * hc);
-        record::linear(program, variant, h_tx, None, &aux, n_tx, layer.nb_l, false, xl_nb)?;
-        record::linear(program, variant, h_tx, None, &aux, n_tx, layer.nb_r, false, xr_nb)?;
+        record::linear(
+            program, variant, h_tx, None, &aux, n_tx, layer.nb_l, false, xl_nb,
+        )?;
+        record::linear(
+            program, variant, h_tx, None, &aux, n_tx, layer.nb_r, false, xr_nb,
+        )?;
         record::gatv2(
             program,
             gat,
@@ -409,7 +425,6 @@ pub(super) fn build_forward(
                 h_tx,
                 Some(&Gathered {
                     rows: bl_rows,
-                    values: &bl_rows_v,
                     planned: &rows_plan,
                     x_rows: n_tx,
                 }),
@@ -419,7 +434,9 @@ pub(super) fn build_forward(
                 false,
                 xl_bl,
             )?;
-            record::linear(program, variant, h_bd, None, &aux, n_bd, layer.bl_r, false, xr_bl)?;
+            record::linear(
+                program, variant, h_bd, None, &aux, n_bd, layer.bl_r, false, xr_bl,
+            )?;
             record::gatv2(
                 program,
                 gat,
@@ -494,6 +511,7 @@ pub(super) fn build_score(
             },
             gathered_rows: n_bd as usize,
             gathered_row_bytes: dim * ab,
+            max_rows: program.max_rows(1, u64::from(shaders::WG)),
         },
     )?;
     record::score(

@@ -126,6 +126,13 @@ pub struct GpuStats {
     pub model_uploads: u64,
     /// Queue submissions.
     pub submissions: u64,
+    /// Dispatches of the last submission.
+    pub last_dispatches: usize,
+    /// Of which gather (compaction) dispatches: non-zero when an array was
+    /// too large for one binding.
+    pub last_gathers: usize,
+    /// Workgroup grids of the last submission that were split into 2-D.
+    pub last_2d_grids: usize,
 }
 
 /// The adapter a backend runs on.
@@ -166,8 +173,7 @@ impl std::fmt::Debug for GpuBackend {
 impl GpuBackend {
     /// Opens the adapter `options` select.
     pub fn new(options: GpuOptions) -> Result<Self, GpuError> {
-        let instance = context::instance();
-        let adapter = context::choose(context::adapters(&instance), &options)?;
+        let adapter = context::choose(context::adapters(), &options)?;
         let mut precision = options.precision;
         if precision == Precision::F16 && f16_disabled_by_env() {
             eprintln!("seggpu: SEGGPU_F16=off: the f16 path is disabled, computing in f32");
@@ -215,6 +221,22 @@ impl GpuBackend {
         self.rt.dev.limits.max_groups_per_dim
     }
 
+    /// Destroys the device, as a driver reset would: every later call fails
+    /// with [`GpuError::DeviceLost`]. For tests of the error paths.
+    #[doc(hidden)]
+    pub fn lose_device_for_tests(&self) {
+        self.rt.dev.device.destroy();
+    }
+
+    /// The limits in effect, for logs.
+    pub fn limits_summary(&self) -> String {
+        let l = self.rt.dev.limits;
+        format!(
+            "bindings ≤ {} bytes, buffers ≤ {} bytes, offsets aligned to {} bytes, {} workgroups per dimension",
+            l.max_binding, l.max_buffer, l.storage_align, l.max_groups_per_dim
+        )
+    }
+
     /// Resource-reuse counters.
     pub fn stats(&self) -> GpuStats {
         GpuStats {
@@ -237,6 +259,9 @@ impl GpuBackend {
 
     fn run(&mut self, program: &Program) -> Result<Vec<u8>, GpuError> {
         self.stats.submissions += 1;
+        self.stats.last_dispatches = program.dispatches();
+        self.stats.last_gathers = program.count(|d| d.kernel == shaders::Kernel::Gather);
+        self.stats.last_2d_grids = program.count(|d| d.groups.1 > 1);
         self.rt.run(program)
     }
 
@@ -363,6 +388,7 @@ impl GpuBackend {
                 refs: plan::Refs::One(tokens),
                 gathered_rows: vocab as usize,
                 gathered_row_bytes: dim64 * 4,
+                max_rows: program.max_rows(dim64, u64::from(shaders::WG)),
             },
         )?;
         record::embed(
@@ -416,13 +442,13 @@ impl GpuBackend {
                     refs: plan::Refs::One(r),
                     gathered_rows: x_rows as usize,
                     gathered_row_bytes: in_dim * act.bytes(),
+                    max_rows: record::linear_max_rows(&program, out_dim),
                 },
             )?,
             None => Planned::default(),
         };
-        let gathered = rows.map(|r| record::Gathered {
+        let gathered = rows.map(|_| record::Gathered {
             rows: rows_arr.expect("uploaded"),
-            values: r,
             planned: &planned,
             x_rows,
         });
@@ -484,6 +510,7 @@ impl GpuBackend {
                 },
                 gathered_rows: n_src as usize,
                 gathered_row_bytes: hc * act.bytes(),
+                max_rows: program.max_rows(gat.heads as u64, u64::from(shaders::WG)),
             },
         )?;
         record::gatv2(
@@ -555,5 +582,18 @@ impl Backend for GpuBackend {
 
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches> {
         Ok(self.try_score(embeddings, rf)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn backends_can_move_between_threads() {
+        assert_send::<GpuBackend>();
+        assert_send::<AutoBackend>();
     }
 }

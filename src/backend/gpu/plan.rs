@@ -69,6 +69,8 @@ pub struct Problem<'a> {
     pub gathered_rows: usize,
     /// Bytes per row of the gathered array.
     pub gathered_row_bytes: u64,
+    /// Most rows one dispatch can cover (its workgroup grid is bounded).
+    pub max_rows: usize,
 }
 
 /// A compact copy of the gathered rows one chunk reads.
@@ -98,7 +100,8 @@ pub struct Chunk {
 pub fn plan(p: &Problem, limit: u64, budget: u64) -> Result<Vec<Chunk>, String> {
     let (_, total_entries) = p.refs.entries(0, p.rows);
     let gathered_bytes = p.gathered_rows as u64 * p.gathered_row_bytes;
-    let fits = p.rows as u64 * p.row_bytes <= limit
+    let fits = p.rows <= p.max_rows
+        && p.rows as u64 * p.row_bytes <= limit
         && total_entries as u64 * 4 <= limit
         && (p.rows as u64 + 1) * 4 <= limit
         && gathered_bytes <= limit;
@@ -125,7 +128,8 @@ pub fn plan(p: &Problem, limit: u64, budget: u64) -> Result<Vec<Chunk>, String> 
         let rows_in = (r + 1 - begin) as u64;
         let (e0, _) = p.refs.entries(begin, r);
         let (_, e1) = p.refs.entries(r, r + 1);
-        let mut ok = rows_in * p.row_bytes <= budget
+        let mut ok = rows_in as usize <= p.max_rows
+            && rows_in * p.row_bytes <= budget
             && (e1 - e0) as u64 * 4 <= budget
             && (rows_in + 1) * 4 <= budget;
         fresh.clear();
@@ -204,6 +208,7 @@ mod tests {
             refs: Refs::Csr { offsets, sources },
             gathered_rows: n_src,
             gathered_row_bytes: 16,
+            max_rows: usize::MAX,
         }
     }
 
@@ -259,9 +264,13 @@ mod tests {
         let p = Problem {
             rows: 3,
             row_bytes: 2048,
-            refs: Refs::Fixed { k: 2, index: &index },
+            refs: Refs::Fixed {
+                k: 2,
+                index: &index,
+            },
             gathered_rows: 4,
             gathered_row_bytes: 1024,
+            max_rows: usize::MAX,
         };
         let chunks = plan(&p, 4000, 3840).unwrap();
         assert_eq!(chunks.len(), 3);
@@ -274,6 +283,21 @@ mod tests {
     }
 
     #[test]
+    fn chunks_respect_the_row_cap() {
+        let p = Problem {
+            rows: 10,
+            row_bytes: 4,
+            refs: Refs::None,
+            gathered_rows: 0,
+            gathered_row_bytes: 0,
+            max_rows: 4,
+        };
+        let chunks = plan(&p, 1 << 20, 1 << 19).unwrap();
+        let bounds: Vec<_> = chunks.iter().map(|c| (c.begin, c.end)).collect();
+        assert_eq!(bounds, vec![(0, 4), (4, 8), (8, 10)]);
+    }
+
+    #[test]
     fn a_row_too_large_for_a_binding_is_an_error() {
         let p = Problem {
             rows: 2,
@@ -281,6 +305,7 @@ mod tests {
             refs: Refs::None,
             gathered_rows: 0,
             gathered_row_bytes: 0,
+            max_rows: usize::MAX,
         };
         assert!(plan(&p, 4096, 3840).is_err());
     }

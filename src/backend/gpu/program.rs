@@ -47,7 +47,7 @@ pub(super) struct Array {
     /// Slot element of logical element 0 (may be negative for an array
     /// indexed by global positions whose stored part starts later).
     pub base: i64,
-    /// Logical elements (for the whole-binding decision).
+    /// Logical elements.
     pub len: u64,
 }
 
@@ -150,7 +150,9 @@ impl Program {
     /// kernel subtracts from a logical index to index the binding.
     pub fn bind(&self, a: Array, first: u64, end: u64) -> Result<(Binding, u32), GpuError> {
         let limit = self.limits.max_binding;
-        let whole = a.base >= 0 && (a.base as u64 + a.len) * a.elem <= limit;
+        // Bound from offset 0 when everything read lies within one binding
+        // (the same binding for every chunk, so bind groups are reused).
+        let whole = a.base + end as i64 >= 0 && (a.base + end as i64) as u64 * a.elem <= limit;
         if whole || first >= end {
             return Ok((
                 Binding {
@@ -165,7 +167,7 @@ impl Program {
         let stop = (a.base + end as i64) as u64 * a.elem;
         let size = round_up(stop - aligned, 4);
         if size > limit {
-            return Err(GpuError::Internal {
+            return Err(GpuError::TooLarge {
                 stage: self.stage.clone(),
                 detail: format!(
                     "window of {size} bytes of `{}` exceeds the binding limit {limit}",
@@ -186,6 +188,19 @@ impl Program {
         ))
     }
 
+    /// Most workgroups one dispatch may have (a full 2-D grid).
+    pub fn max_groups(&self) -> u64 {
+        let max = u64::from(self.limits.max_groups_per_dim);
+        max * max
+    }
+
+    /// Most rows of `items_per_row` invocations one dispatch of
+    /// `items_per_group`-invocation workgroups may cover.
+    pub fn max_rows(&self, items_per_row: u64, items_per_group: u64) -> usize {
+        let rows = self.max_groups() * items_per_group / items_per_row.max(1);
+        usize::try_from(rows.max(1)).unwrap_or(usize::MAX)
+    }
+
     /// Workgroup grid for `groups` workgroups: x up to the per-dimension
     /// limit, the rest in y.
     pub fn grid(&self, groups: u64) -> Result<(u32, u32), GpuError> {
@@ -195,7 +210,7 @@ impl Program {
         }
         let y = groups.div_ceil(max);
         if y > max {
-            return Err(GpuError::Internal {
+            return Err(GpuError::TooLarge {
                 stage: self.stage.clone(),
                 detail: format!("{groups} workgroups exceed a {max}×{max} grid"),
             });
@@ -250,6 +265,14 @@ impl Program {
         self.steps
             .iter()
             .filter(|s| matches!(s, Step::Dispatch(_)))
+            .count()
+    }
+
+    /// Dispatches for which `f` holds.
+    pub fn count(&self, f: impl Fn(&Dispatch) -> bool) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s, Step::Dispatch(d) if f(d)))
             .count()
     }
 

@@ -5,7 +5,7 @@
 
 use super::plan::{self, Chunk, Problem, Refs};
 use super::program::{Array, Program, Slot};
-use super::shaders::{Elem, Kernel, Variant, TILE, WG};
+use super::shaders::{Elem, Kernel, Variant, TILE, TM, TN, WG};
 use super::GpuError;
 
 /// Slot of compact activation copies.
@@ -13,12 +13,15 @@ pub(super) const COMPACT: Slot = "compact";
 /// Slot of compact weight (embedding table) copies.
 pub(super) const COMPACT_W: Slot = "compact.w";
 
+/// Aux element offsets of a chunk's compact list and remapped entries.
+pub(super) type AuxAt = Option<(u64, u64)>;
+
 /// A plan whose compact lists and remapped indices live in the aux slot.
 #[derive(Debug, Default)]
 pub(super) struct Planned {
     pub chunks: Vec<Chunk>,
     /// Per chunk: aux element offsets of its list and remapped entries.
-    pub aux: Vec<Option<(u64, u64)>>,
+    pub aux: Vec<AuxAt>,
 }
 
 /// Index lists of a program, uploaded once into one u32 slot.
@@ -85,13 +88,19 @@ impl Aux {
 }
 
 /// Rows per chunk of a kernel that only streams rows of `row_bytes`.
-fn streamed_chunks(program: &Program, rows: usize, row_bytes: u64) -> Result<Vec<Chunk>, GpuError> {
+fn streamed_chunks(
+    program: &Program,
+    rows: usize,
+    row_bytes: u64,
+    max_rows: usize,
+) -> Result<Vec<Chunk>, GpuError> {
     let problem = Problem {
         rows,
         row_bytes,
         refs: Refs::None,
         gathered_rows: 0,
         gathered_row_bytes: 0,
+        max_rows,
     };
     plan::plan(&problem, program.limits.max_binding, program.budget()).map_err(|detail| {
         GpuError::TooLarge {
@@ -127,11 +136,14 @@ fn gather(
         let hi = (lo + rows_per_window).min(src_rows);
         let j_lo = list.partition_point(|&s| u64::from(s) < lo) as u64;
         let j_hi = list.partition_point(|&s| u64::from(s) < hi) as u64;
-        if j_lo < j_hi {
-            let (b_list, list_shift) = program.bind(list_arr, j_lo, j_hi)?;
+        let piece = program.max_rows(width, u64::from(WG)) as u64;
+        let mut j_lo = j_lo;
+        while j_lo < j_hi {
+            let j_end = j_hi.min(j_lo + piece);
+            let (b_list, list_shift) = program.bind(list_arr, j_lo, j_end)?;
             let (b_src, src_shift) = program.bind(src, lo * width, hi * width)?;
-            let (b_out, out_shift) = program.bind(out, j_lo * width, j_hi * width)?;
-            let items = (j_hi - j_lo) * width;
+            let (b_out, out_shift) = program.bind(out, j_lo * width, j_end * width)?;
+            let items = (j_end - j_lo) * width;
             program.dispatch(
                 Kernel::Gather,
                 variant,
@@ -146,6 +158,7 @@ fn gather(
                 ],
                 items.div_ceil(u64::from(WG)),
             )?;
+            j_lo = j_end;
         }
         lo = hi;
     }
@@ -170,9 +183,20 @@ pub(super) fn embed(
         let (table, tokens) = match (&chunk.compact, at) {
             (Some(c), Some((list_at, remapped_at))) => {
                 let t = gather(
-                    program, Elem::F32, table, vocab, dim, aux, *list_at, &c.list, COMPACT_W,
+                    program,
+                    Elem::F32,
+                    table,
+                    vocab,
+                    dim,
+                    aux,
+                    *list_at,
+                    &c.list,
+                    COMPACT_W,
                 )?;
-                (t, aux.array(*remapped_at as i64 - begin as i64, end - begin))
+                (
+                    t,
+                    aux.array(*remapped_at as i64 - begin as i64, end - begin),
+                )
             }
             _ => (table, tokens),
         };
@@ -198,6 +222,17 @@ pub(super) fn embed(
     Ok(())
 }
 
+/// Most rows one linear dispatch may cover: whole row tiles of a full grid.
+pub(super) fn linear_max_rows(program: &Program, out_dim: u64) -> usize {
+    let row_tiles = (program.max_groups() / linear_col_tiles(out_dim)).max(1);
+    usize::try_from(row_tiles * u64::from(TILE * TM)).unwrap_or(usize::MAX)
+}
+
+/// Column blocks of a linear dispatch.
+fn linear_col_tiles(out_dim: u64) -> u64 {
+    out_dim.div_ceil(u64::from(TILE * TN)).max(1)
+}
+
 /// A dense layer's weights in a weights slot: `wt` `[in, out]` then `bias`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct LinearWeights {
@@ -210,7 +245,6 @@ pub(super) struct LinearWeights {
 /// Rows read through an index list.
 pub(super) struct Gathered<'a> {
     pub rows: Array,
-    pub values: &'a [u32],
     pub planned: &'a Planned,
     /// Rows of `x`.
     pub x_rows: u64,
@@ -231,16 +265,17 @@ pub(super) fn linear(
 ) -> Result<(), GpuError> {
     let (in_dim, out_dim) = (w.in_dim, w.out_dim);
     let streamed;
-    let (chunks, ats): (&[Chunk], Vec<Option<(u64, u64)>>) = match gathered {
+    let (chunks, ats): (&[Chunk], Vec<AuxAt>) = match gathered {
         Some(g) => (&g.planned.chunks, g.planned.aux.clone()),
         None => {
             let row_bytes = (in_dim * variant.act_in.bytes()).max(out_dim * variant.act.bytes());
-            streamed = streamed_chunks(program, n_rows as usize, row_bytes)?;
+            let max_rows = linear_max_rows(program, out_dim);
+            streamed = streamed_chunks(program, n_rows as usize, row_bytes, max_rows)?;
             (&streamed, vec![None; streamed.len()])
         }
     };
     let (b_w, w_shift) = program.bind(w.block, 0, w.block.len)?;
-    let n_col_tiles = out_dim.div_ceil(u64::from(TILE));
+    let n_col_tiles = linear_col_tiles(out_dim);
     for (chunk, at) in chunks.iter().zip(&ats) {
         let (begin, end) = (chunk.begin as u64, chunk.end as u64);
         let (b_x, x_shift, b_rows, rows_shift) = match (gathered, &chunk.compact, at) {
@@ -273,7 +308,7 @@ pub(super) fn linear(
             }
         };
         let (b_out, out_shift) = program.bind(out, begin * out_dim, end * out_dim)?;
-        let row_tiles = (end - begin).div_ceil(u64::from(TILE));
+        let row_tiles = (end - begin).div_ceil(u64::from(TILE * TM));
         program.dispatch(
             Kernel::Linear,
             variant,
@@ -406,7 +441,10 @@ pub(super) fn score(
                 let z = gather(
                     program, act, z_bd, n_bd, dim, aux, *list_at, &c.list, COMPACT,
                 )?;
-                (z, aux.array(*remapped_at as i64 - (t0 * k) as i64, (t1 - t0) * k))
+                (
+                    z,
+                    aux.array(*remapped_at as i64 - (t0 * k) as i64, (t1 - t0) * k),
+                )
             }
             _ => (z_bd, rf),
         };
@@ -421,13 +459,7 @@ pub(super) fn score(
             Variant::of(act),
             vec![b_ztx, b_zbd, b_rf, b_score, b_index],
             &[
-                t0 as u32,
-                t1 as u32,
-                dim as u32,
-                k as u32,
-                ztx_shift,
-                zbd_shift,
-                rf_shift,
+                t0 as u32, t1 as u32, dim as u32, k as u32, ztx_shift, zbd_shift, rf_shift,
                 out_shift,
             ],
             (t1 - t0).div_ceil(u64::from(WG)),

@@ -22,9 +22,7 @@ fn storage_usage() -> wgpu::BufferUsages {
 }
 
 /// Errors caught by a pair of error scopes, in the order they were popped.
-fn pop_scopes(
-    scopes: Vec<wgpu::ErrorScopeGuard>,
-) -> Vec<wgpu::Error> {
+fn pop_scopes(scopes: Vec<wgpu::ErrorScopeGuard>) -> Vec<wgpu::Error> {
     scopes
         .into_iter()
         .rev()
@@ -128,7 +126,12 @@ impl Runtime {
     }
 
     /// Turns errors caught while running `program` into one [`GpuError`].
-    fn caught(&self, program: &Program, what: &str, errors: Vec<wgpu::Error>) -> Result<(), GpuError> {
+    fn caught(
+        &self,
+        program: &Program,
+        what: &str,
+        errors: Vec<wgpu::Error>,
+    ) -> Result<(), GpuError> {
         let mut messages: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         messages.extend(self.take_uncaptured());
         self.check_lost(&program.stage)?;
@@ -161,16 +164,25 @@ impl Runtime {
 
         // Allocation and pipeline creation.
         let scopes = vec![
-            self.dev.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev.device.push_error_scope(wgpu::ErrorFilter::Validation),
+            self.dev
+                .device
+                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            self.dev
+                .device
+                .push_error_scope(wgpu::ErrorFilter::Validation),
         ];
         let mut sizes: Vec<_> = program.sizes.iter().map(|(s, b)| (*s, *b)).collect();
         sizes.sort();
         let mut allocation = Ok(());
         for (slot, bytes) in sizes {
             allocation = allocation.and_then(|()| {
-                self.pool
-                    .ensure(&self.dev.device, slot, bytes, storage_usage(), limits.max_buffer)
+                self.pool.ensure(
+                    &self.dev.device,
+                    slot,
+                    bytes,
+                    storage_usage(),
+                    limits.max_buffer,
+                )
             });
         }
         allocation = allocation.and_then(|()| {
@@ -268,9 +280,15 @@ impl Runtime {
 
         // One encoder, one submission.
         let scopes = vec![
-            self.dev.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev.device.push_error_scope(wgpu::ErrorFilter::Validation),
-            self.dev.device.push_error_scope(wgpu::ErrorFilter::Internal),
+            self.dev
+                .device
+                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            self.dev
+                .device
+                .push_error_scope(wgpu::ErrorFilter::Validation),
+            self.dev
+                .device
+                .push_error_scope(wgpu::ErrorFilter::Internal),
         ];
         let mut encoder = self
             .dev

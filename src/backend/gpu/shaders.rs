@@ -1,14 +1,19 @@
 //! The WGSL kernels of `shaders/` and the small step that turns a shader file
 //! into compilable source: `//!include NAME` lines are replaced by the named
 //! file, and a generated prelude defines the variant's element types and
-//! sizes (`act`, `act_in`, `WG`, `TILE`, `MAX_C`). No template engine.
+//! sizes (`act`, `act_in`, `WG`, `TILE`, `TM`, `TN`, `MAX_C`). No template engine.
 
 use std::fmt::Write as _;
 
 /// Workgroup size of the 1-D kernels (embed, gather, gatv2, score).
 pub const WG: u32 = 64;
-/// Tile edge of the linear kernel (a TILE×TILE workgroup).
+/// Tile edge of the linear kernel (a TILE×TILE workgroup, TILE k-values
+/// staged at a time).
 pub const TILE: u32 = 16;
+/// Output rows per linear invocation (a workgroup covers TILE·TM rows).
+pub const TM: u32 = 4;
+/// Output columns per linear invocation (a workgroup covers TILE·TN columns).
+pub const TN: u32 = 2;
 /// Smallest and largest `MAX_C` (channels per head) the gatv2 variants use.
 pub const MIN_MAX_C: u32 = 8;
 /// Largest channels per head the gatv2 kernel supports.
@@ -137,7 +142,12 @@ impl Variant {
 
     /// Short description for labels.
     pub fn label(&self) -> String {
-        format!("{}/{} C≤{}", self.act.wgsl(), self.act_in.wgsl(), self.max_c)
+        format!(
+            "{}/{} C≤{}",
+            self.act.wgsl(),
+            self.act_in.wgsl(),
+            self.max_c
+        )
     }
 }
 
@@ -186,7 +196,7 @@ pub fn wgsl(kernel: Kernel, variant: Variant) -> String {
     }
     let _ = writeln!(
         out,
-        "// seggpu {} — variant {}\nalias act = {};\nalias act_in = {};\nconst WG: u32 = {WG}u;\nconst TILE: u32 = {TILE}u;\nconst MAX_C: u32 = {}u;\n",
+        "// seggpu {} — variant {}\nalias act = {};\nalias act_in = {};\nconst WG: u32 = {WG}u;\nconst TILE: u32 = {TILE}u;\nconst TM: u32 = {TM}u;\nconst TN: u32 = {TN}u;\nconst MAX_C: u32 = {}u;\n",
         kernel.file(),
         variant.label(),
         variant.act.wgsl(),
@@ -249,7 +259,10 @@ pub fn validate(kernel: Kernel, variant: Variant) -> Result<(), String> {
         .find(|e| e.name == "main")
         .ok_or_else(|| format!("{}: no entry point `main`", kernel.file()))?;
     if entry.stage != naga::ShaderStage::Compute {
-        return Err(format!("{}: `main` is not a compute entry point", kernel.file()));
+        return Err(format!(
+            "{}: `main` is not a compute entry point",
+            kernel.file()
+        ));
     }
     Ok(())
 }
@@ -274,6 +287,21 @@ mod tests {
     }
 
     #[test]
+    fn the_softmax_start_is_exactly_f32_min() {
+        let source = wgsl(Kernel::Gatv2, Variant::of(Elem::F32));
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let (_, constant) = module
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some("F32_LOWEST"))
+            .expect("F32_LOWEST");
+        match module.global_expressions[constant.init] {
+            naga::Expression::Literal(naga::Literal::F32(v)) => assert_eq!(v, f32::MIN),
+            ref other => panic!("F32_LOWEST is {other:?}"),
+        }
+    }
+
+    #[test]
     fn f16_variants_need_the_capability() {
         let source = wgsl(Kernel::Embed, Variant::of(Elem::F16));
         let module = naga::front::wgsl::parse_str(&source).unwrap();
@@ -282,7 +310,10 @@ mod tests {
             naga::valid::Capabilities::empty(),
         )
         .validate(&module);
-        assert!(result.is_err(), "f16 shader validated without SHADER_FLOAT16");
+        assert!(
+            result.is_err(),
+            "f16 shader validated without SHADER_FLOAT16"
+        );
     }
 
     #[test]
@@ -290,7 +321,7 @@ mod tests {
         let text = "//!include common.wgsl\n//!include common.wgsl\nfn f() {}\n";
         let out = expand_includes(text).unwrap();
         assert_eq!(out.matches("fn linear_index").count(), 1);
-        assert!(!out.contains("//!include"));
+        assert!(!out.lines().any(|l| l.trim().starts_with("//!include")));
         assert!(expand_includes("//!include nope.wgsl\n").is_err());
     }
 

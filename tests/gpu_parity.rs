@@ -1,0 +1,371 @@
+//! The WGSL kernels on a real wgpu adapter against their CPU twins, and the
+//! full GPU forward pass against PyTorch Geometric, on every golden fixture.
+//!
+//! Without an adapter these tests print `SKIPPED: no GPU adapter` and pass,
+//! except with `CI=true`, where they fail. `SEGGPU_LIMITS=default` runs them
+//! under wgpu's default limits.
+
+mod common;
+
+use common::{check, Fixture, FIXTURES};
+use seggpu::backend::cpu::CpuBackend;
+use seggpu::backend::gpu::test_support::backend_or_skip;
+use seggpu::backend::gpu::{GpuBackend, GpuOptions, LimitsMode};
+use seggpu::backend::Backend;
+use seggpu::graph::{Csr, ReceptiveField};
+use seggpu::kernels::{embed, gatv2, linear, score};
+use seggpu::model::BD_FEATURES;
+
+/// Tolerances of tests/parity_cpu.rs: F32 weights 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
+fn tolerance(fixture: &Fixture) -> (f32, f32) {
+    if fixture.half_weights() {
+        (1e-5, 1e-2)
+    } else {
+        (1e-5, 1e-4)
+    }
+}
+
+fn twin_linear(x: &[f32], rows: Option<&[u32]>, layer: &linear::Linear) -> Vec<f32> {
+    let n = rows.map_or(x.len() / layer.in_dim, <[u32]>::len);
+    let mut out = vec![0.0; n * layer.out_dim];
+    linear::linear(x, rows, layer, &mut out);
+    out
+}
+
+/// Runs every kernel of every layer on the GPU with the CPU's inputs and
+/// compares it with its CPU twin.
+fn kernels_match_twins(gpu: &mut GpuBackend) {
+    for name in FIXTURES {
+        let fx = Fixture::load(name);
+        let (atol, rtol) = tolerance(&fx);
+        let model = &fx.model;
+        let graph = &fx.graph;
+        let emb = model.arch.emb;
+        let cpu = CpuBackend::new().forward(model, graph, true).unwrap();
+
+        let got = gpu
+            .embed_relu(&model.tx_embedding, emb, &graph.tx_token)
+            .unwrap();
+        let mut twin = vec![0.0; graph.n_tx() * emb];
+        embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut twin);
+        check(
+            &format!("{name} kernel embed"),
+            &got,
+            &twin,
+            emb,
+            atol,
+            rtol,
+        );
+
+        let bd_x: Vec<f32> = graph
+            .bd_x
+            .iter()
+            .map(|&v| if v.is_nan() { 0.0 } else { v })
+            .collect();
+        let lin0 = linear::Linear {
+            in_dim: BD_FEATURES,
+            out_dim: emb,
+            wt: &model.lin0_bd_wt,
+            bias: None,
+            relu: true,
+        };
+        let got = gpu.linear(&bd_x, None, &lin0).unwrap();
+        check(
+            &format!("{name} kernel linear lin0"),
+            &got,
+            &twin_linear(&bd_x, None, &lin0),
+            emb,
+            atol,
+            rtol,
+        );
+
+        let (rows, belongs) = graph.belongs.compact_sources();
+        for (l, layer) in model.layers.iter().enumerate() {
+            let h = &cpu.layers[l];
+            for (conv, src, src_rows, dst, csr, tag) in [
+                (
+                    &layer.neighbors,
+                    &h.tx,
+                    None,
+                    &h.tx,
+                    &graph.neighbors,
+                    "neighbors",
+                ),
+                (
+                    &layer.belongs,
+                    &h.tx,
+                    Some(rows.as_slice()),
+                    &h.bd,
+                    &belongs,
+                    "belongs",
+                ),
+            ] {
+                let hc = conv.out_dim();
+                let lin_l = linear::Linear {
+                    in_dim: conv.in_dim,
+                    out_dim: hc,
+                    wt: &conv.lin_l_wt,
+                    bias: Some(&conv.lin_l_b),
+                    relu: false,
+                };
+                let lin_r = linear::Linear {
+                    wt: &conv.lin_r_wt,
+                    bias: Some(&conv.lin_r_b),
+                    ..lin_l
+                };
+                let xl = twin_linear(src, src_rows, &lin_l);
+                let got = gpu.linear(src, src_rows, &lin_l).unwrap();
+                check(
+                    &format!("{name} kernel linear {}.{tag}.lin_l", layer.name),
+                    &got,
+                    &xl,
+                    hc,
+                    atol,
+                    rtol,
+                );
+                let xr = twin_linear(dst, None, &lin_r);
+                let got = gpu.linear(dst, None, &lin_r).unwrap();
+                check(
+                    &format!("{name} kernel linear {}.{tag}.lin_r", layer.name),
+                    &got,
+                    &xr,
+                    hc,
+                    atol,
+                    rtol,
+                );
+                let gat = gatv2::Gat {
+                    heads: conv.heads,
+                    channels: conv.channels,
+                    att: &conv.att,
+                    bias: &conv.bias,
+                    relu: layer.relu,
+                };
+                let mut twin = vec![0.0; csr.n_dst() * hc];
+                gatv2::gatv2(&gat, &xl, &xr, csr, &mut twin);
+                let got = gpu.gatv2(&gat, &xl, &xr, csr).unwrap();
+                check(
+                    &format!("{name} kernel gatv2 {}.{tag}", layer.name),
+                    &got,
+                    &twin,
+                    hc,
+                    atol,
+                    rtol,
+                );
+            }
+        }
+
+        let rf = graph.receptive_field.as_ref().unwrap();
+        let (twin_score, twin_index) = score::best(&cpu.z_tx, &cpu.z_bd, cpu.dim, rf);
+        let (got_score, got_index) = gpu.best(&cpu.z_tx, &cpu.z_bd, cpu.dim, rf).unwrap();
+        check(
+            &format!("{name} kernel score"),
+            &got_score,
+            &twin_score,
+            1,
+            atol,
+            rtol,
+        );
+        assert_eq!(got_index, twin_index, "{name}: best indices differ");
+    }
+}
+
+/// The GPU forward pass against PyG (every layer), and GPU scoring against
+/// PyG and the CPU backend (identical best indices).
+fn forward_matches_pyg(gpu: &mut GpuBackend) {
+    for name in FIXTURES {
+        let fx = Fixture::load(name);
+        let (atol, rtol) = tolerance(&fx);
+        let out = gpu.forward(&fx.model, &fx.graph, true).unwrap();
+        assert_eq!(out.layers.len(), fx.model.arch.layers() + 1);
+        for (l, act) in out.layers.iter().enumerate() {
+            let (shape, tx) = fx.f32(&format!("expected.h_tx.{l}"));
+            check(
+                &format!("{name} gpu h_tx.{l}"),
+                &act.tx,
+                &tx,
+                shape[1],
+                atol,
+                rtol,
+            );
+            let (shape, bd) = fx.f32(&format!("expected.h_bd.{l}"));
+            check(
+                &format!("{name} gpu h_bd.{l}"),
+                &act.bd,
+                &bd,
+                shape[1],
+                atol,
+                rtol,
+            );
+        }
+        let (_, z_tx) = fx.f32("expected.z_tx");
+        check(
+            &format!("{name} gpu z_tx"),
+            &out.z_tx,
+            &z_tx,
+            out.dim,
+            atol,
+            rtol,
+        );
+        let (_, z_bd) = fx.f32("expected.z_bd");
+        check(
+            &format!("{name} gpu z_bd"),
+            &out.z_bd,
+            &z_bd,
+            out.dim,
+            atol,
+            rtol,
+        );
+        // Without intermediate layers: the same z.
+        let plain = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+        assert!(plain.layers.is_empty());
+        assert_eq!(plain.z_tx, out.z_tx);
+        assert_eq!(plain.z_bd, out.z_bd);
+
+        let rf = fx.graph.receptive_field.as_ref().unwrap();
+        let best = gpu.score(&out, rf).unwrap();
+        let mut cpu = CpuBackend::new();
+        let cpu_out = cpu.forward(&fx.model, &fx.graph, false).unwrap();
+        let cpu_best = cpu.score(&cpu_out, rf).unwrap();
+        assert_eq!(
+            best.index, cpu_best.index,
+            "{name}: GPU and CPU best indices differ"
+        );
+        let expected_index = fx.i64("expected.best_index");
+        let mismatches: Vec<usize> = (0..expected_index.len())
+            .filter(|&i| i64::from(best.index[i]) != expected_index[i])
+            .collect();
+        assert!(
+            mismatches.is_empty(),
+            "{name}: GPU best index differs from PyG at {mismatches:?}"
+        );
+        let (_, expected_score) = fx.f32("expected.best_score");
+        let score: Vec<f32> = best
+            .score
+            .iter()
+            .zip(&best.index)
+            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
+            .collect();
+        check(
+            &format!("{name} gpu best_score"),
+            &score,
+            &expected_score,
+            1,
+            atol,
+            rtol,
+        );
+        println!(
+            "{name}: {} transcripts, GPU and CPU best indices identical",
+            best.index.len()
+        );
+    }
+}
+
+#[test]
+fn gpu_kernels_match_cpu_twins() {
+    let Some(mut gpu) = backend_or_skip("gpu_kernels_match_cpu_twins", GpuOptions::default())
+    else {
+        return;
+    };
+    kernels_match_twins(&mut gpu);
+}
+
+#[test]
+fn gpu_forward_matches_pyg() {
+    let Some(mut gpu) = backend_or_skip("gpu_forward_matches_pyg", GpuOptions::default()) else {
+        return;
+    };
+    println!("{}", gpu.describe());
+    forward_matches_pyg(&mut gpu);
+}
+
+/// The same checks under wgpu's default limits, whatever the environment says.
+#[test]
+fn gpu_matches_under_default_limits() {
+    let options = GpuOptions {
+        limits: LimitsMode::Default,
+        ..GpuOptions::default()
+    };
+    let Some(mut gpu) = backend_or_skip("gpu_matches_under_default_limits", options) else {
+        return;
+    };
+    forward_matches_pyg(&mut gpu);
+    kernels_match_twins(&mut gpu);
+}
+
+/// A second forward of the same tile reuses the weights, buffers and bind groups.
+#[test]
+fn gpu_reuses_weights_buffers_and_bind_groups() {
+    let Some(mut gpu) = backend_or_skip(
+        "gpu_reuses_weights_buffers_and_bind_groups",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let fx = Fixture::load("dev");
+    let first = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+    let after_first = gpu.stats();
+    let second = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+    let after_second = gpu.stats();
+    println!("after one forward: {after_first:?}; after two: {after_second:?}");
+    assert_eq!(first.z_tx, second.z_tx);
+    assert_eq!(after_second.model_uploads, 1, "weights uploaded once");
+    assert_eq!(after_second.submissions, after_first.submissions + 1);
+    assert_eq!(after_second.allocated_bytes, after_first.allocated_bytes);
+    assert_eq!(
+        after_second.cached_bind_groups,
+        after_first.cached_bind_groups
+    );
+    // A smaller tile fits in the same buffers.
+    let small = Fixture::load("small");
+    gpu.forward(&small.model, &small.graph, false).unwrap();
+    let after_small = gpu.stats();
+    assert_eq!(after_small.model_uploads, 2, "a new model is uploaded");
+    assert!(after_small.allocated_bytes <= after_second.allocated_bytes + (1 << 16));
+}
+
+/// Degenerate tiles: no nuclei, no transcripts, no belongs edges.
+#[test]
+fn gpu_handles_empty_tiles() {
+    let Some(mut gpu) = backend_or_skip("gpu_handles_empty_tiles", GpuOptions::default()) else {
+        return;
+    };
+    let fx = Fixture::load("small");
+    let mut cpu = CpuBackend::new();
+    let n_tx = fx.graph.n_tx();
+    let mut cases = Vec::new();
+    // No nuclei.
+    let mut g = fx.graph.clone();
+    g.bd_x.clear();
+    g.belongs = Csr::from_edges(0, std::iter::empty());
+    g.receptive_field = Some(ReceptiveField {
+        k: 2,
+        index: vec![-1; n_tx * 2],
+    });
+    cases.push(("no nuclei", g));
+    // Nuclei without belongs edges.
+    let mut g = fx.graph.clone();
+    g.belongs = Csr::from_edges(fx.graph.n_bd(), std::iter::empty());
+    cases.push(("no belongs edges", g));
+    // No transcripts.
+    let mut g = fx.graph.clone();
+    g.tx_token.clear();
+    g.neighbors = Csr::from_edges(0, std::iter::empty());
+    g.belongs = Csr::from_edges(fx.graph.n_bd(), std::iter::empty());
+    g.receptive_field = Some(ReceptiveField {
+        k: 4,
+        index: Vec::new(),
+    });
+    cases.push(("no transcripts", g));
+    for (what, graph) in cases {
+        let a = gpu.forward(&fx.model, &graph, false).unwrap();
+        let b = cpu.forward(&fx.model, &graph, false).unwrap();
+        assert_eq!(a.z_tx.len(), b.z_tx.len(), "{what}");
+        assert_eq!(a.z_bd.len(), b.z_bd.len(), "{what}");
+        check(&format!("{what} z_tx"), &a.z_tx, &b.z_tx, a.dim, 1e-5, 1e-4);
+        check(&format!("{what} z_bd"), &a.z_bd, &b.z_bd, a.dim, 1e-5, 1e-4);
+        let rf = graph.receptive_field.as_ref().unwrap();
+        let sa = gpu.score(&a, rf).unwrap();
+        let sb = cpu.score(&b, rf).unwrap();
+        assert_eq!(sa.index, sb.index, "{what}");
+    }
+}
