@@ -25,9 +25,7 @@ fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * (nwg.x * WG);
 }
 
+// Equals `v > 0 ? v : v * slope` for a slope in (0, 1), without a branch.
 fn leaky_relu(v: f32) -> f32 {
-    if (v > 0.0) {
-        return v;
-    }
-    return v * NEGATIVE_SLOPE;
+    return max(v, v * NEGATIVE_SLOPE);
 }

@@ -58,12 +58,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var batch_begin = edge_begin;
     while (batch_begin < edge_end) {
         let batch_len = min(EDGE_BATCH, edge_end - batch_begin);
+        var rows: array<u32, EDGE_BATCH>;
+        for (var b = 0u; b < batch_len; b++) {
+            rows[b] = sources[batch_begin + b - p.src_shift] * hc + base - p.xl_shift;
+        }
         var logits: array<f32, EDGE_BATCH>;
         for (var c = 0u; c < p.channels; c++) {
             for (var b = 0u; b < batch_len; b++) {
-                let src = sources[batch_begin + b - p.src_shift];
-                let message = f32(xl[src * hc + base + c - p.xl_shift]);
-                logits[b] += w[att + c] * leaky_relu(message + f32(xr[xr_row + c]));
+                logits[b] += w[att + c] * leaky_relu(f32(xl[rows[b] + c]) + f32(xr[xr_row + c]));
             }
         }
         var new_max = running_max;
@@ -71,20 +73,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             new_max = max(new_max, logits[b]);
         }
         if (new_max > running_max) {
-            let rescale = exp(running_max - new_max);
-            denom *= rescale;
-            for (var c = 0u; c < p.channels; c++) {
-                acc[c] *= rescale;
+            // Before the first batch there is nothing to rescale.
+            if (denom > 0.0) {
+                let rescale = exp(running_max - new_max);
+                denom *= rescale;
+                for (var c = 0u; c < p.channels; c++) {
+                    acc[c] *= rescale;
+                }
             }
             running_max = new_max;
         }
         for (var b = 0u; b < batch_len; b++) {
-            let src = sources[batch_begin + b - p.src_shift];
             let weight = exp(logits[b] - running_max);
             denom += weight;
-            let message = src * hc + base - p.xl_shift;
             for (var c = 0u; c < p.channels; c++) {
-                acc[c] += weight * f32(xl[message + c]);
+                acc[c] += weight * f32(xl[rows[b] + c]);
             }
         }
         batch_begin += batch_len;

@@ -28,11 +28,8 @@ pub struct Gat<'a> {
 
 #[inline(always)]
 fn leaky_relu(v: f32) -> f32 {
-    if v > 0.0 {
-        v
-    } else {
-        v * NEGATIVE_SLOPE
-    }
+    // Equals `if v > 0 { v } else { v · slope }` for a slope in (0, 1), without a branch.
+    v.max(v * NEGATIVE_SLOPE)
 }
 
 /// Edges whose logits one invocation computes together: their sums are
@@ -67,31 +64,36 @@ pub fn gatv2_at(
     let mut batch_begin = edge_begin;
     while batch_begin < edge_end {
         let batch_len = EDGE_BATCH.min(edge_end - batch_begin);
+        let mut rows = [0usize; EDGE_BATCH];
+        for b in 0..batch_len {
+            rows[b] = csr.sources[batch_begin + b] as usize * hc + base;
+        }
         let mut logits = [0.0f32; EDGE_BATCH];
         for c in 0..gat.channels {
             for b in 0..batch_len {
-                let src = csr.sources[batch_begin + b] as usize;
-                let message = xl[src * hc + base + c];
-                logits[b] += att[c] * leaky_relu(message + xr_row[c]);
+                logits[b] += att[c] * leaky_relu(xl[rows[b] + c] + xr_row[c]);
             }
         }
         let mut new_max = running_max;
         for &logit in &logits[..batch_len] {
             new_max = new_max.max(logit);
         }
+        // Before the first batch there is nothing to rescale (and
+        // exp(f32::MIN − m) would take libm's slow underflow path).
         if new_max > running_max {
-            let rescale = (running_max - new_max).exp();
-            denom *= rescale;
-            for value in out.iter_mut() {
-                *value *= rescale;
+            if denom > 0.0 {
+                let rescale = (running_max - new_max).exp();
+                denom *= rescale;
+                for value in out.iter_mut() {
+                    *value *= rescale;
+                }
             }
             running_max = new_max;
         }
         for b in 0..batch_len {
-            let src = csr.sources[batch_begin + b] as usize;
             let weight = (logits[b] - running_max).exp();
             denom += weight;
-            let message = &xl[src * hc + base..src * hc + base + gat.channels];
+            let message = &xl[rows[b]..rows[b] + gat.channels];
             for c in 0..gat.channels {
                 out[c] += weight * message[c];
             }
