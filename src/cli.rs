@@ -98,6 +98,19 @@ pub enum Command {
     },
     /// List the GPU adapters wgpu finds, with the limits and features seggpu uses.
     Devices,
+    /// Segment a sample: vendor files + weights → transcript assignments,
+    /// cells and a log (SPEC §11).
+    Segment {
+        /// Segmentation options.
+        #[command(flatten)]
+        args: crate::pipeline::run::SegmentArgs,
+        /// Input files and columns.
+        #[command(flatten)]
+        input: crate::io::args::InputArgs,
+        /// Backend selection.
+        #[command(flatten)]
+        backend: BackendArgs,
+    },
     /// Write a synthetic Xenium output folder with ground truth (transcripts,
     /// nucleus boundaries, ground_truth, ground_truth_cells parquet files).
     Simulate {
@@ -124,6 +137,15 @@ pub fn run(cli: Cli) -> Result<()> {
             backend,
         } => forward(&graph, &model, &out, &backend),
         Command::Devices => devices(),
+        Command::Segment {
+            args,
+            input,
+            backend,
+        } => {
+            let mut backend = make_backend(&backend)?;
+            let command_line: Vec<String> = std::env::args().collect();
+            crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line)
+        }
         Command::Simulate { out, cells, seed } => {
             let opts = crate::simulate::SimulateOptions {
                 cells,

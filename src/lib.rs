@@ -5,6 +5,7 @@
 //! scoring, through a [`backend::Backend`] whose kernels live in [`kernels`].
 
 pub mod backend;
+pub mod demo;
 pub mod cli;
 pub mod fragments;
 pub mod graph;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod score;
+pub mod simulate;
 pub mod synthetic;
 pub mod tensorfile;
 pub mod tiles;

@@ -17,7 +17,7 @@ use crate::score::{self, ScoreStats};
 use crate::tiles::{self, TileGrid};
 
 pub mod progress;
-// RUN_PENDING pub mod run;
+pub mod run;
 
 use progress::Progress;
 
@@ -99,7 +99,11 @@ pub struct Segmentation {
 }
 
 /// Maps every row's gene to a model token, applying the unknown-gene policy.
-fn tokens_for(transcripts: &mut Transcripts, model: &Model, policy: UnknownGenes) -> Result<Vec<u32>> {
+fn tokens_for(
+    transcripts: &mut Transcripts,
+    model: &Model,
+    policy: UnknownGenes,
+) -> Result<Vec<u32>> {
     let index = model.gene_index();
     let file_to_token: Vec<Option<u32>> = transcripts
         .gene_names
@@ -109,7 +113,10 @@ fn tokens_for(transcripts: &mut Transcripts, model: &Model, policy: UnknownGenes
     let mut missing: Vec<&str> = Vec::new();
     let mut seen = vec![false; file_to_token.len()];
     for (row, &g) in transcripts.gene.iter().enumerate() {
-        if transcripts.filter[row].is_none() && file_to_token[g as usize].is_none() && !seen[g as usize] {
+        if transcripts.filter[row].is_none()
+            && file_to_token[g as usize].is_none()
+            && !seen[g as usize]
+        {
             seen[g as usize] = true;
             missing.push(&transcripts.gene_names[g as usize]);
         }
@@ -236,11 +243,19 @@ fn score_tiles(
                 if n < 0 {
                     return -1;
                 }
-                bd_items.binary_search(&(n as u32)).map_or(-1, |local| local as i32)
+                bd_items
+                    .binary_search(&(n as u32))
+                    .map_or(-1, |local| local as i32)
             })
             .collect();
-        let bd_centroid: Vec<[f64; 2]> = bd_items.iter().map(|&n| nuclei.centroid[n as usize]).collect();
-        let bd_x: Vec<f32> = bd_items.iter().flat_map(|&n| nuclei.features[n as usize]).collect();
+        let bd_centroid: Vec<[f64; 2]> = bd_items
+            .iter()
+            .map(|&n| nuclei.centroid[n as usize])
+            .collect();
+        let bd_x: Vec<f32> = bd_items
+            .iter()
+            .flat_map(|&n| nuclei.features[n as usize])
+            .collect();
         let graph = build_tile_graph(
             TileNodes {
                 tx_pos: &tile_pos,
@@ -252,10 +267,15 @@ fn score_tiles(
             params,
         );
         let embeddings = backend.forward(model, &graph, false)?;
-        let rf = graph.receptive_field.as_ref().expect("built with a receptive field");
+        let rf = graph
+            .receptive_field
+            .as_ref()
+            .expect("built with a receptive field");
         let best = backend.score(&embeddings, rf)?;
         for &i in &tx_members[t] {
-            let local = tx_items.binary_search(&i).expect("owned items are gathered");
+            let local = tx_items
+                .binary_search(&i)
+                .expect("owned items are gathered");
             if best.index[local] >= 0 {
                 best_score[i as usize] = best.score[local];
                 best_index[i as usize] = bd_items[best.index[local] as usize] as i32;
@@ -341,13 +361,23 @@ pub fn segment(
             cut: settings.cut.unwrap_or(cut),
             min_transcripts: settings.min_transcripts,
         };
-        let candidates: Vec<u32> = (0..kept.len() as u32).filter(|&i| !assigned[i as usize]).collect();
+        let candidates: Vec<u32> = (0..kept.len() as u32)
+            .filter(|&i| !assigned[i as usize])
+            .collect();
         let cand_pos: Vec<[f64; 3]> = candidates.iter().map(|&i| pos[i as usize]).collect();
-        let cand_tokens: Vec<u32> = candidates.iter().map(|&i| kept_tokens[i as usize]).collect();
+        let cand_tokens: Vec<u32> = candidates
+            .iter()
+            .map(|&i| kept_tokens[i as usize])
+            .collect();
         let unit = fragments::normalised_embeddings(&model.tx_embedding, model.arch.emb);
         let sim = fragments::similarity_graph(&cand_pos, &cand_tokens, &unit, model.arch.emb, &fp);
         let (threshold, median) = fragments::threshold(&sim, fp.cut);
-        let edges = crate::kernels::fragments::kept_edges(&sim.neighbors, sim.k, &sim.similarity, threshold);
+        let edges = crate::kernels::fragments::kept_edges(
+            &sim.neighbors,
+            sim.k,
+            &sim.similarity,
+            threshold,
+        );
         let labels = backend.components(candidates.len(), &edges)?;
         let mut size: HashMap<u32, usize> = HashMap::new();
         for &l in &labels {
@@ -372,7 +402,11 @@ pub fn segment(
                 .unwrap_or(std::cmp::Ordering::Equal)
                 .then(a.0.cmp(&b.0))
         });
-        let slot: HashMap<u32, usize> = roots.iter().enumerate().map(|(s, &(l, _))| (l, s)).collect();
+        let slot: HashMap<u32, usize> = roots
+            .iter()
+            .enumerate()
+            .map(|(s, &(l, _))| (l, s))
+            .collect();
         fragment_ids = roots
             .iter()
             .map(|&(_, row)| format!("fragment-{}", transcripts.id_key[row]))
@@ -398,7 +432,11 @@ pub fn segment(
         cell_id: vec!["UNASSIGNED".to_owned(); n_rows],
         score: vec![None; n_rows],
         assignment: vec!["unassigned"; n_rows],
-        filter_reason: transcripts.filter.iter().map(|f| f.map(FilterReason::as_str)).collect(),
+        filter_reason: transcripts
+            .filter
+            .iter()
+            .map(|f| f.map(FilterReason::as_str))
+            .collect(),
         cells: Vec::new(),
         summary: serde_json::Value::Null,
         stage_seconds: Vec::new(),
@@ -431,7 +469,13 @@ pub fn segment(
         acc.1 += pos[i][0];
         acc.2 += pos[i][1];
     }
-    let mean = |(n, sx, sy): (u64, f64, f64)| if n == 0 { (None, None) } else { (Some(sx / n as f64), Some(sy / n as f64)) };
+    let mean = |(n, sx, sy): (u64, f64, f64)| {
+        if n == 0 {
+            (None, None)
+        } else {
+            (Some(sx / n as f64), Some(sy / n as f64))
+        }
+    };
     for (n, id) in nuclei.ids.iter().enumerate() {
         let (cx, cy) = mean(cell_sum[n]);
         result.cells.push(CellRow {

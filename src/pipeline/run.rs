@@ -149,7 +149,7 @@ pub fn run(
             },
         )?;
         if !args.quiet {
-            eprintln!("demo: simulated {summary} into {}", dir.display());
+            eprintln!("demo: {summary}");
         }
         input.xenium = Some(dir);
         let file = crate::tensorfile::TensorFile::from_bytes(
