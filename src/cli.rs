@@ -73,6 +73,8 @@ impl BackendArgs {
 }
 
 /// Subcommands.
+// Parsed once per run: the size of the `segment` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print a weights file's architecture, dtype, vocabulary, defaults and sha256.

@@ -2,6 +2,9 @@
 //! what one shader invocation computes, in the same reduction order, so the
 //! CPU backend and the GPU backend can be compared value by value.
 
+// Index loops on purpose: the twins read line for line like the shaders.
+#![allow(clippy::needless_range_loop)]
+
 pub mod embed;
 pub mod fragments;
 pub mod gatv2;
