@@ -221,7 +221,8 @@ fn score_tiles(
     params: &GraphParams,
     backend: &mut dyn Backend,
     progress: &Progress,
-) -> Result<(Vec<f32>, Vec<i32>)> {
+) -> Result<(Vec<f32>, Vec<i32>, [f64; 2])> {
+    let mut seconds = [0.0f64; 2];
     let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
     let tx_members = tiles::bucket(grid, &flat);
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
@@ -248,6 +249,7 @@ fn score_tiles(
                     .map_or(-1, |local| local as i32)
             })
             .collect();
+        let clock = Instant::now();
         let bd_centroid: Vec<[f64; 2]> = bd_items
             .iter()
             .map(|&n| nuclei.centroid[n as usize])
@@ -266,12 +268,15 @@ fn score_tiles(
             },
             params,
         );
+        seconds[0] += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let embeddings = backend.forward(model, &graph, false)?;
         let rf = graph
             .receptive_field
             .as_ref()
             .expect("built with a receptive field");
         let best = backend.score(&embeddings, rf)?;
+        seconds[1] += clock.elapsed().as_secs_f64();
         for &i in &tx_members[t] {
             let local = tx_items
                 .binary_search(&i)
@@ -282,8 +287,8 @@ fn score_tiles(
             }
         }
     }
-    bar.finish();
-    Ok((best_score, best_index))
+    bar.finish_and_clear();
+    Ok((best_score, best_index, seconds))
 }
 
 /// Segments one sample.
@@ -325,8 +330,7 @@ pub fn segment(
     let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), params.tile_size, margin);
     stages.push(("prepare".to_owned(), clock.elapsed().as_secs_f64()));
 
-    let clock = Instant::now();
-    let (best_score, best_index) = score_tiles(
+    let (best_score, best_index, [graph_seconds, model_seconds]) = score_tiles(
         &grid,
         &pos,
         &kept_tokens,
@@ -337,7 +341,8 @@ pub fn segment(
         backend,
         progress,
     )?;
-    stages.push(("model".to_owned(), clock.elapsed().as_secs_f64()));
+    stages.push(("graphs".to_owned(), graph_seconds));
+    stages.push(("model+score".to_owned(), model_seconds));
 
     let clock = Instant::now();
     let stats: ScoreStats = score::statistics(&best_score);

@@ -94,10 +94,22 @@ impl SegmentArgs {
     pub fn params(&self, model: &Model) -> Result<SegmentParams> {
         let stored = model.defaults.clone().unwrap_or_default();
         let number = |key: &str| stored.get(key).and_then(serde_json::Value::as_f64);
-        let k_tx = self.k_tx.or(number("k_tx").map(|v| v as usize)).unwrap_or(defaults::K_TX);
-        let dist_tx = self.dist_tx.or(number("dist_tx")).unwrap_or(defaults::DIST_TX);
-        let k_bd = self.k_bd.or(number("k_bd").map(|v| v as usize)).unwrap_or(defaults::K_BD);
-        let dist_bd = self.dist_bd.or(number("dist_bd")).unwrap_or(defaults::DIST_BD);
+        let k_tx = self
+            .k_tx
+            .or(number("k_tx").map(|v| v as usize))
+            .unwrap_or(defaults::K_TX);
+        let dist_tx = self
+            .dist_tx
+            .or(number("dist_tx"))
+            .unwrap_or(defaults::DIST_TX);
+        let k_bd = self
+            .k_bd
+            .or(number("k_bd").map(|v| v as usize))
+            .unwrap_or(defaults::K_BD);
+        let dist_bd = self
+            .dist_bd
+            .or(number("dist_bd"))
+            .unwrap_or(defaults::DIST_BD);
         let score_cut = self
             .score_cut
             .or(number("score_cut").map(|v| ScoreCut::Fixed(v as f32)))
@@ -106,8 +118,14 @@ impl SegmentArgs {
             .min_transcripts
             .or(number("min_transcripts").map(|v| v as usize))
             .unwrap_or(defaults::MIN_TRANSCRIPTS);
-        anyhow::ensure!(k_tx >= 1 && k_bd >= 1, "--k-tx and --k-bd must be at least 1");
-        anyhow::ensure!(dist_tx > 0.0 && dist_bd > 0.0, "--dist-tx and --dist-bd must be positive");
+        anyhow::ensure!(
+            k_tx >= 1 && k_bd >= 1,
+            "--k-tx and --k-bd must be at least 1"
+        );
+        anyhow::ensure!(
+            dist_tx > 0.0 && dist_bd > 0.0,
+            "--dist-tx and --dist-bd must be positive"
+        );
         anyhow::ensure!(self.tile_size > 0.0, "--tile-size must be positive");
         Ok(SegmentParams {
             graph: GraphParams {
@@ -175,7 +193,8 @@ pub fn run(
     spinner.finish_and_clear();
     stages.push(("read".into(), clock.elapsed().as_secs_f64()));
 
-    let (result, transcripts) = super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
+    let (result, transcripts) =
+        super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
     stages.extend(result.stage_seconds.iter().cloned());
 
     let clock = Instant::now();
@@ -209,8 +228,15 @@ pub fn run(
         "seconds": stages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "seconds_total": started.elapsed().as_secs_f64(),
     });
-    std::fs::write(out.staged(output::LOG_FILE), serde_json::to_vec_pretty(&log)?)?;
-    out.commit(&[output::TRANSCRIPTS_FILE, output::CELLS_FILE, output::LOG_FILE])?;
+    std::fs::write(
+        out.staged(output::LOG_FILE),
+        serde_json::to_vec_pretty(&log)?,
+    )?;
+    out.commit(&[
+        output::TRANSCRIPTS_FILE,
+        output::CELLS_FILE,
+        output::LOG_FILE,
+    ])?;
     spinner.finish_and_clear();
     if args.verbose {
         for (stage, s) in &stages {

@@ -1,0 +1,311 @@
+//! `seggpu segment` end to end on simulated Xenium folders: every input row
+//! once, byte-identical reruns, tiling independence, and one clear error
+//! (exit ≠ 0, nothing under the final names) per kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+
+const OUTPUTS: [&str; 3] = [
+    "segger_transcripts.parquet",
+    "cells.parquet",
+    "segmentation_log.json",
+];
+
+fn seggpu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_seggpu"))
+        .args(args)
+        .output()
+        .expect("run seggpu")
+}
+
+fn demo_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/demo_model.safetensors")
+}
+
+/// A simulated Xenium folder of `cells` cells.
+fn simulated(dir: &Path, cells: usize) -> PathBuf {
+    let input = dir.join("input");
+    let out = seggpu(&[
+        "simulate",
+        "--out",
+        input.to_str().unwrap(),
+        "--cells",
+        &cells.to_string(),
+        "--seed",
+        "11",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    input
+}
+
+fn segment(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let model = demo_model();
+    let mut args = vec![
+        "segment",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    seggpu(&args)
+}
+
+fn read(path: &Path) -> RecordBatch {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn write(path: &Path, batch: &RecordBatch) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
+    let array = batch
+        .column_by_name(column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    let array = arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).unwrap();
+    let array = array.as_any().downcast_ref::<StringArray>().unwrap();
+    (0..array.len())
+        .map(|i| array.value(i).to_owned())
+        .collect()
+}
+
+/// Asserts a failed run with `expect` in its message and no final outputs.
+fn assert_clean_failure(out: &Output, dir: &Path, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("stderr: {err}");
+    assert!(!out.status.success(), "should fail");
+    assert!(
+        err.contains(expect),
+        "error should mention `{expect}`: {err}"
+    );
+    for name in OUTPUTS {
+        assert!(!dir.join(name).exists(), "{name} left behind");
+    }
+    if dir.exists() {
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    }
+}
+
+#[test]
+fn every_row_once_and_reruns_are_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path(), 120);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for out in [&a, &b] {
+        let run = segment(&input, out, &[]);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    for name in ["segger_transcripts.parquet", "cells.parquet"] {
+        assert!(
+            std::fs::read(a.join(name)).unwrap() == std::fs::read(b.join(name)).unwrap(),
+            "{name} differs between runs"
+        );
+    }
+    let input_rows = read(&input.join("transcripts.parquet"));
+    let output = read(&a.join("segger_transcripts.parquet"));
+    assert_eq!(output.num_rows(), input_rows.num_rows());
+    let ids = |batch: &RecordBatch| {
+        let col = batch.column_by_name("transcript_id").unwrap();
+        let col = col.as_any().downcast_ref::<UInt64Array>().unwrap();
+        let mut v: Vec<u64> = col.values().to_vec();
+        v.sort_unstable();
+        v
+    };
+    let out_ids = ids(&output);
+    assert_eq!(
+        out_ids,
+        ids(&input_rows),
+        "the output's transcript ids are the input's"
+    );
+    assert!(
+        out_ids.windows(2).all(|w| w[0] < w[1]),
+        "each input row exactly once"
+    );
+    let assignment = strings(&output, "assignment");
+    let kinds = ["cell", "fragment", "unassigned", "filtered"];
+    assert!(assignment.iter().all(|a| kinds.contains(&a.as_str())));
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("segmentation_log.json")).unwrap()).unwrap();
+    println!("{}", log["result"]["counts"]);
+    assert_eq!(log["result"]["counts"]["read"], input_rows.num_rows());
+    let cells = read(&a.join("cells.parquet"));
+    assert!(cells.num_rows() >= 100);
+}
+
+#[test]
+fn tiled_and_untiled_cli_runs_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path(), 150);
+    let (whole, tiled) = (tmp.path().join("whole"), tmp.path().join("tiled"));
+    assert!(segment(&input, &whole, &["--tile-size", "100000"])
+        .status
+        .success());
+    assert!(segment(&input, &tiled, &["--tile-size", "40"])
+        .status
+        .success());
+    let a = strings(
+        &read(&whole.join("segger_transcripts.parquet")),
+        "segger_cell_id",
+    );
+    let b = strings(
+        &read(&tiled.join("segger_transcripts.parquet")),
+        "segger_cell_id",
+    );
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(differ, 0, "{differ} of {} transcripts differ", a.len());
+}
+
+/// The input folder with one file rewritten by `alter`.
+fn altered(tmp: &Path, file: &str, alter: impl Fn(RecordBatch) -> RecordBatch) -> PathBuf {
+    let input = simulated(tmp, 40);
+    let path = input.join(file);
+    let batch = alter(read(&path));
+    write(&path, &batch);
+    input
+}
+
+#[test]
+fn missing_column_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = altered(tmp.path(), "transcripts.parquet", |b| {
+        let keep: Vec<usize> = (0..b.num_columns())
+            .filter(|&i| b.schema().field(i).name() != "feature_name")
+            .collect();
+        b.project(&keep).unwrap()
+    });
+    let out = tmp.path().join("out");
+    assert_clean_failure(&segment(&input, &out, &[]), &out, "feature_name");
+}
+
+#[test]
+fn empty_transcripts_file_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = altered(tmp.path(), "transcripts.parquet", |b| b.slice(0, 0));
+    let out = tmp.path().join("out");
+    assert_clean_failure(&segment(&input, &out, &[]), &out, "transcripts.parquet");
+}
+
+#[test]
+fn boundaries_without_a_valid_polygon_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two vertices per nucleus: no polygon survives.
+    let input = altered(tmp.path(), "nucleus_boundaries.parquet", |b| {
+        let ids = strings(&b, "cell_id");
+        let keep: Vec<u32> = (0..ids.len() as u32)
+            .filter(|&i| {
+                i == 0
+                    || ids[i as usize] != ids[i as usize - 1]
+                    || (i >= 1 && (i < 2 || ids[i as usize] != ids[i as usize - 2]))
+            })
+            .collect();
+        let idx = arrow::array::UInt32Array::from(keep);
+        let cols: Vec<ArrayRef> = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c, &idx, None).unwrap())
+            .collect();
+        RecordBatch::try_new(b.schema(), cols).unwrap()
+    });
+    let out = tmp.path().join("out");
+    assert_clean_failure(
+        &segment(&input, &out, &[]),
+        &out,
+        "nucleus_boundaries.parquet",
+    );
+}
+
+#[test]
+fn gene_outside_the_vocabulary_is_named_unless_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = altered(tmp.path(), "transcripts.parquet", |b| {
+        let mut genes = strings(&b, "feature_name");
+        genes[3] = "NOTAGENE".into();
+        let idx = b.schema().index_of("feature_name").unwrap();
+        let mut cols = b.columns().to_vec();
+        cols[idx] = Arc::new(StringArray::from(genes));
+        RecordBatch::try_new(b.schema(), cols).unwrap()
+    });
+    let out = tmp.path().join("out");
+    assert_clean_failure(&segment(&input, &out, &[]), &out, "NOTAGENE");
+    let skipped = segment(&input, &out, &["--unknown-genes", "skip"]);
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    let reasons = read(&out.join("segger_transcripts.parquet"));
+    let col = reasons.column_by_name("filter_reason").unwrap();
+    let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!(
+        (0..col.len())
+            .filter(|&i| col.is_valid(i) && col.value(i) == "unknown_gene")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn weights_file_that_is_not_safetensors_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path(), 20);
+    let fake = tmp.path().join("model.safetensors");
+    std::fs::write(&fake, b"this is not a weights file").unwrap();
+    let out = tmp.path().join("out");
+    let run = seggpu(&[
+        "segment",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--model",
+        fake.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert_clean_failure(&run, &out, "is not a valid safetensors file");
+}
+
+#[test]
+fn unwritable_output_folder_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path(), 20);
+    let blocker = tmp.path().join("a_file");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let out = blocker.join("out");
+    let run = segment(&input, &out, &[]);
+    assert_clean_failure(&run, &out, "cannot create output folder");
+}
