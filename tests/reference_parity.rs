@@ -1,0 +1,194 @@
+//! `segment` against the untiled PyTorch Geometric reference pipeline
+//! (`tools/reference/pipeline_ref.py`) on the golden simulated sample in
+//! `tests/fixtures/sim/`, on the CPU and on a GPU adapter.
+
+use std::path::PathBuf;
+
+use arrow::array::{Array, Float32Array, StringArray};
+use clap::Parser;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use seggpu::backend::cpu::CpuBackend;
+use seggpu::backend::gpu::test_support::backend_or_skip;
+use seggpu::backend::gpu::GpuOptions;
+use seggpu::backend::Backend;
+use seggpu::model::Model;
+use seggpu::pipeline::progress::Progress;
+use seggpu::pipeline::{segment, Segmentation};
+
+/// The demo model the references were computed with (tests/fixtures/sim/README.md).
+const REFERENCE_MODEL_SHA256: &str =
+    "3457c89c1f94095250b354e27dc99eea9f3f4bfa66291aeb4866859cb4b132d1";
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    segment: seggpu::pipeline::run::SegmentArgs,
+    #[command(flatten)]
+    input: seggpu::io::args::InputArgs,
+}
+
+fn sim_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sim")
+}
+
+fn run(backend: &mut dyn Backend, extra: &[&str]) -> Segmentation {
+    let model = Model::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/demo_model.safetensors"),
+    )
+    .unwrap();
+    assert_eq!(
+        model.sha256, REFERENCE_MODEL_SHA256,
+        "the demo model changed: regenerate tests/fixtures/sim/reference*.parquet (its README) and update this hash"
+    );
+    let sim = sim_dir();
+    let mut argv = vec![
+        "test",
+        "--out",
+        "unused",
+        "--xenium",
+        sim.to_str().unwrap(),
+        "--tile-size",
+        "60",
+    ];
+    argv.extend_from_slice(extra);
+    let args = Args::parse_from(argv);
+    let spec = args.input.resolve().unwrap();
+    let transcripts = seggpu::io::read_transcripts(&spec).unwrap();
+    let nuclei = seggpu::io::read_nuclei(&spec, model.bd_features).unwrap();
+    let params = args.segment.params(&model).unwrap();
+    segment(
+        transcripts,
+        &nuclei,
+        &model,
+        &params,
+        backend,
+        &Progress { quiet: true },
+    )
+    .unwrap()
+    .0
+}
+
+struct Reference {
+    cell_id: Vec<String>,
+    score: Vec<Option<f32>>,
+}
+
+fn reference(file: &str) -> Reference {
+    let f = std::fs::File::open(sim_dir().join(file)).unwrap();
+    let mut r = Reference {
+        cell_id: Vec::new(),
+        score: Vec::new(),
+    };
+    for batch in ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap()
+        .build()
+        .unwrap()
+    {
+        let batch = batch.unwrap();
+        let ids = batch.column_by_name("segger_cell_id").unwrap();
+        let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+        let scores = batch.column_by_name("score").unwrap();
+        let scores = scores.as_any().downcast_ref::<Float32Array>().unwrap();
+        for i in 0..batch.num_rows() {
+            r.cell_id.push(ids.value(i).to_owned());
+            r.score.push(scores.is_valid(i).then(|| scores.value(i)));
+        }
+    }
+    r
+}
+
+/// Rows whose segger_cell_id differs, printed with both scores.
+fn differences(
+    label: &str,
+    ours: &Segmentation,
+    theirs_id: &[String],
+    theirs_score: &[Option<f32>],
+) -> Vec<usize> {
+    assert_eq!(
+        ours.cell_id.len(),
+        theirs_id.len(),
+        "{label}: row counts differ"
+    );
+    let differ: Vec<usize> = (0..theirs_id.len())
+        .filter(|&i| ours.cell_id[i] != theirs_id[i])
+        .collect();
+    let max_score_diff = (0..theirs_id.len())
+        .filter_map(|i| Some((ours.score[i]? - theirs_score[i]?).abs()))
+        .fold(0.0f32, f32::max);
+    println!(
+        "{label}: {} of {} rows identical ({:.4}%), max score difference {max_score_diff:.2e}",
+        theirs_id.len() - differ.len(),
+        theirs_id.len(),
+        100.0 * (theirs_id.len() - differ.len()) as f64 / theirs_id.len() as f64
+    );
+    for &i in &differ {
+        println!(
+            "  row {i}: ours {} (score {:?}), theirs {} (score {:?})",
+            ours.cell_id[i], ours.score[i], theirs_id[i], theirs_score[i]
+        );
+    }
+    differ
+}
+
+fn check_against_reference(label: &str, backend: &mut dyn Backend) -> Segmentation {
+    let ours = run(backend, &[]);
+    let theirs = reference("reference.parquet");
+    let differ = differences(
+        &format!("{label} vs PyG"),
+        &ours,
+        &theirs.cell_id,
+        &theirs.score,
+    );
+    assert!(
+        differ.len() * 1000 <= theirs.cell_id.len(),
+        "{label}: under 99.9% identical"
+    );
+    let ours_frag = run(backend, &["--fragment-cut", "0"]);
+    let theirs_frag = reference("reference_fragcut0.parquet");
+    let differ = differences(
+        &format!("{label} vs PyG, fragment cut 0"),
+        &ours_frag,
+        &theirs_frag.cell_id,
+        &theirs_frag.score,
+    );
+    assert!(
+        differ.is_empty(),
+        "{label}: fragments differ from the scipy components"
+    );
+    let fragments = ours_frag
+        .assignment
+        .iter()
+        .filter(|&&a| a == "fragment")
+        .count();
+    println!("{label}: {fragments} transcripts in fragments with --fragment-cut 0");
+    assert!(fragments > 1000);
+    ours
+}
+
+#[test]
+fn cpu_matches_the_untiled_pyg_reference() {
+    check_against_reference("cpu", &mut CpuBackend::new());
+}
+
+#[test]
+fn gpu_matches_the_reference_and_the_cpu() {
+    let Some(mut gpu) = backend_or_skip(
+        "gpu_matches_the_reference_and_the_cpu",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let on_gpu = check_against_reference("gpu", &mut gpu);
+    let on_cpu = run(&mut CpuBackend::new(), &[]);
+    let differ = differences("gpu vs cpu", &on_gpu, &on_cpu.cell_id, &on_cpu.score);
+    for &i in &differ {
+        let (a, b) = (
+            on_gpu.score[i].unwrap_or(0.0),
+            on_cpu.score[i].unwrap_or(0.0),
+        );
+        assert!(
+            (a - b).abs() < 1e-6 || (a - 0.5).abs() < 1e-6,
+            "row {i} differs by more than a near-tie"
+        );
+    }
+}
