@@ -41,6 +41,17 @@ pub struct BestMatches {
     pub index: Vec<i32>,
 }
 
+/// Fragment-neighbour similarities (SPEC §9) with their histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeSimilarity {
+    /// Per neighbour slot: cosine of the two genes' unit embeddings (0 for
+    /// an empty slot).
+    pub similarity: Vec<f32>,
+    /// [`crate::fragments::HISTOGRAM_BINS`] counts of the non-empty slots'
+    /// similarities ([`crate::fragments::similarity_bin`]).
+    pub histogram: Vec<u32>,
+}
+
 /// A compute engine able to run the Segger model and scoring on one tile.
 pub trait Backend {
     /// Human-readable name, with the adapter for GPU backends.
@@ -58,10 +69,31 @@ pub trait Backend {
     /// Scores every transcript against its receptive field.
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches>;
 
+    /// Similarity of every slot of the `[n, k]` fragment-neighbour lists
+    /// `neighbors` (−1 = empty), from each transcript's token and the unit
+    /// embedding rows `unit` (`[vocab, dim]`), and their histogram. Backends
+    /// without their own kernel use the CPU twins.
+    fn fragment_similarity(
+        &mut self,
+        neighbors: &[i32],
+        k: usize,
+        tokens: &[u32],
+        unit: &[f32],
+        dim: usize,
+    ) -> Result<EdgeSimilarity> {
+        use crate::kernels::fragments as twin;
+        let similarity = twin::edge_similarity(neighbors, k, tokens, unit, dim);
+        let histogram = twin::similarity_histogram(neighbors, &similarity);
+        Ok(EdgeSimilarity {
+            similarity,
+            histogram,
+        })
+    }
+
     /// Connected components of an undirected graph on `n` nodes: every node
     /// labelled with the smallest node index of its component. Backends
     /// without their own kernel use the CPU twin.
-    fn components(&mut self, n: usize, edges: &[(u32, u32)]) -> Result<Vec<u32>> {
+    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
         Ok(crate::kernels::fragments::components(n, edges))
     }
 }

@@ -1,38 +1,57 @@
 //! Twins of `shaders/fragments.wgsl` and `shaders/components.wgsl`: edge
-//! similarity, its histogram, and connected components by min-label
-//! propagation with pointer jumping.
+//! similarity with its histogram, and connected components by min-label
+//! hooking with pointer jumping.
+
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use rayon::prelude::*;
 
 use crate::fragments::{similarity_bin, HISTOGRAM_BINS};
 
-/// One invocation: slot `e` of the `[n, k]` neighbour lists. Cosine of the
-/// unit embedding rows of the two transcripts' genes; 0 for an empty slot.
+/// Items handed to one rayon task by the per-invocation loops below.
+const ITEMS_PER_TASK: usize = 4096;
+
+/// One invocation of `fragments.wgsl`: slot `e` of the `[n, k]` neighbour
+/// lists. Cosine of the unit embedding rows of the two transcripts' genes;
+/// 0 for an empty slot.
 #[inline]
-pub fn edge_similarity_at(neighbors: &[i32], k: usize, tokens: &[u32], unit: &[f32], dim: usize, e: usize) -> f32 {
+pub fn edge_similarity_at(
+    neighbors: &[i32],
+    k: usize,
+    tokens: &[u32],
+    unit: &[f32],
+    dim: usize,
+    e: usize,
+) -> f32 {
     let j = neighbors[e];
-    if j < 0 {
-        return 0.0;
-    }
-    let a = tokens[e / k] as usize * dim;
-    let b = tokens[j as usize] as usize * dim;
     let mut dot = 0.0f32;
-    for c in 0..dim {
-        dot += unit[a + c] * unit[b + c];
+    if j >= 0 {
+        let a = tokens[e / k] as usize * dim;
+        let b = tokens[j as usize] as usize * dim;
+        for c in 0..dim {
+            dot += unit[a + c] * unit[b + c];
+        }
     }
     dot
 }
 
 /// Similarity of every neighbour slot.
-pub fn edge_similarity(neighbors: &[i32], k: usize, tokens: &[u32], unit: &[f32], dim: usize) -> Vec<f32> {
+pub fn edge_similarity(
+    neighbors: &[i32],
+    k: usize,
+    tokens: &[u32],
+    unit: &[f32],
+    dim: usize,
+) -> Vec<f32> {
     (0..neighbors.len())
         .into_par_iter()
-        .with_min_len(4096)
+        .with_min_len(ITEMS_PER_TASK)
         .map(|e| edge_similarity_at(neighbors, k, tokens, unit, dim, e))
         .collect()
 }
 
-/// Histogram of the similarities of the non-empty slots over [−1, 1].
+/// Histogram of the similarities of the non-empty slots over [−1, 1]
+/// ([`similarity_bin`]); the shader counts the same slots with atomics.
 pub fn similarity_histogram(neighbors: &[i32], similarity: &[f32]) -> Vec<u32> {
     let mut histogram = vec![0u32; HISTOGRAM_BINS];
     for (&j, &s) in neighbors.iter().zip(similarity) {
@@ -43,85 +62,85 @@ pub fn similarity_histogram(neighbors: &[i32], similarity: &[f32]) -> Vec<u32> {
     histogram
 }
 
-/// Undirected edges `(a, b)` kept at `threshold`.
-pub fn kept_edges(neighbors: &[i32], k: usize, similarity: &[f32], threshold: f32) -> Vec<(u32, u32)> {
+/// Undirected edges `[a, b]` kept at `threshold`.
+pub fn kept_edges(
+    neighbors: &[i32],
+    k: usize,
+    similarity: &[f32],
+    threshold: f32,
+) -> Vec<[u32; 2]> {
     neighbors
         .iter()
         .zip(similarity)
         .enumerate()
         .filter(|(_, (&j, &s))| j >= 0 && s >= threshold)
-        .map(|(e, (&j, _))| ((e / k) as u32, j as u32))
+        .map(|(e, (&j, _))| [(e / k) as u32, j as u32])
         .collect()
 }
 
-/// One hooking invocation over edge `(a, b)`: both endpoints' labels move
-/// towards the smaller of the two. Returns whether anything changed.
+/// One hooking invocation over edge `(a, b)`: the larger of the two labels,
+/// and both endpoints, move to the smaller label. Returns whether the labels
+/// differed.
 #[inline]
-pub fn hook_at(labels: &mut [u32], a: u32, b: u32) -> bool {
-    let (la, lb) = (labels[a as usize], labels[b as usize]);
+pub fn hook_at(labels: &[AtomicU32], a: u32, b: u32) -> bool {
+    let la = labels[a as usize].load(Relaxed);
+    let lb = labels[b as usize].load(Relaxed);
     if la == lb {
         return false;
     }
-    let (lo, hi) = if la < lb { (la, lb) } else { (lb, la) };
-    // Hooking the root of the larger label onto the smaller label keeps every
-    // label pointing to a smaller-or-equal index, so labels converge to the
-    // component minimum.
-    let hi_root = labels[hi as usize];
-    if lo < hi_root {
-        labels[hi as usize] = lo;
-    }
-    if lo < labels[a as usize] {
-        labels[a as usize] = lo;
-    }
-    if lo < labels[b as usize] {
-        labels[b as usize] = lo;
-    }
+    let lo = la.min(lb);
+    let hi = la.max(lb);
+    // A label is a node of the same component with an index no larger than
+    // the node's, so lowering the node `hi` names merges the two trees and
+    // labels only ever fall towards the component minimum.
+    labels[hi as usize].fetch_min(lo, Relaxed);
+    labels[a as usize].fetch_min(lo, Relaxed);
+    labels[b as usize].fetch_min(lo, Relaxed);
     true
 }
 
 /// One pointer-jumping invocation: `labels[i] = labels[labels[i]]`.
 #[inline]
-pub fn jump_at(labels: &mut [u32], i: usize) -> bool {
-    let parent = labels[i] as usize;
-    let grand = labels[parent];
-    if grand < labels[i] {
-        labels[i] = grand;
-        true
-    } else {
-        false
+pub fn jump_at(labels: &[AtomicU32], i: usize) {
+    let parent = labels[i].load(Relaxed);
+    let grand = labels[parent as usize].load(Relaxed);
+    if grand < parent {
+        labels[i].fetch_min(grand, Relaxed);
     }
 }
 
 /// Connected components of `n` nodes: every node ends labelled with the
-/// smallest node index of its component. Iterates hook + full pointer
-/// jumping until nothing changes, as the shader does.
-pub fn components(n: usize, edges: &[(u32, u32)]) -> Vec<u32> {
-    let mut labels: Vec<u32> = (0..n as u32).collect();
+/// smallest node index of its component. As on the GPU, each iteration is
+/// one parallel hooking pass over the edges followed by one parallel
+/// pointer-jumping pass over the nodes; the first iteration whose hooking
+/// finds every edge's labels equal ends it (labels are then constant on each
+/// component and the minimum's label is itself).
+pub fn components(n: usize, edges: &[[u32; 2]]) -> Vec<u32> {
+    let labels: Vec<AtomicU32> = (0..n as u32).map(AtomicU32::new).collect();
     loop {
-        let mut changed = false;
-        for &(a, b) in edges {
-            changed |= hook_at(&mut labels, a, b);
+        // Not `any`: every edge must be hooked, as every invocation runs.
+        let hooked = edges
+            .par_iter()
+            .with_min_len(ITEMS_PER_TASK)
+            .map(|&[a, b]| hook_at(&labels, a, b))
+            .fold(|| false, |acc, h| acc | h)
+            .reduce(|| false, |x, y| x | y);
+        if !hooked {
+            break;
         }
-        loop {
-            let mut jumped = false;
-            for i in 0..n {
-                jumped |= jump_at(&mut labels, i);
-            }
-            if !jumped {
-                break;
-            }
-        }
-        if !changed {
-            return labels;
-        }
+        (0..n)
+            .into_par_iter()
+            .with_min_len(ITEMS_PER_TASK)
+            .for_each(|i| jump_at(&labels, i));
     }
+    labels.into_iter().map(AtomicU32::into_inner).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reference(n: usize, edges: &[(u32, u32)]) -> Vec<u32> {
+    fn reference(n: usize, edges: &[[u32; 2]]) -> Vec<u32> {
         let mut parent: Vec<usize> = (0..n).collect();
         fn find(p: &mut [usize], mut x: usize) -> usize {
             while p[x] != x {
@@ -130,7 +149,7 @@ mod tests {
             }
             x
         }
-        for &(a, b) in edges {
+        for &[a, b] in edges {
             let (ra, rb) = (find(&mut parent, a as usize), find(&mut parent, b as usize));
             let (lo, hi) = (ra.min(rb), ra.max(rb));
             parent[hi] = lo;
@@ -141,11 +160,26 @@ mod tests {
     #[test]
     fn labels_are_component_minima() {
         let n = 2000;
-        let edges: Vec<(u32, u32)> = (0..1500u32)
-            .map(|i| ((i * 7919) % n as u32, (i * 104_729 + 13) % n as u32))
+        let edges: Vec<[u32; 2]> = (0..1500u32)
+            .map(|i| [(i * 7919) % n as u32, (i * 104_729 + 13) % n as u32])
             .collect();
         assert_eq!(components(n, &edges), reference(n, &edges));
-        let path: Vec<(u32, u32)> = (0..999u32).rev().map(|i| (i + 1, i)).collect();
+        let path: Vec<[u32; 2]> = (0..999u32).rev().map(|i| [i + 1, i]).collect();
         assert!(components(1000, &path).iter().all(|&l| l == 0));
+        assert_eq!(components(5, &[]), vec![0, 1, 2, 3, 4]);
+        assert!(components(0, &[]).is_empty());
+    }
+
+    #[test]
+    fn empty_slots_score_zero_and_are_not_counted() {
+        let unit = [1.0, 0.0, 0.6, 0.8];
+        let neighbors = [1, -1, 0, -1];
+        let sim = edge_similarity(&neighbors, 2, &[0, 1], &unit, 2);
+        assert_eq!(sim, vec![0.6, 0.0, 0.6, 0.0]);
+        let histogram = similarity_histogram(&neighbors, &sim);
+        assert_eq!(histogram.iter().sum::<u32>(), 2);
+        assert_eq!(histogram[similarity_bin(0.6)], 2);
+        assert_eq!(kept_edges(&neighbors, 2, &sim, 0.5), vec![[0, 1], [1, 0]]);
+        assert!(kept_edges(&neighbors, 2, &sim, 0.7).is_empty());
     }
 }

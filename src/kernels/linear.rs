@@ -83,7 +83,8 @@ fn run_block<'x>(
     let (in_dim, out_dim) = (layer.in_dim, layer.out_dim);
     let n_rows = block.len() / out_dim;
     #[cfg(target_arch = "x86_64")]
-    let fma = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let mut r = 0;
     while r < n_rows {
         let rows_here = ROWS.min(n_rows - r);
@@ -176,19 +177,33 @@ mod tests {
     #[test]
     fn blocked_equals_single_invocation() {
         for (n, in_dim, out_dim) in [(13, 16, 96), (7, 96, 40), (300, 4, 16), (5, 33, 7)] {
-            let x: Vec<f32> = (0..n * in_dim).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-            let wt: Vec<f32> = (0..in_dim * out_dim).map(|i| ((i * 53 % 89) as f32 - 44.0) / 31.0).collect();
+            let x: Vec<f32> = (0..n * in_dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+                .collect();
+            let wt: Vec<f32> = (0..in_dim * out_dim)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 31.0)
+                .collect();
             let bias: Vec<f32> = (0..out_dim).map(|i| i as f32 * 0.01 - 0.2).collect();
             let rows: Vec<u32> = (0..n as u32).rev().collect();
             for relu in [false, true] {
-                let layer = Linear { in_dim, out_dim, wt: &wt, bias: Some(&bias), relu };
+                let layer = Linear {
+                    in_dim,
+                    out_dim,
+                    wt: &wt,
+                    bias: Some(&bias),
+                    relu,
+                };
                 let mut out = vec![0.0; n * out_dim];
                 linear(&x, Some(&rows), &layer, &mut out);
                 for r in 0..n {
                     let src = rows[r] as usize;
                     for o in 0..out_dim {
                         let twin = layer.at(&x[src * in_dim..(src + 1) * in_dim], o);
-                        assert_eq!(out[r * out_dim + o].to_bits(), twin.to_bits(), "n {n} in {in_dim} out {out_dim} at [{r}, {o}]");
+                        assert_eq!(
+                            out[r * out_dim + o].to_bits(),
+                            twin.to_bits(),
+                            "n {n} in {in_dim} out {out_dim} at [{r}, {o}]"
+                        );
                     }
                 }
             }

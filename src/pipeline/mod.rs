@@ -375,7 +375,14 @@ pub fn segment(
             .map(|&i| kept_tokens[i as usize])
             .collect();
         let unit = fragments::normalised_embeddings(&model.tx_embedding, model.arch.emb);
-        let sim = fragments::similarity_graph(&cand_pos, &cand_tokens, &unit, model.arch.emb, &fp);
+        let sim = fragments::similarity_graph(
+            &cand_pos,
+            &cand_tokens,
+            &unit,
+            model.arch.emb,
+            &fp,
+            backend,
+        )?;
         let (threshold, median) = fragments::threshold(&sim, fp.cut);
         let edges = crate::kernels::fragments::kept_edges(
             &sim.neighbors,

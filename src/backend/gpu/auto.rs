@@ -1,11 +1,11 @@
 //! `--backend auto`: the GPU when there is one, the CPU otherwise, and the
-//! CPU for any tile the GPU fails on.
+//! CPU for any tile or fragment step the GPU fails on.
 
 use anyhow::Result;
 
 use super::{GpuBackend, GpuError, GpuOptions};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BestMatches, Embeddings};
+use crate::backend::{Backend, BestMatches, EdgeSimilarity, Embeddings};
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
 
@@ -54,7 +54,7 @@ impl AutoBackend {
             eprintln!("warning: {e}; continuing on the CPU backend");
             self.gpu = None;
         } else {
-            eprintln!("warning: {e}; redoing this tile on the CPU backend");
+            eprintln!("warning: {e}; redoing it on the CPU backend");
         }
     }
 }
@@ -90,5 +90,33 @@ impl Backend for AutoBackend {
             }
         }
         self.cpu.score(embeddings, rf)
+    }
+
+    fn fragment_similarity(
+        &mut self,
+        neighbors: &[i32],
+        k: usize,
+        tokens: &[u32],
+        unit: &[f32],
+        dim: usize,
+    ) -> Result<EdgeSimilarity> {
+        if let Some(gpu) = &mut self.gpu {
+            match gpu.try_fragment_similarity(neighbors, k, tokens, unit, dim) {
+                Ok(out) => return Ok(out),
+                Err(e) => self.fallen_back(&e),
+            }
+        }
+        self.cpu
+            .fragment_similarity(neighbors, k, tokens, unit, dim)
+    }
+
+    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
+        if let Some(gpu) = &mut self.gpu {
+            match gpu.try_components(n, edges) {
+                Ok(out) => return Ok(out),
+                Err(e) => self.fallen_back(&e),
+            }
+        }
+        self.cpu.components(n, edges)
     }
 }

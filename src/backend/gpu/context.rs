@@ -48,6 +48,9 @@ pub struct GpuOptions {
     /// Test hook: at most this many workgroups per dispatch dimension, to
     /// exercise 2-D dispatch splitting on small inputs.
     pub max_workgroups_per_dim_override: Option<u32>,
+    /// Test hook: hook + jump iterations per connected-components
+    /// submission, to exercise continued submissions on small graphs.
+    pub component_iterations_override: Option<u32>,
 }
 
 impl GpuOptions {

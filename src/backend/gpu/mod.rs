@@ -3,10 +3,12 @@
 //!
 //! * Pipelines are compiled once per backend (per kernel variant), weights
 //!   are uploaded once per model, and buffers come from a grow-only pool, so
-//!   successive tiles reuse buffers and bind groups.
+//!   successive tiles reuse buffers and bind groups (the once-per-sample
+//!   fragment stage frees its buffers when done).
 //! * A tile stage (forward, scoring) is one [`program::Program`]: one command
 //!   encoder holding every dispatch of every layer, one submission, one
-//!   readback.
+//!   readback. Connected components iterate on the GPU, many iterations per
+//!   submission (`fragments.rs`).
 //! * Dispatches above the per-dimension workgroup limit become 2-D grids;
 //!   arrays larger than one storage binding are processed in chunks
 //!   ([`plan`]).
@@ -16,6 +18,7 @@
 mod auto;
 mod context;
 mod forward;
+mod fragments;
 mod plan;
 mod pool;
 mod program;
@@ -26,7 +29,7 @@ pub mod test_support;
 
 use anyhow::Result;
 
-use super::{Activations, Backend, BestMatches, Embeddings};
+use super::{Activations, Backend, BestMatches, EdgeSimilarity, Embeddings};
 use crate::graph::{Csr, ReceptiveField, TileGraph};
 use crate::kernels::{gatv2 as gat_twin, linear as linear_twin};
 use crate::model::Model;
@@ -133,6 +136,11 @@ pub struct GpuStats {
     pub last_gathers: usize,
     /// Workgroup grids of the last submission that were split into 2-D.
     pub last_2d_grids: usize,
+    /// Iterations of the last connected-components call that found an edge
+    /// whose labels differed (one more confirmed convergence).
+    pub last_component_iterations: u32,
+    /// Submissions of the last connected-components call.
+    pub last_component_submissions: u32,
 }
 
 /// The adapter a backend runs on.
@@ -159,6 +167,7 @@ pub struct GpuBackend {
     precision: Precision,
     model: Option<ModelOnGpu>,
     stats: GpuStats,
+    component_iterations: Option<u32>,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -192,6 +201,7 @@ impl GpuBackend {
             precision,
             model: None,
             stats: GpuStats::default(),
+            component_iterations: options.component_iterations_override.map(|i| i.max(1)),
         })
     }
 
@@ -358,6 +368,120 @@ impl GpuBackend {
         let bytes = self.run(&program)?;
         let (score, index) = forward::decode_score(&bytes, &readback);
         Ok(BestMatches { score, index })
+    }
+
+    /// Fragment-neighbour similarity and its histogram on the GPU, with
+    /// [`GpuError`]s (see [`Backend::fragment_similarity`]).
+    pub fn try_fragment_similarity(
+        &mut self,
+        neighbors: &[i32],
+        k: usize,
+        tokens: &[u32],
+        unit: &[f32],
+        dim: usize,
+    ) -> Result<EdgeSimilarity, GpuError> {
+        let vocab = unit.len() / dim.max(1);
+        let stage = format!(
+            "fragment similarity ({} transcripts × {k} neighbours, {vocab} genes × {dim})",
+            tokens.len(),
+        );
+        // Out-of-range indices would read other rows without a fault on
+        // the GPU; the CPU twin would panic.
+        let out_of_range = neighbors
+            .iter()
+            .any(|&j| j >= 0 && j as usize >= tokens.len())
+            || tokens.iter().any(|&t| t as usize >= vocab);
+        if neighbors.len() != tokens.len() * k || unit.len() % dim.max(1) != 0 || out_of_range {
+            return Err(GpuError::Internal {
+                stage,
+                detail: format!(
+                    "{} neighbour slots for {} transcripts × {k}, {} embedding values for width {dim}{}",
+                    neighbors.len(),
+                    tokens.len(),
+                    unit.len(),
+                    if out_of_range { ", indices out of range" } else { "" }
+                ),
+            });
+        }
+        if neighbors.is_empty() {
+            return Ok(EdgeSimilarity {
+                similarity: Vec::new(),
+                histogram: vec![0; crate::fragments::HISTOGRAM_BINS],
+            });
+        }
+        let mut program = self.program(stage);
+        let readback = fragments::build_similarity(&mut program, neighbors, k, tokens, unit, dim)?;
+        let bytes = self.run(&program);
+        self.release(&fragments::SLOTS);
+        let (similarity, histogram) = fragments::decode_similarity(&bytes?, &readback);
+        Ok(EdgeSimilarity {
+            similarity,
+            histogram,
+        })
+    }
+
+    /// Connected components on the GPU, with [`GpuError`]s (see
+    /// [`Backend::components`]).
+    pub fn try_components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>, GpuError> {
+        self.stats.last_component_iterations = 0;
+        self.stats.last_component_submissions = 0;
+        if edges.is_empty() {
+            return Ok((0..n as u32).collect());
+        }
+        let stage = format!("connected components ({n} nodes, {} edges)", edges.len());
+        if let Some(e) = edges
+            .iter()
+            .find(|e| e[0] as usize >= n || e[1] as usize >= n)
+        {
+            return Err(GpuError::Internal {
+                stage,
+                detail: format!("edge {e:?} is out of range"),
+            });
+        }
+        let result = self.components_on_gpu(stage, n, edges);
+        self.release(&fragments::SLOTS);
+        result
+    }
+
+    fn components_on_gpu(
+        &mut self,
+        stage: String,
+        n: usize,
+        edges: &[[u32; 2]],
+    ) -> Result<Vec<u32>, GpuError> {
+        loop {
+            let mut program = self.program(stage.clone());
+            let submission = self.stats.last_component_submissions;
+            let iterations = self
+                .component_iterations
+                .unwrap_or_else(|| fragments::iterations_in_submission(submission));
+            let readback =
+                fragments::build_components(&mut program, n, edges, submission == 0, iterations)?;
+            let bytes = self.run(&program)?;
+            self.stats.last_component_submissions += 1;
+            let productive = readback.productive(&bytes);
+            self.stats.last_component_iterations += productive;
+            if productive < readback.iterations {
+                return Ok(readback.labels(&bytes));
+            }
+            // Each productive iteration carries every node's smallest label
+            // at least one edge further, so more than n of them is a fault.
+            if self.stats.last_component_iterations as usize > n {
+                return Err(GpuError::Internal {
+                    stage,
+                    detail: format!(
+                        "labels still changing after {} iterations",
+                        self.stats.last_component_iterations
+                    ),
+                });
+            }
+        }
+    }
+
+    fn release(&mut self, slots: &[program::Slot]) {
+        for slot in slots {
+            self.rt.pool.release(slot);
+        }
     }
 
     // ---- Single kernels, for parity tests against the CPU twins. ----
@@ -582,6 +706,21 @@ impl Backend for GpuBackend {
 
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches> {
         Ok(self.try_score(embeddings, rf)?)
+    }
+
+    fn fragment_similarity(
+        &mut self,
+        neighbors: &[i32],
+        k: usize,
+        tokens: &[u32],
+        unit: &[f32],
+        dim: usize,
+    ) -> Result<EdgeSimilarity> {
+        Ok(self.try_fragment_similarity(neighbors, k, tokens, unit, dim)?)
+    }
+
+    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
+        Ok(self.try_components(n, edges)?)
     }
 }
 

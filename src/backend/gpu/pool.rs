@@ -70,13 +70,7 @@ impl Pool {
             usage,
             mapped_at_creation: false,
         });
-        if let Some(old) = self.buffers.remove(slot) {
-            self.allocated -= old.capacity;
-            let old_id = old.id;
-            self.groups
-                .retain(|key, _| !key.ranges.iter().any(|r| r.0 == old_id));
-            old.buffer.destroy();
-        }
+        self.release(slot);
         self.next_id += 1;
         self.allocated += capacity;
         self.buffers.insert(
@@ -88,6 +82,17 @@ impl Pool {
             },
         );
         Ok(())
+    }
+
+    /// Frees the buffer of `slot`, if any, and the bind groups over it.
+    pub fn release(&mut self, slot: Slot) {
+        if let Some(old) = self.buffers.remove(slot) {
+            self.allocated -= old.capacity;
+            let old_id = old.id;
+            self.groups
+                .retain(|key, _| !key.ranges.iter().any(|r| r.0 == old_id));
+            old.buffer.destroy();
+        }
     }
 
     /// The buffer of `slot` (which must exist).

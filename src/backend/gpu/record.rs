@@ -39,7 +39,8 @@ impl Aux {
         }
     }
 
-    fn push(&mut self, values: &[u32]) -> u64 {
+    /// Appends `values`; returns their element offset.
+    pub fn push(&mut self, values: &[u32]) -> u64 {
         // Start every list on a 64-element (256-byte) boundary.
         while self.data.len() % 64 != 0 {
             self.data.push(0);
@@ -51,12 +52,7 @@ impl Aux {
 
     /// Plans `problem` and stores its compact lists.
     pub fn plan(&mut self, program: &Program, problem: &Problem) -> Result<Planned, GpuError> {
-        let chunks = plan::plan(problem, program.limits.max_binding, program.budget()).map_err(
-            |detail| GpuError::TooLarge {
-                stage: program.stage.clone(),
-                detail,
-            },
-        )?;
+        let chunks = plan_chunks(program, problem)?;
         let aux = chunks
             .iter()
             .map(|c| {
@@ -77,7 +73,8 @@ impl Aux {
         program.upload_u32(self.slot, &data);
     }
 
-    fn array(&self, base: i64, len: u64) -> Array {
+    /// The logical array whose element 0 is aux element `base`.
+    pub fn array(&self, base: i64, len: u64) -> Array {
         Array {
             slot: self.slot,
             elem: 4,
@@ -87,27 +84,34 @@ impl Aux {
     }
 }
 
-/// Rows per chunk of a kernel that only streams rows of `row_bytes`.
-fn streamed_chunks(
-    program: &Program,
-    rows: usize,
-    row_bytes: u64,
-    max_rows: usize,
-) -> Result<Vec<Chunk>, GpuError> {
-    let problem = Problem {
-        rows,
-        row_bytes,
-        refs: Refs::None,
-        gathered_rows: 0,
-        gathered_row_bytes: 0,
-        max_rows,
-    };
-    plan::plan(&problem, program.limits.max_binding, program.budget()).map_err(|detail| {
+/// Chunks of `problem` under the program's limits.
+pub(super) fn plan_chunks(program: &Program, problem: &Problem) -> Result<Vec<Chunk>, GpuError> {
+    plan::plan(problem, program.limits.max_binding, program.budget()).map_err(|detail| {
         GpuError::TooLarge {
             stage: program.stage.clone(),
             detail,
         }
     })
+}
+
+/// Rows per chunk of a kernel that only streams rows of `row_bytes`.
+pub(super) fn streamed_chunks(
+    program: &Program,
+    rows: usize,
+    row_bytes: u64,
+    max_rows: usize,
+) -> Result<Vec<Chunk>, GpuError> {
+    plan_chunks(
+        program,
+        &Problem {
+            rows,
+            row_bytes,
+            refs: Refs::None,
+            gathered_rows: 0,
+            gathered_row_bytes: 0,
+            max_rows,
+        },
+    )
 }
 
 /// Copies rows `list` of `src` (`width` elements per row) into the compact

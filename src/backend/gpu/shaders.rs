@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-/// Workgroup size of the 1-D kernels (embed, gather, gatv2, score).
+/// Workgroup size of the 1-D kernels (all but linear).
 pub const WG: u32 = 64;
 /// Tile edge of the linear kernel (a TILE×TILE workgroup, TILE k-values
 /// staged at a time).
@@ -35,16 +35,22 @@ pub enum Kernel {
     Gatv2,
     /// `shaders/score.wgsl`.
     Score,
+    /// `shaders/fragments.wgsl`.
+    Fragments,
+    /// `shaders/components.wgsl`.
+    Components,
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Embed,
         Kernel::Gather,
         Kernel::Linear,
         Kernel::Gatv2,
         Kernel::Score,
+        Kernel::Fragments,
+        Kernel::Components,
     ];
 
     /// File name under `shaders/`.
@@ -55,6 +61,8 @@ impl Kernel {
             Kernel::Linear => "linear.wgsl",
             Kernel::Gatv2 => "gatv2.wgsl",
             Kernel::Score => "score.wgsl",
+            Kernel::Fragments => "fragments.wgsl",
+            Kernel::Components => "components.wgsl",
         }
     }
 
@@ -66,6 +74,8 @@ impl Kernel {
             Kernel::Linear => include_str!("../../../shaders/linear.wgsl"),
             Kernel::Gatv2 => include_str!("../../../shaders/gatv2.wgsl"),
             Kernel::Score => include_str!("../../../shaders/score.wgsl"),
+            Kernel::Fragments => include_str!("../../../shaders/fragments.wgsl"),
+            Kernel::Components => include_str!("../../../shaders/components.wgsl"),
         }
     }
 
@@ -78,7 +88,14 @@ impl Kernel {
             Kernel::Linear => &[true, true, true, false],
             Kernel::Gatv2 => &[true, true, true, true, true, false],
             Kernel::Score => &[true, true, true, false, false],
+            Kernel::Fragments => &[true, true, true, true, false, false],
+            Kernel::Components => &[true, false, false],
         }
+    }
+
+    /// Whether the kernel has activation buffers, and so f16 variants.
+    pub fn reads_activations(self) -> bool {
+        !matches!(self, Kernel::Fragments | Kernel::Components)
     }
 
     /// Short name for labels and error messages.
@@ -227,6 +244,12 @@ pub fn all_variants() -> Vec<(Kernel, Variant)> {
             max_c *= 2;
         }
     }
+    all.extend(
+        Kernel::ALL
+            .into_iter()
+            .filter(|k| !k.reads_activations())
+            .map(|k| (k, Variant::of(Elem::F32))),
+    );
     // f16 activations computed from an f32 input (the nucleus features).
     all.push((
         Kernel::Linear,
@@ -278,27 +301,46 @@ mod tests {
             validate(*kernel, *variant)
                 .unwrap_or_else(|e| panic!("{} {}:\n{e}", kernel.file(), variant.label()));
         }
-        // Every kernel appears in f32 and f16.
+        // Every kernel appears in f32, and in f16 where it has activations.
         for kernel in Kernel::ALL {
             for act in [Elem::F32, Elem::F16] {
-                assert!(all.iter().any(|(k, v)| *k == kernel && v.act == act));
+                let listed = all.iter().any(|(k, v)| *k == kernel && v.act == act);
+                assert_eq!(
+                    listed,
+                    act == Elem::F32 || kernel.reads_activations(),
+                    "{} {act:?}",
+                    kernel.file()
+                );
             }
+        }
+    }
+
+    /// The value of the f32 constant `name` in `kernel`.
+    fn f32_constant(kernel: Kernel, name: &str) -> f32 {
+        let source = wgsl(kernel, Variant::of(Elem::F32));
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let (_, constant) = module
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{name}"));
+        match module.global_expressions[constant.init] {
+            naga::Expression::Literal(naga::Literal::F32(v)) => v,
+            ref other => panic!("{name} is {other:?}"),
         }
     }
 
     #[test]
     fn the_softmax_start_is_exactly_f32_min() {
-        let source = wgsl(Kernel::Gatv2, Variant::of(Elem::F32));
-        let module = naga::front::wgsl::parse_str(&source).unwrap();
-        let (_, constant) = module
-            .constants
-            .iter()
-            .find(|(_, c)| c.name.as_deref() == Some("F32_LOWEST"))
-            .expect("F32_LOWEST");
-        match module.global_expressions[constant.init] {
-            naga::Expression::Literal(naga::Literal::F32(v)) => assert_eq!(v, f32::MIN),
-            ref other => panic!("F32_LOWEST is {other:?}"),
-        }
+        assert_eq!(f32_constant(Kernel::Gatv2, "F32_LOWEST"), f32::MIN);
+    }
+
+    #[test]
+    fn the_bin_rule_threshold_is_exactly_2_to_the_minus_54() {
+        assert_eq!(
+            f32_constant(Kernel::Fragments, "ROUNDS_TO_ONE"),
+            2f32.powi(-54)
+        );
     }
 
     #[test]
