@@ -17,7 +17,7 @@ use seggpu::pipeline::{segment, Segmentation};
 
 /// The demo model the references were computed with (tests/fixtures/sim/README.md).
 const REFERENCE_MODEL_SHA256: &str =
-    "3457c89c1f94095250b354e27dc99eea9f3f4bfa66291aeb4866859cb4b132d1";
+    "9174ee5406e11554e7e3869c67335258e76a24daebb0571788eeed9e54306a02";
 
 #[derive(Parser)]
 struct Args {
