@@ -27,12 +27,19 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("create target/bench");
     let stem = format!("tile{}k", n_tx / 1000);
     let graph_bytes = tensorfile::serialize(&graph.to_tensors(), None).expect("serialise graph");
-    std::fs::write(dir.join(format!("{stem}.graph.safetensors")), graph_bytes).expect("write graph");
-    let model_bytes = model.to_safetensors(StorageDtype::F32).expect("serialise model");
-    std::fs::write(dir.join(format!("{stem}.model.safetensors")), model_bytes).expect("write model");
+    std::fs::write(dir.join(format!("{stem}.graph.safetensors")), graph_bytes)
+        .expect("write graph");
+    let model_bytes = model
+        .to_safetensors(StorageDtype::F32)
+        .expect("serialise model");
+    std::fs::write(dir.join(format!("{stem}.model.safetensors")), model_bytes)
+        .expect("write model");
 
     let mut cpu = CpuBackend::new();
-    let rf = graph.receptive_field.clone().expect("synthetic tile has a receptive field");
+    let rf = graph
+        .receptive_field
+        .clone()
+        .expect("synthetic tile has a receptive field");
     let mut times = Vec::new();
     for _ in 0..repeats + 1 {
         let start = Instant::now();

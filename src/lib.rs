@@ -5,8 +5,8 @@
 //! scoring, through a [`backend::Backend`] whose kernels live in [`kernels`].
 
 pub mod backend;
-pub mod demo;
 pub mod cli;
+pub mod demo;
 pub mod fragments;
 pub mod graph;
 pub mod io;

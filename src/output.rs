@@ -80,7 +80,8 @@ pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()
         .map(|(name, array)| Field::new(name, array.data_type().clone(), true))
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))?;
     let n = columns.first().map_or(0, |(_, a)| a.len());
     let arrays: Vec<ArrayRef> = columns.into_iter().map(|(_, a)| a).collect();
@@ -95,7 +96,9 @@ pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()
             break;
         }
     }
-    writer.close().with_context(|| format!("cannot finish {}", path.display()))?;
+    writer
+        .close()
+        .with_context(|| format!("cannot finish {}", path.display()))?;
     Ok(())
 }
 
@@ -112,7 +115,11 @@ pub struct TranscriptColumns {
 }
 
 /// Writes `segger_transcripts.parquet`.
-pub fn write_transcripts(path: &Path, passthrough: &[(String, ArrayRef)], result: TranscriptColumns) -> Result<()> {
+pub fn write_transcripts(
+    path: &Path,
+    passthrough: &[(String, ArrayRef)],
+    result: TranscriptColumns,
+) -> Result<()> {
     let mut columns: Vec<(String, ArrayRef)> = passthrough.to_vec();
     columns.push((
         "segger_cell_id".into(),
@@ -149,12 +156,34 @@ pub struct CellRow {
 /// Writes `cells.parquet`.
 pub fn write_cells(path: &Path, rows: &[CellRow]) -> Result<()> {
     let columns: Vec<(String, ArrayRef)> = vec![
-        ("id".into(), Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str())))),
-        ("kind".into(), Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind)))),
-        ("n_transcripts".into(), Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.n_transcripts)))),
-        ("centroid_x".into(), Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.centroid_x)))),
-        ("centroid_y".into(), Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.centroid_y)))),
-        ("nucleus_area".into(), Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.nucleus_area)))),
+        (
+            "id".into(),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.id.as_str()),
+            )),
+        ),
+        (
+            "kind".into(),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
+        ),
+        (
+            "n_transcripts".into(),
+            Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|r| r.n_transcripts),
+            )),
+        ),
+        (
+            "centroid_x".into(),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.centroid_x))),
+        ),
+        (
+            "centroid_y".into(),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.centroid_y))),
+        ),
+        (
+            "nucleus_area".into(),
+            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.nucleus_area))),
+        ),
     ];
     write_parquet(path, columns)
 }

@@ -62,7 +62,11 @@ pub fn statistics(scores: &[f32]) -> ScoreStats {
     sorted.sort_by(f32::total_cmp);
     let n = sorted.len();
     let mean = sorted.iter().map(|&s| s as f64).sum::<f64>() / n as f64;
-    let var = sorted.iter().map(|&s| (s as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let var = sorted
+        .iter()
+        .map(|&s| (s as f64 - mean).powi(2))
+        .sum::<f64>()
+        / n as f64;
     let pct = |p: f64| sorted[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1] as f64;
     ScoreStats {
         n,

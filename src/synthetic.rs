@@ -96,22 +96,29 @@ pub fn tile(n_tx: usize, seed: u64) -> (Model, TileGraph) {
         })
         .collect();
     let positions = spatially_sorted(positions);
-    let tx_token: Vec<u32> = (0..n_tx).map(|_| rng.random_range(0..vocab as u32)).collect();
+    let tx_token: Vec<u32> = (0..n_tx)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
     let bd_x: Vec<f32> = (0..n_bd)
         .flat_map(|_| {
             let area: f32 = rng.random_range(20.0..80.0);
-            [area, rng.random_range(1.0..1.2), rng.random_range(0.6..1.0), rng.random_range(1.5..3.1)]
+            [
+                area,
+                rng.random_range(1.0..1.2),
+                rng.random_range(0.6..1.0),
+                rng.random_range(1.5..3.1),
+            ]
         })
         .collect();
 
     let neighbors = knn_3d(&positions, 5, DistanceCap::Inclusive(5.0), false);
     let neighbors = Csr::from_edges(
         n_tx,
-        neighbors
-            .index
-            .chunks(5)
-            .enumerate()
-            .flat_map(|(i, row)| row.iter().filter(|&&j| j >= 0).map(move |&j| (i as u32, j as u32))),
+        neighbors.index.chunks(5).enumerate().flat_map(|(i, row)| {
+            row.iter()
+                .filter(|&&j| j >= 0)
+                .map(move |&j| (i as u32, j as u32))
+        }),
     );
     let flat: Vec<[f64; 2]> = positions.iter().map(|p| [p[0], p[1]]).collect();
     let nearest = knn_2d(&flat, &centres, 1, DistanceCap::Exclusive(3.0));

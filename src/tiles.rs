@@ -81,10 +81,26 @@ impl TileGrid {
     pub fn in_extended(&self, t: usize, p: [f64; 2]) -> bool {
         let [x0, y0, x1, y1] = self.core(t);
         let (col, row) = (t % self.cols, t / self.cols);
-        let lo_x = if col == 0 { f64::NEG_INFINITY } else { x0 - self.margin };
-        let hi_x = if col + 1 == self.cols { f64::INFINITY } else { x1 + self.margin };
-        let lo_y = if row == 0 { f64::NEG_INFINITY } else { y0 - self.margin };
-        let hi_y = if row + 1 == self.rows { f64::INFINITY } else { y1 + self.margin };
+        let lo_x = if col == 0 {
+            f64::NEG_INFINITY
+        } else {
+            x0 - self.margin
+        };
+        let hi_x = if col + 1 == self.cols {
+            f64::INFINITY
+        } else {
+            x1 + self.margin
+        };
+        let lo_y = if row == 0 {
+            f64::NEG_INFINITY
+        } else {
+            y0 - self.margin
+        };
+        let hi_y = if row + 1 == self.rows {
+            f64::INFINITY
+        } else {
+            y1 + self.margin
+        };
         p[0] >= lo_x && p[0] < hi_x && p[1] >= lo_y && p[1] < hi_y
     }
 
@@ -147,7 +163,10 @@ mod tests {
                 let dx = (x0 - p[0]).max(p[0] - x1).max(0.0);
                 let dy = (y0 - p[1]).max(p[1] - y1).max(0.0);
                 if dx < 12.0 && dy < 12.0 {
-                    assert!(ext.binary_search(&(i as u32)).is_ok(), "tile {t} misses {i}");
+                    assert!(
+                        ext.binary_search(&(i as u32)).is_ok(),
+                        "tile {t} misses {i}"
+                    );
                 }
             }
         }

@@ -11,7 +11,9 @@ use seggpu::backend::cpu::CpuBackend;
 use seggpu::io::{FilterReason, Nuclei, TranscriptKey, Transcripts};
 use seggpu::model::Model;
 use seggpu::pipeline::progress::Progress;
-use seggpu::pipeline::{segment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes};
+use seggpu::pipeline::{
+    segment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes,
+};
 
 /// An in-memory sample: round nuclei on a jittered grid, transcripts
 /// spread around them and in between, some nuclear (flagged), some filtered.
@@ -21,7 +23,10 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
     let side = 12;
     for gy in 0..side {
         for gx in 0..side {
-            let c = [gx as f64 * 18.0 + rng.random_range(0.0..4.0), gy as f64 * 18.0 + rng.random_range(0.0..4.0)];
+            let c = [
+                gx as f64 * 18.0 + rng.random_range(0.0..4.0),
+                gy as f64 * 18.0 + rng.random_range(0.0..4.0),
+            ];
             let r = rng.random_range(3.0..5.0);
             let ring: Vec<(f64, f64)> = (0..20)
                 .map(|k| {
@@ -32,7 +37,9 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
             nuclei.ids.push(format!("cell{:04}", gy * side + gx));
             nuclei.polygons.push(geo::Polygon::new(ring.into(), vec![]));
             nuclei.centroid.push(c);
-            nuclei.features.push([(std::f64::consts::PI * r * r) as f32, 1.0, 0.8, 3.1]);
+            nuclei
+                .features
+                .push([(std::f64::consts::PI * r * r) as f32, 1.0, 0.8, 3.1]);
         }
     }
     let n = 12_000;
@@ -56,27 +63,61 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
         t.y.push(y);
         t.z.push(rng.random_range(0.0..3.0));
         t.gene.push(rng.random_range(0..model.genes.len() as u32));
-        t.id_key.push(TranscriptKey::U64(1_000_000 + (i as u64 * 7919) % n as u64));
+        t.id_key
+            .push(TranscriptKey::U64(1_000_000 + (i as u64 * 7919) % n as u64));
         let inside = (dx * dx + dy * dy).sqrt() < 2.5;
-        t.nuclear_cell.as_mut().unwrap().push(inside.then(|| nuclei.ids[home].clone()));
-        t.filter.push(if i % 50 == 0 { Some(FilterReason::Qv) } else { None });
+        t.nuclear_cell
+            .as_mut()
+            .unwrap()
+            .push(inside.then(|| nuclei.ids[home].clone()));
+        t.filter.push(if i % 50 == 0 {
+            Some(FilterReason::Qv)
+        } else {
+            None
+        });
     }
-    let ids: Vec<u64> = t.id_key.iter().map(|k| match k { TranscriptKey::U64(v) => *v, _ => 0 }).collect();
-    t.passthrough = vec![("transcript_id".into(), Arc::new(arrow::array::UInt64Array::from(ids)) as arrow::array::ArrayRef)];
+    let ids: Vec<u64> = t
+        .id_key
+        .iter()
+        .map(|k| match k {
+            TranscriptKey::U64(v) => *v,
+            _ => 0,
+        })
+        .collect();
+    t.passthrough = vec![(
+        "transcript_id".into(),
+        Arc::new(arrow::array::UInt64Array::from(ids)) as arrow::array::ArrayRef,
+    )];
     (t, nuclei)
 }
 
 fn run(model: &Model, tile_size: f64) -> Segmentation {
     let (transcripts, nuclei) = sample(model, 3);
     let params = SegmentParams {
-        graph: seggpu::graph::build::GraphParams { k_tx: 5, dist_tx: Some(5.0), k_bd: 4, dist_bd: 12.0 },
+        graph: seggpu::graph::build::GraphParams {
+            k_tx: 5,
+            dist_tx: Some(5.0),
+            k_bd: 4,
+            dist_bd: 12.0,
+        },
         score_cut: ScoreCut::Auto,
-        fragments: Some(FragmentSettings { cut: Some(0.2), min_transcripts: 3 }),
+        fragments: Some(FragmentSettings {
+            cut: Some(0.2),
+            min_transcripts: 3,
+        }),
         unknown_genes: UnknownGenes::Error,
         tile_size,
         margin: None,
     };
-    let (result, _) = segment(transcripts, &nuclei, model, &params, &mut CpuBackend::new(), &Progress { quiet: true }).unwrap();
+    let (result, _) = segment(
+        transcripts,
+        &nuclei,
+        model,
+        &params,
+        &mut CpuBackend::new(),
+        &Progress { quiet: true },
+    )
+    .unwrap();
     result
 }
 
@@ -92,13 +133,30 @@ fn tiled_and_untiled_runs_agree_exactly() {
     let n = whole.cell_id.len();
     assert_eq!(n, 12_000, "every input row appears once");
     let differ: Vec<usize> = (0..n)
-        .filter(|&i| whole.cell_id[i] != tiled.cell_id[i] || whole.score[i].map(f32::to_bits) != tiled.score[i].map(f32::to_bits))
+        .filter(|&i| {
+            whole.cell_id[i] != tiled.cell_id[i]
+                || whole.score[i].map(f32::to_bits) != tiled.score[i].map(f32::to_bits)
+        })
         .collect();
     println!("counts: {}", whole.summary["counts"]);
-    println!("scores: {} cut {}", whole.summary["scores"], whole.summary["score_cut"]);
+    println!(
+        "scores: {} cut {}",
+        whole.summary["scores"], whole.summary["score_cut"]
+    );
     let kinds = |r: &Segmentation, k: &str| r.assignment.iter().filter(|&&a| a == k).count();
-    assert!(kinds(&whole, "cell") > 1000, "the test sample should assign many transcripts");
-    assert!(kinds(&whole, "fragment") > 0, "the test sample should form fragments");
+    assert!(
+        kinds(&whole, "cell") > 1000,
+        "the test sample should assign many transcripts"
+    );
+    assert!(
+        kinds(&whole, "fragment") > 0,
+        "the test sample should form fragments"
+    );
     assert_eq!(kinds(&whole, "filtered"), 240);
-    assert!(differ.is_empty(), "{} rows differ, first {:?}", differ.len(), &differ[..differ.len().min(10)]);
+    assert!(
+        differ.is_empty(),
+        "{} rows differ, first {:?}",
+        differ.len(),
+        &differ[..differ.len().min(10)]
+    );
 }

@@ -309,3 +309,100 @@ fn unwritable_output_folder_is_an_error() {
     let run = segment(&input, &out, &[]);
     assert_clean_failure(&run, &out, "cannot create output folder");
 }
+
+/// The real crops in `../shared/data`, with models trained on them
+/// (tests/data/README.md); skipped with a notice where the folder is absent.
+fn shared_data(sub: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(sub);
+    if dir.exists() {
+        Some(dir)
+    } else {
+        eprintln!("\n*** SKIPPED: {} is absent ***\n", dir.display());
+        None
+    }
+}
+
+fn counts(out: &Path) -> serde_json::Value {
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap();
+    println!("{}", log["result"]["counts"]);
+    log["result"]["counts"].clone()
+}
+
+#[test]
+fn real_xenium_spatialdata_crop_segments() {
+    let Some(dir) = shared_data("xenium_breast_spatialdata") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/xenium_breast_model.safetensors");
+    let run = seggpu(&[
+        "segment",
+        "--preset",
+        "spatialdata",
+        "--transcripts",
+        dir.join("points.parquet").to_str().unwrap(),
+        "--boundaries",
+        dir.join("sd_nucleus_boundaries.parquet").to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        tmp.path().to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let c = counts(tmp.path());
+    assert_eq!(c["read"], 23_691);
+    assert_eq!(c["nuclei"], 132);
+    assert!(c["assigned"].as_u64().unwrap() > 5_000);
+    assert_eq!(
+        read(&tmp.path().join("segger_transcripts.parquet")).num_rows(),
+        23_691
+    );
+}
+
+#[test]
+fn real_merscope_crop_segments_with_negated_polygon_y() {
+    let Some(dir) = shared_data("merscope_mouse_brain_mini") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/merscope_mouse_brain_model.safetensors");
+    let run = seggpu(&[
+        "segment",
+        "--preset",
+        "merscope",
+        "--transcripts",
+        dir.join("vizgen_transcripts.gz").to_str().unwrap(),
+        "--boundaries",
+        dir.join("z0_polygons.gz").to_str().unwrap(),
+        "--boundary-y-scale",
+        "-1",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        tmp.path().to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let c = counts(tmp.path());
+    assert_eq!(c["read"], 80_343);
+    assert_eq!(c["nuclei"], 498);
+    assert!(c["assigned"].as_u64().unwrap() > 20_000);
+}

@@ -21,7 +21,10 @@ fn dev_parts() -> (Vec<(String, OwnedTensor)>, HashMap<String, String>) {
     (tensors, file.metadata())
 }
 
-fn load(tensors: &[(String, OwnedTensor)], metadata: HashMap<String, String>) -> Result<Model, ModelError> {
+fn load(
+    tensors: &[(String, OwnedTensor)],
+    metadata: HashMap<String, String>,
+) -> Result<Model, ModelError> {
     let bytes = tensorfile::serialize(tensors, Some(metadata)).unwrap();
     let file = TensorFile::from_bytes(std::path::Path::new("altered.safetensors"), bytes)?;
     Model::from_file(&file)
@@ -72,7 +75,10 @@ fn truncated_file_is_not_safetensors() {
     let err = Model::load(&path).unwrap_err();
     println!("{err}");
     assert!(
-        matches!(&err, ModelError::File(TensorFileError::NotSafetensors { .. })),
+        matches!(
+            &err,
+            ModelError::File(TensorFileError::NotSafetensors { .. })
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("truncated.safetensors"));
@@ -89,7 +95,10 @@ fn vocabulary_longer_than_embedding_gives_both_numbers() {
     while genes.len() <= rows {
         genes.push(format!("EXTRA{}", genes.len()));
     }
-    metadata.insert("seggpu.genes".into(), serde_json::to_string(&genes).unwrap());
+    metadata.insert(
+        "seggpu.genes".into(),
+        serde_json::to_string(&genes).unwrap(),
+    );
     let err = load(&tensors, metadata).unwrap_err();
     println!("{err}");
     assert!(
@@ -101,7 +110,10 @@ fn vocabulary_longer_than_embedding_gives_both_numbers() {
 #[test]
 fn bf16_and_f16_copies_load_with_half_precision_values() {
     let model = Model::load(&common::fixture_path("dev.model.safetensors")).unwrap();
-    for dtype in [seggpu::model::StorageDtype::F16, seggpu::model::StorageDtype::Bf16] {
+    for dtype in [
+        seggpu::model::StorageDtype::F16,
+        seggpu::model::StorageDtype::Bf16,
+    ] {
         let bytes = model.to_safetensors(dtype).unwrap();
         let file = TensorFile::from_bytes(std::path::Path::new("half.safetensors"), bytes).unwrap();
         let half = Model::from_file(&file).unwrap();

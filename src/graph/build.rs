@@ -34,7 +34,9 @@ pub struct TileNodes<'a> {
 /// Builds the tx–tx neighbour graph, the belongs graph and the receptive field.
 pub fn build_tile_graph(nodes: TileNodes, params: &GraphParams) -> TileGraph {
     let n_tx = nodes.tx_pos.len();
-    let cap = params.dist_tx.map_or(DistanceCap::None, DistanceCap::Inclusive);
+    let cap = params
+        .dist_tx
+        .map_or(DistanceCap::None, DistanceCap::Inclusive);
     let nn = knn_3d(nodes.tx_pos, params.k_tx, cap, false);
     let k = nn.k;
     let neighbors = Csr::from_edges(

@@ -214,7 +214,10 @@ impl TileGraph {
         };
         let tokens: Vec<i64> = self.tx_token.iter().map(|&t| t as i64).collect();
         let mut tensors = vec![
-            ("tx_token".to_owned(), OwnedTensor::i64(vec![self.n_tx()], &tokens)),
+            (
+                "tx_token".to_owned(),
+                OwnedTensor::i64(vec![self.n_tx()], &tokens),
+            ),
             (
                 "bd_x".to_owned(),
                 OwnedTensor::f32(vec![self.n_bd(), BD_FEATURES], &self.bd_x),

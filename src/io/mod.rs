@@ -1,5 +1,20 @@
 //! Reading vendor files (SPEC §2–4): transcripts with their filters, and
 //! nucleus polygons with their shape features.
+//!
+//! [`args::InputArgs`] (command-line flags) resolve into an
+//! [`args::InputSpec`]; [`read_transcripts`] and [`read_nuclei`] read the
+//! files it names. Tables may be parquet, CSV or gzip CSV (detected from the
+//! magic bytes, whatever the file name).
+
+pub mod args;
+pub mod geometry;
+mod nuclei;
+pub mod table;
+mod transcripts;
+
+pub use args::{InputArgs, InputSpec, Preset};
+pub use nuclei::read_nuclei;
+pub use transcripts::read_transcripts;
 
 /// Why a transcript takes no part in segmentation (it still appears in the output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,7 +89,9 @@ impl std::fmt::Display for TranscriptKey {
         match self {
             TranscriptKey::U64(v) => write!(f, "{v}"),
             TranscriptKey::I64(v) => write!(f, "{v}"),
-            TranscriptKey::F64(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => write!(f, "{}", *v as i64),
+            TranscriptKey::F64(v) if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                write!(f, "{}", *v as i64)
+            }
             TranscriptKey::F64(v) => write!(f, "{v}"),
             TranscriptKey::Str(v) => f.write_str(v),
         }
@@ -94,4 +111,7 @@ pub struct Nuclei {
     pub features: Vec<[f32; 4]>,
     /// Nuclei dropped as invalid, with the reason (reported, not fatal).
     pub skipped: Vec<(String, String)>,
+    /// Facts about the reading worth reporting (polygons read, multipolygons
+    /// reduced to their largest part, duplicate ids, holes ignored).
+    pub notes: Vec<String>,
 }

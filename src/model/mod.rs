@@ -411,7 +411,10 @@ impl Model {
             ] {
                 let prefix = format!("{}.{relation}", layer.name);
                 let hc = w.out_dim();
-                tensors.push((format!("{prefix}.att"), make(vec![1, w.heads, w.channels], &w.att)));
+                tensors.push((
+                    format!("{prefix}.att"),
+                    make(vec![1, w.heads, w.channels], &w.att),
+                ));
                 tensors.push((format!("{prefix}.bias"), make(vec![hc], &w.bias)));
                 tensors.push((
                     format!("{prefix}.lin_l.weight"),
@@ -427,7 +430,10 @@ impl Model {
         }
         let mut metadata = std::collections::HashMap::new();
         metadata.insert("seggpu.format".to_owned(), FORMAT.to_owned());
-        metadata.insert("seggpu.genes".to_owned(), serde_json::to_string(&self.genes)?);
+        metadata.insert(
+            "seggpu.genes".to_owned(),
+            serde_json::to_string(&self.genes)?,
+        );
         metadata.insert(
             "seggpu.bd_features".to_owned(),
             match self.bd_features {

@@ -45,6 +45,9 @@ pub struct SegmentArgs {
     /// Cells in the --demo sample.
     #[arg(long, default_value_t = 1000)]
     pub demo_cells: usize,
+    /// Seed of the --demo sample (the demo model was trained on other seeds).
+    #[arg(long, default_value_t = 2026)]
+    pub demo_seed: u64,
     /// Transcript neighbours per transcript, itself included [model default, else 5].
     #[arg(long)]
     pub k_tx: Option<usize>,
@@ -163,6 +166,7 @@ pub fn run(
             &dir,
             &crate::simulate::SimulateOptions {
                 cells: args.demo_cells,
+                seed: args.demo_seed,
                 ..crate::simulate::SimulateOptions::default()
             },
         )?;

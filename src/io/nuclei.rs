@@ -1,0 +1,388 @@
+//! Reading nucleus polygons (SPEC §4) from vertex tables or WKB/WKT
+//! geometry tables, with their centroids and shape features.
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use rayon::prelude::*;
+
+use super::args::{ColumnChoice, InputSpec};
+use super::geometry::{self, Part};
+use super::table::{self, cell_key, Ctx, Table, Want};
+use super::Nuclei;
+use crate::model::BdFeatureMode;
+
+/// Counts of things worth a note in the run log.
+#[derive(Default)]
+struct Tally {
+    null_ids: usize,
+    multipolygons: usize,
+    holes: usize,
+}
+
+/// One polygon as read: id and exterior ring, or why it is unusable.
+type Candidate = (String, std::result::Result<Vec<[f64; 2]>, String>);
+
+/// Parses one geometry value (WKB bytes or WKT / hex-WKB text) into the
+/// exterior ring of its polygon (the largest part of a multipolygon).
+fn ring_of(
+    parsed: Result<Vec<Part>>,
+    tally: &mut Tally,
+) -> std::result::Result<Vec<[f64; 2]>, String> {
+    let mut parts = parsed.map_err(|e| format!("unreadable geometry: {e:#}"))?;
+    if parts.is_empty() {
+        return Err("empty geometry".into());
+    }
+    if parts.len() > 1 {
+        tally.multipolygons += 1;
+    }
+    let mut best = 0;
+    let mut best_area = -1.0;
+    for (i, p) in parts.iter().enumerate() {
+        let a = geometry::ring_area(&p.exterior);
+        if a > best_area {
+            best_area = a;
+            best = i;
+        }
+    }
+    let part = parts.swap_remove(best);
+    if part.holes > 0 {
+        tally.holes += 1;
+    }
+    Ok(part.exterior)
+}
+
+/// Text geometries: hex-encoded WKB when the text is all hex digits
+/// (WKT always holds a type name, which is not hex), else WKT.
+fn parse_text_geometry(s: &str) -> Result<Vec<Part>> {
+    match geometry::decode_hex(s) {
+        Some(bytes) => geometry::parse_wkb(&bytes),
+        None => geometry::parse_wkt(s),
+    }
+}
+
+/// Reads the rows of a geometry table into candidates.
+fn read_geometry_table(
+    table: &Table,
+    id_col: &str,
+    geom_col: &str,
+    fov_col: Option<&str>,
+    tally: &mut Tally,
+) -> Result<Vec<Candidate>> {
+    let path = table.path();
+    if let Some(t) = table.data_type(geom_col) {
+        let ok = matches!(
+            t,
+            DataType::Binary
+                | DataType::LargeBinary
+                | DataType::BinaryView
+                | DataType::Utf8
+                | DataType::LargeUtf8
+                | DataType::Utf8View
+        ) || matches!(&t, DataType::Dictionary(_, v) if table::is_textual(v));
+        if !ok {
+            bail!(
+                "{}: expected WKB (binary) or WKT (text) geometries, found {t} (GeoArrow native \
+                 encodings are not supported: write the geometries as WKB)",
+                Ctx::new(path, geom_col)
+            );
+        }
+    }
+    let mut cols = vec![(id_col, Want::Text), (geom_col, Want::Text)];
+    if let Some(f) = fov_col {
+        cols.push((f, Want::Text));
+    }
+    let mut out = Vec::new();
+    for batch in table.batches(&cols)? {
+        let batch = batch?;
+        let ids = table::to_utf8(batch.column(0).as_ref(), Ctx::new(path, id_col))?;
+        let fovs = match fov_col {
+            Some(f) => Some(table::to_utf8(batch.column(2).as_ref(), Ctx::new(path, f))?),
+            None => None,
+        };
+        let g = batch.column(1);
+        let gctx = Ctx::new(path, geom_col);
+        let texts = match g.data_type() {
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => None,
+            _ => Some(table::to_utf8(g.as_ref(), gctx)?),
+        };
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) || ids.value(i).trim().is_empty() {
+                tally.null_ids += 1;
+                continue;
+            }
+            let id = cell_key(ids.value(i).trim(), fovs.as_ref(), i);
+            if g.is_null(i) {
+                out.push((id, Err("null geometry".to_string())));
+                continue;
+            }
+            let parsed = match (&texts, g.data_type()) {
+                (Some(t), _) => parse_text_geometry(t.value(i)),
+                (None, DataType::Binary) => geometry::parse_wkb(g.as_binary::<i32>().value(i)),
+                (None, DataType::LargeBinary) => geometry::parse_wkb(g.as_binary::<i64>().value(i)),
+                (None, _) => geometry::parse_wkb(g.as_binary_view().value(i)),
+            };
+            out.push((id, ring_of(parsed, tally)));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a vertex table (one row per vertex, rows of a polygon together)
+/// into candidates; a new polygon starts wherever the id changes.
+fn read_vertex_table(
+    table: &Table,
+    id_col: &str,
+    x_col: &str,
+    y_col: &str,
+    fov_col: Option<&str>,
+    tally: &mut Tally,
+) -> Result<Vec<Candidate>> {
+    let path = table.path();
+    let mut cols = vec![
+        (id_col, Want::Text),
+        (x_col, Want::Number),
+        (y_col, Want::Number),
+    ];
+    if let Some(f) = fov_col {
+        cols.push((f, Want::Text));
+    }
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut current: Option<(String, Vec<[f64; 2]>)> = None;
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for batch in table.batches(&cols)? {
+        let batch = batch?;
+        let ids = table::to_utf8(batch.column(0).as_ref(), Ctx::new(path, id_col))?;
+        xs.clear();
+        ys.clear();
+        table::push_f64(batch.column(1).as_ref(), Ctx::new(path, x_col), &mut xs)?;
+        table::push_f64(batch.column(2).as_ref(), Ctx::new(path, y_col), &mut ys)?;
+        let fovs = match fov_col {
+            Some(f) => Some(table::to_utf8(batch.column(3).as_ref(), Ctx::new(path, f))?),
+            None => None,
+        };
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) || ids.value(i).trim().is_empty() {
+                tally.null_ids += 1;
+                continue;
+            }
+            let raw = ids.value(i).trim();
+            let same = match (&current, &fovs) {
+                (Some((id, _)), None) => id == raw,
+                (Some((id, _)), Some(f)) => *id == cell_key(raw, Some(f), i),
+                (None, _) => false,
+            };
+            if !same {
+                if let Some((id, ring)) = current.take() {
+                    out.push((id, Ok(ring)));
+                }
+                current = Some((cell_key(raw, fovs.as_ref(), i), Vec::new()));
+            }
+            if let Some((_, ring)) = current.as_mut() {
+                ring.push([xs[i], ys[i]]);
+            }
+        }
+    }
+    if let Some((id, ring)) = current.take() {
+        out.push((id, Ok(ring)));
+    }
+    Ok(out)
+}
+
+/// Reads the nucleus polygons of the boundaries file (SPEC §4).
+///
+/// The file is a geometry table when it has a geometry column (WKB as
+/// binary or hex text, or WKT text; Polygon, MultiPolygon — the largest
+/// part is kept — or a collection of polygons), else a vertex table whose
+/// consecutive rows with one id form a polygon. Coordinates are multiplied
+/// by the pixel size (when set), then by the boundary scales, then the
+/// offsets are added. Only the exterior ring is used; it is cleaned
+/// (repeated vertices dropped, closed); a nucleus with fewer than 3
+/// distinct vertices or zero area goes to `skipped`. An id with several
+/// polygons (e.g. one per z-plane) keeps its largest valid one. Nuclei are
+/// sorted by id (bytewise); features follow `mode`.
+pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
+    let table = Table::open(&spec.boundaries)?;
+    let path = table.path().to_path_buf();
+    let b = &spec.boundary_columns;
+    let id_choice = ColumnChoice {
+        required: true,
+        ..b.id.clone()
+    };
+    let id_col = table
+        .find(&id_choice, "nucleus id")?
+        .with_context(|| format!("{}: no nucleus id column", path.display()))?;
+    let geom_col = table.find(&b.geometry, "geometry")?;
+    let fov_col = table.find(&b.fov, "field of view")?;
+    let mut tally = Tally::default();
+    let candidates = match &geom_col {
+        Some(g) => read_geometry_table(&table, &id_col, g, fov_col.as_deref(), &mut tally)?,
+        None => {
+            let require = |c: &ColumnChoice| ColumnChoice {
+                required: true,
+                ..c.clone()
+            };
+            let neither = || {
+                format!(
+                    "{}: no geometry column ({}), so it must be a vertex table",
+                    path.display(),
+                    b.geometry
+                        .candidates
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            };
+            let x = table
+                .find(&require(&b.vertex_x), "vertex x")
+                .with_context(neither)?
+                .with_context(|| format!("{}: no vertex x column", path.display()))?;
+            let y = table
+                .find(&require(&b.vertex_y), "vertex y")
+                .with_context(neither)?
+                .with_context(|| format!("{}: no vertex y column", path.display()))?;
+            read_vertex_table(&table, &id_col, &x, &y, fov_col.as_deref(), &mut tally)?
+        }
+    };
+    if candidates.is_empty() {
+        bail!(
+            "{}: no polygons (the table has no rows with a nucleus id): boundaries without one \
+             valid polygon",
+            path.display()
+        );
+    }
+    let polygons_read = candidates.len();
+
+    // Coordinates into µm and the transcripts' frame.
+    let px = spec.pixel_size.unwrap_or(1.0);
+    let [sx, sy] = spec.boundary_scale;
+    let [ox, oy] = spec.boundary_offset;
+    let mut candidates = candidates;
+    if px != 1.0 || sx != 1.0 || sy != 1.0 || ox != 0.0 || oy != 0.0 {
+        candidates.par_iter_mut().for_each(|(_, ring)| {
+            if let Ok(ring) = ring {
+                for v in ring.iter_mut() {
+                    *v = [v[0] * px * sx + ox, v[1] * px * sy + oy];
+                }
+            }
+        });
+    }
+
+    // Group by id (sorted bytewise), validate, keep the largest valid polygon.
+    candidates.par_sort_by(|a, b| a.0.cmp(&b.0));
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut start = 0;
+    for i in 1..=candidates.len() {
+        if i == candidates.len() || candidates[i].0 != candidates[start].0 {
+            groups.push((start, i));
+            start = i;
+        }
+    }
+    let duplicated = groups.iter().filter(|(s, e)| e - s > 1).count();
+    let chosen: Vec<std::result::Result<(geo::Polygon<f64>, f64), String>> = groups
+        .par_iter()
+        .map(|&(s, e)| {
+            let mut best: Option<(geo::Polygon<f64>, f64)> = None;
+            let mut reason = None;
+            for (_, ring) in &candidates[s..e] {
+                match ring
+                    .as_ref()
+                    .map_err(|r| r.clone())
+                    .and_then(|r| geometry::clean_polygon(r))
+                {
+                    Ok((poly, area)) => {
+                        if best.as_ref().is_none_or(|b| area > b.1) {
+                            best = Some((poly, area));
+                        }
+                    }
+                    Err(r) => {
+                        reason.get_or_insert(r);
+                    }
+                }
+            }
+            best.ok_or_else(|| reason.unwrap_or_else(|| "no polygon".into()))
+        })
+        .collect();
+
+    let mut nuclei = Nuclei::default();
+    for (&(s, _), c) in groups.iter().zip(chosen) {
+        let id = &candidates[s].0;
+        match c {
+            Ok((poly, _)) => {
+                nuclei.ids.push(id.clone());
+                nuclei.polygons.push(poly);
+            }
+            Err(reason) => nuclei.skipped.push((id.clone(), reason)),
+        }
+    }
+    if nuclei.ids.is_empty() {
+        let examples: Vec<String> = nuclei
+            .skipped
+            .iter()
+            .take(3)
+            .map(|(id, r)| format!("{id}: {r}"))
+            .collect();
+        bail!(
+            "{}: boundaries without one valid polygon ({} nuclei read, all skipped; e.g. {})",
+            path.display(),
+            nuclei.skipped.len(),
+            examples.join("; ")
+        );
+    }
+    let computed: Vec<([f64; 2], [f32; 4])> = nuclei
+        .polygons
+        .par_iter()
+        .map(|p| {
+            let f = match mode {
+                BdFeatureMode::Props => geometry::shape_features(p).map(|v| v as f32),
+                BdFeatureMode::Zeros => [0.0; 4],
+            };
+            (geometry::centroid(p), f)
+        })
+        .collect();
+    (nuclei.centroid, nuclei.features) = computed.into_iter().unzip();
+
+    let n = &mut nuclei.notes;
+    n.push(format!(
+        "{}: {} polygons read ({}), {} nuclei kept, {} skipped",
+        path.display(),
+        polygons_read,
+        match &geom_col {
+            Some(g) => format!("geometry column `{g}`"),
+            None => "vertex table".to_string(),
+        },
+        nuclei.ids.len(),
+        nuclei.skipped.len()
+    ));
+    if tally.multipolygons > 0 {
+        n.push(format!(
+            "{} multipolygons: kept the largest part of each",
+            tally.multipolygons
+        ));
+    }
+    if tally.holes > 0 {
+        n.push(format!(
+            "{} polygons have holes: only exterior rings are used",
+            tally.holes
+        ));
+    }
+    if duplicated > 0 {
+        n.push(format!(
+            "{duplicated} nucleus ids have several polygons (e.g. one per z-plane): kept the \
+             largest valid one of each"
+        ));
+    }
+    if tally.null_ids > 0 {
+        n.push(format!(
+            "{} {} without a nucleus id ignored",
+            tally.null_ids,
+            if geom_col.is_some() {
+                "polygons"
+            } else {
+                "vertex rows"
+            }
+        ));
+    }
+    Ok(nuclei)
+}
