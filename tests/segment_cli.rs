@@ -331,22 +331,27 @@ fn counts(out: &Path) -> serde_json::Value {
     log["result"]["counts"].clone()
 }
 
-#[test]
-fn real_xenium_spatialdata_crop_segments() {
-    let Some(dir) = shared_data("xenium_breast_spatialdata") else {
-        return;
-    };
+/// Segments a real crop with its trained model (`tests/data/`); returns the
+/// output folder and the log's counts.
+fn segment_real(
+    preset: &str,
+    transcripts: &Path,
+    boundaries: &Path,
+    model: &str,
+    extra: &[&str],
+) -> (tempfile::TempDir, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/xenium_breast_model.safetensors");
-    let run = seggpu(&[
+        .join("tests/data")
+        .join(model);
+    let mut args = vec![
         "segment",
         "--preset",
-        "spatialdata",
+        preset,
         "--transcripts",
-        dir.join("points.parquet").to_str().unwrap(),
+        transcripts.to_str().unwrap(),
         "--boundaries",
-        dir.join("sd_nucleus_boundaries.parquet").to_str().unwrap(),
+        boundaries.to_str().unwrap(),
         "--model",
         model.to_str().unwrap(),
         "--out",
@@ -354,18 +359,35 @@ fn real_xenium_spatialdata_crop_segments() {
         "--backend",
         "cpu",
         "--quiet",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let run = seggpu(&args);
     assert!(
         run.status.success(),
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
     let c = counts(tmp.path());
+    (tmp, c)
+}
+
+#[test]
+fn real_xenium_spatialdata_crop_segments() {
+    let Some(dir) = shared_data("xenium_breast_spatialdata") else {
+        return;
+    };
+    let (out, c) = segment_real(
+        "spatialdata",
+        &dir.join("points.parquet"),
+        &dir.join("sd_nucleus_boundaries.parquet"),
+        "xenium_breast_model.safetensors",
+        &[],
+    );
     assert_eq!(c["read"], 23_691);
     assert_eq!(c["nuclei"], 132);
     assert!(c["assigned"].as_u64().unwrap() > 5_000);
     assert_eq!(
-        read(&tmp.path().join("segger_transcripts.parquet")).num_rows(),
+        read(&out.path().join("segger_transcripts.parquet")).num_rows(),
         23_691
     );
 }
@@ -375,33 +397,13 @@ fn real_merscope_crop_segments_with_negated_polygon_y() {
     let Some(dir) = shared_data("merscope_mouse_brain_mini") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/merscope_mouse_brain_model.safetensors");
-    let run = seggpu(&[
-        "segment",
-        "--preset",
+    let (_out, c) = segment_real(
         "merscope",
-        "--transcripts",
-        dir.join("vizgen_transcripts.gz").to_str().unwrap(),
-        "--boundaries",
-        dir.join("z0_polygons.gz").to_str().unwrap(),
-        "--boundary-y-scale",
-        "-1",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        tmp.path().to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--quiet",
-    ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+        &dir.join("vizgen_transcripts.gz"),
+        &dir.join("z0_polygons.gz"),
+        "merscope_mouse_brain_model.safetensors",
+        &["--boundary-y-scale", "-1"],
     );
-    let c = counts(tmp.path());
     assert_eq!(c["read"], 80_343);
     assert_eq!(c["nuclei"], 498);
     assert!(c["assigned"].as_u64().unwrap() > 20_000);
