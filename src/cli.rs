@@ -271,12 +271,7 @@ fn forward(
     ];
     if let Some(rf) = &graph.receptive_field {
         let best = backend.score(&embeddings, rf)?;
-        let scores: Vec<f32> = best
-            .score
-            .iter()
-            .zip(&best.index)
-            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
-            .collect();
+        let scores = best.score_or_nan();
         let index: Vec<i64> = best.index.iter().map(|&i| i as i64).collect();
         tensors.push((
             "best_score".into(),

@@ -230,29 +230,7 @@ fn forward_matches_pyg(gpu: &mut GpuBackend) {
             best.index, cpu_best.index,
             "{name}: GPU and CPU best indices differ"
         );
-        let expected_index = fx.i64("expected.best_index");
-        let mismatches: Vec<usize> = (0..expected_index.len())
-            .filter(|&i| i64::from(best.index[i]) != expected_index[i])
-            .collect();
-        assert!(
-            mismatches.is_empty(),
-            "{name}: GPU best index differs from PyG at {mismatches:?}"
-        );
-        let (_, expected_score) = fx.f32("expected.best_score");
-        let score: Vec<f32> = best
-            .score
-            .iter()
-            .zip(&best.index)
-            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
-            .collect();
-        check(
-            &format!("{name} gpu best_score"),
-            &score,
-            &expected_score,
-            1,
-            atol,
-            rtol,
-        );
+        fx.check_best(&format!("{name} gpu"), &best, atol, rtol);
         println!(
             "{name}: {} transcripts, GPU and CPU best indices identical",
             best.index.len()

@@ -78,29 +78,8 @@ fn best_nucleus_matches_pyg() {
             .as_ref()
             .expect("fixture has rf_index");
         let best = cpu.score(&out, rf).unwrap();
-        let expected_index = fx.i64("expected.best_index");
-        let mismatches: Vec<usize> = (0..expected_index.len())
-            .filter(|&i| best.index[i] as i64 != expected_index[i])
-            .collect();
-        assert!(
-            mismatches.is_empty(),
-            "{name}: best index differs at transcripts {mismatches:?}"
-        );
-        let (_, expected_score) = fx.f32("expected.best_score");
-        let score: Vec<f32> = best
-            .score
-            .iter()
-            .zip(&best.index)
-            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
-            .collect();
-        check(
-            &format!("{name} best_score"),
-            &score,
-            &expected_score,
-            1,
-            atol,
-            rtol,
-        );
+        fx.check_best(name, &best, atol, rtol);
+        let score = best.score_or_nan();
         let no_candidate = best.index.iter().filter(|&&i| i < 0).count();
         let exact_zero = score.iter().filter(|&&s| s == 0.0).count();
         println!("{name}: {} transcripts, {no_candidate} without candidate, {exact_zero} with best score exactly 0", score.len());

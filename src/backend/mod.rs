@@ -52,6 +52,17 @@ pub struct EdgeSimilarity {
     pub histogram: Vec<u32>,
 }
 
+impl BestMatches {
+    /// Best scores with NaN where the transcript has no candidate.
+    pub fn score_or_nan(&self) -> Vec<f32> {
+        self.score
+            .iter()
+            .zip(&self.index)
+            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
+            .collect()
+    }
+}
+
 /// A compute engine able to run the Segger model and scoring on one tile.
 pub trait Backend {
     /// Human-readable name, with the adapter for GPU backends.

@@ -55,6 +55,33 @@ impl Fixture {
             .1
     }
 
+    /// Asserts best indices equal PyG's and checks best scores within tolerance.
+    pub fn check_best(
+        &self,
+        label: &str,
+        best: &seggpu::backend::BestMatches,
+        atol: f32,
+        rtol: f32,
+    ) {
+        let expected_index = self.i64("expected.best_index");
+        let mismatches: Vec<usize> = (0..expected_index.len())
+            .filter(|&i| i64::from(best.index[i]) != expected_index[i])
+            .collect();
+        assert!(
+            mismatches.is_empty(),
+            "{label}: best index differs from PyG at transcripts {mismatches:?}"
+        );
+        let (_, expected_score) = self.f32("expected.best_score");
+        check(
+            &format!("{label} best_score"),
+            &best.score_or_nan(),
+            &expected_score,
+            1,
+            atol,
+            rtol,
+        );
+    }
+
     /// Whether the stored weights are half precision (looser tolerance).
     pub fn half_weights(&self) -> bool {
         self.model.dtype != "F32"
