@@ -17,7 +17,7 @@ use seggpu::pipeline::{segment, Segmentation};
 
 /// The demo model the references were computed with (tests/fixtures/sim/README.md).
 const REFERENCE_MODEL_SHA256: &str =
-    "9174ee5406e11554e7e3869c67335258e76a24daebb0571788eeed9e54306a02";
+    "3212995af10783cc47a5e2782bf12110a225830d2e0628e9c3b422353b12980c";
 
 #[derive(Parser)]
 struct Args {

@@ -21,3 +21,101 @@ pub fn demo_model() -> Result<Model, ModelError> {
         DEMO_MODEL.to_vec(),
     )?)
 }
+
+/// How a demo run compares with the simulator's ground truth
+/// (`ground_truth.parquet` of [`crate::simulate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DemoAccuracy {
+    /// Rows a cell generated (noise excluded), filtered rows included.
+    pub cell_rows: usize,
+    /// Of those, the rows that pass the filters.
+    pub cell_rows_kept: usize,
+    /// Of those, the rows assigned to the cell that generated them.
+    pub correct: usize,
+    /// Rows assigned to any cell (fragments excluded).
+    pub assigned: usize,
+}
+
+impl DemoAccuracy {
+    /// Correct assignments among the kept rows a cell generated.
+    pub fn recall_kept(&self) -> f64 {
+        ratio(self.correct, self.cell_rows_kept)
+    }
+
+    /// Correct assignments among all rows a cell generated (filtered rows count as misses).
+    pub fn recall_all_rows(&self) -> f64 {
+        ratio(self.correct, self.cell_rows)
+    }
+
+    /// Correct assignments among all assignments to cells.
+    pub fn precision(&self) -> f64 {
+        ratio(self.correct, self.assigned)
+    }
+
+    /// The figures as JSON for `segmentation_log.json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "counts": self,
+            "recall_kept": self.recall_kept(),
+            "recall_all_rows": self.recall_all_rows(),
+            "precision": self.precision(),
+        })
+    }
+}
+
+fn ratio(part: usize, whole: usize) -> f64 {
+    part as f64 / whole.max(1) as f64
+}
+
+/// Compares a segmentation of a simulated sample with its ground truth.
+/// `cell_id`, `assignment` and `filter_reason` are the per-row outputs in the
+/// row order of the sample's `transcripts.parquet`, which is also the row order
+/// of `ground_truth`.
+pub fn demo_accuracy(
+    ground_truth: &Path,
+    cell_id: &[String],
+    assignment: &[&str],
+    filter_reason: &[Option<&str>],
+) -> anyhow::Result<DemoAccuracy> {
+    use crate::io::table::{to_utf8, Ctx, Table, Want};
+    use arrow::array::Array;
+
+    let table = Table::open(ground_truth)?;
+    let mut acc = DemoAccuracy {
+        cell_rows: 0,
+        cell_rows_kept: 0,
+        correct: 0,
+        assigned: assignment.iter().filter(|a| **a == "cell").count(),
+    };
+    let mut row = 0;
+    for batch in table.batches(&[("true_cell_id", Want::Text)])? {
+        let truth = to_utf8(batch?.column(0), Ctx::new(ground_truth, "true_cell_id"))?;
+        for i in 0..truth.len() {
+            if row >= cell_id.len() {
+                anyhow::bail!(
+                    "{}: more rows than the {} transcripts segmented",
+                    ground_truth.display(),
+                    cell_id.len()
+                );
+            }
+            if truth.is_valid(i) && truth.value(i) != crate::simulate::BACKGROUND {
+                acc.cell_rows += 1;
+                if filter_reason[row].is_none() {
+                    acc.cell_rows_kept += 1;
+                    if assignment[row] == "cell" && cell_id[row] == truth.value(i) {
+                        acc.correct += 1;
+                    }
+                }
+            }
+            row += 1;
+        }
+    }
+    if row != cell_id.len() {
+        anyhow::bail!(
+            "{}: {row} rows, but {} transcripts were segmented",
+            ground_truth.display(),
+            cell_id.len()
+        );
+    }
+    Ok(acc)
+}

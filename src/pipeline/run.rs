@@ -39,7 +39,8 @@ pub struct SegmentArgs {
     /// Weights file (seggpu safetensors; `seggpu inspect` shows it). Not needed with --demo.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Simulate a sample into OUT/demo_input and segment it with the built-in demo model.
+    /// Simulate a sample into OUT/demo_input, segment it with the built-in demo model and
+    /// compare the result with the simulator's ground truth (log key `demo_accuracy`).
     #[arg(long)]
     pub demo: bool,
     /// Cells in the --demo sample.
@@ -174,11 +175,7 @@ pub fn run(
             eprintln!("demo: {summary}");
         }
         input.xenium = Some(dir);
-        let file = crate::tensorfile::TensorFile::from_bytes(
-            std::path::Path::new("<built-in demo model>"),
-            crate::demo::DEMO_MODEL.to_vec(),
-        )?;
-        Model::from_file(&file)?
+        crate::demo::demo_model()?
     } else {
         let path = args
             .model
@@ -200,6 +197,19 @@ pub fn run(
     let (result, transcripts) =
         super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
     stages.extend(result.stage_seconds.iter().cloned());
+    let demo_accuracy = if args.demo {
+        Some(crate::demo::demo_accuracy(
+            &args
+                .out
+                .join("demo_input")
+                .join(crate::simulate::GROUND_TRUTH_FILE),
+            &result.cell_id,
+            &result.assignment,
+            &result.filter_reason,
+        )?)
+    } else {
+        None
+    };
 
     let clock = Instant::now();
     let spinner = progress.spinner("writing");
@@ -215,7 +225,7 @@ pub fn run(
     )?;
     output::write_cells(&out.staged(output::CELLS_FILE), &result.cells)?;
     stages.push(("write".into(), clock.elapsed().as_secs_f64()));
-    let log = serde_json::json!({
+    let mut log = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "command_line": command_line,
         "parameters": params,
@@ -232,6 +242,9 @@ pub fn run(
         "seconds": stages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
         "seconds_total": started.elapsed().as_secs_f64(),
     });
+    if let Some(acc) = &demo_accuracy {
+        log["demo_accuracy"] = acc.to_json();
+    }
     std::fs::write(
         out.staged(output::LOG_FILE),
         serde_json::to_vec_pretty(&log)?,
@@ -256,6 +269,17 @@ pub fn run(
             args.out.display(),
             started.elapsed().as_secs_f64()
         );
+        if let Some(acc) = &demo_accuracy {
+            eprintln!(
+                "demo accuracy: {} of {} kept transcripts that a cell generated were assigned to that cell ({:.1}%; {:.1}% of all {} rows a cell generated, filtered ones counted as misses); precision of the cell assignments {:.1}%",
+                acc.correct,
+                acc.cell_rows_kept,
+                100.0 * acc.recall_kept(),
+                100.0 * acc.recall_all_rows(),
+                acc.cell_rows,
+                100.0 * acc.precision()
+            );
+        }
     }
     Ok(())
 }

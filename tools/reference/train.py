@@ -103,7 +103,12 @@ def forward(model, tx_token, bd_x, edge_tt, edge_tb):
 
 
 @torch.no_grad()
-def evaluate(model, s, cuts=(0.3, 0.4, 0.5, 0.6, 0.7)):
+def cuts_with(score_cut):
+    """The score cuts validation reports: a fixed grid plus the one stored in the model."""
+    return sorted({0.2, 0.3, 0.4, 0.5, 0.6, 0.7, score_cut})
+
+
+def evaluate(model, s, cuts):
     model.eval()
     z_tx, z_bd = forward(model, s.tx_token, s.bd_x, s.edge_tx_tx, s.edge_tx_bd)
     model.train()
@@ -133,7 +138,7 @@ def eval_only(args):
     model = sr.model_from_state(state)
     val = load_sample(args.val, genes=weights_io.genes_of(meta))
     print(f"val {summary(val)}")
-    res = evaluate(model, val)
+    res = evaluate(model, val, cuts=cuts_with(args.score_cut))
     print(json.dumps({str(k): v for k, v in res.items()}, indent=1))
     if args.dump_graph:
         model.eval()
@@ -174,6 +179,9 @@ def main():
     ap.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16"])
     ap.add_argument("--score-cut", type=float, default=0.5, help="threshold stored in seggpu.defaults")
     ap.add_argument("--log", help="write the training log (JSON) here")
+    ap.add_argument("--init", metavar="MODEL",
+                    help="start from this seggpu weights file (its architecture overrides "
+                         "--emb/--hidden/--mid-layers/--out-channels/--heads) to continue a run")
     ap.add_argument("--eval-only", metavar="MODEL",
                     help="no training: evaluate this weights file on --val (--train and --out unused)")
     ap.add_argument("--dump-graph", metavar="PATH",
@@ -195,9 +203,16 @@ def main():
     print(f"train {summary(train)}\nval   {summary(val)}\nloaded in {time.time() - t0:.1f} s",
           flush=True)
 
-    arch = sr.Arch(len(train.genes), args.emb, args.hidden, args.mid_layers, args.out_channels,
-                   args.heads)
-    model = sr.build_model(arch, seed=args.seed)
+    if args.init:
+        state, meta = weights_io.load_seggpu_weights(args.init)
+        if weights_io.genes_of(meta) != train.genes:
+            sys.exit(f"--init {args.init}: its vocabulary differs from the panel of {args.train}")
+        model = sr.model_from_state(state)
+        arch = sr.infer_arch(state)
+    else:
+        arch = sr.Arch(len(train.genes), args.emb, args.hidden, args.mid_layers,
+                       args.out_channels, args.heads)
+        model = sr.build_model(arch, seed=args.seed)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     budget = args.minutes * 60.0
@@ -205,6 +220,7 @@ def main():
     hi = train.pos[:, :2].max(0)
     log = {"args": vars(args), "arch": arch.__dict__, "steps": []}
     step, ema, best_state = 0, None, None
+    eval_cuts = cuts_with(args.score_cut)
     start = time.time()
     while step < args.steps and time.time() - start < budget:
         x0 = rng.uniform(lo[0] - args.window / 2, hi[0] - args.window / 2)
@@ -232,27 +248,28 @@ def main():
         step += 1
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % args.eval_every == 0:
-            res = evaluate(model, val)
+            res = evaluate(model, val, cuts=eval_cuts)
             entry = {"step": step, "seconds": round(time.time() - start, 1), "loss_ema": ema,
                      "val": {str(k): v for k, v in res.items()}}
             log["steps"].append(entry)
-            r5 = res[0.5]
+            r5 = res[args.score_cut]
             if best_state is None or r5["recall"] > best_state[0]:
                 best_state = (r5["recall"], step,
                               {k: v.detach().clone() for k, v in model.state_dict().items()})
             print(f"step {step:5d}  {time.time() - start:6.0f} s  loss {ema:.4f}  "
-                  f"val@0.5 recall {r5['recall']:.4f} precision {r5['precision']:.4f} "
+                  f"val@{args.score_cut} recall {r5['recall']:.4f} precision {r5['precision']:.4f} "
                   f"assigned {r5['assigned']:.3f}  (rf has own {res['rf_contains_own']:.4f})",
                   flush=True)
-    res = evaluate(model, val)
-    if best_state is None or res[0.5]["recall"] > best_state[0]:
-        best_state = (res[0.5]["recall"], step,
+    res = evaluate(model, val, cuts=eval_cuts)
+    if best_state is None or res[args.score_cut]["recall"] > best_state[0]:
+        best_state = (res[args.score_cut]["recall"], step,
                       {k: v.detach().clone() for k, v in model.state_dict().items()})
     log["last"] = {"step": step, "seconds": round(time.time() - start, 1), "loss_ema": ema,
                    "val": {str(k): v for k, v in res.items()}}
-    # Keep the checkpoint with the best validation recall at 0.5 (early stopping).
+    # Keep the checkpoint with the best validation recall at the stored score cut
+    # (early stopping).
     model.load_state_dict(best_state[2])
-    res = evaluate(model, val)
+    res = evaluate(model, val, cuts=eval_cuts)
     log["kept"] = {"step": best_state[1], "val": {str(k): v for k, v in res.items()}}
     print(json.dumps({"last": log["last"], "kept": log["kept"]}, indent=1))
 
