@@ -155,13 +155,18 @@ fn check_against_reference(label: &str, backend: &mut dyn Backend) -> Segmentati
         differ.is_empty(),
         "{label}: fragments differ from the scipy components"
     );
-    let fragments = ours_frag
+    let fragment_rows = ours_frag
         .assignment
         .iter()
         .filter(|&&a| a == "fragment")
         .count();
-    println!("{label}: {fragments} transcripts in fragments with --fragment-cut 0");
-    assert!(fragments > 1000);
+    let fragments = &ours_frag.summary["counts"]["fragments"];
+    println!("{label}: {fragment_rows} transcripts in {fragments} fragments with --fragment-cut 0");
+    // The comparison above means something only if the fragment stage has work.
+    assert!(
+        fragment_rows >= 100 && fragments.as_u64().is_some_and(|n| n >= 10),
+        "{label}: too few fragments to exercise the fragment stage"
+    );
     ours
 }
 
@@ -181,13 +186,16 @@ fn gpu_matches_the_reference_and_the_cpu() {
     let on_gpu = check_against_reference("gpu", &mut gpu);
     let on_cpu = run(&mut CpuBackend::new(), &[]);
     let differ = differences("gpu vs cpu", &on_gpu, &on_cpu.cell_id, &on_cpu.score);
+    let cut = on_cpu.summary["score_cut"]
+        .as_f64()
+        .expect("the summary holds the score cut") as f32;
     for &i in &differ {
         let (a, b) = (
             on_gpu.score[i].unwrap_or(0.0),
             on_cpu.score[i].unwrap_or(0.0),
         );
         assert!(
-            (a - b).abs() < 1e-6 || (a - 0.5).abs() < 1e-6,
+            (a - b).abs() < 1e-6 || (a - cut).abs() < 1e-6,
             "row {i} differs by more than a near-tie"
         );
     }
