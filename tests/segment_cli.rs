@@ -94,6 +94,17 @@ fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
         .collect()
 }
 
+fn transcript_ids(batch: &RecordBatch) -> Vec<u64> {
+    batch
+        .column_by_name("transcript_id")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}
+
 /// Asserts a failed run with `expect` in its message and no final outputs.
 fn assert_clean_failure(out: &Output, dir: &Path, expect: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -189,27 +200,13 @@ fn demo_assigns_nine_in_ten_cell_transcripts_to_their_cell() {
         String::from_utf8_lossy(&run.stderr)
     );
     let truth_table = read(&out.join("demo_input/ground_truth.parquet"));
-    let truth_ids = truth_table
-        .column_by_name("transcript_id")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .unwrap()
-        .values()
-        .to_vec();
+    let truth_ids = transcript_ids(&truth_table);
     let truth: std::collections::HashMap<u64, String> = truth_ids
         .into_iter()
         .zip(strings(&truth_table, "true_cell_id"))
         .collect();
     let output = read(&out.join("segger_transcripts.parquet"));
-    let ids = output
-        .column_by_name("transcript_id")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .unwrap()
-        .values()
-        .to_vec();
+    let ids = transcript_ids(&output);
     let cell_id = strings(&output, "segger_cell_id");
     let assignment = strings(&output, "assignment");
     let (mut kept, mut correct) = (0usize, 0usize);
