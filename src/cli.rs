@@ -9,6 +9,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{self, AutoBackend, GpuBackend, GpuOptions, Precision};
 use crate::backend::Backend;
 use crate::graph::TileGraph;
+use crate::logging::Verbosity;
 use crate::model::Model;
 use crate::tensorfile::{self, OwnedTensor, TensorFile};
 
@@ -19,6 +20,15 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Errors only: no progress bars, warnings or summary lines.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Also print the seconds per stage and other details.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+    /// CPU threads for the CPU kernels, graph building and reading [default: one per core].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
 }
 
 /// Compute backend choice.
@@ -130,6 +140,14 @@ pub enum Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
+    crate::logging::init(verbosity);
+    if let Some(threads) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads as usize)
+            .build_global()
+            .context("--threads: the thread pool was already started")?;
+    }
     match cli.command {
         Command::Inspect { model } => inspect(&model),
         Command::Forward {
@@ -146,7 +164,7 @@ pub fn run(cli: Cli) -> Result<()> {
         } => {
             let mut backend = make_backend(&backend)?;
             let command_line: Vec<String> = std::env::args().collect();
-            crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line)
+            crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line, verbosity)
         }
         Command::Simulate { out, cells, seed } => {
             let opts = crate::simulate::SimulateOptions {
@@ -192,7 +210,7 @@ fn inspect(path: &std::path::Path) -> Result<()> {
         first.join(", ")
     );
     match &model.defaults {
-        Some(d) => println!("defaults:     {d}"),
+        Some(d) => println!("defaults:     {}", d.to_json()),
         None => println!("defaults:     (none stored; seggpu's defaults apply)"),
     }
     Ok(())
@@ -283,9 +301,9 @@ fn forward(
         ));
     }
     let bytes = tensorfile::serialize(&tensors, None)?;
-    tensorfile::write_atomically(out, &bytes)
+    crate::staging::write_atomically(out, &bytes)
         .with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
+    log::info!(
         "seggpu forward: {} transcripts, {} nuclei on {} → {}",
         graph.n_tx(),
         graph.n_bd(),

@@ -1,17 +1,23 @@
-//! Outputs (SPEC §11): `segger_transcripts.parquet`, `cells.parquet` and
-//! `segmentation_log.json`, written under temporary names and renamed into
-//! place only when everything succeeded.
+//! Outputs (docs/contract.md §11): `segger_transcripts.parquet`,
+//! `cells.parquet` and `segmentation_log.json`, written under temporary
+//! names and renamed into place only when everything succeeded.
 
+use std::io::BufWriter;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, Float32Array, Float64Array, StringArray, UInt64Array};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+
+use crate::io::FilterReason;
+use crate::pipeline::Segmentation;
+use crate::staging::Staging;
 
 /// File names of the outputs.
 pub const TRANSCRIPTS_FILE: &str = "segger_transcripts.parquet";
@@ -20,81 +26,67 @@ pub const CELLS_FILE: &str = "cells.parquet";
 /// Run log.
 pub const LOG_FILE: &str = "segmentation_log.json";
 
-/// A folder of outputs being written: files go to a hidden staging folder
-/// inside the output folder and move to their final names in `commit`.
+/// A folder of outputs being written: every file is staged
+/// ([`crate::staging`]) and all move to their final names in `commit`.
 pub struct OutputDir {
     dir: PathBuf,
-    staging: PathBuf,
+    staging: Staging,
 }
 
 impl OutputDir {
-    /// Creates `dir` (and the staging folder in it), failing early with a
-    /// clear message when it cannot be written.
+    /// Creates `dir`, failing early with a clear message when it cannot be
+    /// written.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-        let staging = dir.join(format!(".seggpu-partial-{}", std::process::id()));
-        std::fs::create_dir_all(&staging)
+        let probe = dir.join(format!(".seggpu-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")
             .with_context(|| format!("output folder {} is not writable", dir.display()))?;
+        std::fs::remove_file(&probe).ok();
         Ok(Self {
             dir: dir.to_path_buf(),
-            staging,
+            staging: Staging::new(),
         })
     }
 
-    /// Where to write `name` before commit.
-    pub fn staged(&self, name: &str) -> PathBuf {
-        self.staging.join(name)
+    /// Where to write output `name` before commit.
+    pub fn staged(&mut self, name: &str) -> Result<PathBuf> {
+        self.staging.stage(&self.dir.join(name))
     }
 
-    /// Moves every staged file to its final name and removes the staging folder.
-    pub fn commit(self, names: &[&str]) -> Result<()> {
-        for name in names {
-            let final_path = self.dir.join(name);
-            std::fs::rename(self.staging.join(name), &final_path)
-                .with_context(|| format!("cannot move {name} into {}", self.dir.display()))?;
-        }
-        std::fs::remove_dir_all(&self.staging).ok();
-        Ok(())
+    /// Moves every staged file to its final name.
+    pub fn commit(self) -> Result<()> {
+        self.staging.commit()
     }
 }
 
-impl Drop for OutputDir {
-    fn drop(&mut self) {
-        // After a failure nothing is left behind; after commit the folder is gone already.
-        std::fs::remove_dir_all(&self.staging).ok();
-    }
-}
+/// Rows per row group (and per written batch) of the outputs.
+pub const ROW_GROUP: usize = 1 << 20;
 
-fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_size(1 << 20)
-        .build()
-}
-
-/// Writes `columns` as one parquet file, in row groups of about a million rows.
-pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(name, array)| Field::new(name, array.data_type().clone(), true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
+/// Writes a parquet file (zstd) from `batch(range)` for consecutive row
+/// ranges of at most `row_group` rows; an empty file still gets its schema.
+pub fn write_parquet_batches(
+    path: &Path,
+    schema: SchemaRef,
+    rows: usize,
+    row_group: usize,
+    batch: impl Fn(Range<usize>) -> Result<RecordBatch>,
+) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))?;
-    let n = columns.first().map_or(0, |(_, a)| a.len());
-    let arrays: Vec<ArrayRef> = columns.into_iter().map(|(_, a)| a).collect();
-    let step = 1 << 20;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_size(row_group)
+        .build();
+    let mut writer = ArrowWriter::try_new(BufWriter::new(file), schema, Some(properties))?;
+    if rows == 0 {
+        writer.write(&batch(0..0)?)?;
+    }
     let mut start = 0;
-    while start < n || (n == 0 && start == 0) {
-        let len = step.min(n - start);
-        let slice: Vec<ArrayRef> = arrays.iter().map(|a| a.slice(start, len)).collect();
-        writer.write(&RecordBatch::try_new(schema.clone(), slice)?)?;
-        start += len.max(1);
-        if n == 0 {
-            break;
-        }
+    while start < rows {
+        let end = (start + row_group).min(rows);
+        writer.write(&batch(start..end)?)?;
+        start = end;
     }
     writer
         .close()
@@ -102,37 +94,53 @@ pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()
     Ok(())
 }
 
-/// Per-transcript result columns appended to the passthrough columns.
-pub struct TranscriptColumns {
-    /// Nucleus id, fragment id or `UNASSIGNED`.
-    pub segger_cell_id: Vec<String>,
-    /// Best score, `None` without candidate.
-    pub score: Vec<Option<f32>>,
-    /// `cell`, `fragment`, `unassigned` or `filtered`.
-    pub assignment: Vec<&'static str>,
-    /// Filter reason or `None`.
-    pub filter_reason: Vec<Option<&'static str>>,
+/// Writes `columns` (all nullable) as one parquet file.
+pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, array)| Field::new(name, array.data_type().clone(), true))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let rows = columns.first().map_or(0, |(_, a)| a.len());
+    write_parquet_batches(path, schema.clone(), rows, ROW_GROUP, |range| {
+        let slice = columns
+            .iter()
+            .map(|(_, a)| a.slice(range.start, range.len()))
+            .collect();
+        Ok(RecordBatch::try_new(schema.clone(), slice)?)
+    })
 }
 
-/// Writes `segger_transcripts.parquet`.
+/// Writes `segger_transcripts.parquet`: the passthrough columns, then
+/// `segger_cell_id`, `score`, `assignment` and `filter_reason`.
 pub fn write_transcripts(
     path: &Path,
     passthrough: &[(String, ArrayRef)],
-    result: TranscriptColumns,
+    result: &Segmentation,
 ) -> Result<()> {
+    let rows = 0..result.len();
     let mut columns: Vec<(String, ArrayRef)> = passthrough.to_vec();
     columns.push((
         "segger_cell_id".into(),
-        Arc::new(StringArray::from_iter_values(result.segger_cell_id)),
+        Arc::new(StringArray::from_iter_values(
+            rows.clone().map(|r| result.segger_cell_id(r)),
+        )),
     ));
-    columns.push(("score".into(), Arc::new(Float32Array::from(result.score))));
+    columns.push((
+        "score".into(),
+        Arc::new(Float32Array::from_iter(rows.map(|r| result.score(r)))),
+    ));
     columns.push((
         "assignment".into(),
-        Arc::new(StringArray::from_iter_values(result.assignment)),
+        Arc::new(StringArray::from_iter_values(
+            result.assignment.iter().map(|a| a.as_str()),
+        )),
     ));
     columns.push((
         "filter_reason".into(),
-        Arc::new(StringArray::from(result.filter_reason)),
+        Arc::new(StringArray::from_iter(
+            result.filter_reason.iter().map(|f| f.map(FilterReason::as_str)),
+        )),
     ));
     write_parquet(path, columns)
 }

@@ -45,13 +45,13 @@ use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, Float32Array, StringBuilder, UInt32Array, UInt64Array, UInt8Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Gamma, Normal};
 use rayon::prelude::*;
+
+use crate::output::write_parquet_batches;
+use crate::staging::Staging;
 
 /// Name of the transcripts file.
 pub const TRANSCRIPTS_FILE: &str = "transcripts.parquet";
@@ -851,56 +851,12 @@ fn cells_schema() -> SchemaRef {
     ]))
 }
 
-/// Writes batches produced by `batch(range)` for consecutive row ranges of
-/// `rows` into a Parquet file.
-fn write_parquet(
-    path: &Path,
-    schema: SchemaRef,
-    rows: usize,
-    row_group: usize,
-    batch: impl Fn(std::ops::Range<usize>) -> Result<RecordBatch>,
-) -> Result<()> {
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(row_group)
-        .build();
-    let mut writer = ArrowWriter::try_new(std::io::BufWriter::new(file), schema, Some(props))?;
-    let mut start = 0;
-    while start < rows {
-        let end = (start + row_group).min(rows);
-        writer.write(&batch(start..end)?)?;
-        start = end;
-    }
-    writer
-        .close()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 fn strings<'a>(values: impl ExactSizeIterator<Item = &'a str>) -> ArrayRef {
     let mut b = StringBuilder::with_capacity(values.len(), values.len() * 10);
     for v in values {
         b.append_value(v);
     }
     Arc::new(b.finish())
-}
-
-/// Temporary files of one run; removed unless renamed into place.
-struct Staged {
-    files: Vec<(PathBuf, PathBuf)>,
-    done: bool,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if !self.done {
-            for (tmp, _) in &self.files {
-                let _ = std::fs::remove_file(tmp);
-            }
-        }
-    }
 }
 
 /// Writes a synthetic Xenium output folder (see the module docs) into `dir`,
@@ -971,22 +927,16 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
     let type_names: Vec<String> = (0..opts.cell_types).map(|t| opts.type_name(t)).collect();
     let row_group = opts.row_group_size;
 
-    let stage = |name: &str| {
-        (
-            dir.join(format!(".{name}.tmp-{}", std::process::id())),
-            dir.join(name),
-        )
-    };
-    let mut staged = Staged {
-        files: vec![
-            stage(TRANSCRIPTS_FILE),
-            stage(GROUND_TRUTH_FILE),
-            stage(NUCLEI_FILE),
-            stage(GROUND_TRUTH_CELLS_FILE),
-        ],
-        done: false,
-    };
-    let tmp: Vec<PathBuf> = staged.files.iter().map(|f| f.0.clone()).collect();
+    let mut staging = Staging::new();
+    let tmp = [
+        TRANSCRIPTS_FILE,
+        GROUND_TRUTH_FILE,
+        NUCLEI_FILE,
+        GROUND_TRUTH_CELLS_FILE,
+    ]
+    .map(|name| staging.stage(&dir.join(name)))
+    .into_iter()
+    .collect::<Result<Vec<_>>>()?;
     let all = &all;
     let tx_ids = |r: &std::ops::Range<usize>| -> ArrayRef {
         Arc::new(UInt64Array::from_iter_values(
@@ -994,7 +944,7 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
         ))
     };
     let write_transcripts = || {
-        write_parquet(&tmp[0], transcripts_schema(), total, row_group, |r| {
+        write_parquet_batches(&tmp[0], transcripts_schema(), total, row_group, |r| {
             let f32s =
                 |v: &[f32]| -> ArrayRef { Arc::new(Float32Array::from(v[r.clone()].to_vec())) };
             let cell_ids = strings(all.cell[r.clone()].iter().map(|&c| {
@@ -1021,7 +971,7 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
         })
     };
     let write_truth = || {
-        write_parquet(&tmp[1], ground_truth_schema(), total, row_group, |r| {
+        write_parquet_batches(&tmp[1], ground_truth_schema(), total, row_group, |r| {
             let truth_ids = strings(all.truth[r.clone()].iter().map(|&c| {
                 if c == u32::MAX {
                     BACKGROUND
@@ -1052,7 +1002,7 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
                 vy.push(v[1]);
             }
         }
-        write_parquet(&tmp[2], nuclei_schema(), vertex_rows, row_group, |r| {
+        write_parquet_batches(&tmp[2], nuclei_schema(), vertex_rows, row_group, |r| {
             Ok(RecordBatch::try_new(
                 nuclei_schema(),
                 vec![
@@ -1065,7 +1015,7 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
     };
     let write_cells = || {
         let cells = &layout.cells;
-        write_parquet(&tmp[3], cells_schema(), cells.len(), row_group, |r| {
+        write_parquet_batches(&tmp[3], cells_schema(), cells.len(), row_group, |r| {
             let f32s = |f: &dyn Fn(&Cell) -> f64| -> ArrayRef {
                 Arc::new(Float32Array::from_iter_values(
                     cells[r.clone()].iter().map(|c| f(c) as f32),
@@ -1093,11 +1043,7 @@ pub fn simulate(dir: &Path, opts: &SimulateOptions) -> Result<SimulationSummary>
     b?;
     c?;
     d?;
-    for (from, to) in &staged.files {
-        std::fs::rename(from, to)
-            .with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
-    }
-    staged.done = true;
+    staging.commit()?;
 
     let background = all
         .truth

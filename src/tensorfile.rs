@@ -285,14 +285,3 @@ pub fn serialize(
     Ok(safetensors::serialize(views, metadata)?)
 }
 
-/// Writes bytes to `path` through a temporary sibling and a rename, so a
-/// failed write never leaves a partial file under the final name.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.partial", file_name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename onto {}", path.display()))
-}

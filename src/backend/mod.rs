@@ -47,8 +47,8 @@ pub struct EdgeSimilarity {
     /// Per neighbour slot: cosine of the two genes' unit embeddings (0 for
     /// an empty slot).
     pub similarity: Vec<f32>,
-    /// [`crate::fragments::HISTOGRAM_BINS`] counts of the non-empty slots'
-    /// similarities ([`crate::fragments::similarity_bin`]).
+    /// [`crate::pipeline::fragments::HISTOGRAM_BINS`] counts of the non-empty slots'
+    /// similarities ([`crate::pipeline::fragments::similarity_bin`]).
     pub histogram: Vec<u32>,
 }
 

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use crate::model::{Model, ModelError};
+use crate::pipeline::{Assignment, Segmentation};
 use crate::tensorfile::TensorFile;
 
 /// The demo weights file (safetensors, SPEC §7).
@@ -68,15 +69,9 @@ fn ratio(part: usize, whole: usize) -> f64 {
 }
 
 /// Compares a segmentation of a simulated sample with its ground truth.
-/// `cell_id`, `assignment` and `filter_reason` are the per-row outputs in the
-/// row order of the sample's `transcripts.parquet`, which is also the row order
-/// of `ground_truth`.
-pub fn demo_accuracy(
-    ground_truth: &Path,
-    cell_id: &[String],
-    assignment: &[&str],
-    filter_reason: &[Option<&str>],
-) -> anyhow::Result<DemoAccuracy> {
+/// `result` is in the row order of the sample's `transcripts.parquet`, which
+/// is also the row order of `ground_truth`.
+pub fn demo_accuracy(ground_truth: &Path, result: &Segmentation) -> anyhow::Result<DemoAccuracy> {
     use crate::io::table::{to_utf8, Ctx, Table, Want};
     use arrow::array::Array;
 
@@ -85,24 +80,26 @@ pub fn demo_accuracy(
         cell_rows: 0,
         cell_rows_kept: 0,
         correct: 0,
-        assigned: assignment.iter().filter(|a| **a == "cell").count(),
+        assigned: result.summary.counts.assigned,
     };
     let mut row = 0;
     for batch in table.batches(&[("true_cell_id", Want::Text)])? {
         let truth = to_utf8(batch?.column(0), Ctx::new(ground_truth, "true_cell_id"))?;
         for i in 0..truth.len() {
-            if row >= cell_id.len() {
+            if row >= result.len() {
                 anyhow::bail!(
                     "{}: more rows than the {} transcripts segmented",
                     ground_truth.display(),
-                    cell_id.len()
+                    result.len()
                 );
             }
             if truth.is_valid(i) && truth.value(i) != crate::simulate::BACKGROUND {
                 acc.cell_rows += 1;
-                if filter_reason[row].is_none() {
+                if result.filter_reason[row].is_none() {
                     acc.cell_rows_kept += 1;
-                    if assignment[row] == "cell" && cell_id[row] == truth.value(i) {
+                    if result.assignment[row] == Assignment::Cell
+                        && result.segger_cell_id(row) == truth.value(i)
+                    {
                         acc.correct += 1;
                     }
                 }
@@ -110,11 +107,11 @@ pub fn demo_accuracy(
             row += 1;
         }
     }
-    if row != cell_id.len() {
+    if row != result.len() {
         anyhow::bail!(
             "{}: {row} rows, but {} transcripts were segmented",
             ground_truth.display(),
-            cell_id.len()
+            result.len()
         );
     }
     Ok(acc)

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use rayon::prelude::*;
 
-use crate::fragments::{similarity_bin, HISTOGRAM_BINS};
+use crate::pipeline::fragments::{similarity_bin, HISTOGRAM_BINS};
 
 /// Items handed to one rayon task by the per-invocation loops below.
 const ITEMS_PER_TASK: usize = 4096;

@@ -135,7 +135,7 @@ pub struct Model {
     /// Nucleus feature mode.
     pub bd_features: BdFeatureMode,
     /// Optional defaults the model was trained for (`seggpu.defaults`).
-    pub defaults: Option<serde_json::Value>,
+    pub defaults: Option<crate::defaults::StoredDefaults>,
     /// sha256 of the file bytes, hex.
     pub sha256: String,
     /// Storage dtype of the embedding table (F32, F16, BF16).
@@ -278,10 +278,8 @@ impl Model {
         let defaults = match meta.get("seggpu.defaults") {
             None => None,
             Some(text) => Some(
-                serde_json::from_str::<serde_json::Value>(text)
-                    .ok()
-                    .filter(serde_json::Value::is_object)
-                    .ok_or_else(|| metadata_error("seggpu.defaults", "not a JSON object".into()))?,
+                crate::defaults::StoredDefaults::parse(text)
+                    .map_err(|why| metadata_error("seggpu.defaults", why))?,
             ),
         };
 
@@ -443,7 +441,7 @@ impl Model {
             .to_owned(),
         );
         if let Some(d) = &self.defaults {
-            metadata.insert("seggpu.defaults".to_owned(), d.to_string());
+            metadata.insert("seggpu.defaults".to_owned(), d.to_json());
         }
         crate::tensorfile::serialize(&tensors, Some(metadata))
     }

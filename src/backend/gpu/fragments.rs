@@ -8,7 +8,7 @@ use super::program::{Array, Program, Slot};
 use super::record::{plan_chunks, streamed_chunks, Aux};
 use super::shaders::{Elem, Kernel, Variant, WG};
 use super::GpuError;
-use crate::fragments::HISTOGRAM_BINS;
+use crate::pipeline::fragments::HISTOGRAM_BINS;
 
 const NEIGHBORS: Slot = "f.neighbors";
 const TOKENS: Slot = "f.tokens";

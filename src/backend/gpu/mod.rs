@@ -406,7 +406,7 @@ impl GpuBackend {
         if neighbors.is_empty() {
             return Ok(EdgeSimilarity {
                 similarity: Vec::new(),
-                histogram: vec![0; crate::fragments::HISTOGRAM_BINS],
+                histogram: vec![0; crate::pipeline::fragments::HISTOGRAM_BINS],
             });
         }
         let mut program = self.program(stage);

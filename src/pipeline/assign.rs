@@ -1,5 +1,39 @@
-//! Assignment from scores (SPEC §8): the score cut, its automatic choice,
-//! and the score statistics of the log.
+//! Stage `assign` (docs/contract.md §8): the score cut, its automatic
+//! choice, which transcripts join their best nucleus, and the score
+//! statistics of the log.
+
+use super::score_tiles::TileScores;
+use super::ScoreCut;
+
+/// The cut in use and who passes it.
+pub struct Assigned {
+    /// Score cut in use (the knee with `--score-cut auto`).
+    pub cut: f32,
+    /// Statistics of the best scores.
+    pub stats: ScoreStats,
+    /// Per kept transcript: whether it joins its best nucleus.
+    pub assigned: Vec<bool>,
+}
+
+/// Applies `score_cut` to the best matches.
+pub fn run(scores: &TileScores, score_cut: ScoreCut) -> Assigned {
+    let stats = statistics(&scores.best_score);
+    let cut = match score_cut {
+        ScoreCut::Fixed(v) => v,
+        ScoreCut::Auto => stats.knee.map_or(crate::defaults::SCORE_CUT, |k| k as f32),
+    };
+    let assigned = scores
+        .best_score
+        .iter()
+        .zip(&scores.best_index)
+        .map(|(&s, &n)| n >= 0 && s >= cut)
+        .collect();
+    Assigned {
+        cut,
+        stats,
+        assigned,
+    }
+}
 
 /// The knee of the sorted best-score curve (Kneedle, concave increasing):
 /// with scores sorted ascending, x = score and y = rank, both normalised to
@@ -24,7 +58,7 @@ pub fn knee(scores: &[f32]) -> Option<f32> {
     Some(best.1)
 }
 
-/// Summary statistics of the best scores (SPEC §11).
+/// Summary statistics of the best scores (docs/contract.md §11).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ScoreStats {
     /// Number of transcripts with a candidate.

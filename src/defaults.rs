@@ -1,0 +1,204 @@
+//! One home for the defaults of a run: the built-in values, the help text of
+//! the flags that override them, and the typed `seggpu.defaults` a weights
+//! file may store (docs/contract.md §5, §7, §8, §9). The README's list of
+//! defaults is checked against [`summary`] by a test, so all of them agree.
+
+use serde::Serialize;
+
+/// Declares each built-in default once: its constant, and the help text of
+/// its flag with the value spelled from the same literal.
+macro_rules! builtin_defaults {
+    ($( $(#[$doc:meta])* $name:ident / $help:ident : $ty:ty = $value:literal, $key:literal, $text:literal; )*) => {
+        $(
+            $(#[$doc])*
+            pub const $name: $ty = $value;
+            #[doc = concat!("Help text of the flag overriding `", $key, "`.")]
+            pub const $help: &str = concat!($text, " [model default, else ", stringify!($value), "]");
+        )*
+        /// `key value` of every built-in default a model may override, in
+        /// the order the README lists them.
+        pub const BUILTIN: &[(&str, &str)] = &[$(($key, stringify!($value))),*];
+    };
+}
+
+builtin_defaults! {
+    /// Transcript neighbours per transcript, itself included.
+    K_TX / K_TX_HELP: usize = 5, "k_tx",
+        "Transcript neighbours per transcript, itself included";
+    /// Largest transcript–transcript distance, µm, inclusive.
+    DIST_TX / DIST_TX_HELP: f64 = 5.0, "dist_tx",
+        "Largest transcript–transcript distance in µm, inclusive";
+    /// Candidate nuclei per transcript.
+    K_BD / K_BD_HELP: usize = 4, "k_bd",
+        "Candidate nuclei per transcript";
+    /// Candidate nucleus distance, µm, strict.
+    DIST_BD / DIST_BD_HELP: f64 = 12.0, "dist_bd",
+        "Candidate nucleus distance in µm, strict";
+    /// Assignment threshold.
+    SCORE_CUT / SCORE_CUT_HELP: f32 = 0.5, "score_cut",
+        "Assignment threshold in [0, 1], or `auto` for the knee of the score curve";
+    /// Smallest fragment, in transcripts.
+    MIN_TRANSCRIPTS / MIN_TRANSCRIPTS_HELP: usize = 5, "min_transcripts",
+        "Smallest fragment, in transcripts";
+}
+
+/// Tile core side, µm (results do not depend on it with the exact margin).
+pub const TILE_SIZE: f64 = 400.0;
+
+/// The built-in defaults as the README states them: `k_tx 5, dist_tx 5.0, …`.
+pub fn summary() -> String {
+    BUILTIN
+        .iter()
+        .map(|(key, value)| format!("{key} {value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The defaults a model was trained for (`seggpu.defaults`, a JSON object).
+/// Every key is optional; an unknown key or a value of the wrong type is an
+/// error, so a typo in a weights file cannot silently fall back to the
+/// built-in value. Fields are in alphabetical order so that the stored JSON
+/// is the same as a sorted JSON object's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StoredDefaults {
+    /// Candidate nucleus distance, µm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dist_bd: Option<f64>,
+    /// Transcript neighbour distance, µm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dist_tx: Option<f64>,
+    /// Candidate nuclei per transcript.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_bd: Option<usize>,
+    /// Transcript neighbours per transcript, itself included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k_tx: Option<usize>,
+    /// Smallest fragment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_transcripts: Option<usize>,
+    /// Assignment threshold in [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_cut: Option<f32>,
+}
+
+impl StoredDefaults {
+    /// Parses the metadata value; the error names the key that is wrong and
+    /// what was expected.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| format!("is not a JSON object ({e})"))?;
+        let mut parsed = Self::default();
+        for (key, value) in &object {
+            let count = || {
+                value
+                    .as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| format!("`{key}` is {value}, expected a whole number"))
+            };
+            let number = || {
+                value
+                    .as_f64()
+                    .ok_or_else(|| format!("`{key}` is {value}, expected a number"))
+            };
+            match key.as_str() {
+                "dist_bd" => parsed.dist_bd = Some(number()?),
+                "dist_tx" => parsed.dist_tx = Some(number()?),
+                "k_bd" => parsed.k_bd = Some(count()?),
+                "k_tx" => parsed.k_tx = Some(count()?),
+                "min_transcripts" => parsed.min_transcripts = Some(count()?),
+                "score_cut" => parsed.score_cut = Some(number()? as f32),
+                _ => {
+                    return Err(format!(
+                        "unknown key `{key}`; expected any of {}",
+                        BUILTIN
+                            .iter()
+                            .map(|(key, _)| *key)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+        }
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |key: &str, v: Option<f64>| match v {
+            Some(v) if !(v > 0.0 && v.is_finite()) => {
+                Err(format!("`{key}` is {v}, expected a positive distance"))
+            }
+            _ => Ok(()),
+        };
+        positive("dist_bd", self.dist_bd)?;
+        positive("dist_tx", self.dist_tx)?;
+        for (key, v) in [("k_bd", self.k_bd), ("k_tx", self.k_tx)] {
+            if v == Some(0) {
+                return Err(format!("`{key}` is 0, expected at least 1"));
+            }
+        }
+        match self.score_cut {
+            Some(v) if !(0.0..=1.0).contains(&v) => {
+                Err(format!("`score_cut` is {v}, expected a number in [0, 1]"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The JSON stored in a weights file.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("plain numbers serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_lists_the_built_in_defaults() {
+        let readme = include_str!("../README.md");
+        let stated = summary();
+        assert!(
+            readme.contains(&stated),
+            "README.md does not state the built-in defaults `{stated}`"
+        );
+    }
+
+    #[test]
+    fn help_text_spells_the_value() {
+        assert!(K_TX_HELP.ends_with("[model default, else 5]"), "{K_TX_HELP}");
+        assert!(DIST_BD_HELP.ends_with("[model default, else 12.0]"));
+        assert_eq!(BUILTIN.len(), 6);
+    }
+
+    #[test]
+    fn stored_defaults_round_trip_sorted() {
+        let text = r#"{"dist_bd":12,"dist_tx":5,"k_bd":4,"k_tx":5,"score_cut":0.5}"#;
+        let d = StoredDefaults::parse(text).unwrap();
+        assert_eq!(d.k_tx, Some(5));
+        assert_eq!(d.dist_bd, Some(12.0));
+        assert_eq!(
+            d.to_json(),
+            r#"{"dist_bd":12.0,"dist_tx":5.0,"k_bd":4,"k_tx":5,"score_cut":0.5}"#
+        );
+        assert_eq!(StoredDefaults::parse("{}").unwrap(), StoredDefaults::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_fractional_counts_are_rejected() {
+        let e = StoredDefaults::parse(r#"{"k_tx": 5, "kbd": 4}"#).unwrap_err();
+        assert!(e.contains("unknown key `kbd`"), "{e}");
+        let e = StoredDefaults::parse(r#"{"k_tx": 5.5}"#).unwrap_err();
+        assert_eq!(e, "`k_tx` is 5.5, expected a whole number");
+        let e = StoredDefaults::parse(r#"{"dist_tx": "5"}"#).unwrap_err();
+        assert_eq!(e, "`dist_tx` is \"5\", expected a number");
+        let e = StoredDefaults::parse(r#"{"k_bd": -1}"#).unwrap_err();
+        assert_eq!(e, "`k_bd` is -1, expected a whole number");
+        let e = StoredDefaults::parse(r#"{"score_cut": 1.5}"#).unwrap_err();
+        assert!(e.contains("score_cut"), "{e}");
+        let e = StoredDefaults::parse(r#"{"k_tx": 0}"#).unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        assert!(StoredDefaults::parse("[1, 2]").is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! Stage `fragments` (docs/contract.md §9): transcripts no nucleus claims,
+//! grouped into connected components of similar fragment neighbours.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+
+use super::prepare::Prepared;
+use crate::backend::Backend;
+use crate::graph::knn::{knn_3d, DistanceCap};
+use crate::io::TranscriptKey;
+use crate::model::Model;
+
+/// Bins of the similarity histogram over [−1, 1].
+pub const HISTOGRAM_BINS: usize = 1 << 16;
+
+/// Fragment detection parameters.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct FragmentParams {
+    /// Neighbours per transcript, itself included (so k_tx − 1 others).
+    pub k_tx: usize,
+    /// Neighbour distance cap (inclusive), `None` for none.
+    pub dist_tx: Option<f64>,
+    /// Lower bound of the similarity threshold (default: the score cut).
+    pub cut: f32,
+    /// Smallest component that becomes a fragment.
+    pub min_transcripts: usize,
+}
+
+/// Negative similarities of at most this magnitude (2^−54) share the bin of
+/// 0: in f64, 1 + s rounds to 1 for them (ties to even).
+const ROUNDS_TO_ONE: f32 = 5.551_115e-17;
+
+/// Histogram bin of a similarity in [−1, 1]: ⌊(s + 1) / 2 · 2^16⌋ with
+/// s + 1 in f64, clamped to the bins. Computed as ⌊s · 2^15⌋ + 2^15, which
+/// is exact in f32, so that `shaders/fragments.wgsl` (no f64 there) gets the
+/// same bin for every f32.
+#[inline]
+pub fn similarity_bin(s: f32) -> usize {
+    let half = (HISTOGRAM_BINS / 2) as f32;
+    let mut below = (s * half).floor();
+    if (-ROUNDS_TO_ONE..0.0).contains(&s) {
+        below = 0.0;
+    }
+    (below + half).clamp(0.0, (HISTOGRAM_BINS - 1) as f32) as usize
+}
+
+/// Lower edge of the bin holding the lower median (0-based rank (n − 1) / 2).
+pub fn histogram_median(histogram: &[u32]) -> Option<f32> {
+    let n: u64 = histogram.iter().map(|&c| c as u64).sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = (n - 1) / 2;
+    let mut cumulative = 0u64;
+    for (b, &c) in histogram.iter().enumerate() {
+        cumulative += c as u64;
+        if cumulative > rank {
+            return Some((-1.0 + b as f64 * 2.0 / HISTOGRAM_BINS as f64) as f32);
+        }
+    }
+    None
+}
+
+/// Rows of the embedding table scaled to unit length (zero rows stay zero).
+pub fn normalised_embeddings(table: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = table.to_vec();
+    for row in out.chunks_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+    }
+    out
+}
+
+/// Per kept transcript: at most `k_tx − 1` fragment neighbours (docs/contract.md
+/// §5): its `k_tx` nearest kept transcripts within `dist_tx`, itself
+/// included, then itself removed — the tx–tx neighbour lists without the
+/// self loop. `[n, k_tx]`, −1 padded. With duplicate coordinates a
+/// transcript may not be among its own `k_tx` nearest (lower indices at
+/// distance 0 come first); it then keeps all `k_tx`.
+pub fn fragment_neighbours(positions: &[[f64; 3]], k_tx: usize, dist_tx: Option<f64>) -> Vec<i32> {
+    let cap = dist_tx.map_or(DistanceCap::None, DistanceCap::Inclusive);
+    let mut nn = knn_3d(positions, k_tx, cap, false);
+    if k_tx > 0 {
+        for (i, row) in nn.index.chunks_mut(k_tx).enumerate() {
+            if let Some(at) = row.iter().position(|&j| j == i as i32) {
+                row.copy_within(at + 1.., at);
+                row[k_tx - 1] = -1;
+            }
+        }
+    }
+    nn.index
+}
+
+/// The fragments of a sample.
+pub struct Fragments {
+    /// Per kept transcript: its fragment, an index into `ids`.
+    pub fragment_of: Vec<Option<u32>>,
+    /// `fragment-<smallest transcript_id>` of every fragment, in that id's order.
+    pub ids: Vec<String>,
+    /// Facts for the log.
+    pub summary: FragmentSummary,
+}
+
+/// What the fragment stage found, for the log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FragmentSummary {
+    /// Kept transcripts no nucleus claimed.
+    pub candidates: usize,
+    /// Fragment-neighbour pairs of all kept transcripts (the median's sample).
+    pub neighbour_edges: usize,
+    /// Of those, pairs whose two ends are both unclaimed.
+    pub candidate_edges: usize,
+    /// Sample-wide median similarity (`None` without any pair).
+    pub median_similarity: Option<f32>,
+    /// Similarity an edge needs: max(median, cut).
+    pub threshold: f32,
+    /// Candidate pairs at or above the threshold.
+    pub kept_edges: usize,
+    /// Components of at least `min_transcripts`.
+    pub fragments: usize,
+    /// Transcripts in them.
+    pub fragment_transcripts: usize,
+}
+
+/// Groups the unclaimed kept transcripts into fragments (docs/contract.md §9).
+pub fn run(
+    prepared: &Prepared,
+    assigned: &[bool],
+    id_key: &[TranscriptKey],
+    model: &Model,
+    params: &FragmentParams,
+    backend: &mut dyn Backend,
+) -> Result<Fragments> {
+    let dim = model.arch.emb;
+    let unit = normalised_embeddings(&model.tx_embedding, dim);
+    let neighbors = fragment_neighbours(&prepared.pos, params.k_tx, params.dist_tx);
+    let k = params.k_tx;
+    let scored = backend.fragment_similarity(&neighbors, k, &prepared.tokens, &unit, dim)?;
+    let median = histogram_median(&scored.histogram);
+    let threshold = median.map_or(params.cut, |m| m.max(params.cut));
+
+    // Components run over the unclaimed transcripts only, so that a claimed
+    // one can never become a fragment of its own (min_transcripts = 1).
+    const CLAIMED: u32 = u32::MAX;
+    let mut candidate_of = vec![CLAIMED; assigned.len()];
+    let mut candidates: Vec<u32> = Vec::new();
+    for (i, _) in assigned.iter().enumerate().filter(|(_, &a)| !a) {
+        candidate_of[i] = candidates.len() as u32;
+        candidates.push(i as u32);
+    }
+    let mut candidate_edges = 0;
+    let mut edges: Vec<[u32; 2]> = Vec::new();
+    for (e, (&j, &s)) in neighbors.iter().zip(&scored.similarity).enumerate() {
+        if j < 0 {
+            continue;
+        }
+        let (a, b) = (candidate_of[e / k], candidate_of[j as usize]);
+        if a == CLAIMED || b == CLAIMED {
+            continue;
+        }
+        candidate_edges += 1;
+        if s >= threshold {
+            edges.push([a, b]);
+        }
+    }
+    let labels = backend.components(candidates.len(), &edges)?;
+
+    let mut size: HashMap<u32, usize> = HashMap::new();
+    for &l in &labels {
+        *size.entry(l).or_default() += 1;
+    }
+    // Smallest transcript id of each component, for its deterministic name.
+    let row_of = |c: usize| prepared.kept[candidates[c] as usize] as usize;
+    let mut smallest: HashMap<u32, usize> = HashMap::new();
+    for (c, &l) in labels.iter().enumerate() {
+        if size[&l] < params.min_transcripts {
+            continue;
+        }
+        let row = row_of(c);
+        let entry = smallest.entry(l).or_insert(row);
+        if id_key[row] < id_key[*entry] {
+            *entry = row;
+        }
+    }
+    let mut roots: Vec<(u32, usize)> = smallest.into_iter().collect();
+    roots.sort_by(|a, b| {
+        id_key[a.1]
+            .partial_cmp(&id_key[b.1])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
+    let slot: HashMap<u32, u32> = roots
+        .iter()
+        .enumerate()
+        .map(|(s, &(l, _))| (l, s as u32))
+        .collect();
+    let ids: Vec<String> = roots
+        .iter()
+        .map(|&(_, row)| format!("fragment-{}", id_key[row]))
+        .collect();
+    let mut fragment_of = vec![None; assigned.len()];
+    for (c, &l) in labels.iter().enumerate() {
+        if let Some(&s) = slot.get(&l) {
+            fragment_of[candidates[c] as usize] = Some(s);
+        }
+    }
+    let summary = FragmentSummary {
+        candidates: candidates.len(),
+        neighbour_edges: neighbors.iter().filter(|&&j| j >= 0).count(),
+        candidate_edges,
+        median_similarity: median,
+        threshold,
+        kept_edges: edges.len(),
+        fragments: ids.len(),
+        fragment_transcripts: fragment_of.iter().filter(|f| f.is_some()).count(),
+    };
+    Ok(Fragments {
+        fragment_of,
+        ids,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64.
+    fn bin_f64(s: f32) -> usize {
+        let b = ((s as f64 + 1.0) / 2.0 * HISTOGRAM_BINS as f64).floor();
+        b.clamp(0.0, (HISTOGRAM_BINS - 1) as f64) as usize
+    }
+
+    /// `v` moved by `ulps` representable f32 values (finite `v`).
+    fn step(v: f32, ulps: i64) -> f32 {
+        let magnitude = i64::from(v.abs().to_bits());
+        let at = if v < 0.0 { -magnitude } else { magnitude } + ulps;
+        let moved = f32::from_bits(at.unsigned_abs() as u32);
+        if at < 0 {
+            -moved
+        } else {
+            moved
+        }
+    }
+
+    #[test]
+    fn the_f32_bin_equals_the_f64_definition() {
+        assert_eq!(ROUNDS_TO_ONE, 2f32.powi(-54));
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            1.5,
+            -1.5,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            1e-45,
+            -1e-45,
+            ROUNDS_TO_ONE,
+            -ROUNDS_TO_ONE,
+            -ROUNDS_TO_ONE * 1.000_001,
+            -ROUNDS_TO_ONE * 0.999_999,
+            2f32.powi(-29),
+            -(2f32.powi(-29)),
+        ];
+        // Every bin edge and its f32 neighbours.
+        for b in 0..=HISTOGRAM_BINS as i32 {
+            let edge = b as f32 / (HISTOGRAM_BINS / 2) as f32 - 1.0;
+            for ulps in -3..=3 {
+                values.push(step(edge, ulps));
+            }
+        }
+        // Tiny magnitudes, where f64 rounds 1 + s.
+        let mut v = 1e-30f32;
+        while v < 1e-3 {
+            values.extend([v, -v, step(v, 1), -step(v, 1)]);
+            v *= 1.37;
+        }
+        // Pseudo-random values over [−1.1, 1.1].
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            values.push((x >> 40) as f32 / (1u64 << 24) as f32 * 2.2 - 1.1);
+        }
+        for s in values {
+            assert_eq!(similarity_bin(s), bin_f64(s), "s = {s:e}");
+        }
+    }
+
+    #[test]
+    fn fragment_neighbours_are_the_tx_tx_lists_without_self() {
+        let line: Vec<[f64; 3]> = (0..4).map(|i| [i as f64, 0.0, 0.0]).collect();
+        // Equal distances go to the lower index; the cap is inclusive.
+        assert_eq!(
+            fragment_neighbours(&line, 3, Some(1.0)),
+            vec![1, -1, -1, 0, 2, -1, 1, 3, -1, 2, -1, -1]
+        );
+        assert_eq!(
+            fragment_neighbours(&line, 3, None),
+            vec![1, 2, -1, 0, 2, -1, 1, 3, -1, 2, 1, -1]
+        );
+        // Three transcripts at one spot: the third's two nearest are the
+        // lower-index duplicates, so it keeps both.
+        let same = [[0.0; 3]; 3];
+        assert_eq!(fragment_neighbours(&same, 2, Some(1.0)), vec![1, -1, 0, -1, 0, 1]);
+        assert!(fragment_neighbours(&line, 0, None).is_empty());
+    }
+
+    #[test]
+    fn the_median_is_the_lower_edge_of_its_bin() {
+        let mut histogram = vec![0u32; HISTOGRAM_BINS];
+        assert_eq!(histogram_median(&histogram), None);
+        for s in [-0.5f32, 0.25, 0.25, 0.75] {
+            histogram[similarity_bin(s)] += 1;
+        }
+        assert_eq!(histogram_median(&histogram), Some(0.25));
+    }
+}

@@ -1,0 +1,189 @@
+//! Stage `prepare`: gene tokens (docs/contract.md §3), nuclear membership
+//! (§5 "belongs"), the exact tile margin (§10) and the tile grid.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use rstar::primitives::{GeomWithData, Rectangle};
+use rstar::RTree;
+
+use super::{SegmentParams, UnknownGenes};
+use crate::io::{FilterReason, Nuclei, Transcripts};
+use crate::model::Model;
+use crate::tiles::{self, TileGrid};
+
+/// The kept transcripts, ready for the tiles.
+pub struct Prepared {
+    /// Input row of every kept transcript, ascending.
+    pub kept: Vec<u32>,
+    /// Position of every kept transcript.
+    pub pos: Vec<[f64; 3]>,
+    /// Model token of every kept transcript.
+    pub tokens: Vec<u32>,
+    /// Nucleus every kept transcript belongs to (−1 for none).
+    pub member: Vec<i32>,
+    /// The tiles.
+    pub grid: TileGrid,
+    /// Tile margin in use, µm.
+    pub margin: f64,
+    /// The exact margin, µm.
+    pub exact_margin: f64,
+    /// Largest distance from a nucleus centroid to its vertices or members, µm.
+    pub largest_radius: f64,
+}
+
+/// Applies the unknown-gene policy (marking `transcripts.filter`) and
+/// prepares the kept transcripts.
+pub fn run(
+    transcripts: &mut Transcripts,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+) -> Result<Prepared> {
+    let n_rows = transcripts.x.len();
+    let row_tokens = tokens_for(transcripts, model, params.unknown_genes)?;
+    let kept: Vec<u32> = (0..n_rows as u32)
+        .filter(|&r| transcripts.filter[r as usize].is_none())
+        .collect();
+    if kept.is_empty() {
+        bail!("no transcript is left after filtering ({n_rows} rows read); check --qv-min, the control prefixes and the gene vocabulary");
+    }
+    let pos: Vec<[f64; 3]> = kept
+        .iter()
+        .map(|&r| {
+            let r = r as usize;
+            [transcripts.x[r], transcripts.y[r], transcripts.z[r]]
+        })
+        .collect();
+    let tokens: Vec<u32> = kept.iter().map(|&r| row_tokens[r as usize]).collect();
+    let member = memberships(transcripts, &kept, nuclei);
+    let largest_radius = largest_radius(nuclei, &pos, &member);
+    let exact_margin = tiles::exact_margin(
+        model.arch.layers(),
+        params.graph.dist_tx.unwrap_or(f64::INFINITY),
+        params.graph.dist_bd,
+        largest_radius,
+    );
+    let margin = params.margin.unwrap_or(exact_margin);
+    let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), params.tile_size, margin);
+    Ok(Prepared {
+        kept,
+        pos,
+        tokens,
+        member,
+        grid,
+        margin,
+        exact_margin,
+        largest_radius,
+    })
+}
+
+/// Maps every row's gene to a model token, applying the unknown-gene policy.
+fn tokens_for(
+    transcripts: &mut Transcripts,
+    model: &Model,
+    policy: UnknownGenes,
+) -> Result<Vec<u32>> {
+    let index = model.gene_index();
+    let file_to_token: Vec<Option<u32>> = transcripts
+        .gene_names
+        .iter()
+        .map(|g| index.get(g.as_str()).copied())
+        .collect();
+    let mut missing: Vec<&str> = Vec::new();
+    let mut seen = vec![false; file_to_token.len()];
+    for (row, &g) in transcripts.gene.iter().enumerate() {
+        if transcripts.filter[row].is_none()
+            && file_to_token[g as usize].is_none()
+            && !seen[g as usize]
+        {
+            seen[g as usize] = true;
+            missing.push(&transcripts.gene_names[g as usize]);
+        }
+    }
+    if !missing.is_empty() && policy == UnknownGenes::Error {
+        missing.sort_unstable();
+        bail!(
+            "{} gene(s) of the transcripts are not in the model's vocabulary: {}{} (use --unknown-genes skip to mark them filtered)",
+            missing.len(),
+            missing.iter().take(20).copied().collect::<Vec<_>>().join(", "),
+            if missing.len() > 20 { ", …" } else { "" }
+        );
+    }
+    let mut tokens = vec![0u32; transcripts.gene.len()];
+    for (row, &g) in transcripts.gene.iter().enumerate() {
+        match file_to_token[g as usize] {
+            Some(t) => tokens[row] = t,
+            None if transcripts.filter[row].is_none() => {
+                transcripts.filter[row] = Some(FilterReason::UnknownGene)
+            }
+            None => {}
+        }
+    }
+    Ok(tokens)
+}
+
+/// Nucleus each kept transcript belongs to (−1 if none): by the file's
+/// nuclear flag and cell id, or else by strict point-in-polygon.
+fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Vec<i32> {
+    if let Some(flags) = &transcripts.nuclear_cell {
+        let by_id: HashMap<&str, i32> = nuclei
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as i32))
+            .collect();
+        return kept
+            .iter()
+            .map(|&row| {
+                flags[row as usize]
+                    .as_deref()
+                    .and_then(|cell| by_id.get(cell).copied())
+                    .unwrap_or(-1)
+            })
+            .collect();
+    }
+    use geo::{BoundingRect, Contains};
+    let tree = RTree::bulk_load(
+        nuclei
+            .polygons
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let r = p.bounding_rect()?;
+                Some(GeomWithData::new(
+                    Rectangle::from_corners([r.min().x, r.min().y], [r.max().x, r.max().y]),
+                    i as i32,
+                ))
+            })
+            .collect(),
+    );
+    use rayon::prelude::*;
+    kept.par_iter()
+        .map(|&row| {
+            let p = [transcripts.x[row as usize], transcripts.y[row as usize]];
+            tree.locate_all_at_point(&p)
+                .map(|r| r.data)
+                .filter(|&n| nuclei.polygons[n as usize].contains(&geo::Point::new(p[0], p[1])))
+                .min()
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
+/// Largest distance from a nucleus centroid to its vertices or members.
+fn largest_radius(nuclei: &Nuclei, pos: &[[f64; 3]], member: &[i32]) -> f64 {
+    let mut r: f64 = 0.0;
+    for (poly, c) in nuclei.polygons.iter().zip(&nuclei.centroid) {
+        for v in poly.exterior().coords() {
+            r = r.max(((v.x - c[0]).powi(2) + (v.y - c[1]).powi(2)).sqrt());
+        }
+    }
+    for (p, &n) in pos.iter().zip(member) {
+        if n >= 0 {
+            let c = nuclei.centroid[n as usize];
+            r = r.max(((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2)).sqrt());
+        }
+    }
+    r
+}
