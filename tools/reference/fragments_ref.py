@@ -3,15 +3,17 @@
 
 As a library (used by pipeline_ref.py):
 
-* ``knn_exact(points, queries, k, cap, inclusive, self_index)`` -- k nearest
+* ``knn_exact(points, queries, k, cap, inclusive)`` -- k nearest
   neighbours with the seggpu tie rule: squared distances in float64,
   ((dx*dx + dy*dy) + dz*dz), from the coordinates as read; ties in distance go
   to the lower point index; −1 padded.  cKDTree only proposes candidates; every
   row whose k-th neighbour could be tied with a point cKDTree did not return
   is redone exhaustively with ``query_ball_point``.
-* ``fragments(...)`` -- fragment-neighbour graph among the unassigned
-  transcripts, cosine similarity of L2-normalised gene embeddings (float32),
-  the 65,536-bin histogram median, kept edges, scipy connected components,
+* ``fragments(...)`` -- fragment neighbours = the tx–tx lists over all kept
+  transcripts (k_tx nearest, itself included) with itself removed; cosine
+  similarity of L2-normalised gene embeddings (float32); the 65,536-bin
+  histogram median over every kept transcript's slots, assigned or not;
+  edges whose two ends are both unassigned; scipy connected components;
   ``fragment-<smallest transcript_id>`` ids.
 
 As a command, it recomputes the fragments of an existing output (for example
@@ -19,12 +21,15 @@ seggpu's ``segger_transcripts.parquet``) from that output's own cell
 assignments, so fragment partitions can be compared exactly even where the
 cell assignment differs on a few rows:
 
-    fragments_ref.py --xenium DIR --model M.safetensors --assignments OUT.parquet \\
+    fragments_ref.py [--xenium DIR] --model M.safetensors --assignments OUT.parquet \\
         --out FRAG.parquet [--fragment-cut 0.5] [--k-tx 5 --dist-tx 5 --min-transcripts 5]
 
 The rows with assignment "cell" in OUT.parquet stay cells; every other kept
-row (filter rules as in pipeline_ref.py) is a fragment candidate.  Writes the
-same columns as pipeline_ref.py (score columns copied from OUT when present).
+row is a fragment candidate.  Kept rows, positions and genes come from DIR
+(filter rules as in pipeline_ref.py) or, without ``--xenium``, from OUT's own
+x, y, z, gene and filter_reason columns (any input format seggpu reads).
+Writes transcript_id, segger_cell_id, assignment, filter_reason and (when OUT
+has it) score, one row per OUT row.
 """
 from __future__ import annotations
 
@@ -73,13 +78,11 @@ def _select(idx: np.ndarray, d2: np.ndarray, ok: np.ndarray, k: int):
 
 
 def knn_exact(points: np.ndarray, queries: np.ndarray, k: int, cap: Optional[float],
-              inclusive: bool = True, self_index: Optional[np.ndarray] = None,
-              extra: int = 4, tree: Optional[cKDTree] = None) -> np.ndarray:
+              inclusive: bool = True, extra: int = 4, tree: Optional[cKDTree] = None) -> np.ndarray:
     """[m, k] int64 indices into ``points`` of each query's k nearest points.
 
     ``cap``: distance limit (None: none); ``inclusive``: d ≤ cap, else d < cap
-    (compared as d² against cap², in float64).  ``self_index[q]``: a point
-    index to exclude for query q (fragment neighbours).  Ties in distance →
+    (compared as d² against cap², in float64).  Ties in distance →
     lower point index.
     """
     points = np.ascontiguousarray(points, dtype=np.float64)
@@ -92,7 +95,7 @@ def knn_exact(points: np.ndarray, queries: np.ndarray, k: int, cap: Optional[flo
     ub = math.inf if cap is None else float(cap) * (1 + 1e-6) + 1e-9
     if tree is None:
         tree = cKDTree(points)
-    K = min(n, k + extra + (1 if self_index is not None else 0))
+    K = min(n, k + extra)
 
     def admit(d2):
         return d2 <= cap2 if inclusive else d2 < cap2
@@ -103,8 +106,6 @@ def knn_exact(points: np.ndarray, queries: np.ndarray, k: int, cap: Optional[flo
     safe = np.where(found, idx, 0)
     d2 = _sq_dist(points, safe, queries)
     ok = found & admit(d2)
-    if self_index is not None:
-        ok &= idx != np.asarray(self_index, np.int64)[:, None]
     sel, sel_d2 = _select(idx, d2, ok, k)
 
     # Rows where a point not returned by cKDTree could still belong in the
@@ -123,8 +124,6 @@ def knn_exact(points: np.ndarray, queries: np.ndarray, k: int, cap: Optional[flo
             cand = np.asarray(tree.query_ball_point(queries[q], r * (1 + 1e-6) + 1e-9), np.int64)
         cd2 = _sq_dist(points, cand[None, :], queries[q:q + 1])[0] if len(cand) else np.zeros(0)
         cok = admit(cd2)
-        if self_index is not None:
-            cok &= cand != int(self_index[q])
         s, _ = _select(cand[None, :], cd2[None, :], cok[None, :], k)
         sel[q] = s[0]
     return sel
@@ -179,23 +178,43 @@ def format_id(v) -> str:
     return str(v)
 
 
-def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
-              candidates: np.ndarray, k_tx: int, dist_tx: Optional[float], cut: float,
-              min_transcripts: int):
-    """Fragments among the transcripts ``candidates`` (indices into pos/tokens/tids,
-    increasing = global order).
+def fragment_neighbours(tx_tx: np.ndarray) -> np.ndarray:
+    """The tx–tx lists ([n, k], self included, −1 padded) with each row's own
+    index removed (set to −1): the fragment neighbours of SPEC §5.
 
-    Returns (labels [len(candidates)] object array of fragment ids or None, info dict).
+    The own entry is removed only where it is present.  A transcript with at
+    least k lower-index duplicates at distance 0 is not among its own k
+    nearest (ties go to the lower index), so it keeps all k others.
     """
-    candidates = np.asarray(candidates, np.int64)
-    nc = len(candidates)
-    sub = pos[candidates]
-    nb = knn_exact(sub, sub, k_tx, dist_tx, inclusive=True,
-                   self_index=np.arange(nc, dtype=np.int64))
-    unit = unit_embeddings(emb_table)
-    sim_vv = gene_similarity(unit)
-    tok = np.asarray(tokens, np.int64)[candidates]
-    src = np.repeat(np.arange(nc, dtype=np.int64), k_tx)
+    own = np.arange(len(tx_tx), dtype=np.int64)[:, None]
+    return np.where(tx_tx == own, -1, tx_tx)
+
+
+def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
+              unassigned: np.ndarray, k_tx: int, dist_tx: Optional[float], cut: float,
+              min_transcripts: int, tx_tx: Optional[np.ndarray] = None):
+    """Fragments (SPEC §9) of the kept transcripts ``pos``/``tokens``/``tids``
+    (all of them, in transcript-index order); ``unassigned[i]``: i is a
+    fragment candidate (no cell).
+
+    The neighbour graph is the tx–tx graph over all kept transcripts
+    (``tx_tx``, [n, k_tx] with self, as ``knn_exact(pos, pos, k_tx, dist_tx)``
+    gives it; computed when None) with self removed.  The median is taken
+    over every non-empty slot of every kept transcript; the edges are the
+    slots whose two ends are both unassigned.
+
+    Returns (labels [n] object array: fragment id, or None for cells and for
+    candidates left unassigned; info dict).
+    """
+    n = len(pos)
+    unassigned = np.asarray(unassigned, bool)
+    if tx_tx is None:
+        tx_tx = knn_exact(pos, pos, k_tx, dist_tx, inclusive=True)
+    nb = fragment_neighbours(np.asarray(tx_tx, np.int64))
+    self_absent = int((~(tx_tx == np.arange(n)[:, None]).any(axis=1)).sum()) if n else 0
+    sim_vv = gene_similarity(unit_embeddings(emb_table))
+    tok = np.asarray(tokens, np.int64)
+    src = np.repeat(np.arange(n, dtype=np.int64), nb.shape[1])
     dst = nb.reshape(-1)
     has = dst >= 0
     src, dst = src[has], dst[has]
@@ -203,12 +222,18 @@ def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
     m_hist = histogram_median(sim)
     m_exact = float(np.median(sim.astype(np.float64))) if len(sim) else None
     thr = np.float32(cut) if m_hist is None else max(np.float32(m_hist), np.float32(cut))
-    keep = sim >= thr
-    ks, kd = src[keep], dst[keep]
+    both = unassigned[src] & unassigned[dst]
+    keep = both & (sim >= thr)
+
+    candidates = np.nonzero(unassigned)[0]
+    nc = len(candidates)
+    local = np.full(n, -1, np.int64)
+    local[candidates] = np.arange(nc, dtype=np.int64)
+    ks, kd = local[src[keep]], local[dst[keep]]
     g = coo_matrix((np.ones(len(ks), np.int8), (ks, kd)), shape=(nc, nc)).tocsr()
     n_comp, comp = connected_components(g, directed=False)
     sizes = np.bincount(comp, minlength=n_comp)
-    labels = np.full(nc, None, dtype=object)
+    labels = np.full(n, None, dtype=object)
     big = np.nonzero(sizes >= min_transcripts)[0]
     tids_c = np.asarray(tids, dtype=object)[candidates] if not isinstance(tids, np.ndarray) \
         else tids[candidates]
@@ -229,13 +254,13 @@ def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
                 mn = min(vals.tolist())
             except TypeError:
                 mn = min(format_id(v) for v in vals)
-            fid = f"fragment-{format_id(mn)}"
-            for i in mem:
-                labels[i] = fid
+            labels[candidates[mem]] = f"fragment-{format_id(mn)}"
         n_frag_tx = int(inbig.sum())
     info = {
         "n_candidates": int(nc),
-        "n_edges": int(len(sim)),
+        "n_similarities": int(len(sim)),
+        "n_self_absent": self_absent,
+        "n_edges": int(both.sum()),
         "median_hist": m_hist,
         "median_exact": m_exact,
         "threshold": float(thr),
@@ -251,9 +276,39 @@ def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
 # command line: fragments of an existing output's unassigned set
 # ---------------------------------------------------------------------------
 
+def _inputs_from_output(other, genes):
+    """Kept transcripts as the output itself records them: x, y, z, gene and
+    filter_reason columns (seggpu's segger_transcripts.parquet has them)."""
+    import pyarrow.compute as pc
+    need = [c for c in ("x", "y", "z", "gene", "filter_reason") if c not in other.column_names]
+    if need:
+        raise SystemExit(f"error: the assignments file lacks column(s) {', '.join(need)}; "
+                         "give the input folder with --xenium instead")
+    pos = np.stack([np.asarray(pc.cast(other[c], "float64").to_numpy(zero_copy_only=False), np.float64)
+                    for c in ("x", "y", "z")], axis=1)
+    reason = np.array(other["filter_reason"].to_pylist(), dtype=object)
+    kept = np.array([r is None for r in reason], bool)
+    vocab = {g: i for i, g in enumerate(genes)}
+    gene = other["gene"].to_pylist()
+    token = np.array([vocab.get(g, -1) for g in gene], np.int64)
+    unknown = kept & (token < 0)
+    if unknown.any():
+        first = sorted({gene[i] for i in np.nonzero(unknown)[0]})[:5]
+        raise SystemExit(f"error: {int(unknown.sum())} kept rows have a gene outside the model's "
+                         f"vocabulary (first: {first})")
+    tid_arrow = other["transcript_id"].combine_chunks()
+    tid = tid_arrow.to_numpy(zero_copy_only=False)
+    if tid.dtype == object:
+        tid = np.array([format_id(v) for v in tid.tolist()], dtype=object)
+    return {"pos": pos, "token": token, "kept": kept, "filter_reason": reason,
+            "transcript_id": tid, "transcript_id_arrow": tid_arrow}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--xenium", required=True)
+    ap.add_argument("--xenium", default=None,
+                    help="the input folder (pipeline_ref.py's reader and filters); without it, "
+                         "positions, genes and filters come from the assignments file's own columns")
     ap.add_argument("--model", required=True)
     ap.add_argument("--assignments", required=True, help="an output parquet (transcript_id, assignment, ...)")
     ap.add_argument("--out", required=True)
@@ -271,27 +326,33 @@ def main(argv=None):
     t0 = time.time()
     state, meta = pr.load_model(a.model)
     genes = json.loads(meta["seggpu.genes"])
-    tx = pr.read_transcripts(a.xenium, genes)
     other = pq.read_table(a.assignments)
-    tid_to_row = {format_id(v): i for i, v in enumerate(other["transcript_id"].to_pylist())}
-    rows = np.array([tid_to_row.get(format_id(v), -1) for v in tx["transcript_id"].tolist()], np.int64)
-    if (rows < 0).any():
-        raise SystemExit(f"error: {(rows < 0).sum()} transcript ids of the input are missing from {a.assignments}")
+    if a.xenium is None:
+        tx = _inputs_from_output(other, genes)
+        rows = np.arange(other.num_rows, dtype=np.int64)
+    else:
+        tx = pr.read_transcripts(a.xenium, genes)
+        tid_to_row = {format_id(v): i for i, v in enumerate(other["transcript_id"].to_pylist())}
+        rows = np.array([tid_to_row.get(format_id(v), -1) for v in tx["transcript_id"].tolist()], np.int64)
+        if (rows < 0).any():
+            raise SystemExit(f"error: {(rows < 0).sum()} transcript ids of the input are missing "
+                             f"from {a.assignments}")
     asg = np.array(other["assignment"].to_pylist(), dtype=object)[rows]
     kept = tx["kept"]
+    kept_idx = np.nonzero(kept)[0]
     is_cell = (asg == "cell") & kept
-    cand = np.nonzero(kept & ~is_cell)[0]
     emb = state["tx_embedding.tx.weight"].numpy()
-    labels, info = fragments(tx["pos"], tx["token"], tx["transcript_id"], emb, cand,
-                             a.k_tx, a.dist_tx, a.fragment_cut, a.min_transcripts)
+    labels, info = fragments(tx["pos"][kept_idx], tx["token"][kept_idx], tx["transcript_id"][kept_idx],
+                             emb, ~is_cell[kept_idx], a.k_tx, a.dist_tx, a.fragment_cut,
+                             a.min_transcripts)
     n = len(kept)
     seg = np.full(n, "UNASSIGNED", dtype=object)
     assignment = np.where(kept, "unassigned", "filtered").astype(object)
     seg[is_cell] = np.array(other["segger_cell_id"].to_pylist(), dtype=object)[rows][is_cell]
     assignment[is_cell] = "cell"
     fr = np.array([lab is not None for lab in labels], bool)
-    seg[cand[fr]] = labels[fr]
-    assignment[cand[fr]] = "fragment"
+    seg[kept_idx[fr]] = labels[fr]
+    assignment[kept_idx[fr]] = "fragment"
     cols = {
         "transcript_id": tx["transcript_id_arrow"],
         "segger_cell_id": pa.array(seg.tolist(), pa.string()),

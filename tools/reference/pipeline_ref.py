@@ -208,7 +208,7 @@ def build_graph(tx, nuc, k_tx, dist_tx, k_bd, dist_bd):
     edge_tb = np.stack([bsel.astype(np.int64), bd_of[bsel]])
     # receptive field (2-D, strict)
     rf = knn_exact(nuc["centroid"], pos[:, :2], k_bd, dist_bd, inclusive=False)
-    return kept_idx, edge_tt, edge_tb, rf
+    return kept_idx, nb, edge_tt, edge_tb, rf
 
 
 def second_best(scores: torch.Tensor) -> np.ndarray:
@@ -242,7 +242,7 @@ def run(a) -> Dict[str, object]:
     times["read"] = time.time() - t0
 
     t0 = time.time()
-    kept_idx, edge_tt, edge_tb, rf = build_graph(tx, nuc, a.k_tx, a.dist_tx, a.k_bd, a.dist_bd)
+    kept_idx, tx_tx, edge_tt, edge_tb, rf = build_graph(tx, nuc, a.k_tx, a.dist_tx, a.k_bd, a.dist_bd)
     times["graphs"] = time.time() - t0
 
     t0 = time.time()
@@ -291,13 +291,13 @@ def run(a) -> Dict[str, object]:
     frag_info = None
     t0 = time.time()
     if not a.no_fragments:
-        cand_local = np.nonzero(~assigned)[0]
         fcut = a.score_cut if a.fragment_cut is None else a.fragment_cut
+        # fragment neighbours = the tx–tx lists above without self (SPEC §5)
         labels, frag_info = fragments(tx["pos"][kept_idx], tx["token"][kept_idx],
                                       tx["transcript_id"][kept_idx], state["tx_embedding.tx.weight"].numpy(),
-                                      cand_local, a.k_tx, a.dist_tx, fcut, a.min_transcripts)
+                                      ~assigned, a.k_tx, a.dist_tx, fcut, a.min_transcripts, tx_tx=tx_tx)
         fr = np.array([lab is not None for lab in labels], bool)
-        rows_frag = kept_idx[cand_local[fr]]
+        rows_frag = kept_idx[fr]
         seg[rows_frag] = labels[fr]
         assignment[rows_frag] = "fragment"
     times["fragments"] = time.time() - t0
