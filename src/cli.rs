@@ -89,7 +89,7 @@ impl BackendArgs {
 pub enum Command {
     /// Print a weights file's architecture, dtype, vocabulary, defaults and sha256.
     Inspect {
-        /// A seggpu weights file (safetensors, SPEC §7).
+        /// A seggpu weights file (safetensors, docs/contract.md §7).
         model: PathBuf,
     },
     /// Run the model on a graph given as tensors and write the embeddings
@@ -111,7 +111,7 @@ pub enum Command {
     /// List the GPU adapters wgpu finds, with the limits and features seggpu uses.
     Devices,
     /// Segment a sample: vendor files + weights → transcript assignments,
-    /// cells and a log (SPEC §11).
+    /// cells and a log (docs/contract.md §11).
     Segment {
         /// Segmentation options.
         #[command(flatten)]

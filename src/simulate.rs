@@ -211,7 +211,7 @@ impl SimulateOptions {
     }
 
     /// The panel's (non-control) gene names, sorted: the vocabulary a model
-    /// for this data uses (SPEC §3).
+    /// for this data uses (docs/contract.md §3).
     pub fn gene_panel(&self) -> Vec<String> {
         let mut genes = self.genes_unsorted();
         genes.sort();
@@ -276,7 +276,7 @@ pub fn gene_panel() -> Vec<String> {
     SimulateOptions::default().gene_panel()
 }
 
-/// The control-probe names the simulator writes (all carry a SPEC §2 Xenium
+/// The control-probe names the simulator writes (all carry a docs/contract.md §2 Xenium
 /// control prefix).
 pub fn control_probes() -> Vec<String> {
     let mut names: Vec<String> = (1..=20)

@@ -72,7 +72,7 @@ pub fn random_model(arch: Architecture, seed: u64) -> Model {
 }
 
 /// A synthetic tile of `n_tx` transcripts with one nucleus per ~200
-/// transcripts, graphs built by SPEC §5's rules (k_tx = 5 with self,
+/// transcripts, graphs built by docs/contract.md §5's rules (k_tx = 5 with self,
 /// dist_tx = 5; belongs for transcripts within 3 µm of a nucleus centre;
 /// receptive field k_bd = 4 within 12 µm), and a random model of segger_dev's
 /// default sizes.

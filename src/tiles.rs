@@ -1,4 +1,4 @@
-//! Tiles (SPEC §10): square cores that own transcripts and nuclei, computed
+//! Tiles (docs/contract.md §10): square cores that own transcripts and nuclei, computed
 //! over core + margin so that every owned transcript sees the graph it
 //! would see untiled.
 
@@ -17,7 +17,7 @@ pub struct TileGrid {
     pub margin: f64,
 }
 
-/// The exact margin of SPEC §10: `(layers + 1)·dist_tx + dist_bd + radius`,
+/// The exact margin of docs/contract.md §10: `(layers + 1)·dist_tx + dist_bd + radius`,
 /// where `radius` is the largest distance from a nucleus centroid to any of
 /// its vertices or member transcripts.
 pub fn exact_margin(layers: usize, dist_tx: f64, dist_bd: f64, radius: f64) -> f64 {
@@ -107,7 +107,9 @@ impl TileGrid {
     /// Tiles whose extended region may contain a point owned by tile `t`'s
     /// neighbourhood: all tiles within `ceil(margin / size)` rings of `t`.
     pub fn neighbourhood(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
-        let rings = (self.margin / self.size).ceil() as isize;
+        // Capped by the grid, so an unbounded margin means every tile.
+        let span = self.cols.max(self.rows) as f64;
+        let rings = (self.margin / self.size).ceil().clamp(0.0, span) as isize;
         let (col, row) = ((t % self.cols) as isize, (t / self.cols) as isize);
         (-rings..=rings).flat_map(move |dy| {
             (-rings..=rings).filter_map(move |dx| {
@@ -170,5 +172,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_unbounded_margin_gathers_everything_in_finite_time() {
+        let pts: Vec<[f64; 2]> = (0..50).map(|i| [i as f64 * 20.0, 0.0]).collect();
+        let grid = TileGrid::covering(pts.iter().copied(), 100.0, f64::INFINITY);
+        assert_eq!(grid.neighbourhood(0).count(), grid.len());
+        let members = bucket(&grid, &pts);
+        assert_eq!(gather(&grid, &members, &pts, 3).len(), pts.len());
+        let single = TileGrid::covering(pts.iter().copied(), f64::INFINITY, f64::INFINITY);
+        assert_eq!(single.len(), 1);
+        assert_eq!(bucket(&single, &pts)[0].len(), pts.len());
     }
 }

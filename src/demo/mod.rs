@@ -9,7 +9,7 @@ use crate::model::{Model, ModelError};
 use crate::pipeline::{Assignment, Segmentation};
 use crate::tensorfile::TensorFile;
 
-/// The demo weights file (safetensors, SPEC §7).
+/// The demo weights file (safetensors, docs/contract.md §7).
 pub const DEMO_MODEL: &[u8] = include_bytes!("demo_model.safetensors");
 
 /// Name under which the demo model reports itself in errors and logs.

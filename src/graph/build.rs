@@ -1,4 +1,4 @@
-//! Building one tile's graphs from positions (SPEC §5).
+//! Building one tile's graphs from positions (docs/contract.md §5).
 
 use super::knn::{knn_2d, knn_3d, DistanceCap};
 use super::{Csr, ReceptiveField, TileGraph};

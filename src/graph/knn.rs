@@ -1,4 +1,4 @@
-//! k-nearest-neighbour queries with rstar, with the tie rule of SPEC §5:
+//! k-nearest-neighbour queries with rstar, with the tie rule of docs/contract.md §5:
 //! equal distances are ordered by lower point index.
 
 use rayon::prelude::*;

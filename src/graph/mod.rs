@@ -1,4 +1,4 @@
-//! Per-tile graphs (SPEC §5): the tx–tx neighbour and tx→bd belongs edges the
+//! Per-tile graphs (docs/contract.md §5): the tx–tx neighbour and tx→bd belongs edges the
 //! model passes messages over, and the receptive field used for scoring.
 
 pub mod build;

@@ -1,5 +1,5 @@
 //! Input flags of `seggpu segment` and their resolution into an
-//! [`InputSpec`]: concrete files, column names and options (SPEC §2).
+//! [`InputSpec`]: concrete files, column names and options (docs/contract.md §2).
 //!
 //! Every column has a list of candidate names taken from the preset; the
 //! first name present in the file is used. A name given on the command line
@@ -36,7 +36,7 @@ pub const MERSCOPE_CONTROLS: &[&str] = &["Blank-", "BLANK"];
 /// Negative-probe and system-control prefixes of NanoString CosMx panels.
 pub const COSMX_CONTROLS: &[&str] = &["NegPrb", "SystemControl", "Negative"];
 
-/// Vendor layout of the input files (SPEC §2 table).
+/// Vendor layout of the input files (docs/contract.md §2 table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
     /// 10x Xenium output: transcripts.parquet, nucleus_boundaries.parquet.

@@ -1,4 +1,4 @@
-//! Polygon geometry of nuclei (SPEC §4): WKB and WKT parsing, ring
+//! Polygon geometry of nuclei (docs/contract.md §4): WKB and WKT parsing, ring
 //! cleaning, and the four shape features.
 
 use anyhow::{bail, Context, Result};
@@ -468,7 +468,7 @@ pub fn centroid(poly: &Polygon<f64>) -> [f64; 2] {
     }
 }
 
-/// `[area, convexity, elongation, circularity]` of a polygon (SPEC §4):
+/// `[area, convexity, elongation, circularity]` of a polygon (docs/contract.md §4):
 /// area = unsigned shoelace; convexity = convex hull area / area;
 /// elongation = minimum rotated rectangle area / axis-aligned bounding box
 /// area; circularity = area / r², r = radius of the minimum enclosing

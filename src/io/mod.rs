@@ -1,4 +1,4 @@
-//! Reading vendor files (SPEC §2–4): transcripts with their filters, and
+//! Reading vendor files (docs/contract.md §2–4): transcripts with their filters, and
 //! nucleus polygons with their shape features.
 //!
 //! [`args::InputArgs`] (command-line flags) resolve into an
@@ -98,7 +98,7 @@ impl std::fmt::Display for TranscriptKey {
     }
 }
 
-/// Nucleus polygons, sorted by id (bytewise), with SPEC §4 features.
+/// Nucleus polygons, sorted by id (bytewise), with docs/contract.md §4 features.
 #[derive(Debug, Clone, Default)]
 pub struct Nuclei {
     /// Nucleus (cell) id as a string, sorted ascending; index = nucleus index.

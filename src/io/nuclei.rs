@@ -1,4 +1,4 @@
-//! Reading nucleus polygons (SPEC §4) from vertex tables or WKB/WKT
+//! Reading nucleus polygons (docs/contract.md §4) from vertex tables or WKB/WKT
 //! geometry tables, with their centroids and shape features.
 
 use anyhow::{bail, Context, Result};
@@ -189,7 +189,7 @@ fn read_vertex_table(
     Ok(out)
 }
 
-/// Reads the nucleus polygons of the boundaries file (SPEC §4).
+/// Reads the nucleus polygons of the boundaries file (docs/contract.md §4).
 ///
 /// The file is a geometry table when it has a geometry column (WKB as
 /// binary or hex text, or WKT text; Polygon, MultiPolygon — the largest

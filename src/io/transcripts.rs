@@ -1,4 +1,4 @@
-//! Reading the transcripts table (SPEC §2): coordinates in µm, gene
+//! Reading the transcripts table (docs/contract.md §2): coordinates in µm, gene
 //! indices, ids, nuclear flags and filters, every row kept in file order.
 
 use std::collections::HashMap;
@@ -282,7 +282,7 @@ fn plain(a: ArrayRef, ctx: Ctx) -> Result<ArrayRef> {
     }
 }
 
-/// Reads every row of the transcripts file (SPEC §2).
+/// Reads every row of the transcripts file (docs/contract.md §2).
 ///
 /// - x, y (and z) in µm: multiplied by the pixel size when set (CosMx), z by
 ///   `z_scale` (CosMx and MERSCOPE z are plane indices, kept as such by

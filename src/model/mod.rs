@@ -1,4 +1,4 @@
-//! The Segger model (SPEC §6–7): weights read from a seggpu safetensors file,
+//! The Segger model (docs/contract.md §6–7): weights read from a seggpu safetensors file,
 //! architecture derived from tensor shapes.
 
 use std::collections::BTreeSet;
@@ -71,7 +71,7 @@ impl Architecture {
     }
 }
 
-/// How nucleus features are computed for this model (SPEC §4).
+/// How nucleus features are computed for this model (docs/contract.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BdFeatureMode {
@@ -379,7 +379,7 @@ pub enum StorageDtype {
 }
 
 impl Model {
-    /// Serialises the model as a seggpu weights file (SPEC §7), tensors
+    /// Serialises the model as a seggpu weights file (docs/contract.md §7), tensors
     /// stored in `dtype`.
     pub fn to_safetensors(&self, dtype: StorageDtype) -> anyhow::Result<Vec<u8>> {
         use crate::tensorfile::OwnedTensor;

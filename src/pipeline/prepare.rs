@@ -65,7 +65,14 @@ pub fn run(
         largest_radius,
     );
     let margin = params.margin.unwrap_or(exact_margin);
-    let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), params.tile_size, margin);
+    // Without a distance cap the exact margin is unbounded: one tile then
+    // covers the sample, as every tile would span all of it anyway.
+    let tile_size = if margin.is_finite() {
+        params.tile_size
+    } else {
+        f64::INFINITY
+    };
+    let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), tile_size, margin);
     Ok(Prepared {
         kept,
         pos,

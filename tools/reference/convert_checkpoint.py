@@ -10,7 +10,7 @@ lexicographically sorted set of non-control gene names of the training panel.
 
 The checkpoint's state_dict keys carry Lightning's ``model.`` prefix, which is
 removed; keys outside ``model.`` are ignored.  The tensor set is checked
-against SPEC section 6 (a missing tensor or a wrong shape is an error naming
+against docs/contract.md §6 (a missing tensor or a wrong shape is an error naming
 it), the architecture is read from the shapes, and the vocabulary must not be
 longer than V (the rows of tx_embedding.tx.weight).
 """

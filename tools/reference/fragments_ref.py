@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference for seggpu's fragments (SPEC §9) and the exact kNN tie rule (SPEC §5).
+"""Reference for seggpu's fragments (docs/contract.md §9) and the exact kNN tie rule (docs/contract.md §5).
 
 As a library (used by pipeline_ref.py):
 
@@ -180,7 +180,7 @@ def format_id(v) -> str:
 
 def fragment_neighbours(tx_tx: np.ndarray) -> np.ndarray:
     """The tx–tx lists ([n, k], self included, −1 padded) with each row's own
-    index removed (set to −1): the fragment neighbours of SPEC §5.
+    index removed (set to −1): the fragment neighbours of docs/contract.md §5.
 
     The own entry is removed only where it is present.  A transcript with at
     least k lower-index duplicates at distance 0 is not among its own k
@@ -193,7 +193,7 @@ def fragment_neighbours(tx_tx: np.ndarray) -> np.ndarray:
 def fragments(pos: np.ndarray, tokens: np.ndarray, tids, emb_table: np.ndarray,
               unassigned: np.ndarray, k_tx: int, dist_tx: Optional[float], cut: float,
               min_transcripts: int, tx_tx: Optional[np.ndarray] = None):
-    """Fragments (SPEC §9) of the kept transcripts ``pos``/``tokens``/``tids``
+    """Fragments (docs/contract.md §9) of the kept transcripts ``pos``/``tokens``/``tids``
     (all of them, in transcript-index order); ``unassigned[i]``: i is a
     fragment candidate (no cell).
 

@@ -6,7 +6,7 @@
 
 Transcripts uniform in a square box (density per um^2, z in [0, 3]), one
 nucleus per 100 um^2 on a jittered grid; a transcript within 3 um (2-D) of its
-nearest nucleus centroid is nuclear (belongs edge).  Graphs as SPEC section 5
+nearest nucleus centroid is nuclear (belongs edge).  Graphs as docs/contract.md §5
 (k_tx = 5, dist_tx = 5 with self, k_bd = 4, dist_bd = 12 strict), built with
 scipy's cKDTree (tie order between equal distances is cKDTree's, which is fine
 for timing but not a reference for tie-breaking).  Writes tx_token, bd_x,

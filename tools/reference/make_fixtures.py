@@ -316,7 +316,7 @@ def main():
             for i, _, _ in fragile:
                 scene["tokens"][i] = rng.integers(0, cfg["n_genes"])
         summ["gene_redraw_rounds"] = attempt
-        # cross-checks: the to_hetero module itself, and float64 SPEC math
+        # cross-checks: the to_hetero module itself, and float64 contract math
         z_tx_h, z_bd_h = sr.forward_hetero(model, tx_token, bd_x, t_tt, t_tb)
         same = torch.equal(z_tx_h, inter["z_tx"]) and torch.equal(z_bd_h, inter["z_bd"])
         d_het = max(float((z_tx_h - inter["z_tx"]).abs().max()), float((z_bd_h - inter["z_bd"]).abs().max()))

@@ -8,7 +8,7 @@
 DIR holds transcripts.parquet (transcript_id, cell_id, overlaps_nucleus,
 feature_name, x_location, y_location, z_location, qv) and
 nucleus_boundaries.parquet (cell_id, vertex_x, vertex_y; one row per vertex,
-grouped by cell).  The whole sample is one graph (no tiles): SPEC §2–§9 with
+grouped by cell).  The whole sample is one graph (no tiles): docs/contract.md §2–§9 with
 the rules spelled out in tools/reference/README.md ("pipeline_ref.py").
 
 Output: one row per input row, input order: transcript_id (as read),
@@ -81,7 +81,7 @@ def load_model(path: str):
 
 
 def read_transcripts(xdir: str, genes: List[str]) -> Dict[str, object]:
-    """Read and filter (SPEC §2/§3; rule 1 of the README)."""
+    """Read and filter (docs/contract.md §2/§3; rule 1 of the README)."""
     t = pq.read_table(os.path.join(xdir, "transcripts.parquet"))
     n = t.num_rows
     x = _as_f64(t["x_location"])
@@ -292,7 +292,7 @@ def run(a) -> Dict[str, object]:
     t0 = time.time()
     if not a.no_fragments:
         fcut = a.score_cut if a.fragment_cut is None else a.fragment_cut
-        # fragment neighbours = the tx–tx lists above without self (SPEC §5)
+        # fragment neighbours = the tx–tx lists above without self (docs/contract.md §5)
         labels, frag_info = fragments(tx["pos"][kept_idx], tx["token"][kept_idx],
                                       tx["transcript_id"][kept_idx], state["tx_embedding.tx.weight"].numpy(),
                                       ~assigned, a.k_tx, a.dist_tx, fcut, a.min_transcripts, tx_tx=tx_tx)

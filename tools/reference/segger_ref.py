@@ -1,4 +1,4 @@
-"""Reference implementation of the heterogeneous Segger model (SPEC section 6).
+"""Reference implementation of the heterogeneous Segger model (docs/contract.md §6).
 
 The module below has the structure of segger_dev's ``Segger`` (module names,
 lazy layer sizes, the 1-D/2-D input dispatch) so that ``to_hetero`` produces a
@@ -128,7 +128,7 @@ def build_model(arch: Arch, seed: Optional[int] = None) -> torch.nn.Module:
 
 
 def expected_names(arch: Arch) -> Dict[str, tuple]:
-    """All state_dict tensor names with their shapes (SPEC section 6)."""
+    """All state_dict tensor names with their shapes (docs/contract.md §6)."""
     V, E, H = arch.num_tx_tokens, arch.in_channels, arch.heads
     out = {
         "tx_embedding.tx.weight": (V, E),
@@ -255,7 +255,7 @@ def forward_hetero(model: torch.nn.Module, tx_token: Tensor, bd_x: Tensor,
 
 
 def score(z_tx: Tensor, z_bd: Tensor, rf_index: Tensor):
-    """SPEC section 8.
+    """docs/contract.md §8.
 
     scores[i, k] = sigmoid(z_tx[i] . z_bd[rf[i, k]]), 0 where the dot product is
     exactly 0, NaN where rf is -1.  best_index = nucleus index with the highest

@@ -1,12 +1,12 @@
-"""Graphs of a `seggpu simulate` folder (or any Xenium folder) by SPEC §2–§5.
+"""Graphs of a `seggpu simulate` folder (or any Xenium folder) by docs/contract.md §2–§5.
 
 ``load_sample(dir)`` reads ``transcripts.parquet`` and ``nucleus_boundaries.parquet``
 (and ``ground_truth.parquet`` when present) and returns a ``Sample`` with:
 
 * the transcripts kept by the Xenium filters (qv ≥ 20, no control prefix),
-  their gene tokens (index into the sorted non-control panel, SPEC §3) and
+  their gene tokens (index into the sorted non-control panel, docs/contract.md §3) and
   3-D positions;
-* the nuclei in sorted id order with SPEC §4 features (area, convexity,
+* the nuclei in sorted id order with docs/contract.md §4 features (area, convexity,
   elongation, circularity; shapely) and area-weighted centroids;
 * ``edge_tx_tx``  [2, E]: i → j for each of the k_tx nearest transcripts j of i
   in 3-D (self included) with distance ≤ dist_tx;
@@ -53,7 +53,7 @@ class Sample:
 
 
 def nucleus_features(ids: np.ndarray, vx: np.ndarray, vy: np.ndarray):
-    """Sorted ids, [B, 4] SPEC §4 features and [B, 2] centroids from a vertex table."""
+    """Sorted ids, [B, 4] docs/contract.md §4 features and [B, 2] centroids from a vertex table."""
     order = np.argsort(ids, kind="stable")
     ids, vx, vy = ids[order], vx[order].astype(np.float64), vy[order].astype(np.float64)
     uniq, start = np.unique(ids, return_index=True)

@@ -1,4 +1,4 @@
-"""Independent float64 implementation of SPEC section 6 (no PyG).
+"""Independent float64 implementation of docs/contract.md §6 (no PyG).
 
 Used by make_fixtures.py to cross-check the PyG reference: the formulas of the
 spec, written out with plain torch scatter operations.

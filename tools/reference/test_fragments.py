@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Self-test of fragments_ref.py's fragment rule (SPEC §5/§9) on hand-built
+"""Self-test of fragments_ref.py's fragment rule (docs/contract.md §5/§9) on hand-built
 cases whose answers are worked out in the comments (run: python
 test_fragments.py, or pytest)."""
 from __future__ import annotations

@@ -8,7 +8,7 @@ vocabulary covers exactly that crop's panel:
     train_real.py --preset spatialdata --out tests/data/xenium_breast_model.safetensors
     train_real.py --preset merscope    --out tests/data/merscope_mouse_brain_model.safetensors
 
-Presets (data in ../shared/data, see its README):
+Presets (data in tests/data, see its README):
 
 * spatialdata: ``xenium_breast_spatialdata/points.parquet`` (x, y, z,
   feature_name, cell_id, qv, overlaps_nucleus) + ``sd_nucleus_boundaries.parquet``
@@ -20,8 +20,8 @@ Presets (data in ../shared/data, see its README):
   transcript strictly inside a polygon (lowest polygon index, polygons sorted by
   poly_ID as strings). NB these polygons are whole cells, not nuclei.
 
-Vocabulary = sorted non-control gene names of the file (SPEC §3); nucleus
-features SPEC §4 (props); graphs SPEC §5 (k_tx = 5 with self, dist_tx = 5
+Vocabulary = sorted non-control gene names of the file (docs/contract.md §3); nucleus
+features docs/contract.md §4 (props); graphs docs/contract.md §5 (k_tx = 5 with self, dist_tx = 5
 inclusive; receptive field k_bd = 4 centroids < 12 µm), exact tie rule via
 fragments_ref.knn_exact.
 
@@ -33,7 +33,7 @@ supervision-only (removed from message passing) and message edges; positives are
 all of them, negatives the other receptive-field nuclei plus random nuclei of the
 window; balanced BCE on z_tx · z_bd. Validation: full-crop forward with only the
 training belongs edges as messages; accuracy = fraction of held-out nuclear
-transcripts whose best receptive-field nucleus (SPEC §8) is their own and scores
+transcripts whose best receptive-field nucleus (docs/contract.md §8) is their own and scores
 ≥ 0.5. The final (last-step) weights are saved, f16 by default.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ from pipeline_ref import _as_str, _clean_ring  # noqa: E402
 from sim_graphs import Sample  # noqa: E402
 from train import forward, training_pairs, window_subgraph  # noqa: E402
 
-DATA = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data"))
+DATA = os.path.normpath(os.path.join(HERE, "..", "..", "tests", "data"))
 XENIUM_CONTROLS = ("NegControlProbe_", "antisense_", "NegControlCodeword", "BLANK_",
                    "DeprecatedCodeword_", "UnassignedCodeword_", "Intergenic_")
 MERSCOPE_CONTROLS = ("Blank-", "BLANK")
@@ -68,7 +68,7 @@ DEFAULTS = {"k_tx": 5, "dist_tx": 5, "k_bd": 4, "dist_bd": 12, "score_cut": 0.5}
 
 
 def polygon_props(ids, rings):
-    """Sorted-as-given ids + rings → kept ids, [B,4] SPEC §4 features, [B,2] centroids, polygons."""
+    """Sorted-as-given ids + rings → kept ids, [B,4] docs/contract.md §4 features, [B,2] centroids, polygons."""
     keep_ids, polys, skipped = [], [], 0
     for c, xy in zip(ids, rings):
         xy = _clean_ring(np.asarray(xy, np.float64))
@@ -186,7 +186,7 @@ def validate(model, s, held, own, cut=0.5):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True, choices=["spatialdata", "merscope"])
-    ap.add_argument("--data", help="data folder (default: ../shared/data/<crop>)")
+    ap.add_argument("--data", help="data folder (default: tests/data/<crop>)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)

@@ -1,7 +1,7 @@
-"""Read and write seggpu weights files (SPEC section 7).
+"""Read and write seggpu weights files (docs/contract.md §7).
 
 A weights file is a safetensors file holding the heterogeneous Segger
-state_dict (names as in SPEC section 6) in F32, F16 or BF16, with string
+state_dict (names as in docs/contract.md §6) in F32, F16 or BF16, with string
 metadata:
 
     seggpu.format       = "segger-hetero/1"
