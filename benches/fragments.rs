@@ -23,8 +23,8 @@ use std::time::Instant;
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions};
 use seggpu::backend::{Backend, EdgeSimilarity};
-use seggpu::fragments::{histogram_median, normalised_embeddings};
 use seggpu::kernels::fragments::kept_edges;
+use seggpu::pipeline::fragments::{histogram_median, normalised_embeddings};
 
 const K: usize = 5;
 const VOCAB: usize = 500;

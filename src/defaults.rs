@@ -85,8 +85,8 @@ impl StoredDefaults {
     /// Parses the metadata value; the error names the key that is wrong and
     /// what was expected.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
-            .map_err(|e| format!("is not a JSON object ({e})"))?;
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| format!("is not a JSON object ({e})"))?;
         let mut parsed = Self::default();
         for (key, value) in &object {
             let count = || {
@@ -167,7 +167,10 @@ mod tests {
 
     #[test]
     fn help_text_spells_the_value() {
-        assert!(K_TX_HELP.ends_with("[model default, else 5]"), "{K_TX_HELP}");
+        assert!(
+            K_TX_HELP.ends_with("[model default, else 5]"),
+            "{K_TX_HELP}"
+        );
         assert!(DIST_BD_HELP.ends_with("[model default, else 12.0]"));
         assert_eq!(BUILTIN.len(), 6);
     }
@@ -182,7 +185,10 @@ mod tests {
             d.to_json(),
             r#"{"dist_bd":12.0,"dist_tx":5.0,"k_bd":4,"k_tx":5,"score_cut":0.5}"#
         );
-        assert_eq!(StoredDefaults::parse("{}").unwrap(), StoredDefaults::default());
+        assert_eq!(
+            StoredDefaults::parse("{}").unwrap(),
+            StoredDefaults::default()
+        );
     }
 
     #[test]

@@ -139,7 +139,10 @@ pub fn write_transcripts(
     columns.push((
         "filter_reason".into(),
         Arc::new(StringArray::from_iter(
-            result.filter_reason.iter().map(|f| f.map(FilterReason::as_str)),
+            result
+                .filter_reason
+                .iter()
+                .map(|f| f.map(FilterReason::as_str)),
         )),
     ));
     write_parquet(path, columns)

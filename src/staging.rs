@@ -39,8 +39,9 @@ impl Staging {
     /// Renames every staged file onto its final name.
     pub fn commit(mut self) -> Result<()> {
         for (tmp, path) in &self.files {
-            std::fs::rename(tmp, path)
-                .with_context(|| format!("cannot move {} onto {}", tmp.display(), path.display()))?;
+            std::fs::rename(tmp, path).with_context(|| {
+                format!("cannot move {} onto {}", tmp.display(), path.display())
+            })?;
         }
         self.committed = true;
         Ok(())

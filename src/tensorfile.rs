@@ -284,4 +284,3 @@ pub fn serialize(
     let views = tensors.iter().map(|(name, t)| (name.as_str(), t));
     Ok(safetensors::serialize(views, metadata)?)
 }
-

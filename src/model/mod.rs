@@ -446,3 +446,43 @@ impl Model {
         crate::tensorfile::serialize(&tensors, Some(metadata))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The demo weights with `seggpu.defaults` replaced by `defaults`.
+    fn demo_with_defaults(defaults: &str) -> Result<Model, ModelError> {
+        let bytes = crate::demo::DEMO_MODEL;
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value =
+            serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+        header["__metadata__"]["seggpu.defaults"] = defaults.into();
+        let mut text = serde_json::to_vec(&header).unwrap();
+        // Tensor data starts on an 8-byte boundary.
+        while text.len() % 8 != 0 {
+            text.push(b' ');
+        }
+        let mut file = (text.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&text);
+        file.extend_from_slice(&bytes[8 + header_len..]);
+        Model::from_file(&TensorFile::from_bytes(Path::new("edited.safetensors"), file).unwrap())
+    }
+
+    #[test]
+    fn stored_defaults_are_typed_and_checked() {
+        let model = demo_with_defaults(r#"{"k_tx": 6, "score_cut": 0.25}"#).unwrap();
+        let d = model.defaults.unwrap();
+        assert_eq!((d.k_tx, d.score_cut, d.k_bd), (Some(6), Some(0.25), None));
+        for (bad, says) in [
+            (r#"{"k_tx": 5, "knn": 3}"#, "unknown key `knn`"),
+            (r#"{"k_bd": 4.5}"#, "`k_bd` is 4.5, expected a whole number"),
+            ("[5]", "is not a JSON object"),
+        ] {
+            let e = demo_with_defaults(bad).unwrap_err().to_string();
+            assert!(e.contains("seggpu.defaults") && e.contains(says), "{e}");
+        }
+    }
+}

@@ -308,7 +308,10 @@ mod tests {
         // Three transcripts at one spot: the third's two nearest are the
         // lower-index duplicates, so it keeps both.
         let same = [[0.0; 3]; 3];
-        assert_eq!(fragment_neighbours(&same, 2, Some(1.0)), vec![1, -1, 0, -1, 0, 1]);
+        assert_eq!(
+            fragment_neighbours(&same, 2, Some(1.0)),
+            vec![1, -1, 0, -1, 0, 1]
+        );
         assert!(fragment_neighbours(&line, 0, None).is_empty());
     }
 
