@@ -3,12 +3,11 @@
 //! `SEGGPU_F16` is not `off`; its tolerance is looser: 1e-3 absolute + 1e-2
 //! relative against PyTorch Geometric.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{f16_disabled_by_env, GpuOptions, Precision};
 use seggpu::backend::Backend;
+
+use crate::common::{check, Fixture, FIXTURES};
 
 const ATOL: f32 = 1e-3;
 const RTOL: f32 = 1e-2;

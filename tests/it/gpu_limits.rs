@@ -3,15 +3,14 @@
 //! small test-only binding limit), and `auto` redoes on the CPU what the GPU
 //! cannot do.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{AutoBackend, GpuOptions};
 use seggpu::backend::Backend;
 use seggpu::graph::{Csr, ReceptiveField};
 use seggpu::kernels::{embed, gatv2, linear, score};
+
+use crate::common::{check, Fixture, FIXTURES};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -1,12 +1,12 @@
 //! `seggpu devices` and `seggpu forward --backend gpu|auto` as a user runs them.
 
-mod common;
-
 use std::process::Command;
 
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::GpuOptions;
 use seggpu::tensorfile::TensorFile;
+
+use crate::common;
 
 fn seggpu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seggpu"))

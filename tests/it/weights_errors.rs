@@ -1,11 +1,11 @@
 //! A broken weights file gives one distinct, clear error per problem.
 
-mod common;
-
 use std::collections::HashMap;
 
 use seggpu::model::{Model, ModelError};
 use seggpu::tensorfile::{self, OwnedTensor, TensorFile, TensorFileError};
+
+use crate::common;
 
 /// The dev fixture's tensors and metadata, to be altered by each test.
 fn dev_parts() -> (Vec<(String, OwnedTensor)>, HashMap<String, String>) {

@@ -5,9 +5,6 @@
 //! except with `CI=true`, where they fail. `SEGGPU_LIMITS=default` runs them
 //! under wgpu's default limits.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions, LimitsMode};
@@ -15,6 +12,8 @@ use seggpu::backend::Backend;
 use seggpu::graph::{Csr, ReceptiveField};
 use seggpu::kernels::{embed, gatv2, linear, score};
 use seggpu::model::BD_FEATURES;
+
+use crate::common::{check, Fixture, FIXTURES};
 
 /// Tolerances of tests/parity_cpu.rs: F32 weights 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
 fn tolerance(fixture: &Fixture) -> (f32, f32) {

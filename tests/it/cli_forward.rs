@@ -1,10 +1,10 @@
 //! `seggpu inspect` and `seggpu forward` as a user runs them.
 
-mod common;
-
 use std::process::Command;
 
 use seggpu::tensorfile::TensorFile;
+
+use crate::common;
 
 fn seggpu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seggpu"))

@@ -1,10 +1,9 @@
 //! The CPU backend against PyTorch Geometric on every golden fixture.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::Backend;
+
+use crate::common::{check, Fixture, FIXTURES};
 
 /// Tolerances of the core-engine issue: F32 weights 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
 fn tolerance(fixture: &Fixture) -> (f32, f32) {
