@@ -2,6 +2,11 @@
 //! Each module is one area; `common` holds the fixtures, data paths and the
 //! one tolerance check they share. Run one area with
 //! `cargo test --release --test it gpu_parity::`.
+//!
+//! The tests run in parallel threads of one process: each writes only under
+//! its own `tempfile::tempdir()`, and none sets an environment variable of
+//! this process; a variable a test needs goes to the child `seggpu` process
+//! (`Command::env`).
 
 mod common;
 

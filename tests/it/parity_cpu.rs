@@ -1,66 +1,21 @@
-//! The CPU backend against PyTorch Geometric on every golden fixture.
+//! The CPU backend against PyTorch Geometric on every golden fixture, with
+//! the core engine's tolerance (`Fixture::tolerance`): F32 weights
+//! 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
 
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::Backend;
 
-use crate::common::{check, Fixture, FIXTURES};
-
-/// Tolerances of the core-engine issue: F32 weights 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
-fn tolerance(fixture: &Fixture) -> (f32, f32) {
-    if fixture.half_weights() {
-        (1e-5, 1e-2)
-    } else {
-        (1e-5, 1e-4)
-    }
-}
+use crate::common::{Fixture, FIXTURES};
 
 #[test]
 fn every_layer_matches_pyg() {
     for name in FIXTURES {
         let fx = Fixture::load(name);
-        let (atol, rtol) = tolerance(&fx);
         let out = CpuBackend::new()
             .forward(&fx.model, &fx.graph, true)
             .unwrap();
         assert_eq!(out.layers.len(), fx.model.arch.layers() + 1);
-        for (l, act) in out.layers.iter().enumerate() {
-            let (shape, tx) = fx.f32(&format!("expected.h_tx.{l}"));
-            check(
-                &format!("{name} h_tx.{l}"),
-                &act.tx,
-                &tx,
-                shape[1],
-                atol,
-                rtol,
-            );
-            let (shape, bd) = fx.f32(&format!("expected.h_bd.{l}"));
-            check(
-                &format!("{name} h_bd.{l}"),
-                &act.bd,
-                &bd,
-                shape[1],
-                atol,
-                rtol,
-            );
-        }
-        let (_, z_tx) = fx.f32("expected.z_tx");
-        check(
-            &format!("{name} z_tx"),
-            &out.z_tx,
-            &z_tx,
-            out.dim,
-            atol,
-            rtol,
-        );
-        let (_, z_bd) = fx.f32("expected.z_bd");
-        check(
-            &format!("{name} z_bd"),
-            &out.z_bd,
-            &z_bd,
-            out.dim,
-            atol,
-            rtol,
-        );
+        fx.check_embeddings(name, &out, fx.tolerance());
     }
 }
 
@@ -68,7 +23,6 @@ fn every_layer_matches_pyg() {
 fn best_nucleus_matches_pyg() {
     for name in FIXTURES {
         let fx = Fixture::load(name);
-        let (atol, rtol) = tolerance(&fx);
         let mut cpu = CpuBackend::new();
         let out = cpu.forward(&fx.model, &fx.graph, false).unwrap();
         let rf = fx
@@ -77,7 +31,7 @@ fn best_nucleus_matches_pyg() {
             .as_ref()
             .expect("fixture has rf_index");
         let best = cpu.score(&out, rf).unwrap();
-        fx.check_best(name, &best, atol, rtol);
+        fx.check_best(name, &best, fx.tolerance());
         let score = best.score_or_nan();
         let no_candidate = best.index.iter().filter(|&&i| i < 0).count();
         let exact_zero = score.iter().filter(|&&s| s == 0.0).count();
