@@ -1,11 +1,11 @@
 //! A broken weights file gives one distinct, clear error per problem.
 
-mod common;
-
 use std::collections::HashMap;
 
 use seggpu::model::{Model, ModelError};
 use seggpu::tensorfile::{self, OwnedTensor, TensorFile, TensorFileError};
+
+use crate::common::{self, all_close, write_file, Tolerance};
 
 /// The dev fixture's tensors and metadata, to be altered by each test.
 fn dev_parts() -> (Vec<(String, OwnedTensor)>, HashMap<String, String>) {
@@ -70,8 +70,11 @@ fn wrong_shape_names_tensor_and_both_shapes() {
 fn truncated_file_is_not_safetensors() {
     let bytes = std::fs::read(common::fixture_path("dev.model.safetensors")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("truncated.safetensors");
-    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let path = write_file(
+        dir.path(),
+        "truncated.safetensors",
+        &bytes[..bytes.len() / 2],
+    );
     let err = Model::load(&path).unwrap_err();
     println!("{err}");
     assert!(
@@ -118,14 +121,15 @@ fn bf16_and_f16_copies_load_with_half_precision_values() {
         let file = TensorFile::from_bytes(std::path::Path::new("half.safetensors"), bytes).unwrap();
         let half = Model::from_file(&file).unwrap();
         assert_eq!(half.arch, model.arch);
-        let max_rel = model
-            .tx_embedding
-            .iter()
-            .zip(&half.tx_embedding)
-            .map(|(a, b)| (a - b).abs() / a.abs().max(1e-3))
-            .fold(0.0f32, f32::max);
-        println!("{dtype:?}: max relative rounding of the embedding {max_rel:.2e}");
-        assert!(max_rel < 1e-2, "{dtype:?}: {max_rel}");
-        assert!(max_rel > 0.0, "{dtype:?} copy should be rounded");
+        all_close(
+            &format!("{dtype:?} copy of the embedding"),
+            &half.tx_embedding,
+            &model.tx_embedding,
+            Tolerance::HALF_WEIGHTS,
+        );
+        assert_ne!(
+            half.tx_embedding, model.tx_embedding,
+            "{dtype:?} copy should be rounded"
+        );
     }
 }

@@ -3,15 +3,12 @@
 //! `SEGGPU_F16` is not `off`; its tolerance is looser: 1e-3 absolute + 1e-2
 //! relative against PyTorch Geometric.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
+use crate::common::{all_close, Fixture, Tolerance, FIXTURES};
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{f16_disabled_by_env, GpuOptions, Precision};
 use seggpu::backend::Backend;
 
-const ATOL: f32 = 1e-3;
-const RTOL: f32 = 1e-2;
+const TOL: Tolerance = Tolerance::new(1e-3, 1e-2);
 
 #[test]
 fn gpu_f16_forward_matches_pyg_loosely() {
@@ -37,57 +34,18 @@ fn gpu_f16_forward_matches_pyg_loosely() {
     for name in FIXTURES {
         let fx = Fixture::load(name);
         let out = gpu.forward(&fx.model, &fx.graph, true).unwrap();
-        for (l, act) in out.layers.iter().enumerate() {
-            for (what, got) in [("h_tx", &act.tx), ("h_bd", &act.bd)] {
-                let (shape, expected) = fx.f32(&format!("expected.{what}.{l}"));
-                check(
-                    &format!("{name} f16 {what}.{l}"),
-                    got,
-                    &expected,
-                    shape[1],
-                    ATOL,
-                    RTOL,
-                );
-            }
-        }
-        let (_, z_tx) = fx.f32("expected.z_tx");
-        check(
-            &format!("{name} f16 z_tx"),
-            &out.z_tx,
-            &z_tx,
-            out.dim,
-            ATOL,
-            RTOL,
-        );
-        let (_, z_bd) = fx.f32("expected.z_bd");
-        check(
-            &format!("{name} f16 z_bd"),
-            &out.z_bd,
-            &z_bd,
-            out.dim,
-            ATOL,
-            RTOL,
-        );
+        fx.check_embeddings(&format!("{name} f16"), &out, TOL);
 
         let rf = fx.graph.receptive_field.as_ref().unwrap();
         let best = gpu.score(&out, rf).unwrap();
-        let (_, expected_score) = fx.f32("expected.best_score");
-        let score: Vec<f32> = best
-            .score
-            .iter()
-            .zip(&best.index)
-            .map(|(&s, &i)| if i < 0 { f32::NAN } else { s })
-            .collect();
-        check(
+        all_close(
             &format!("{name} f16 best_score"),
-            &score,
-            &expected_score,
-            1,
-            ATOL,
-            RTOL,
+            &best.score_or_nan(),
+            &fx.f32("expected.best_score"),
+            TOL,
         );
         let expected_index = fx.i64("expected.best_index");
-        let scores = fx.f32("expected.scores").1;
+        let scores = fx.f32("expected.scores");
         let k = rf.k;
         // A differing best nucleus is acceptable only where PyG's two best
         // candidates are closer than the tolerance.
@@ -101,7 +59,7 @@ fn gpu_f16_forward_matches_pyg_loosely() {
             row.sort_by(|a, b| b.total_cmp(a));
             let gap = row[0] - row[1];
             assert!(
-                gap <= ATOL + RTOL * row[0].abs(),
+                f64::from(gap) <= TOL.atol + TOL.rtol * f64::from(row[0].abs()),
                 "{name}: f16 best index of transcript {i} is {} but PyG's {} wins by {gap}",
                 best.index[i],
                 expected_index[i]

@@ -2,8 +2,6 @@
 //! run give identical assignments, scores and fragments; every input row
 //! appears once.
 
-mod common;
-
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -14,6 +12,8 @@ use seggpu::pipeline::progress::Progress;
 use seggpu::pipeline::{
     segment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes,
 };
+
+use crate::common;
 
 /// An in-memory sample: round nuclei on a jittered grid, transcripts
 /// spread around them and in between, some nuclear (flagged), some filtered.

@@ -2,11 +2,9 @@
 //! (`tools/reference/pipeline_ref.py`) on the golden simulated sample in
 //! `tests/fixtures/sim/`, on the CPU and on a GPU adapter.
 
-use std::path::PathBuf;
-
-use arrow::array::{Array, Float32Array, StringArray};
+use arrow::array::AsArray;
+use arrow::datatypes::Float32Type;
 use clap::Parser;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::GpuOptions;
@@ -14,6 +12,9 @@ use seggpu::backend::Backend;
 use seggpu::model::Model;
 use seggpu::pipeline::progress::Progress;
 use seggpu::pipeline::{segment, Segmentation};
+
+use crate::common::tables::{read_parquet, strings};
+use crate::common::{demo_model, fixture_path};
 
 /// The demo model the references were computed with (tests/fixtures/sim/README.md).
 const REFERENCE_MODEL_SHA256: &str =
@@ -27,20 +28,13 @@ struct Args {
     input: seggpu::io::args::InputArgs,
 }
 
-fn sim_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sim")
-}
-
 fn run(backend: &mut dyn Backend, extra: &[&str]) -> Segmentation {
-    let model = Model::load(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/demo_model.safetensors"),
-    )
-    .unwrap();
+    let model = Model::load(&demo_model()).unwrap();
     assert_eq!(
         model.sha256, REFERENCE_MODEL_SHA256,
         "the demo model changed: regenerate tests/fixtures/sim/reference*.parquet (its README) and update this hash"
     );
-    let sim = sim_dir();
+    let sim = fixture_path("sim");
     let mut argv = vec![
         "test",
         "--out",
@@ -74,27 +68,15 @@ struct Reference {
 }
 
 fn reference(file: &str) -> Reference {
-    let f = std::fs::File::open(sim_dir().join(file)).unwrap();
-    let mut r = Reference {
-        cell_id: Vec::new(),
-        score: Vec::new(),
-    };
-    for batch in ParquetRecordBatchReaderBuilder::try_new(f)
+    let batch = read_parquet(&fixture_path(&format!("sim/{file}")));
+    let scores = batch
+        .column_by_name("score")
         .unwrap()
-        .build()
-        .unwrap()
-    {
-        let batch = batch.unwrap();
-        let ids = batch.column_by_name("segger_cell_id").unwrap();
-        let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
-        let scores = batch.column_by_name("score").unwrap();
-        let scores = scores.as_any().downcast_ref::<Float32Array>().unwrap();
-        for i in 0..batch.num_rows() {
-            r.cell_id.push(ids.value(i).to_owned());
-            r.score.push(scores.is_valid(i).then(|| scores.value(i)));
-        }
+        .as_primitive::<Float32Type>();
+    Reference {
+        cell_id: strings(&batch, "segger_cell_id"),
+        score: scores.iter().collect(),
     }
-    r
 }
 
 /// Rows whose segger_cell_id differs, printed with both scores.
@@ -130,26 +112,36 @@ fn differences(
     differ
 }
 
+/// Segments the sample with `extra` flags and compares the result with the
+/// reference `file`; returns it with the rows that differ.
+fn run_against(
+    label: &str,
+    backend: &mut dyn Backend,
+    extra: &[&str],
+    file: &str,
+) -> (Segmentation, Vec<usize>) {
+    let ours = run(backend, extra);
+    let theirs = reference(file);
+    let differ = differences(label, &ours, &theirs.cell_id, &theirs.score);
+    (ours, differ)
+}
+
 fn check_against_reference(label: &str, backend: &mut dyn Backend) -> Segmentation {
-    let ours = run(backend, &[]);
-    let theirs = reference("reference.parquet");
-    let differ = differences(
+    let (ours, differ) = run_against(
         &format!("{label} vs PyG"),
-        &ours,
-        &theirs.cell_id,
-        &theirs.score,
+        backend,
+        &[],
+        "reference.parquet",
     );
     assert!(
-        differ.len() * 1000 <= theirs.cell_id.len(),
+        differ.len() * 1000 <= ours.cell_id.len(),
         "{label}: under 99.9% identical"
     );
-    let ours_frag = run(backend, &["--fragment-cut", "0"]);
-    let theirs_frag = reference("reference_fragcut0.parquet");
-    let differ = differences(
+    let (ours_frag, differ) = run_against(
         &format!("{label} vs PyG, fragment cut 0"),
-        &ours_frag,
-        &theirs_frag.cell_id,
-        &theirs_frag.score,
+        backend,
+        &["--fragment-cut", "0"],
+        "reference_fragcut0.parquet",
     );
     assert!(
         differ.is_empty(),

@@ -12,27 +12,13 @@ use arrow::array::{
     Float64Array, Int32Array, Int64Array, LargeBinaryArray, LargeStringArray, StringArray,
     StringViewArray, UInt64Array, UInt8Array,
 };
-use arrow::datatypes::{DataType, Field, Int32Type, Int8Type, Schema, UInt32Type};
-use arrow::record_batch::RecordBatch;
+use arrow::datatypes::{DataType, Int32Type, Int8Type, UInt32Type};
 use clap::Parser;
 use seggpu::io::{read_nuclei, read_transcripts, FilterReason, InputArgs, Preset, TranscriptKey};
 use seggpu::model::BdFeatureMode;
 
-fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef)>) {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
-    let batch = RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap();
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
+use crate::common::tables::write_parquet;
+use crate::common::{assert_close, one_transcript_csv, write_file};
 
 fn write_gz(path: &Path, text: &str) {
     let f = std::fs::File::create(path).unwrap();
@@ -63,13 +49,11 @@ fn wkb_square(x: f64, y: f64, side: f64) -> Vec<u8> {
 /// Xenium-like boundaries (vertex table) for cells "a", "b" (any tests
 /// that only read transcripts still need a boundaries file to resolve).
 fn some_boundaries(dir: &Path) -> PathBuf {
-    let p = dir.join("nuclei.csv");
-    std::fs::write(
-        &p,
+    write_file(
+        dir,
+        "nuclei.csv",
         "cell_id,vertex_x,vertex_y\na,0,0\na,2,0\na,2,2\na,0,2\nb,10,10\nb,12,10\nb,12,12\n",
     )
-    .unwrap();
-    p
 }
 
 fn xenium_args(tx: PathBuf, bd: PathBuf) -> InputArgs {
@@ -272,61 +256,26 @@ fn io_cell_coordinate_and_flag_dtypes() {
         Some("7".into()),
         None,
     ];
-    // Row 0 nuclear in cell 5; row 1 flagged but UNASSIGNED / -1; row 2 not
-    // flagged; row 3 flagged with a null cell; row 4 nuclear in cell 7.
+    // Row 0 nuclear in cell 5; row 1 flagged but UNASSIGNED / -1 / ""; row 2
+    // not flagged; row 3 flagged with a null cell; row 4 nuclear in cell 7.
+    let text = [
+        Some("5"),
+        Some("UNASSIGNED"),
+        Some("5"),
+        None,
+        Some("7"),
+        Some("7"),
+    ];
+    let mut blank = text;
+    blank[1] = Some("");
+    let number = [Some(5), Some(-1), Some(5), None, Some(7), Some(7)];
     let cells: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![
-            Some("5"),
-            Some("UNASSIGNED"),
-            Some("5"),
-            None,
-            Some("7"),
-            Some("7"),
-        ])),
-        Arc::new(Int32Array::from(vec![
-            Some(5),
-            Some(-1),
-            Some(5),
-            None,
-            Some(7),
-            Some(7),
-        ])),
-        Arc::new(Int64Array::from(vec![
-            Some(5),
-            Some(-1),
-            Some(5),
-            None,
-            Some(7),
-            Some(7),
-        ])),
-        Arc::new(Float64Array::from(vec![
-            Some(5.0),
-            Some(-1.0),
-            Some(5.0),
-            None,
-            Some(7.0),
-            Some(7.0),
-        ])),
-        Arc::new(LargeStringArray::from(vec![
-            Some("5"),
-            Some(""),
-            Some("5"),
-            None,
-            Some("7"),
-            Some("7"),
-        ])),
-        Arc::new(
-            vec![
-                Some("5"),
-                Some("UNASSIGNED"),
-                Some("5"),
-                None,
-                Some("7"),
-                Some("7"),
-            ]
-            .into_iter()
-            .collect::<DictionaryArray<Int32Type>>(),
-        ),
+        Arc::new(StringArray::from(text.to_vec())),
+        Arc::new(Int32Array::from(number.to_vec())),
+        Arc::new(Int64Array::from_iter(number.map(|c| c.map(i64::from)))),
+        Arc::new(Float64Array::from_iter(number.map(|c| c.map(f64::from)))),
+        Arc::new(LargeStringArray::from(blank.to_vec())),
+        Arc::new(text.into_iter().collect::<DictionaryArray<Int32Type>>()),
     ];
     let flags: Vec<ArrayRef> = vec![
         Arc::new(UInt8Array::from(vec![1u8, 1, 0, 1, 1, 0])),
@@ -417,18 +366,20 @@ fn io_csv_gzip_without_extension_and_tsv() {
     assert_eq!((tr.x[0], tr.y[0], tr.z[0]), (1.5, 2.5, 3.5));
 
     // Plain CSV with float ids; TSV with text ids.
-    let csv = dir.path().join("t.csv");
-    std::fs::write(&csv, text.replace("18446744073709551615", "1.5e3")).unwrap();
+    let csv = write_file(
+        dir.path(),
+        "t.csv",
+        text.replace("18446744073709551615", "1.5e3"),
+    );
     let tr = read_transcripts(&xenium_args(csv, bd.clone()).resolve().unwrap()).unwrap();
     assert_eq!(tr.id_key[0], TranscriptKey::F64(1500.0));
     assert_eq!(tr.passthrough[0].1.data_type(), &DataType::Float64);
-    let tsv = dir.path().join("t.tsv");
-    std::fs::write(
-        &tsv,
+    let tsv = write_file(
+        dir.path(),
+        "t.tsv",
         text.replace("18446744073709551615", "txA")
             .replace(',', "\t"),
-    )
-    .unwrap();
+    );
     let tr = read_transcripts(&xenium_args(tsv.clone(), bd.clone()).resolve().unwrap()).unwrap();
     assert_eq!(tr.id_key[0], TranscriptKey::Str("txA".into()));
     assert_eq!(tr.passthrough[0].1.data_type(), &DataType::Utf8);
@@ -452,14 +403,9 @@ fn io_cosmx_csv_fov_cell_ids_and_polygons() {
          2,0,130,230,1,1,1,\"Pbx1\",\"Nuclear\"\n\
          2,5,140,240,1,1,1,\"Pbx1\",\"Membrane\"\n",
     );
-    let bd = dir.path().join("sample-polygons.csv");
-    std::fs::write(
-        &bd,
-        "fov,cellID,cell,x_local_px,y_local_px,x_global_px,y_global_px\n\
+    let bd = write_file(dir.path(), "sample-polygons.csv", "fov,cellID,cell,x_local_px,y_local_px,x_global_px,y_global_px\n\
          1,5,c_1_1_5,0,0,100,200\n1,5,c_1_1_5,0,0,200,200\n1,5,c_1_1_5,0,0,200,300\n1,5,c_1_1_5,0,0,100,300\n\
-         2,5,c_1_2_5,0,0,100,200\n2,5,c_1_2_5,0,0,150,200\n2,5,c_1_2_5,0,0,150,250\n",
-    )
-    .unwrap();
+         2,5,c_1_2_5,0,0,100,200\n2,5,c_1_2_5,0,0,150,200\n2,5,c_1_2_5,0,0,150,250\n");
     let args = InputArgs {
         transcripts: Some(tx),
         boundaries: Some(bd),
@@ -478,7 +424,7 @@ fn io_cosmx_csv_fov_cell_ids_and_polygons() {
             None
         ]
     );
-    assert!((tr.x[1] - 110.0 * 0.12028).abs() < 1e-12);
+    assert_close("x in µm", tr.x[1], 110.0 * 0.12028, 1e-12);
     assert_eq!(tr.z[1], 2.0);
     assert_eq!(tr.filter[2], Some(FilterReason::Control));
     assert_eq!(
@@ -490,15 +436,19 @@ fn io_cosmx_csv_fov_cell_ids_and_polygons() {
     assert_eq!(nuclei.ids, ["1_5", "2_5"]);
     // 100 × 100 px at 0.12028 µm/px.
     let a = (100.0f64 * 0.12028).powi(2);
-    assert!((nuclei.features[0][0] as f64 - a).abs() < 1e-3 * a);
-    assert!((nuclei.centroid[0][0] - 150.0 * 0.12028).abs() < 1e-9);
+    assert_close("area in µm²", nuclei.features[0][0].into(), a, 1e-3 * a);
+    assert_close(
+        "centroid x in µm",
+        nuclei.centroid[0][0],
+        150.0 * 0.12028,
+        1e-9,
+    );
 }
 
 #[test]
 fn io_geoparquet_wkb_multipolygon_duplicates_and_skips() {
     let dir = tempfile::tempdir().unwrap();
-    let tx = dir.path().join("points.csv");
-    std::fs::write(&tx, "x,y,feature_name\n1,1,A\n").unwrap();
+    let tx = write_file(dir.path(), "points.csv", "x,y,feature_name\n1,1,A\n");
     // cell 3: MultiPolygon (1 × 1 and 3 × 3 squares); cell 1 twice (a 2 × 2
     // and a 4 × 4); cell 2 degenerate; cell 4 null geometry; cell 10 fine.
     let mut multi = vec![1u8];
@@ -548,7 +498,7 @@ fn io_geoparquet_wkb_multipolygon_duplicates_and_skips() {
     assert_eq!(n.ids, ["1", "10", "3"], "bytewise order");
     assert_eq!(n.features[0][0], 16.0, "largest of the duplicates");
     assert_eq!(n.features[2][0], 9.0, "largest part of the multipolygon");
-    assert!((n.centroid[2][0] - 111.5).abs() < 1e-12, "offset applied");
+    assert_close("centroid x with the offset", n.centroid[2][0], 111.5, 1e-12);
     let skipped: Vec<(&str, &str)> = n
         .skipped
         .iter()
@@ -564,17 +514,15 @@ fn io_geoparquet_wkb_multipolygon_duplicates_and_skips() {
 #[test]
 fn io_merscope_wkt_geometry_csv() {
     let dir = tempfile::tempdir().unwrap();
-    let tx = dir.path().join("detected_transcripts.csv");
-    std::fs::write(&tx, ",barcode_id,global_x,global_y,global_z,x,y,fov,gene,transcript_id,cell_id\n0,1,1.5,2.5,3,0,0,0,Gad1,ENSMUST1,-1\n1,1,2.5,3.5,0,0,0,0,Blank-1,ENSMUST2,-1\n").unwrap();
-    let bd = dir.path().join("cell_boundaries.csv");
-    std::fs::write(
-        &bd,
+    let tx = write_file(dir.path(), "detected_transcripts.csv", ",barcode_id,global_x,global_y,global_z,x,y,fov,gene,transcript_id,cell_id\n0,1,1.5,2.5,3,0,0,0,Gad1,ENSMUST1,-1\n1,1,2.5,3.5,0,0,0,0,Blank-1,ENSMUST2,-1\n");
+    let bd = write_file(
+        dir.path(),
+        "cell_boundaries.csv",
         "ID,EntityID,ZIndex,Geometry\n\
          0,99,0,\"MULTIPOLYGON (((0 0, 4 0, 4 4, 0 4, 0 0)))\"\n\
          1,99,1,\"MULTIPOLYGON (((0 0, 5 0, 5 5, 0 5, 0 0)))\"\n\
          2,100,0,\"POLYGON ((10 10, 12 10, 12 12, 10 10))\"\n",
-    )
-    .unwrap();
+    );
     let spec = InputArgs {
         transcripts: Some(tx),
         boundaries: Some(bd),
@@ -600,8 +548,7 @@ fn io_merscope_wkt_geometry_csv() {
 #[test]
 fn io_vertex_table_open_rings_and_string_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let tx = dir.path().join("t.csv");
-    std::fs::write(&tx, "x_location,y_location,feature_name\n1,1,A\n").unwrap();
+    let tx = one_transcript_csv(dir.path());
     let bd = dir.path().join("nb.parquet");
     // "b" open ring, "a" closed, "c" two vertices, rows as Xenium writes them.
     write_parquet(
@@ -653,8 +600,7 @@ fn io_command_line_flags() {
     use clap::CommandFactory;
     Cli::command().debug_assert();
     let dir = tempfile::tempdir().unwrap();
-    let tx = dir.path().join("t.csv");
-    std::fs::write(&tx, "gx,gy,g,q\n1,1,A,5\n").unwrap();
+    let tx = write_file(dir.path(), "t.csv", "gx,gy,g,q\n1,1,A,5\n");
     let bd = some_boundaries(dir.path());
     let cli = Cli::try_parse_from([
         "x",

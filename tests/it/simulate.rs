@@ -1,15 +1,14 @@
 //! `seggpu simulate`: file layout, Xenium column types, determinism and the
 //! geometry and noise the simulator promises.
 
-use arrow::array::RecordBatchReader;
 use std::collections::HashMap;
-use std::path::Path;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt64Type, UInt8Type};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type, UInt32Type, UInt8Type};
 use geo::{Contains, LineString, Point, Polygon};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use seggpu::simulate::{self, SimulateOptions};
+
+use crate::common::tables::{primitives, read_parquet, strings, transcript_ids};
 
 const CELLS: usize = 400;
 
@@ -23,18 +22,6 @@ fn options(seed: u64) -> SimulateOptions {
     }
 }
 
-/// Reads a whole Parquet file into one batch.
-fn read(path: &Path) -> RecordBatch {
-    let file = std::fs::File::open(path).expect("open parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .expect("parquet metadata")
-        .build()
-        .expect("reader");
-    let schema = reader.schema();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
-    arrow::compute::concat_batches(&schema, &batches).expect("concat")
-}
-
 fn columns(batch: &RecordBatch) -> Vec<(String, DataType)> {
     batch
         .schema()
@@ -44,17 +31,8 @@ fn columns(batch: &RecordBatch) -> Vec<(String, DataType)> {
         .collect()
 }
 
-fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
-    let col = batch.column_by_name(name).expect("column");
-    col.as_string::<i32>()
-        .iter()
-        .map(|v| v.expect("no nulls").to_owned())
-        .collect()
-}
-
 fn f32s(batch: &RecordBatch, name: &str) -> Vec<f32> {
-    let col = batch.column_by_name(name).expect("column");
-    col.as_primitive::<Float32Type>().values().to_vec()
+    primitives::<Float32Type>(batch, name)
 }
 
 struct Sim {
@@ -69,10 +47,11 @@ struct Sim {
 fn run(seed: u64) -> Sim {
     let dir = tempfile::tempdir().expect("tempdir");
     let summary = simulate::simulate(dir.path(), &options(seed)).expect("simulate");
-    let tx = read(&dir.path().join(simulate::TRANSCRIPTS_FILE));
-    let truth = read(&dir.path().join(simulate::GROUND_TRUTH_FILE));
-    let nuclei = read(&dir.path().join(simulate::NUCLEI_FILE));
-    let cells = read(&dir.path().join(simulate::GROUND_TRUTH_CELLS_FILE));
+    let read = |file| read_parquet(&dir.path().join(file));
+    let tx = read(simulate::TRANSCRIPTS_FILE);
+    let truth = read(simulate::GROUND_TRUTH_FILE);
+    let nuclei = read(simulate::NUCLEI_FILE);
+    let cells = read(simulate::GROUND_TRUTH_CELLS_FILE);
     Sim {
         _dir: dir,
         summary,
@@ -147,15 +126,8 @@ fn xenium_columns_and_types() {
 fn ground_truth_matches_transcripts_row_for_row() {
     let sim = run(4);
     assert_eq!(sim.truth.num_rows(), sim.tx.num_rows());
-    let ids = |b: &RecordBatch| -> Vec<u64> {
-        b.column_by_name("transcript_id")
-            .expect("column")
-            .as_primitive::<UInt64Type>()
-            .values()
-            .to_vec()
-    };
-    let tx_ids = ids(&sim.tx);
-    assert_eq!(tx_ids, ids(&sim.truth));
+    let tx_ids = transcript_ids(&sim.tx);
+    assert_eq!(tx_ids, transcript_ids(&sim.truth));
     let mut sorted = tx_ids.clone();
     sorted.sort_unstable();
     sorted.dedup();
@@ -176,12 +148,7 @@ fn ground_truth_matches_transcripts_row_for_row() {
         }
     }
     // Per-cell counts add up.
-    let counts = sim
-        .cells
-        .column_by_name("n_transcripts")
-        .expect("column")
-        .as_primitive::<UInt32Type>()
-        .values()
+    let counts = primitives::<UInt32Type>(&sim.cells, "n_transcripts")
         .iter()
         .map(|&n| n as usize)
         .sum::<usize>();
@@ -327,13 +294,7 @@ fn nuclear_flag_matches_the_polygons() {
     let x = f32s(&sim.tx, "x_location");
     let y = f32s(&sim.tx, "y_location");
     let z = f32s(&sim.tx, "z_location");
-    let flag = sim
-        .tx
-        .column_by_name("overlaps_nucleus")
-        .expect("column")
-        .as_primitive::<UInt8Type>()
-        .values()
-        .to_vec();
+    let flag = primitives::<UInt8Type>(&sim.tx, "overlaps_nucleus");
     let (mut nuclear, mut checked) = (0, 0);
     // Every nuclear row, and every 7th row otherwise.
     for i in 0..cell.len() {

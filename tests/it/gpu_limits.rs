@@ -3,9 +3,7 @@
 //! small test-only binding limit), and `auto` redoes on the CPU what the GPU
 //! cannot do.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
+use crate::common::{all_close, Fixture, Tolerance, XorShift, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{AutoBackend, GpuOptions};
@@ -15,15 +13,7 @@ use seggpu::kernels::{embed, gatv2, linear, score};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    XorShift::new(seed).units(n)
 }
 
 fn indices(n: usize, below: u32, seed: u64) -> Vec<u32> {
@@ -58,7 +48,7 @@ fn gpu_dispatch_splits_above_65535_workgroups() {
     assert!(stats.last_2d_grids > 0, "expected a 2-D grid");
     let mut twin = vec![0.0; n * dim];
     embed::embed_relu(&table, dim, &tokens, &mut twin);
-    check("split embed", &got, &twin, dim, 0.0, 0.0);
+    all_close("split embed", &got, &twin, Tolerance::EXACT);
 
     // Scoring of more than 65,535 × 64 transcripts (k = 1, width 2).
     let (n_tx, n_bd, width) = (4_300_000, 1000, 2);
@@ -77,7 +67,7 @@ fn gpu_dispatch_splits_above_65535_workgroups() {
     println!("score of {n_tx} transcripts: {stats:?}");
     assert!(stats.last_2d_grids > 0, "expected a 2-D grid");
     let (twin_score, twin_index) = score::best(&z_tx, &z_bd, width, &rf);
-    check("split score", &got_score, &twin_score, 1, 1e-5, 1e-4);
+    all_close("split score", &got_score, &twin_score, Tolerance::F32);
     assert_eq!(got_index, twin_index);
 }
 
@@ -105,7 +95,7 @@ fn gpu_kernels_chunked_with_a_small_binding_limit() {
     assert!(gpu.stats().last_gathers > 0);
     let mut twin = vec![0.0; n * dim];
     embed::embed_relu(&table, dim, &tokens, &mut twin);
-    check("chunked embed", &got, &twin, dim, 0.0, 0.0);
+    all_close("chunked embed", &got, &twin, Tolerance::EXACT);
 
     // Linear over rows gathered from a 3000 × 16 input (192 KiB).
     let (in_dim, out_dim) = (16, 24);
@@ -125,18 +115,11 @@ fn gpu_kernels_chunked_with_a_small_binding_limit() {
     assert!(gpu.stats().last_gathers > 0);
     let mut expected = vec![0.0; rows.len() * out_dim];
     linear::linear(&x, Some(&rows), &layer, &mut expected);
-    check(
-        "chunked gathered linear",
-        &got,
-        &expected,
-        out_dim,
-        1e-5,
-        1e-4,
-    );
+    all_close("chunked gathered linear", &got, &expected, Tolerance::F32);
     let got = gpu.linear(&x, None, &layer).unwrap();
     let mut expected = vec![0.0; 3000 * out_dim];
     linear::linear(&x, None, &layer, &mut expected);
-    check("chunked linear", &got, &expected, out_dim, 1e-5, 1e-4);
+    all_close("chunked linear", &got, &expected, Tolerance::F32);
 
     // GATv2 over 2500 destinations with 0–9 incoming edges from 3000 sources.
     let (heads, channels) = (2, 12);
@@ -169,7 +152,7 @@ fn gpu_kernels_chunked_with_a_small_binding_limit() {
     assert!(gpu.stats().last_gathers > 0);
     let mut expected = vec![0.0; n_dst * hc];
     gatv2::gatv2(&gat, &xl, &xr, &csr, &mut expected);
-    check("chunked gatv2", &got, &expected, hc, 1e-5, 1e-4);
+    all_close("chunked gatv2", &got, &expected, Tolerance::F32);
 
     // Scoring 4000 transcripts against 600 nuclei of width 32 (75 KiB).
     let (n_tx, n_bd, width, k) = (4000, 600, 32, 5);
@@ -189,7 +172,7 @@ fn gpu_kernels_chunked_with_a_small_binding_limit() {
     println!("chunked score: {:?}", gpu.stats());
     assert!(gpu.stats().last_gathers > 0);
     let (twin_score, twin_index) = score::best(&z_tx, &z_bd, width, &rf);
-    check("chunked score", &got_score, &twin_score, 1, 1e-5, 1e-4);
+    all_close("chunked score", &got_score, &twin_score, Tolerance::F32);
     assert_eq!(got_index, twin_index);
 }
 
@@ -207,31 +190,9 @@ fn gpu_fixtures_chunked_match_pyg() {
     };
     for name in FIXTURES {
         let fx = Fixture::load(name);
-        let (atol, rtol) = if fx.half_weights() {
-            (1e-5, 1e-2)
-        } else {
-            (1e-5, 1e-4)
-        };
         let out = gpu.forward(&fx.model, &fx.graph, false).unwrap();
         println!("{name} chunked forward: {:?}", gpu.stats());
-        let (_, z_tx) = fx.f32("expected.z_tx");
-        check(
-            &format!("{name} chunked z_tx"),
-            &out.z_tx,
-            &z_tx,
-            out.dim,
-            atol,
-            rtol,
-        );
-        let (_, z_bd) = fx.f32("expected.z_bd");
-        check(
-            &format!("{name} chunked z_bd"),
-            &out.z_bd,
-            &z_bd,
-            out.dim,
-            atol,
-            rtol,
-        );
+        fx.check_embeddings(&format!("{name} chunked"), &out, fx.tolerance());
         let rf = fx.graph.receptive_field.as_ref().unwrap();
         let best = gpu.score(&out, rf).unwrap();
         let expected: Vec<i32> = fx
@@ -280,8 +241,8 @@ fn gpu_chunked_forward_equals_unchunked() {
     assert_eq!(sa, sb);
     let mut cpu = CpuBackend::new();
     let c = cpu.forward(&model, &graph, false).unwrap();
-    check("synthetic z_tx vs cpu", &a.z_tx, &c.z_tx, a.dim, 1e-5, 1e-4);
-    check("synthetic z_bd vs cpu", &a.z_bd, &c.z_bd, a.dim, 1e-5, 1e-4);
+    all_close("synthetic z_tx vs cpu", &a.z_tx, &c.z_tx, Tolerance::F32);
+    all_close("synthetic z_bd vs cpu", &a.z_bd, &c.z_bd, Tolerance::F32);
     let sc = cpu.score(&c, rf).unwrap();
     let differ = (0..sc.index.len())
         .filter(|&i| sc.index[i] != sa.index[i])

@@ -1,8 +1,6 @@
-//! Reading real vendor files from `../shared/data` (see its README): the
+//! Reading real vendor files from `tests/data/` (see its README): the
 //! SpatialData Xenium crop, the MERSCOPE mini crop and the schema samples.
-//! Each test skips, loudly, where the folder is absent.
-
-use std::path::PathBuf;
+//! A missing file fails its test.
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
@@ -10,17 +8,13 @@ use geo::{BoundingRect, Contains};
 use seggpu::io::{read_nuclei, read_transcripts, FilterReason, InputArgs, Preset, TranscriptKey};
 use seggpu::model::BdFeatureMode;
 
-fn data_dir(test: &str) -> Option<PathBuf> {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        println!(
-            "!!!!! SKIPPED {test}: sample data folder {} is absent !!!!!",
-            d.display()
-        );
-        None
-    }
+use crate::common::{assert_close, data_path};
+
+/// Smallest and largest value.
+fn extent(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)))
 }
 
 fn names(t: &seggpu::io::Transcripts) -> Vec<&str> {
@@ -33,14 +27,12 @@ fn count(t: &seggpu::io::Transcripts, r: FilterReason) -> usize {
 
 #[test]
 fn io_spatialdata_points_and_geoparquet_nuclei() {
-    let Some(d) = data_dir("io_spatialdata_points_and_geoparquet_nuclei") else {
-        return;
-    };
-    let d = d.join("xenium_breast_spatialdata");
     // No --preset: detected from the columns (x, y → spatialdata).
     let args = InputArgs {
-        transcripts: Some(d.join("points.parquet")),
-        boundaries: Some(d.join("sd_nucleus_boundaries.parquet")),
+        transcripts: Some(data_path("xenium_breast_spatialdata/points.parquet")),
+        boundaries: Some(data_path(
+            "xenium_breast_spatialdata/sd_nucleus_boundaries.parquet",
+        )),
         ..InputArgs::default()
     };
     let spec = args.resolve().unwrap();
@@ -59,12 +51,7 @@ fn io_spatialdata_points_and_geoparquet_nuclei() {
         assert_eq!(genes.value(row), t.gene_names[t.gene[row] as usize]);
     }
     assert!(matches!(t.id_key[0], TranscriptKey::U64(281612415808177)));
-    let (xmin, xmax) =
-        t.x.iter()
-            .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let (ymin, ymax) =
-        t.y.iter()
-            .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let ((xmin, xmax), (ymin, ymax)) = (extent(&t.x), extent(&t.y));
     assert!(xmin >= 1519.0 && xmax <= 1712.0, "x {xmin}..{xmax}");
     assert!(ymin >= 2749.0 && ymax <= 2913.0, "y {ymin}..{ymax}");
     let flags = t.nuclear_cell.as_ref().expect("overlaps_nucleus + cell_id");
@@ -134,13 +121,9 @@ fn io_spatialdata_points_and_geoparquet_nuclei() {
 
 #[test]
 fn io_merscope_mini_gzip_csv_and_vertex_table() {
-    let Some(d) = data_dir("io_merscope_mini_gzip_csv_and_vertex_table") else {
-        return;
-    };
-    let d = d.join("merscope_mouse_brain_mini");
     let args = InputArgs {
-        transcripts: Some(d.join("vizgen_transcripts.gz")),
-        boundaries: Some(d.join("z0_polygons.gz")),
+        transcripts: Some(data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz")),
+        boundaries: Some(data_path("merscope_mouse_brain_mini/z0_polygons.gz")),
         boundary_y_scale: -1.0,
         ..InputArgs::default()
     };
@@ -157,7 +140,8 @@ fn io_merscope_mini_gzip_csv_and_vertex_table() {
     assert_eq!((ids.value(0), ids.value(n - 1)), (0, n as u64 - 1));
     assert!(matches!(t.id_key[n - 1], TranscriptKey::U64(v) if v == n as u64 - 1));
     assert!(t.nuclear_cell.is_none(), "no flag: point-in-polygon");
-    assert!((t.x[0] - 6400.037).abs() < 1e-9 && (t.y[0] - 4966.6514).abs() < 1e-9);
+    assert_close("first x", t.x[0], 6400.037, 1e-9);
+    assert_close("first y", t.y[0], 4966.6514, 1e-9);
     assert!(t.z.iter().all(|&z| z == 0.0 || z == 1.0));
     let blanks = count(&t, FilterReason::Control);
     println!(
@@ -180,12 +164,7 @@ fn io_merscope_mini_gzip_csv_and_vertex_table() {
         .iter()
         .any(|i| i == "40951783403982682273285375368232495429"));
     // After y × -1 the polygons lie over the transcripts.
-    let (txmin, txmax) =
-        t.x.iter()
-            .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let (tymin, tymax) =
-        t.y.iter()
-            .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let ((txmin, txmax), (tymin, tymax)) = (extent(&t.x), extent(&t.y));
     let inside_extent = nuclei
         .centroid
         .iter()
@@ -224,14 +203,12 @@ fn io_merscope_mini_gzip_csv_and_vertex_table() {
 
 #[test]
 fn io_schema_sample_xenium_float_ids_int_cells() {
-    let Some(d) = data_dir("io_schema_sample_xenium_float_ids_int_cells") else {
-        return;
-    };
-    let d = d.join("schema_samples");
     let args = InputArgs {
         preset: Some(Preset::Xenium),
-        transcripts: Some(d.join("Xenium_small_transcripts.parquet")),
-        boundaries: Some(d.join("Xenium_small_nucleus_boundaries.parquet")),
+        transcripts: Some(data_path("schema_samples/Xenium_small_transcripts.parquet")),
+        boundaries: Some(data_path(
+            "schema_samples/Xenium_small_nucleus_boundaries.parquet",
+        )),
         ..InputArgs::default()
     };
     let spec = args.resolve().unwrap();
@@ -266,7 +243,7 @@ fn io_schema_sample_xenium_float_ids_int_cells() {
 
     // A Xenium folder layout is not what these files are named like.
     let err = InputArgs {
-        xenium: Some(d.clone()),
+        xenium: Some(data_path("schema_samples")),
         ..InputArgs::default()
     }
     .resolve()
@@ -279,15 +256,15 @@ fn io_schema_sample_xenium_float_ids_int_cells() {
 
 #[test]
 fn io_schema_sample_cosmx_pixels_to_microns() {
-    let Some(d) = data_dir("io_schema_sample_cosmx_pixels_to_microns") else {
-        return;
-    };
-    let d = d.join("schema_samples");
     let args = InputArgs {
-        transcripts: Some(d.join("CosMx_small_lung_p9s1_tx_file.parquet")),
+        transcripts: Some(data_path(
+            "schema_samples/CosMx_small_lung_p9s1_tx_file.parquet",
+        )),
         // No CosMx polygons among the samples: any existing file will do
         // for resolve; the transcripts are what this test reads.
-        boundaries: Some(d.join("Xenium_small_nucleus_boundaries.parquet")),
+        boundaries: Some(data_path(
+            "schema_samples/Xenium_small_nucleus_boundaries.parquet",
+        )),
         ..InputArgs::default()
     };
     let spec = args.resolve().unwrap();
@@ -295,8 +272,8 @@ fn io_schema_sample_cosmx_pixels_to_microns() {
     assert_eq!(spec.pixel_size, Some(0.12028));
     let t = read_transcripts(&spec).unwrap();
     assert_eq!(t.x.len(), 1);
-    assert!((t.x[0] - 8175.60255555556 * 0.12028).abs() < 1e-9);
-    assert!((t.y[0] - 147675.543790556 * 0.12028).abs() < 1e-6);
+    assert_close("x in µm", t.x[0], 8175.60255555556 * 0.12028, 1e-9);
+    assert_close("y in µm", t.y[0], 147675.543790556 * 0.12028, 1e-6);
     assert_eq!(t.z[0], 5.0, "z is the slice index");
     assert_eq!(t.gene_names, ["ACE2"]);
     // CellComp = Cytoplasm: not nuclear.
@@ -318,6 +295,11 @@ fn io_schema_sample_cosmx_pixels_to_microns() {
     .resolve()
     .unwrap();
     let t = read_transcripts(&spec).unwrap();
-    assert!((t.x[0] - 8175.60255555556 * 0.18).abs() < 1e-9);
-    assert!((t.z[0] - 4.0).abs() < 1e-12);
+    assert_close(
+        "x at --pixel-size 0.18",
+        t.x[0],
+        8175.60255555556 * 0.18,
+        1e-9,
+    );
+    assert_close("z at --z-scale 0.8", t.z[0], 4.0, 1e-12);
 }

@@ -6,76 +6,81 @@ use seggpu::io::geometry::{
     centroid, clean_polygon, decode_hex, min_enclosing_circle, parse_wkb, parse_wkt, shape_features,
 };
 
+use crate::common::assert_close;
+
 fn poly(points: &[(f64, f64)]) -> Polygon<f64> {
     Polygon::new(LineString::from(points.to_vec()), vec![])
 }
 
-fn close(a: f64, b: f64, tol: f64) -> bool {
-    (a - b).abs() <= tol
+/// Checks `[area, convexity, elongation, circularity]` of `points`, each
+/// within its own absolute tolerance.
+fn assert_features(shape: &str, points: &[(f64, f64)], expected: [f64; 4], atol: [f64; 4]) {
+    let f = shape_features(&poly(points));
+    for (k, name) in ["area", "convexity", "elongation", "circularity"]
+        .iter()
+        .enumerate()
+    {
+        assert_close(&format!("{shape} {name}"), f[k], expected[k], atol[k]);
+    }
 }
+
+/// Exact figures: 1e-12, except circularity (through the enclosing circle) 1e-9.
+const EXACT: [f64; 4] = [1e-12, 1e-12, 1e-12, 1e-9];
+
+/// A 2 × 2 square minus a 1 × 1 corner.
+const L_SHAPE: [(f64, f64); 6] = [
+    (0.0, 0.0),
+    (2.0, 0.0),
+    (2.0, 1.0),
+    (1.0, 1.0),
+    (1.0, 2.0),
+    (0.0, 2.0),
+];
 
 #[test]
 fn io_features_unit_square() {
-    let f = shape_features(&poly(&[(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]));
-    assert!(close(f[0], 1.0, 1e-12), "area {}", f[0]);
-    assert!(close(f[1], 1.0, 1e-12), "convexity {}", f[1]);
-    assert!(close(f[2], 1.0, 1e-12), "elongation {}", f[2]);
-    assert!(close(f[3], 2.0, 1e-9), "circularity {}", f[3]);
+    let square = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)];
+    assert_features("unit square", &square, [1.0, 1.0, 1.0, 2.0], EXACT);
 }
 
 #[test]
 fn io_features_far_from_origin_and_orientation() {
     // Same square at Xenium-like coordinates, clockwise: same features.
     let (x0, y0) = (6400.037, -4966.6514);
-    let f = shape_features(&poly(&[
+    let square = [
         (x0, y0),
         (x0, y0 + 1.0),
         (x0 + 1.0, y0 + 1.0),
         (x0 + 1.0, y0),
-    ]));
-    assert!(close(f[0], 1.0, 1e-9) && close(f[1], 1.0, 1e-9));
-    assert!(close(f[2], 1.0, 1e-9) && close(f[3], 2.0, 1e-6), "{f:?}");
+    ];
+    assert_features(
+        "far square",
+        &square,
+        [1.0, 1.0, 1.0, 2.0],
+        [1e-9, 1e-9, 1e-9, 1e-6],
+    );
 }
 
 #[test]
 fn io_features_rotated_square() {
     let s = std::f64::consts::FRAC_1_SQRT_2;
-    let f = shape_features(&poly(&[(0.0, 0.0), (s, s), (0.0, 2.0 * s), (-s, s)]));
-    assert!(close(f[0], 1.0, 1e-12));
-    assert!(close(f[1], 1.0, 1e-12));
-    assert!(close(f[2], 0.5, 1e-12), "elongation {}", f[2]);
-    assert!(close(f[3], 2.0, 1e-9));
+    let square = [(0.0, 0.0), (s, s), (0.0, 2.0 * s), (-s, s)];
+    assert_features("rotated square", &square, [1.0, 1.0, 0.5, 2.0], EXACT);
 }
 
 #[test]
 fn io_features_rectangle() {
     // 4 × 1: MRR = bbox, r = √17 / 2.
-    let f = shape_features(&poly(&[(0.0, 0.0), (4.0, 0.0), (4.0, 1.0), (0.0, 1.0)]));
-    assert!(close(f[0], 4.0, 1e-12) && close(f[1], 1.0, 1e-12) && close(f[2], 1.0, 1e-12));
-    assert!(
-        close(f[3], 4.0 / (17.0 / 4.0), 1e-9),
-        "circularity {}",
-        f[3]
-    );
+    let rectangle = [(0.0, 0.0), (4.0, 0.0), (4.0, 1.0), (0.0, 1.0)];
+    let circularity = 4.0 / (17.0 / 4.0);
+    assert_features("4 × 1", &rectangle, [4.0, 1.0, 1.0, circularity], EXACT);
 }
 
 #[test]
 fn io_features_l_shape() {
-    // 2 × 2 square minus a 1 × 1 corner: area 3, hull area 3.5.
-    let f = shape_features(&poly(&[
-        (0.0, 0.0),
-        (2.0, 0.0),
-        (2.0, 1.0),
-        (1.0, 1.0),
-        (1.0, 2.0),
-        (0.0, 2.0),
-    ]));
-    assert!(close(f[0], 3.0, 1e-12));
-    assert!(f[1] > 1.0);
-    assert!(close(f[1], 3.5 / 3.0, 1e-12), "convexity {}", f[1]);
-    assert!(close(f[2], 1.0, 1e-12), "elongation {}", f[2]);
-    // Enclosing circle through (2,0), (0,2) and (0,0): r = √2.
-    assert!(close(f[3], 3.0 / 2.0, 1e-9), "circularity {}", f[3]);
+    // Area 3, hull area 3.5; the enclosing circle through (2,0), (0,2) and
+    // (0,0): r = √2.
+    assert_features("L", &L_SHAPE, [3.0, 3.5 / 3.0, 1.0, 3.0 / 2.0], EXACT);
 }
 
 #[test]
@@ -89,33 +94,21 @@ fn io_features_64_gon_is_nearly_a_disc() {
         .collect();
     let p = poly(&pts);
     let f = shape_features(&p);
-    assert!(
-        close(f[3], std::f64::consts::PI, 1e-2),
-        "circularity {}",
-        f[3]
-    );
-    assert!(close(f[1], 1.0, 1e-9));
-    assert!(close(f[2], 1.0, 2e-2), "elongation {}", f[2]);
+    assert_close("64-gon circularity", f[3], std::f64::consts::PI, 1e-2);
+    assert_close("64-gon convexity", f[1], 1.0, 1e-9);
+    assert_close("64-gon elongation", f[2], 1.0, 2e-2);
     let c = centroid(&p);
-    assert!(close(c[0], 100.0, 1e-9) && close(c[1], 50.0, 1e-9), "{c:?}");
+    assert_close("64-gon centroid x", c[0], 100.0, 1e-9);
+    assert_close("64-gon centroid y", c[1], 50.0, 1e-9);
 }
 
 #[test]
 fn io_centroid_is_area_weighted() {
     // L-shape: centroid of a 2×2 square (1,1, area 4) minus the corner
     // square (1.5,1.5, area 1) = ((4 - 1.5) / 3, (4 - 1.5) / 3).
-    let c = centroid(&poly(&[
-        (0.0, 0.0),
-        (2.0, 0.0),
-        (2.0, 1.0),
-        (1.0, 1.0),
-        (1.0, 2.0),
-        (0.0, 2.0),
-    ]));
-    assert!(
-        close(c[0], 2.5 / 3.0, 1e-12) && close(c[1], 2.5 / 3.0, 1e-12),
-        "{c:?}"
-    );
+    let c = centroid(&poly(&L_SHAPE));
+    assert_close("L centroid x", c[0], 2.5 / 3.0, 1e-12);
+    assert_close("L centroid y", c[1], 2.5 / 3.0, 1e-12);
 }
 
 #[test]
@@ -125,15 +118,19 @@ fn io_min_enclosing_circle() {
         .map(|&(x, y)| Coord { x, y })
         .collect();
     let (c, r) = min_enclosing_circle(&pts);
-    assert!(close(c.x, 2.0, 1e-12) && close(c.y, 0.0, 1e-12) && close(r, 2.0, 1e-12));
+    assert_close("centre x", c.x, 2.0, 1e-12);
+    assert_close("centre y", c.y, 0.0, 1e-12);
+    assert_close("radius", r, 2.0, 1e-12);
     // An acute triangle: the circumcircle.
     let tri: Vec<Coord<f64>> = [(0.0, 0.0), (2.0, 0.0), (1.0, 1.5)]
         .iter()
         .map(|&(x, y)| Coord { x, y })
         .collect();
     let (c, r) = min_enclosing_circle(&tri);
-    let d = |p: &Coord<f64>| ((p.x - c.x).powi(2) + (p.y - c.y).powi(2)).sqrt();
-    assert!(tri.iter().all(|p| close(d(p), r, 1e-12)));
+    for p in &tri {
+        let d = ((p.x - c.x).powi(2) + (p.y - c.y).powi(2)).sqrt();
+        assert_close("triangle vertex to the centre", d, r, 1e-12);
+    }
     // Collinear points.
     let line: Vec<Coord<f64>> = (0..5)
         .map(|i| Coord {
@@ -142,7 +139,7 @@ fn io_min_enclosing_circle() {
         })
         .collect();
     let (_, r) = min_enclosing_circle(&line);
-    assert!(close(r, 20f64.sqrt() / 2.0 * 2.0, 1e-12), "{r}");
+    assert_close("collinear radius", r, 20f64.sqrt() / 2.0 * 2.0, 1e-12);
 }
 
 #[test]
@@ -158,7 +155,7 @@ fn io_clean_polygon_rules() {
     ])
     .unwrap();
     assert_eq!(p.exterior().0.len(), 5, "4 vertices, closed");
-    assert!(close(a, 1.0, 1e-12));
+    assert_close("cleaned area", a, 1.0, 1e-12);
     assert!(clean_polygon(&[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
         .unwrap_err()
         .contains("fewer than 3 distinct"));

@@ -3,13 +3,14 @@
 //! (exit ≠ 0, nothing under the final names) per kind of bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, UInt64Array};
+use arrow::array::{Array, ArrayRef, StringArray};
 use arrow::record_batch::RecordBatch;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+
+use crate::common::tables::{read_parquet, strings, transcript_ids, write_batch};
+use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu, write_file};
 
 const OUTPUTS: [&str; 3] = [
     "segger_transcripts.parquet",
@@ -17,21 +18,14 @@ const OUTPUTS: [&str; 3] = [
     "segmentation_log.json",
 ];
 
-fn seggpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_seggpu"))
-        .args(args)
-        .output()
-        .expect("run seggpu")
-}
-
-fn demo_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/demo/demo_model.safetensors")
+fn run(args: &[&str]) -> Output {
+    seggpu().args(args).output().expect("run seggpu")
 }
 
 /// A simulated Xenium folder of `cells` cells.
 fn simulated(dir: &Path, cells: usize) -> PathBuf {
     let input = dir.join("input");
-    let out = seggpu(&[
+    let out = run(&[
         "simulate",
         "--out",
         input.to_str().unwrap(),
@@ -40,20 +34,16 @@ fn simulated(dir: &Path, cells: usize) -> PathBuf {
         "--seed",
         "11",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     input
 }
 
-fn segment(input: &Path, out: &Path, extra: &[&str]) -> Output {
-    let model = demo_model();
-    let mut args = vec![
-        "segment",
-        "--xenium",
-        input.to_str().unwrap(),
+/// `seggpu segment` on the CPU, quietly: `input` names the input files,
+/// `extra` adds flags.
+fn segment_with(input: &[&str], model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["segment"];
+    args.extend_from_slice(input);
+    args.extend_from_slice(&[
         "--model",
         model.to_str().unwrap(),
         "--out",
@@ -61,59 +51,26 @@ fn segment(input: &Path, out: &Path, extra: &[&str]) -> Output {
         "--backend",
         "cpu",
         "--quiet",
-    ];
+    ]);
     args.extend_from_slice(extra);
-    seggpu(&args)
+    run(&args)
 }
 
-fn read(path: &Path) -> RecordBatch {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+/// Segments a simulated Xenium folder with the demo model.
+fn segment(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let input = ["--xenium", input.to_str().unwrap()];
+    segment_with(&input, &demo_model(), out, extra)
 }
 
-fn write(path: &Path, batch: &RecordBatch) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-    writer.write(batch).unwrap();
-    writer.close().unwrap();
-}
-
-fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
-    let array = batch
-        .column_by_name(column)
-        .unwrap_or_else(|| panic!("no column {column}"));
-    let array = arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).unwrap();
-    let array = array.as_any().downcast_ref::<StringArray>().unwrap();
-    (0..array.len())
-        .map(|i| array.value(i).to_owned())
-        .collect()
-}
-
-fn transcript_ids(batch: &RecordBatch) -> Vec<u64> {
-    batch
-        .column_by_name("transcript_id")
-        .unwrap()
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .unwrap()
-        .values()
-        .to_vec()
+/// The output folder's `segmentation_log.json`.
+fn log(out: &Path) -> serde_json::Value {
+    let path = out.join("segmentation_log.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
 /// Asserts a failed run with `expect` in its message and no final outputs.
 fn assert_clean_failure(out: &Output, dir: &Path, expect: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    println!("stderr: {err}");
-    assert!(!out.status.success(), "should fail");
-    assert!(
-        err.contains(expect),
-        "error should mention `{expect}`: {err}"
-    );
+    assert_failure(out, expect);
     for name in OUTPUTS {
         assert!(!dir.join(name).exists(), "{name} left behind");
     }
@@ -133,11 +90,7 @@ fn every_row_once_and_reruns_are_byte_identical() {
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for out in [&a, &b] {
         let run = segment(&input, out, &[]);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        assert_success(&run);
     }
     for name in ["segger_transcripts.parquet", "cells.parquet"] {
         assert!(
@@ -145,13 +98,11 @@ fn every_row_once_and_reruns_are_byte_identical() {
             "{name} differs between runs"
         );
     }
-    let input_rows = read(&input.join("transcripts.parquet"));
-    let output = read(&a.join("segger_transcripts.parquet"));
+    let input_rows = read_parquet(&input.join("transcripts.parquet"));
+    let output = read_parquet(&a.join("segger_transcripts.parquet"));
     assert_eq!(output.num_rows(), input_rows.num_rows());
     let ids = |batch: &RecordBatch| {
-        let col = batch.column_by_name("transcript_id").unwrap();
-        let col = col.as_any().downcast_ref::<UInt64Array>().unwrap();
-        let mut v: Vec<u64> = col.values().to_vec();
+        let mut v = transcript_ids(batch);
         v.sort_unstable();
         v
     };
@@ -168,11 +119,10 @@ fn every_row_once_and_reruns_are_byte_identical() {
     let assignment = strings(&output, "assignment");
     let kinds = ["cell", "fragment", "unassigned", "filtered"];
     assert!(assignment.iter().all(|a| kinds.contains(&a.as_str())));
-    let log: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(a.join("segmentation_log.json")).unwrap()).unwrap();
-    println!("{}", log["result"]["counts"]);
-    assert_eq!(log["result"]["counts"]["read"], input_rows.num_rows());
-    let cells = read(&a.join("cells.parquet"));
+    let counts = &log(&a)["result"]["counts"];
+    println!("{counts}");
+    assert_eq!(counts["read"], input_rows.num_rows());
+    let cells = read_parquet(&a.join("cells.parquet"));
     assert!(cells.num_rows() >= 100);
 }
 
@@ -185,7 +135,7 @@ fn every_row_once_and_reruns_are_byte_identical() {
 fn demo_assigns_nine_in_ten_cell_transcripts_to_their_cell() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
-    let run = seggpu(&[
+    let demo = run(&[
         "segment",
         "--demo",
         "--out",
@@ -194,18 +144,14 @@ fn demo_assigns_nine_in_ten_cell_transcripts_to_their_cell() {
         "cpu",
         "--quiet",
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let truth_table = read(&out.join("demo_input/ground_truth.parquet"));
+    assert_success(&demo);
+    let truth_table = read_parquet(&out.join("demo_input/ground_truth.parquet"));
     let truth_ids = transcript_ids(&truth_table);
     let truth: std::collections::HashMap<u64, String> = truth_ids
         .into_iter()
         .zip(strings(&truth_table, "true_cell_id"))
         .collect();
-    let output = read(&out.join("segger_transcripts.parquet"));
+    let output = read_parquet(&out.join("segger_transcripts.parquet"));
     let ids = transcript_ids(&output);
     let cell_id = strings(&output, "segger_cell_id");
     let assignment = strings(&output, "assignment");
@@ -224,8 +170,7 @@ fn demo_assigns_nine_in_ten_cell_transcripts_to_their_cell() {
     println!(
         "demo: {correct} of {kept} kept cell transcripts assigned to their cell ({recall:.4})"
     );
-    let log: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap();
+    let log = log(&out);
     let logged = &log["demo_accuracy"];
     println!("log: {logged}");
     assert_eq!(logged["counts"]["correct"], correct);
@@ -248,11 +193,11 @@ fn tiled_and_untiled_cli_runs_agree() {
         .status
         .success());
     let a = strings(
-        &read(&whole.join("segger_transcripts.parquet")),
+        &read_parquet(&whole.join("segger_transcripts.parquet")),
         "segger_cell_id",
     );
     let b = strings(
-        &read(&tiled.join("segger_transcripts.parquet")),
+        &read_parquet(&tiled.join("segger_transcripts.parquet")),
         "segger_cell_id",
     );
     let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
@@ -263,8 +208,8 @@ fn tiled_and_untiled_cli_runs_agree() {
 fn altered(tmp: &Path, file: &str, alter: impl Fn(RecordBatch) -> RecordBatch) -> PathBuf {
     let input = simulated(tmp, 40);
     let path = input.join(file);
-    let batch = alter(read(&path));
-    write(&path, &batch);
+    let batch = alter(read_parquet(&path));
+    write_batch(&path, &batch);
     input
 }
 
@@ -332,12 +277,8 @@ fn gene_outside_the_vocabulary_is_named_unless_skipped() {
     let out = tmp.path().join("out");
     assert_clean_failure(&segment(&input, &out, &[]), &out, "NOTAGENE");
     let skipped = segment(&input, &out, &["--unknown-genes", "skip"]);
-    assert!(
-        skipped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&skipped.stderr)
-    );
-    let reasons = read(&out.join("segger_transcripts.parquet"));
+    assert_success(&skipped);
+    let reasons = read_parquet(&out.join("segger_transcripts.parquet"));
     let col = reasons.column_by_name("filter_reason").unwrap();
     let col = col.as_any().downcast_ref::<StringArray>().unwrap();
     assert_eq!(
@@ -352,21 +293,13 @@ fn gene_outside_the_vocabulary_is_named_unless_skipped() {
 fn weights_file_that_is_not_safetensors_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path(), 20);
-    let fake = tmp.path().join("model.safetensors");
-    std::fs::write(&fake, b"this is not a weights file").unwrap();
+    let fake = write_file(
+        tmp.path(),
+        "model.safetensors",
+        b"this is not a weights file",
+    );
     let out = tmp.path().join("out");
-    let run = seggpu(&[
-        "segment",
-        "--xenium",
-        input.to_str().unwrap(),
-        "--model",
-        fake.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--quiet",
-    ]);
+    let run = segment_with(&["--xenium", input.to_str().unwrap()], &fake, &out, &[]);
     assert_clean_failure(&run, &out, "is not a valid safetensors file");
 }
 
@@ -374,83 +307,44 @@ fn weights_file_that_is_not_safetensors_is_an_error() {
 fn unwritable_output_folder_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path(), 20);
-    let blocker = tmp.path().join("a_file");
-    std::fs::write(&blocker, b"not a folder").unwrap();
+    let blocker = write_file(tmp.path(), "a_file", b"not a folder");
     let out = blocker.join("out");
     let run = segment(&input, &out, &[]);
     assert_clean_failure(&run, &out, "cannot create output folder");
 }
 
-/// The real crops in `../shared/data`, with models trained on them
-/// (tests/data/README.md); skipped with a notice where the folder is absent.
-fn shared_data(sub: &str) -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(sub);
-    if dir.exists() {
-        Some(dir)
-    } else {
-        eprintln!("\n*** SKIPPED: {} is absent ***\n", dir.display());
-        None
-    }
-}
-
-fn counts(out: &Path) -> serde_json::Value {
-    let log: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap();
-    println!("{}", log["result"]["counts"]);
-    log["result"]["counts"].clone()
-}
-
-/// Segments a real crop with its trained model (`tests/data/`); returns the
-/// output folder and the log's counts.
+/// Segments a real crop of `tests/data/` with the model trained on it (its
+/// README); returns the output folder and the log's counts.
 fn segment_real(
     preset: &str,
-    transcripts: &Path,
-    boundaries: &Path,
+    transcripts: &str,
+    boundaries: &str,
     model: &str,
     extra: &[&str],
 ) -> (tempfile::TempDir, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(model);
-    let mut args = vec![
-        "segment",
+    let (transcripts, boundaries) = (data_path(transcripts), data_path(boundaries));
+    let input = [
         "--preset",
         preset,
         "--transcripts",
         transcripts.to_str().unwrap(),
         "--boundaries",
         boundaries.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        tmp.path().to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--quiet",
     ];
-    args.extend_from_slice(extra);
-    let run = seggpu(&args);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let c = counts(tmp.path());
-    (tmp, c)
+    let run = segment_with(&input, &data_path(model), tmp.path(), extra);
+    assert_success(&run);
+    let counts = log(tmp.path())["result"]["counts"].clone();
+    println!("{counts}");
+    (tmp, counts)
 }
 
 #[test]
 fn real_xenium_spatialdata_crop_segments() {
-    let Some(dir) = shared_data("xenium_breast_spatialdata") else {
-        return;
-    };
     let (out, c) = segment_real(
         "spatialdata",
-        &dir.join("points.parquet"),
-        &dir.join("sd_nucleus_boundaries.parquet"),
+        "xenium_breast_spatialdata/points.parquet",
+        "xenium_breast_spatialdata/sd_nucleus_boundaries.parquet",
         "xenium_breast_model.safetensors",
         &[],
     );
@@ -458,20 +352,17 @@ fn real_xenium_spatialdata_crop_segments() {
     assert_eq!(c["nuclei"], 132);
     assert!(c["assigned"].as_u64().unwrap() > 5_000);
     assert_eq!(
-        read(&out.path().join("segger_transcripts.parquet")).num_rows(),
+        read_parquet(&out.path().join("segger_transcripts.parquet")).num_rows(),
         23_691
     );
 }
 
 #[test]
 fn real_merscope_crop_segments_with_negated_polygon_y() {
-    let Some(dir) = shared_data("merscope_mouse_brain_mini") else {
-        return;
-    };
     let (_out, c) = segment_real(
         "merscope",
-        &dir.join("vizgen_transcripts.gz"),
-        &dir.join("z0_polygons.gz"),
+        "merscope_mouse_brain_mini/vizgen_transcripts.gz",
+        "merscope_mouse_brain_mini/z0_polygons.gz",
         "merscope_mouse_brain_model.safetensors",
         &["--boundary-y-scale", "-1"],
     );

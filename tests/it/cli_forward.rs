@@ -1,24 +1,14 @@
 //! `seggpu inspect` and `seggpu forward` as a user runs them.
 
-mod common;
-
-use std::process::Command;
-
 use seggpu::tensorfile::TensorFile;
 
-fn seggpu() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_seggpu"))
-}
+use crate::common::{self, assert_failure, assert_success, seggpu};
 
 #[test]
 fn inspect_prints_architecture_vocabulary_and_sha256() {
     let path = common::fixture_path("dev.model.safetensors");
     let out = seggpu().arg("inspect").arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     println!("{text}");
     let sha = seggpu::model::hex_sha256(&std::fs::read(&path).unwrap());
@@ -42,44 +32,15 @@ fn forward_writes_embeddings_and_best_nuclei() {
     let dir = tempfile::tempdir().unwrap();
     for name in common::FIXTURES {
         let out_path = dir.path().join(format!("{name}.out.safetensors"));
-        let status = seggpu()
-            .args(["forward", "--backend", "cpu", "--graph"])
-            .arg(common::fixture_path(&format!("{name}.graph.safetensors")))
-            .arg("--model")
-            .arg(common::fixture_path(&format!("{name}.model.safetensors")))
-            .arg("--out")
-            .arg(&out_path)
-            .status()
+        let out = common::forward_command(name, &out_path)
+            .args(["--backend", "cpu"])
+            .output()
             .unwrap();
-        assert!(status.success());
+        assert_success(&out);
         let fx = common::Fixture::load(name);
-        let out = TensorFile::open(&out_path).unwrap();
-        let (shape, z_tx) = out.f32("z_tx").unwrap();
+        let (shape, _) = TensorFile::open(&out_path).unwrap().f32("z_tx").unwrap();
         assert_eq!(shape, vec![fx.graph.n_tx(), fx.model.arch.z_dim()]);
-        let (_, expected) = fx.f32("expected.z_tx");
-        let rtol = if fx.half_weights() { 1e-2 } else { 1e-4 };
-        common::check(
-            &format!("{name} cli z_tx"),
-            &z_tx,
-            &expected,
-            shape[1],
-            1e-5,
-            rtol,
-        );
-        let (_, best_score) = out.f32("best_score").unwrap();
-        let (_, expected) = fx.f32("expected.best_score");
-        common::check(
-            &format!("{name} cli best_score"),
-            &best_score,
-            &expected,
-            1,
-            1e-5,
-            rtol,
-        );
-        assert_eq!(
-            out.i64("best_index").unwrap().1,
-            fx.i64("expected.best_index")
-        );
+        fx.check_forward_file(&format!("{name} cli"), &out_path);
     }
 }
 
@@ -118,12 +79,6 @@ fn forward_rejects_an_out_of_range_edge_and_writes_nothing() {
         .arg(&out_path)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    println!("{err}");
-    assert!(
-        err.contains("edge_tx_tx edge 0 has source 1000000"),
-        "{err}"
-    );
+    assert_failure(&out, "edge_tx_tx edge 0 has source 1000000");
     assert!(!out_path.exists());
 }

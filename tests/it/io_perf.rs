@@ -1,7 +1,7 @@
 //! Reading 10 million transcripts from parquet takes seconds (columnar
 //! conversion, genes mapped through a table of distinct names).
 //! Ignored by default (writes ~250 MB); run with
-//! `cargo test --release --test io_perf -- --ignored --nocapture`.
+//! `cargo test --release --test it io_perf -- --ignored --nocapture`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,19 +11,15 @@ use arrow::datatypes::{Field, Int16Type, Schema};
 use arrow::record_batch::RecordBatch;
 use seggpu::io::{read_transcripts, InputArgs, Preset};
 
+use crate::common::{one_nucleus_csv, XorShift};
+
 const ROWS: usize = 10_000_000;
 const CHUNK: usize = 1_000_000;
 
 fn write(path: &std::path::Path, dictionary: bool) {
     let genes: Vec<String> = (0..500).map(|g| format!("GENE{g:03}")).collect();
     let mut writer = None;
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let mut rnd = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift::new(1);
     for c in 0..ROWS / CHUNK {
         let mut g = Vec::with_capacity(CHUNK);
         let mut x = Vec::with_capacity(CHUNK);
@@ -31,7 +27,7 @@ fn write(path: &std::path::Path, dictionary: bool) {
         let mut cell = Vec::with_capacity(CHUNK);
         let mut flag = Vec::with_capacity(CHUNK);
         for _ in 0..CHUNK {
-            let r = rnd();
+            let r = rng.next_u64();
             g.push((r % 500) as usize);
             x.push((r >> 20) as f32 % 5000.0);
             y.push((r >> 40) as f32 % 5000.0);
@@ -92,8 +88,7 @@ fn write(path: &std::path::Path, dictionary: bool) {
 #[ignore]
 fn io_perf_ten_million_transcripts() {
     let dir = tempfile::tempdir().unwrap();
-    let bd = dir.path().join("nb.csv");
-    std::fs::write(&bd, "cell_id,vertex_x,vertex_y\na,0,0\na,1,0\na,1,1\n").unwrap();
+    let bd = one_nucleus_csv(dir.path());
     for dictionary in [false, true] {
         let tx = dir.path().join(format!("tx{dictionary}.parquet"));
         write(&tx, dictionary);

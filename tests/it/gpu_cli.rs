@@ -1,27 +1,17 @@
 //! `seggpu devices` and `seggpu forward --backend gpu|auto` as a user runs them.
 
-mod common;
-
-use std::process::Command;
+use std::path::Path;
+use std::process::Output;
 
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::GpuOptions;
 use seggpu::tensorfile::TensorFile;
 
-fn seggpu() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_seggpu"))
-}
+use crate::common::{self, all_close, assert_failure, assert_success, seggpu, Tolerance};
 
-fn forward(name: &str, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
-    seggpu()
-        .arg("forward")
+fn forward(name: &str, out: &Path, extra: &[&str]) -> Output {
+    common::forward_command(name, out)
         .args(extra)
-        .arg("--graph")
-        .arg(common::fixture_path(&format!("{name}.graph.safetensors")))
-        .arg("--model")
-        .arg(common::fixture_path(&format!("{name}.model.safetensors")))
-        .arg("--out")
-        .arg(out)
         .output()
         .unwrap()
 }
@@ -29,11 +19,7 @@ fn forward(name: &str, out: &std::path::Path, extra: &[&str]) -> std::process::O
 #[test]
 fn devices_lists_adapters_with_limits_and_features() {
     let out = seggpu().arg("devices").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     println!("{text}");
     let Some(gpu) = backend_or_skip("devices_lists_adapters", GpuOptions::default()) else {
@@ -56,36 +42,9 @@ fn forward_on_the_gpu_matches_pyg() {
     for name in common::FIXTURES {
         let out_path = dir.path().join(format!("{name}.gpu.safetensors"));
         let out = forward(name, &out_path, &["--backend", "gpu"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{stderr}");
+        let stderr = assert_success(&out);
         assert!(stderr.contains("on gpu: "), "{stderr}");
-        let fx = common::Fixture::load(name);
-        let result = TensorFile::open(&out_path).unwrap();
-        let (shape, z_tx) = result.f32("z_tx").unwrap();
-        let (_, expected) = fx.f32("expected.z_tx");
-        let rtol = if fx.half_weights() { 1e-2 } else { 1e-4 };
-        common::check(
-            &format!("{name} cli gpu z_tx"),
-            &z_tx,
-            &expected,
-            shape[1],
-            1e-5,
-            rtol,
-        );
-        let (_, best_score) = result.f32("best_score").unwrap();
-        let (_, expected) = fx.f32("expected.best_score");
-        common::check(
-            &format!("{name} cli gpu best_score"),
-            &best_score,
-            &expected,
-            1,
-            1e-5,
-            rtol,
-        );
-        assert_eq!(
-            result.i64("best_index").unwrap().1,
-            fx.i64("expected.best_index")
-        );
+        common::Fixture::load(name).check_forward_file(&format!("{name} cli gpu"), &out_path);
     }
 }
 
@@ -98,13 +57,7 @@ fn an_unknown_adapter_is_a_clear_error() {
         &out_path,
         &["--backend", "gpu", "--adapter", "no-such-gpu-zzz"],
     );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stderr}");
-    assert!(
-        stderr.contains("no GPU adapter name contains `no-such-gpu-zzz`"),
-        "{stderr}"
-    );
+    assert_failure(&out, "no GPU adapter name contains `no-such-gpu-zzz`");
     assert!(!out_path.exists());
 }
 
@@ -113,14 +66,17 @@ fn auto_runs_and_warns_at_most_once() {
     let dir = tempfile::tempdir().unwrap();
     let auto_path = dir.path().join("auto.safetensors");
     let out = forward("dev", &auto_path, &["--backend", "auto"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = assert_success(&out);
     println!("{stderr}");
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.matches("warning").count() <= 1, "{stderr}");
     let fx = common::Fixture::load("dev");
     let (_, z_tx) = TensorFile::open(&auto_path).unwrap().f32("z_tx").unwrap();
-    let (_, expected) = fx.f32("expected.z_tx");
-    common::check("dev cli auto z_tx", &z_tx, &expected, 96, 1e-5, 1e-4);
+    all_close(
+        "dev cli auto z_tx",
+        &z_tx,
+        &fx.f32("expected.z_tx"),
+        Tolerance::F32,
+    );
 }
 
 #[test]
@@ -136,22 +92,15 @@ fn f16_off_in_the_environment_keeps_f32() {
     let dir = tempfile::tempdir().unwrap();
     let f32_path = dir.path().join("f32.safetensors");
     let off_path = dir.path().join("off.safetensors");
-    let out = forward("dev", &f32_path, &["--backend", "gpu"]);
-    assert!(out.status.success());
-    let out = seggpu()
+    assert_success(&forward("dev", &f32_path, &["--backend", "gpu"]));
+    // Only the child process sees the variable: tests share this process.
+    let out = common::forward_command("dev", &off_path)
         .env("SEGGPU_F16", "off")
-        .arg("forward")
-        .args(["--backend", "gpu", "--precision", "f16", "--graph"])
-        .arg(common::fixture_path("dev.graph.safetensors"))
-        .arg("--model")
-        .arg(common::fixture_path("dev.model.safetensors"))
-        .arg("--out")
-        .arg(&off_path)
+        .args(["--backend", "gpu", "--precision", "f16"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = assert_success(&out);
     println!("{stderr}");
-    assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("SEGGPU_F16=off"), "{stderr}");
     let a = TensorFile::open(&f32_path).unwrap().f32("z_tx").unwrap().1;
     let b = TensorFile::open(&off_path).unwrap().f32("z_tx").unwrap().1;

@@ -5,9 +5,7 @@
 //! except with `CI=true`, where they fail. `SEGGPU_LIMITS=default` runs them
 //! under wgpu's default limits.
 
-mod common;
-
-use common::{check, Fixture, FIXTURES};
+use crate::common::{all_close, Fixture, Tolerance, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions, LimitsMode};
@@ -15,15 +13,6 @@ use seggpu::backend::Backend;
 use seggpu::graph::{Csr, ReceptiveField};
 use seggpu::kernels::{embed, gatv2, linear, score};
 use seggpu::model::BD_FEATURES;
-
-/// Tolerances of tests/parity_cpu.rs: F32 weights 1e-5 + 1e-4·|b|; half weights 1e-2 relative.
-fn tolerance(fixture: &Fixture) -> (f32, f32) {
-    if fixture.half_weights() {
-        (1e-5, 1e-2)
-    } else {
-        (1e-5, 1e-4)
-    }
-}
 
 fn twin_linear(x: &[f32], rows: Option<&[u32]>, layer: &linear::Linear) -> Vec<f32> {
     let n = rows.map_or(x.len() / layer.in_dim, <[u32]>::len);
@@ -37,7 +26,7 @@ fn twin_linear(x: &[f32], rows: Option<&[u32]>, layer: &linear::Linear) -> Vec<f
 fn kernels_match_twins(gpu: &mut GpuBackend) {
     for name in FIXTURES {
         let fx = Fixture::load(name);
-        let (atol, rtol) = tolerance(&fx);
+        let tol = fx.tolerance();
         let model = &fx.model;
         let graph = &fx.graph;
         let emb = model.arch.emb;
@@ -48,14 +37,7 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
             .unwrap();
         let mut twin = vec![0.0; graph.n_tx() * emb];
         embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut twin);
-        check(
-            &format!("{name} kernel embed"),
-            &got,
-            &twin,
-            emb,
-            atol,
-            rtol,
-        );
+        all_close(&format!("{name} kernel embed"), &got, &twin, tol);
 
         let bd_x: Vec<f32> = graph
             .bd_x
@@ -70,13 +52,11 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
             relu: true,
         };
         let got = gpu.linear(&bd_x, None, &lin0).unwrap();
-        check(
+        all_close(
             &format!("{name} kernel linear lin0"),
             &got,
             &twin_linear(&bd_x, None, &lin0),
-            emb,
-            atol,
-            rtol,
+            tol,
         );
 
         let (rows, belongs) = graph.belongs.compact_sources();
@@ -115,23 +95,19 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
                 };
                 let xl = twin_linear(src, src_rows, &lin_l);
                 let got = gpu.linear(src, src_rows, &lin_l).unwrap();
-                check(
+                all_close(
                     &format!("{name} kernel linear {}.{tag}.lin_l", layer.name),
                     &got,
                     &xl,
-                    hc,
-                    atol,
-                    rtol,
+                    tol,
                 );
                 let xr = twin_linear(dst, None, &lin_r);
                 let got = gpu.linear(dst, None, &lin_r).unwrap();
-                check(
+                all_close(
                     &format!("{name} kernel linear {}.{tag}.lin_r", layer.name),
                     &got,
                     &xr,
-                    hc,
-                    atol,
-                    rtol,
+                    tol,
                 );
                 let gat = gatv2::Gat {
                     heads: conv.heads,
@@ -143,13 +119,11 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
                 let mut twin = vec![0.0; csr.n_dst() * hc];
                 gatv2::gatv2(&gat, &xl, &xr, csr, &mut twin);
                 let got = gpu.gatv2(&gat, &xl, &xr, csr).unwrap();
-                check(
+                all_close(
                     &format!("{name} kernel gatv2 {}.{tag}", layer.name),
                     &got,
                     &twin,
-                    hc,
-                    atol,
-                    rtol,
+                    tol,
                 );
             }
         }
@@ -157,13 +131,11 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
         let rf = graph.receptive_field.as_ref().unwrap();
         let (twin_score, twin_index) = score::best(&cpu.z_tx, &cpu.z_bd, cpu.dim, rf);
         let (got_score, got_index) = gpu.best(&cpu.z_tx, &cpu.z_bd, cpu.dim, rf).unwrap();
-        check(
+        all_close(
             &format!("{name} kernel score"),
             &got_score,
             &twin_score,
-            1,
-            atol,
-            rtol,
+            tol,
         );
         assert_eq!(got_index, twin_index, "{name}: best indices differ");
     }
@@ -174,47 +146,10 @@ fn kernels_match_twins(gpu: &mut GpuBackend) {
 fn forward_matches_pyg(gpu: &mut GpuBackend) {
     for name in FIXTURES {
         let fx = Fixture::load(name);
-        let (atol, rtol) = tolerance(&fx);
+        let tol = fx.tolerance();
         let out = gpu.forward(&fx.model, &fx.graph, true).unwrap();
         assert_eq!(out.layers.len(), fx.model.arch.layers() + 1);
-        for (l, act) in out.layers.iter().enumerate() {
-            let (shape, tx) = fx.f32(&format!("expected.h_tx.{l}"));
-            check(
-                &format!("{name} gpu h_tx.{l}"),
-                &act.tx,
-                &tx,
-                shape[1],
-                atol,
-                rtol,
-            );
-            let (shape, bd) = fx.f32(&format!("expected.h_bd.{l}"));
-            check(
-                &format!("{name} gpu h_bd.{l}"),
-                &act.bd,
-                &bd,
-                shape[1],
-                atol,
-                rtol,
-            );
-        }
-        let (_, z_tx) = fx.f32("expected.z_tx");
-        check(
-            &format!("{name} gpu z_tx"),
-            &out.z_tx,
-            &z_tx,
-            out.dim,
-            atol,
-            rtol,
-        );
-        let (_, z_bd) = fx.f32("expected.z_bd");
-        check(
-            &format!("{name} gpu z_bd"),
-            &out.z_bd,
-            &z_bd,
-            out.dim,
-            atol,
-            rtol,
-        );
+        fx.check_embeddings(&format!("{name} gpu"), &out, tol);
         // Without intermediate layers: the same z.
         let plain = gpu.forward(&fx.model, &fx.graph, false).unwrap();
         assert!(plain.layers.is_empty());
@@ -230,7 +165,7 @@ fn forward_matches_pyg(gpu: &mut GpuBackend) {
             best.index, cpu_best.index,
             "{name}: GPU and CPU best indices differ"
         );
-        fx.check_best(&format!("{name} gpu"), &best, atol, rtol);
+        fx.check_best(&format!("{name} gpu"), &best, tol);
         println!(
             "{name}: {} transcripts, GPU and CPU best indices identical",
             best.index.len()
@@ -339,8 +274,8 @@ fn gpu_handles_empty_tiles() {
         let b = cpu.forward(&fx.model, &graph, false).unwrap();
         assert_eq!(a.z_tx.len(), b.z_tx.len(), "{what}");
         assert_eq!(a.z_bd.len(), b.z_bd.len(), "{what}");
-        check(&format!("{what} z_tx"), &a.z_tx, &b.z_tx, a.dim, 1e-5, 1e-4);
-        check(&format!("{what} z_bd"), &a.z_bd, &b.z_bd, a.dim, 1e-5, 1e-4);
+        all_close(&format!("{what} z_tx"), &a.z_tx, &b.z_tx, Tolerance::F32);
+        all_close(&format!("{what} z_bd"), &a.z_bd, &b.z_bd, Tolerance::F32);
         let rf = graph.receptive_field.as_ref().unwrap();
         let sa = gpu.score(&a, rf).unwrap();
         let sb = cpu.score(&b, rf).unwrap();
