@@ -14,8 +14,8 @@ use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{AutoBackend, GpuBackend, GpuError, GpuOptions};
 use seggpu::backend::Backend;
-use seggpu::fragments::{normalised_embeddings, HISTOGRAM_BINS};
 use seggpu::kernels::fragments as twin;
+use seggpu::pipeline::fragments::{normalised_embeddings, HISTOGRAM_BINS};
 
 fn random_edges(n: usize, m: usize, seed: u64) -> Vec<[u32; 2]> {
     let mut rng = XorShift::new(seed);

@@ -10,7 +10,7 @@ use seggpu::io::{FilterReason, Nuclei, TranscriptKey, Transcripts};
 use seggpu::model::Model;
 use seggpu::pipeline::progress::Progress;
 use seggpu::pipeline::{
-    segment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes,
+    segment, Assignment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes,
 };
 
 use crate::common;
@@ -126,33 +126,33 @@ fn tiled_and_untiled_runs_agree_exactly() {
     let model = Model::load(&common::fixture_path("dev.model.safetensors")).unwrap();
     let whole = run(&model, 10_000.0);
     let tiled = run(&model, 40.0);
-    println!("untiled: {}", whole.summary["tiles"]);
-    println!("tiled:   {}", tiled.summary["tiles"]);
-    assert_eq!(whole.summary["tiles"]["count"], 1);
-    assert!(tiled.summary["tiles"]["count"].as_u64().unwrap() >= 25);
-    let n = whole.cell_id.len();
+    println!("untiled: {:?}", whole.summary.tiles);
+    println!("tiled:   {:?}", tiled.summary.tiles);
+    assert_eq!(whole.summary.tiles.count, 1);
+    assert!(tiled.summary.tiles.count >= 25);
+    let n = whole.len();
     assert_eq!(n, 12_000, "every input row appears once");
     let differ: Vec<usize> = (0..n)
         .filter(|&i| {
-            whole.cell_id[i] != tiled.cell_id[i]
-                || whole.score[i].map(f32::to_bits) != tiled.score[i].map(f32::to_bits)
+            whole.segger_cell_id(i) != tiled.segger_cell_id(i)
+                || whole.score[i].to_bits() != tiled.score[i].to_bits()
         })
         .collect();
-    println!("counts: {}", whole.summary["counts"]);
+    println!("counts: {:?}", whole.summary.counts);
     println!(
-        "scores: {} cut {}",
-        whole.summary["scores"], whole.summary["score_cut"]
+        "scores: {:?} cut {}",
+        whole.summary.scores, whole.summary.score_cut
     );
-    let kinds = |r: &Segmentation, k: &str| r.assignment.iter().filter(|&&a| a == k).count();
+    let kinds = |r: &Segmentation, k: Assignment| r.assignment.iter().filter(|&&a| a == k).count();
     assert!(
-        kinds(&whole, "cell") > 1000,
+        kinds(&whole, Assignment::Cell) > 1000,
         "the test sample should assign many transcripts"
     );
     assert!(
-        kinds(&whole, "fragment") > 0,
+        kinds(&whole, Assignment::Fragment) > 0,
         "the test sample should form fragments"
     );
-    assert_eq!(kinds(&whole, "filtered"), 240);
+    assert_eq!(kinds(&whole, Assignment::Filtered), 240);
     assert!(
         differ.is_empty(),
         "{} rows differ, first {:?}",

@@ -11,7 +11,7 @@ use seggpu::backend::gpu::GpuOptions;
 use seggpu::backend::Backend;
 use seggpu::model::Model;
 use seggpu::pipeline::progress::Progress;
-use seggpu::pipeline::{segment, Segmentation};
+use seggpu::pipeline::{segment, Assignment, Segmentation};
 
 use crate::common::tables::{read_parquet, strings};
 use crate::common::{demo_model, fixture_path};
@@ -86,16 +86,12 @@ fn differences(
     theirs_id: &[String],
     theirs_score: &[Option<f32>],
 ) -> Vec<usize> {
-    assert_eq!(
-        ours.cell_id.len(),
-        theirs_id.len(),
-        "{label}: row counts differ"
-    );
+    assert_eq!(ours.len(), theirs_id.len(), "{label}: row counts differ");
     let differ: Vec<usize> = (0..theirs_id.len())
-        .filter(|&i| ours.cell_id[i] != theirs_id[i])
+        .filter(|&i| ours.segger_cell_id(i) != theirs_id[i])
         .collect();
     let max_score_diff = (0..theirs_id.len())
-        .filter_map(|i| Some((ours.score[i]? - theirs_score[i]?).abs()))
+        .filter_map(|i| Some((ours.score(i)? - theirs_score[i]?).abs()))
         .fold(0.0f32, f32::max);
     println!(
         "{label}: {} of {} rows identical ({:.4}%), max score difference {max_score_diff:.2e}",
@@ -106,7 +102,10 @@ fn differences(
     for &i in &differ {
         println!(
             "  row {i}: ours {} (score {:?}), theirs {} (score {:?})",
-            ours.cell_id[i], ours.score[i], theirs_id[i], theirs_score[i]
+            ours.segger_cell_id(i),
+            ours.score(i),
+            theirs_id[i],
+            theirs_score[i]
         );
     }
     differ
@@ -134,7 +133,7 @@ fn check_against_reference(label: &str, backend: &mut dyn Backend) -> Segmentati
         "reference.parquet",
     );
     assert!(
-        differ.len() * 1000 <= ours.cell_id.len(),
+        differ.len() * 1000 <= ours.len(),
         "{label}: under 99.9% identical"
     );
     let (ours_frag, differ) = run_against(
@@ -150,13 +149,13 @@ fn check_against_reference(label: &str, backend: &mut dyn Backend) -> Segmentati
     let fragment_rows = ours_frag
         .assignment
         .iter()
-        .filter(|&&a| a == "fragment")
+        .filter(|&&a| a == Assignment::Fragment)
         .count();
-    let fragments = &ours_frag.summary["counts"]["fragments"];
+    let fragments = ours_frag.summary.counts.fragments;
     println!("{label}: {fragment_rows} transcripts in {fragments} fragments with --fragment-cut 0");
     // The comparison above means something only if the fragment stage has work.
     assert!(
-        fragment_rows >= 100 && fragments.as_u64().is_some_and(|n| n >= 10),
+        fragment_rows >= 100 && fragments >= 10,
         "{label}: too few fragments to exercise the fragment stage"
     );
     ours
@@ -177,14 +176,16 @@ fn gpu_matches_the_reference_and_the_cpu() {
     };
     let on_gpu = check_against_reference("gpu", &mut gpu);
     let on_cpu = run(&mut CpuBackend::new(), &[]);
-    let differ = differences("gpu vs cpu", &on_gpu, &on_cpu.cell_id, &on_cpu.score);
-    let cut = on_cpu.summary["score_cut"]
-        .as_f64()
-        .expect("the summary holds the score cut") as f32;
+    let cpu_ids: Vec<String> = (0..on_cpu.len())
+        .map(|i| on_cpu.segger_cell_id(i).to_owned())
+        .collect();
+    let cpu_scores: Vec<Option<f32>> = (0..on_cpu.len()).map(|i| on_cpu.score(i)).collect();
+    let differ = differences("gpu vs cpu", &on_gpu, &cpu_ids, &cpu_scores);
+    let cut = on_cpu.summary.score_cut;
     for &i in &differ {
         let (a, b) = (
-            on_gpu.score[i].unwrap_or(0.0),
-            on_cpu.score[i].unwrap_or(0.0),
+            on_gpu.score(i).unwrap_or(0.0),
+            on_cpu.score(i).unwrap_or(0.0),
         );
         assert!(
             (a - b).abs() < 1e-6 || (a - cut).abs() < 1e-6,
