@@ -24,7 +24,7 @@ use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions};
 use seggpu::backend::{Backend, EdgeSimilarity};
 use seggpu::fragments::{histogram_median, normalised_embeddings};
-use seggpu::kernels::fragments::kept_edges;
+use seggpu::kernels::edge_similarity::kept_edges;
 
 const K: usize = 5;
 const VOCAB: usize = 500;

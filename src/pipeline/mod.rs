@@ -384,7 +384,7 @@ pub fn segment(
             backend,
         )?;
         let (threshold, median) = fragments::threshold(&sim, fp.cut);
-        let edges = crate::kernels::fragments::kept_edges(
+        let edges = crate::kernels::edge_similarity::kept_edges(
             &sim.neighbors,
             sim.k,
             &sim.similarity,

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 
 use super::context::GpuDevice;
+use super::kernels::{Access, Kernel};
 use super::pool::{GroupKey, Pool};
 use super::program::{Program, Step, PARAMS, PARAM_BYTES, STAGING};
-use super::shaders::{self, Kernel, Variant};
+use super::shaders::{self, Variant};
 use super::GpuError;
 
 pub(super) struct Runtime {
@@ -33,23 +34,28 @@ fn pop_scopes(scopes: Vec<wgpu::ErrorScopeGuard>) -> Vec<wgpu::Error> {
 impl Runtime {
     pub fn new(dev: GpuDevice) -> Self {
         let mut layouts = HashMap::new();
-        for kernel in Kernel::ALL {
+        for &kernel in Kernel::ALL {
+            let declaration = kernel.declaration();
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                    // wgpu checks at pipeline creation that the shader's
+                    // `Params` fits this: a second check of the declaration.
+                    min_binding_size: wgpu::BufferSize::new(declaration.params_size as u64),
                 },
                 count: None,
             }];
-            for (i, &read_only) in kernel.storage_bindings().iter().enumerate() {
+            for (i, &(_, access)) in declaration.bindings.iter().enumerate() {
                 entries.push(wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: access == Access::Read,
+                        },
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
@@ -102,6 +108,12 @@ impl Runtime {
         if self.pipelines.contains_key(&(kernel, variant)) {
             return;
         }
+        debug_assert!(
+            (kernel.declaration().variants)().contains(&variant),
+            "{} {}: a variant the shader tests do not cover",
+            kernel.file(),
+            variant.label()
+        );
         let source = shaders::wgsl(kernel, variant);
         let label = format!("{} {}", kernel.name(), variant.label());
         let module = self
@@ -231,7 +243,7 @@ impl Runtime {
         for step in &program.steps {
             let Step::Dispatch(d) = step else { continue };
             let at = i * stride as usize;
-            params[at..at + PARAM_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.params));
+            params[at..at + PARAM_BYTES as usize].copy_from_slice(&d.params);
             i += 1;
             let mut ranges = vec![self.pool.range(
                 PARAMS,
