@@ -306,6 +306,13 @@ pub(super) fn choose(
         })
 }
 
+/// `(name, value)` of the named fields of `wgpu::Limits` `$limits`.
+macro_rules! named_limits {
+    ($limits:ident, $($field:ident),*) => {
+        vec![$((stringify!($field), u64::from($limits.$field))),*]
+    };
+}
+
 /// Lists every adapter for `seggpu devices`.
 pub fn list_adapters() -> Vec<AdapterReport> {
     let all = adapters();
@@ -329,37 +336,17 @@ pub fn list_adapters() -> Vec<AdapterReport> {
                 driver: format!("{} {}", info.driver, info.driver_info)
                     .trim()
                     .to_owned(),
-                limits: vec![
-                    (
-                        "max_storage_buffer_binding_size",
-                        l.max_storage_buffer_binding_size,
-                    ),
-                    ("max_buffer_size", l.max_buffer_size),
-                    (
-                        "max_storage_buffers_per_shader_stage",
-                        l.max_storage_buffers_per_shader_stage.into(),
-                    ),
-                    (
-                        "max_compute_workgroups_per_dimension",
-                        l.max_compute_workgroups_per_dimension.into(),
-                    ),
-                    (
-                        "max_compute_invocations_per_workgroup",
-                        l.max_compute_invocations_per_workgroup.into(),
-                    ),
-                    (
-                        "max_compute_workgroup_storage_size",
-                        l.max_compute_workgroup_storage_size.into(),
-                    ),
-                    (
-                        "min_storage_buffer_offset_alignment",
-                        l.min_storage_buffer_offset_alignment.into(),
-                    ),
-                    (
-                        "min_uniform_buffer_offset_alignment",
-                        l.min_uniform_buffer_offset_alignment.into(),
-                    ),
-                ],
+                limits: named_limits!(
+                    l,
+                    max_storage_buffer_binding_size,
+                    max_buffer_size,
+                    max_storage_buffers_per_shader_stage,
+                    max_compute_workgroups_per_dimension,
+                    max_compute_invocations_per_workgroup,
+                    max_compute_workgroup_storage_size,
+                    min_storage_buffer_offset_alignment,
+                    min_uniform_buffer_offset_alignment
+                ),
                 shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
                 unusable: unusable(a),
                 auto_choice: auto_pick.as_ref().is_some_and(|p| {

@@ -22,7 +22,7 @@ fn storage_usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC
 }
 
-/// Errors caught by a pair of error scopes, in the order they were popped.
+/// Errors caught by error scopes, in the order they were popped.
 fn pop_scopes(scopes: Vec<wgpu::ErrorScopeGuard>) -> Vec<wgpu::Error> {
     scopes
         .into_iter()
@@ -83,6 +83,14 @@ impl Runtime {
             pipelines: HashMap::new(),
             pool: Pool::default(),
         }
+    }
+
+    /// Error scopes catching `filters`, popped by [`pop_scopes`].
+    fn push_scopes(&self, filters: &[wgpu::ErrorFilter]) -> Vec<wgpu::ErrorScopeGuard> {
+        filters
+            .iter()
+            .map(|&f| self.dev.device.push_error_scope(f))
+            .collect()
     }
 
     fn check_lost(&self, stage: &str) -> Result<(), GpuError> {
@@ -175,14 +183,10 @@ impl Runtime {
         let n_dispatch = program.dispatches() as u64;
 
         // Allocation and pipeline creation.
-        let scopes = vec![
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Validation),
-        ];
+        let scopes = self.push_scopes(&[
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Validation,
+        ]);
         let mut sizes: Vec<_> = program.sizes.iter().map(|(s, b)| (*s, *b)).collect();
         sizes.sort();
         let mut allocation = Ok(());
@@ -291,17 +295,11 @@ impl Runtime {
         }
 
         // One encoder, one submission.
-        let scopes = vec![
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Validation),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Internal),
-        ];
+        let scopes = self.push_scopes(&[
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Validation,
+            wgpu::ErrorFilter::Internal,
+        ]);
         let mut encoder = self
             .dev
             .device

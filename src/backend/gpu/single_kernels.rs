@@ -7,13 +7,32 @@ use super::chunking::{Aux, Planned};
 use super::kernels::embed;
 use super::kernels::gatv2::{self, Graph};
 use super::kernels::linear::{self, Gathered};
-use super::program::Array;
-use super::shaders::{Variant, WG};
+use super::program::{Array, Program, Slot};
+use super::shaders::{Elem, Variant, WG};
 use super::{forward, plan, GpuBackend};
 use crate::graph::{Csr, ReceptiveField};
 use crate::kernels::{gatv2 as gat_twin, linear as linear_twin};
 
+/// Slot of a single kernel's output.
+const OUT: Slot = "k.out";
+
+/// The output array of `len` `act` elements.
+fn out(program: &mut Program, act: Elem, len: u64) -> Array {
+    program.need(OUT, len * act.bytes());
+    Array::at(OUT, act.bytes(), len)
+}
+
 impl GpuBackend {
+    /// Uploads the index lists of `program`, runs it and returns its output
+    /// of `len` elements.
+    fn run_for_out(&mut self, mut program: Program, aux: Aux, len: u64) -> Result<Vec<f32>> {
+        let act = self.act();
+        aux.upload(&mut program);
+        let at = program.readback(OUT, 0, len * act.bytes());
+        let bytes = self.run(&program)?;
+        Ok(forward::from_act(&bytes, at, len, act))
+    }
+
     /// Destroys the device, as a driver reset would: every later call fails
     /// with [`super::GpuError::DeviceLost`]. For tests of the error paths.
     pub fn lose_device_for_tests(&self) {
@@ -31,7 +50,6 @@ impl GpuBackend {
         let table_arr = w.block(&[table]);
         program.upload("k.weights", w.bytes());
         let tokens_arr = program.upload_u32("k.tokens", tokens);
-        program.need("k.out", n * dim64 * act.bytes());
         let mut aux = Aux::new("k.aux");
         let planned = aux.plan(
             &program,
@@ -44,6 +62,7 @@ impl GpuBackend {
                 max_rows: program.max_rows(dim64, u64::from(WG)),
             },
         )?;
+        let out = out(&mut program, act, n * dim64);
         embed::record(
             &mut program,
             act,
@@ -53,12 +72,9 @@ impl GpuBackend {
             tokens_arr,
             &planned,
             &aux,
-            Array::at("k.out", act.bytes(), n * dim64),
+            out,
         )?;
-        aux.upload(&mut program);
-        let at = program.readback("k.out", 0, n * dim64 * act.bytes());
-        let bytes = self.run(&program)?;
-        Ok(forward::from_act(&bytes, at, n * dim64, act))
+        self.run_for_out(program, aux, n * dim64)
     }
 
     /// `shaders/linear.wgsl` alone: `linear(x[rows])` as
@@ -83,7 +99,6 @@ impl GpuBackend {
         program.upload("k.weights", w.bytes());
         program.upload("k.x", forward::to_act(x, act));
         let x_arr = Array::at("k.x", act.bytes(), x.len() as u64);
-        program.need("k.out", n * out_dim * act.bytes());
         let mut aux = Aux::new("k.aux");
         let rows_arr = rows.map(|r| program.upload_u32("k.rows", r));
         let planned = match rows {
@@ -105,6 +120,7 @@ impl GpuBackend {
             planned: &planned,
             x_rows,
         });
+        let out = out(&mut program, act, n * out_dim);
         linear::record(
             &mut program,
             Variant::of(act),
@@ -114,12 +130,9 @@ impl GpuBackend {
             n,
             weights,
             layer.relu,
-            Array::at("k.out", act.bytes(), n * out_dim),
+            out,
         )?;
-        aux.upload(&mut program);
-        let at = program.readback("k.out", 0, n * out_dim * act.bytes());
-        let bytes = self.run(&program)?;
-        Ok(forward::from_act(&bytes, at, n * out_dim, act))
+        self.run_for_out(program, aux, n * out_dim)
     }
 
     /// `shaders/gatv2.wgsl` alone, as [`crate::kernels::gatv2::gatv2`]
@@ -150,7 +163,6 @@ impl GpuBackend {
         program.upload("k.xr", forward::to_act(xr, act));
         let offsets = program.upload_u32("k.off", &csr.offsets);
         let sources = program.upload_u32("k.src", &csr.sources);
-        program.need("k.out", n_dst * hc * act.bytes());
         let mut aux = Aux::new("k.aux");
         let planned = aux.plan(
             &program,
@@ -166,6 +178,7 @@ impl GpuBackend {
                 max_rows: program.max_rows(gat.heads as u64, u64::from(WG)),
             },
         )?;
+        let out = out(&mut program, act, n_dst * hc);
         gatv2::record(
             &mut program,
             variant,
@@ -180,12 +193,9 @@ impl GpuBackend {
             },
             &aux,
             weights,
-            Array::at("k.out", act.bytes(), n_dst * hc),
+            out,
         )?;
-        aux.upload(&mut program);
-        let at = program.readback("k.out", 0, n_dst * hc * act.bytes());
-        let bytes = self.run(&program)?;
-        Ok(forward::from_act(&bytes, at, n_dst * hc, act))
+        self.run_for_out(program, aux, n_dst * hc)
     }
 
     /// `shaders/score.wgsl` alone, as [`crate::kernels::score::best`] computes it.
