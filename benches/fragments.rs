@@ -23,7 +23,7 @@ use std::time::Instant;
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions};
 use seggpu::backend::{Backend, EdgeSimilarity};
-use seggpu::kernels::fragments::kept_edges;
+use seggpu::kernels::edge_similarity::kept_edges;
 use seggpu::pipeline::fragments::{histogram_median, normalised_embeddings};
 
 const K: usize = 5;

@@ -1,5 +1,5 @@
 // Connected components (SPEC §9) by min-label hooking and pointer jumping.
-// Twin: src/kernels/fragments.rs (`hook_at`, `jump_at`, `components`).
+// Twin: src/kernels/components.rs (`hook_at`, `jump_at`, `components`).
 //
 // labels[i] starts at i and only ever falls to the label of a node in the
 // same component, so it ends at the component's smallest node index.

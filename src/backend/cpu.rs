@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 
-use super::{Activations, Backend, BestMatches, Embeddings};
+use super::{receptive_field, Activations, Backend, BestMatches, EdgeSimilarity, Embeddings};
 use crate::graph::{ReceptiveField, TileGraph};
-use crate::kernels::{embed, gatv2, linear, score};
+use crate::kernels::{components, edge_similarity, embed, gatv2, linear, score};
 use crate::model::{GatWeights, Model, BD_FEATURES};
 
 /// Runs every kernel on the CPU.
@@ -185,5 +185,31 @@ impl Backend for CpuBackend {
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches> {
         let (score, index) = score::best(&embeddings.z_tx, &embeddings.z_bd, embeddings.dim, rf);
         Ok(BestMatches { score, index })
+    }
+
+    fn score_tile(&mut self, model: &Model, graph: &TileGraph) -> Result<BestMatches> {
+        let rf = receptive_field(graph)?;
+        let embeddings = self.forward(model, graph, false)?;
+        self.score(&embeddings, rf)
+    }
+
+    fn fragment_similarity(
+        &mut self,
+        neighbors: &[i32],
+        k: usize,
+        tokens: &[u32],
+        unit: &[f32],
+        dim: usize,
+    ) -> Result<EdgeSimilarity> {
+        let similarity = edge_similarity::edge_similarity(neighbors, k, tokens, unit, dim);
+        let histogram = edge_similarity::similarity_histogram(neighbors, &similarity);
+        Ok(EdgeSimilarity {
+            similarity,
+            histogram,
+        })
+    }
+
+    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
+        Ok(components::components(n, edges))
     }
 }

@@ -1,7 +1,7 @@
 //! The boundary between the pipeline and the compute kernels. The pipeline
 //! talks to a [`Backend`]; only the backends know about rayon or wgpu.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
@@ -47,8 +47,9 @@ pub struct EdgeSimilarity {
     /// Per neighbour slot: cosine of the two genes' unit embeddings (0 for
     /// an empty slot).
     pub similarity: Vec<f32>,
-    /// [`crate::pipeline::fragments::HISTOGRAM_BINS`] counts of the non-empty slots'
-    /// similarities ([`crate::pipeline::fragments::similarity_bin`]).
+    /// [`crate::kernels::edge_similarity::HISTOGRAM_BINS`] counts of the
+    /// non-empty slots' similarities
+    /// ([`crate::kernels::edge_similarity::similarity_bin`]).
     pub histogram: Vec<u32>,
 }
 
@@ -63,7 +64,9 @@ impl BestMatches {
     }
 }
 
-/// A compute engine able to run the Segger model and scoring on one tile.
+/// A compute engine able to run the Segger model and scoring on one tile,
+/// and the fragment stage's kernels. The GPU backend's failures are
+/// [`gpu::GpuError`]s inside the returned errors.
 pub trait Backend {
     /// Human-readable name, with the adapter for GPU backends.
     fn describe(&self) -> String;
@@ -80,10 +83,15 @@ pub trait Backend {
     /// Scores every transcript against its receptive field.
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches>;
 
+    /// The best nucleus of every transcript of a tile: the forward pass and
+    /// scoring against `graph.receptive_field` (an error when it is `None`),
+    /// equal to [`Backend::forward`] then [`Backend::score`]. The GPU keeps
+    /// the embeddings on the device and reads back only the best matches.
+    fn score_tile(&mut self, model: &Model, graph: &TileGraph) -> Result<BestMatches>;
+
     /// Similarity of every slot of the `[n, k]` fragment-neighbour lists
     /// `neighbors` (−1 = empty), from each transcript's token and the unit
-    /// embedding rows `unit` (`[vocab, dim]`), and their histogram. Backends
-    /// without their own kernel use the CPU twins.
+    /// embedding rows `unit` (`[vocab, dim]`), and their histogram.
     fn fragment_similarity(
         &mut self,
         neighbors: &[i32],
@@ -91,20 +99,19 @@ pub trait Backend {
         tokens: &[u32],
         unit: &[f32],
         dim: usize,
-    ) -> Result<EdgeSimilarity> {
-        use crate::kernels::fragments as twin;
-        let similarity = twin::edge_similarity(neighbors, k, tokens, unit, dim);
-        let histogram = twin::similarity_histogram(neighbors, &similarity);
-        Ok(EdgeSimilarity {
-            similarity,
-            histogram,
-        })
-    }
+    ) -> Result<EdgeSimilarity>;
 
     /// Connected components of an undirected graph on `n` nodes: every node
-    /// labelled with the smallest node index of its component. Backends
-    /// without their own kernel use the CPU twin.
-    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
-        Ok(crate::kernels::fragments::components(n, edges))
-    }
+    /// labelled with the smallest node index of its component.
+    fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>>;
+}
+
+/// The receptive field [`Backend::score_tile`] scores against.
+fn receptive_field(graph: &TileGraph) -> Result<&ReceptiveField> {
+    graph.receptive_field.as_ref().ok_or_else(|| {
+        anyhow!(
+            "scoring a tile of {} transcripts needs its receptive field, and the tile graph has none",
+            graph.n_tx()
+        )
+    })
 }

@@ -5,8 +5,9 @@
 // Index loops on purpose: the twins read line for line like the shaders.
 #![allow(clippy::needless_range_loop)]
 
+pub mod components;
+pub mod edge_similarity;
 pub mod embed;
-pub mod fragments;
 pub mod gatv2;
 pub mod linear;
 pub mod score;

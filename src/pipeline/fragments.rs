@@ -9,10 +9,8 @@ use super::prepare::Prepared;
 use crate::backend::Backend;
 use crate::graph::knn::{knn_3d, DistanceCap};
 use crate::io::TranscriptKey;
+use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
-
-/// Bins of the similarity histogram over [−1, 1].
-pub const HISTOGRAM_BINS: usize = 1 << 16;
 
 /// Fragment detection parameters.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -25,24 +23,6 @@ pub struct FragmentParams {
     pub cut: f32,
     /// Smallest component that becomes a fragment.
     pub min_transcripts: usize,
-}
-
-/// Negative similarities of at most this magnitude (2^−54) share the bin of
-/// 0: in f64, 1 + s rounds to 1 for them (ties to even).
-const ROUNDS_TO_ONE: f32 = 5.551_115e-17;
-
-/// Histogram bin of a similarity in [−1, 1]: ⌊(s + 1) / 2 · 2^16⌋ with
-/// s + 1 in f64, clamped to the bins. Computed as ⌊s · 2^15⌋ + 2^15, which
-/// is exact in f32, so that `shaders/fragments.wgsl` (no f64 there) gets the
-/// same bin for every f32.
-#[inline]
-pub fn similarity_bin(s: f32) -> usize {
-    let half = (HISTOGRAM_BINS / 2) as f32;
-    let mut below = (s * half).floor();
-    if (-ROUNDS_TO_ONE..0.0).contains(&s) {
-        below = 0.0;
-    }
-    (below + half).clamp(0.0, (HISTOGRAM_BINS - 1) as f32) as usize
 }
 
 /// Lower edge of the bin holding the lower median (0-based rank (n − 1) / 2).
@@ -227,71 +207,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The definition, in f64.
-    fn bin_f64(s: f32) -> usize {
-        let b = ((s as f64 + 1.0) / 2.0 * HISTOGRAM_BINS as f64).floor();
-        b.clamp(0.0, (HISTOGRAM_BINS - 1) as f64) as usize
-    }
-
-    /// `v` moved by `ulps` representable f32 values (finite `v`).
-    fn step(v: f32, ulps: i64) -> f32 {
-        let magnitude = i64::from(v.abs().to_bits());
-        let at = if v < 0.0 { -magnitude } else { magnitude } + ulps;
-        let moved = f32::from_bits(at.unsigned_abs() as u32);
-        if at < 0 {
-            -moved
-        } else {
-            moved
-        }
-    }
-
-    #[test]
-    fn the_f32_bin_equals_the_f64_definition() {
-        assert_eq!(ROUNDS_TO_ONE, 2f32.powi(-54));
-        let mut values = vec![
-            0.0,
-            -0.0,
-            1.0,
-            -1.0,
-            1.5,
-            -1.5,
-            f32::MIN_POSITIVE,
-            -f32::MIN_POSITIVE,
-            1e-45,
-            -1e-45,
-            ROUNDS_TO_ONE,
-            -ROUNDS_TO_ONE,
-            -ROUNDS_TO_ONE * 1.000_001,
-            -ROUNDS_TO_ONE * 0.999_999,
-            2f32.powi(-29),
-            -(2f32.powi(-29)),
-        ];
-        // Every bin edge and its f32 neighbours.
-        for b in 0..=HISTOGRAM_BINS as i32 {
-            let edge = b as f32 / (HISTOGRAM_BINS / 2) as f32 - 1.0;
-            for ulps in -3..=3 {
-                values.push(step(edge, ulps));
-            }
-        }
-        // Tiny magnitudes, where f64 rounds 1 + s.
-        let mut v = 1e-30f32;
-        while v < 1e-3 {
-            values.extend([v, -v, step(v, 1), -step(v, 1)]);
-            v *= 1.37;
-        }
-        // Pseudo-random values over [−1.1, 1.1].
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..1_000_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            values.push((x >> 40) as f32 / (1u64 << 24) as f32 * 2.2 - 1.1);
-        }
-        for s in values {
-            assert_eq!(similarity_bin(s), bin_f64(s), "s = {s:e}");
-        }
-    }
+    use crate::kernels::edge_similarity::similarity_bin;
 
     #[test]
     fn fragment_neighbours_are_the_tx_tx_lists_without_self() {

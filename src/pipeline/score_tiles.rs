@@ -90,12 +90,9 @@ pub fn run(
         );
         out.graph_seconds += clock.elapsed().as_secs_f64();
         let clock = Instant::now();
-        let embeddings = backend.forward(model, &graph, false)?;
-        let rf = graph
-            .receptive_field
-            .as_ref()
-            .expect("built with a receptive field");
-        let best = backend.score(&embeddings, rf)?;
+        // One call per tile: on a GPU the embeddings stay on the device and
+        // only the best score and index come back.
+        let best = backend.score_tile(model, &graph)?;
         out.model_seconds += clock.elapsed().as_secs_f64();
         for &i in &tx_members[t] {
             let local = tx_items

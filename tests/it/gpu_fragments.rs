@@ -1,5 +1,5 @@
 //! The fragment stage's kernels on a real wgpu adapter against their CPU
-//! twins: edge similarity with its histogram (`shaders/fragments.wgsl`) and
+//! twins: edge similarity with its histogram (`shaders/edge_similarity.wgsl`) and
 //! connected components (`shaders/components.wgsl`), on random, geometric,
 //! path-shaped, mostly-singleton and empty graphs, and under a small binding
 //! limit.
@@ -14,8 +14,9 @@ use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{AutoBackend, GpuBackend, GpuError, GpuOptions};
 use seggpu::backend::Backend;
-use seggpu::kernels::fragments as twin;
-use seggpu::pipeline::fragments::{normalised_embeddings, HISTOGRAM_BINS};
+use seggpu::kernels::components as components_twin;
+use seggpu::kernels::edge_similarity::{self as twin, HISTOGRAM_BINS};
+use seggpu::pipeline::fragments::normalised_embeddings;
 
 fn random_edges(n: usize, m: usize, seed: u64) -> Vec<[u32; 2]> {
     let mut rng = XorShift::new(seed);
@@ -73,11 +74,11 @@ fn assert_canonical(labels: &[u32]) {
 /// GPU labels equal the CPU twin's; returns the number of components.
 fn check_components(gpu: &mut GpuBackend, what: &str, n: usize, edges: &[[u32; 2]]) -> usize {
     let start = Instant::now();
-    let got = gpu.try_components(n, edges).unwrap();
+    let got = gpu.components(n, edges).unwrap();
     let gpu_s = start.elapsed().as_secs_f64();
     let stats = gpu.stats();
     let start = Instant::now();
-    let expected = twin::components(n, edges);
+    let expected = components_twin::components(n, edges);
     let cpu_s = start.elapsed().as_secs_f64();
     let components = expected
         .iter()
@@ -160,11 +161,11 @@ fn gpu_components_of_singletons_and_of_no_edges() {
     check_components(&mut gpu, "self loops and repeats", 50, &repeated);
 
     assert_eq!(
-        gpu.try_components(1000, &[]).unwrap(),
+        gpu.components(1000, &[]).unwrap(),
         (0..1000).collect::<Vec<u32>>()
     );
-    assert!(gpu.try_components(0, &[]).unwrap().is_empty());
-    let err = gpu.try_components(10, &[[3, 10]]).unwrap_err();
+    assert!(gpu.components(0, &[]).unwrap().is_empty());
+    let err = gpu.components(10, &[[3, 10]]).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
 }
 
@@ -313,9 +314,15 @@ fn gpu_fragment_kernels_chunked_with_a_small_binding_limit() {
 
     let n = 5000;
     let edges = random_edges(n, 3000, 14);
-    let err = gpu.try_components(n, &edges).unwrap_err();
+    let err = gpu.components(n, &edges).unwrap_err();
     println!("{err}");
-    assert!(matches!(err, GpuError::TooLarge { .. }), "{err}");
+    assert!(
+        matches!(
+            err.downcast_ref::<GpuError>(),
+            Some(GpuError::TooLarge { .. })
+        ),
+        "{err}"
+    );
     let mut auto = AutoBackend::with(Some(gpu));
     assert_eq!(
         auto.components(n, &edges).unwrap(),

@@ -6,7 +6,7 @@
 use crate::common::{all_close, Fixture, Tolerance, XorShift, FIXTURES};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
-use seggpu::backend::gpu::{AutoBackend, GpuOptions};
+use seggpu::backend::gpu::{AutoBackend, GpuError, GpuOptions};
 use seggpu::backend::Backend;
 use seggpu::graph::{Csr, ReceptiveField};
 use seggpu::kernels::{embed, gatv2, linear, score};
@@ -281,7 +281,17 @@ fn auto_backend_redoes_failed_tiles_on_the_cpu() {
     let got = auto.forward(&fx.model, &fx.graph, false).unwrap();
     assert_eq!(got.z_tx, expected.z_tx);
     assert_eq!(got.z_bd, expected.z_bd);
+    assert_eq!(
+        auto.score_tile(&fx.model, &fx.graph).unwrap(),
+        cpu.score_tile(&fx.model, &fx.graph).unwrap()
+    );
     assert!(auto.gpu().is_some(), "a rejected tile keeps the GPU");
+    // Not a GPU failure: returned as it is, not redone.
+    let mut graph = fx.graph.clone();
+    graph.receptive_field = None;
+    let err = auto.score_tile(&fx.model, &graph).unwrap_err();
+    assert!(err.downcast_ref::<GpuError>().is_none(), "{err}");
+    assert!(err.to_string().contains("receptive field"), "{err}");
 }
 
 /// A lost device is reported with the stage and tile sizes; `auto` then
@@ -300,9 +310,13 @@ fn device_loss_is_reported_and_auto_continues_on_the_cpu() {
     };
     gpu.forward(&fx.model, &fx.graph, false).unwrap();
     gpu.lose_device_for_tests();
-    let err = gpu.try_forward(&fx.model, &fx.graph, false).unwrap_err();
+    let err = gpu.forward(&fx.model, &fx.graph, false).unwrap_err();
     println!("{err}");
-    assert!(err.is_device_lost(), "{err}");
+    assert!(
+        err.downcast_ref::<GpuError>()
+            .is_some_and(GpuError::is_device_lost),
+        "{err}"
+    );
     assert!(err.to_string().contains("212 transcripts"), "{err}");
 
     let gpu = backend_or_skip("device loss under auto", GpuOptions::default()).unwrap();

@@ -282,3 +282,55 @@ fn gpu_handles_empty_tiles() {
         assert_eq!(sa.index, sb.index, "{what}");
     }
 }
+
+/// `score_tile` on the GPU: one submission reading back only the best score
+/// and nucleus per transcript, the same best nuclei as the CPU's
+/// `score_tile` and scores within the fixtures' tolerance, and bit for bit
+/// the GPU's forward pass then scoring.
+#[test]
+fn gpu_score_tile_matches_the_cpu_in_one_submission() {
+    let Some(mut gpu) = backend_or_skip(
+        "gpu_score_tile_matches_the_cpu_in_one_submission",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let mut cpu = CpuBackend::new();
+    for name in FIXTURES {
+        let fx = Fixture::load(name);
+        let tol = fx.tolerance();
+        let before = gpu.stats();
+        let got = gpu.score_tile(&fx.model, &fx.graph).unwrap();
+        let after = gpu.stats();
+        let n_tx = fx.graph.n_tx() as u64;
+        assert_eq!(after.submissions, before.submissions + 1, "{name}");
+        // Two arrays of n_tx words, each padded to 8 bytes in the staging buffer.
+        assert_eq!(
+            after.last_readback_bytes,
+            2 * (4 * n_tx).next_multiple_of(8),
+            "{name}: only the best scores and indices come back"
+        );
+        let expected = cpu.score_tile(&fx.model, &fx.graph).unwrap();
+        assert_eq!(got.index, expected.index, "{name}: best indices differ");
+        all_close(
+            &format!("{name} score_tile gpu vs cpu"),
+            &got.score_or_nan(),
+            &expected.score_or_nan(),
+            tol,
+        );
+        fx.check_best(&format!("{name} gpu score_tile"), &got, tol);
+        let z = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+        let rf = fx.graph.receptive_field.as_ref().unwrap();
+        assert_eq!(got, gpu.score(&z, rf).unwrap(), "{name}");
+        assert_eq!(
+            gpu.stats().model_uploads,
+            after.model_uploads,
+            "{name}: forward reuses the weights score_tile uploaded"
+        );
+    }
+    let fx = Fixture::load("small");
+    let mut graph = fx.graph.clone();
+    graph.receptive_field = None;
+    let err = gpu.score_tile(&fx.model, &graph).unwrap_err();
+    assert!(err.to_string().contains("receptive field"), "{err}");
+}

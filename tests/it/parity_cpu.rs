@@ -38,3 +38,22 @@ fn best_nucleus_matches_pyg() {
         println!("{name}: {} transcripts, {no_candidate} without candidate, {exact_zero} with best score exactly 0", score.len());
     }
 }
+
+/// `score_tile` is the forward pass then scoring, and needs a receptive field.
+#[test]
+fn score_tile_is_forward_then_score() {
+    for name in FIXTURES {
+        let fx = Fixture::load(name);
+        let mut cpu = CpuBackend::new();
+        let tile = cpu.score_tile(&fx.model, &fx.graph).unwrap();
+        let out = cpu.forward(&fx.model, &fx.graph, false).unwrap();
+        let rf = fx.graph.receptive_field.as_ref().unwrap();
+        assert_eq!(tile, cpu.score(&out, rf).unwrap(), "{name}");
+        fx.check_best(&format!("{name} score_tile"), &tile, fx.tolerance());
+    }
+    let mut graph = Fixture::load("small").graph;
+    graph.receptive_field = None;
+    let model = Fixture::load("small").model;
+    let err = CpuBackend::new().score_tile(&model, &graph).unwrap_err();
+    assert!(err.to_string().contains("receptive field"), "{err}");
+}

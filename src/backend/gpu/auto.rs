@@ -10,8 +10,9 @@ use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
 
 /// Runs on the GPU when one was opened; redoes on the CPU any call the GPU
-/// fails (one warning line per failure). After a device loss the GPU is
-/// dropped and every later call runs on the CPU.
+/// fails with a [`GpuError`] (one warning per failure). After a device loss
+/// the GPU is dropped and every later call runs on the CPU. Other errors
+/// (bad input) are returned as they are: the CPU would fail the same way.
 #[derive(Debug)]
 pub struct AutoBackend {
     gpu: Option<GpuBackend>,
@@ -20,7 +21,7 @@ pub struct AutoBackend {
 
 impl AutoBackend {
     /// Opens a GPU with `options` (software adapters skipped unless named);
-    /// without one, warns once on stderr and uses the CPU.
+    /// without one, warns once and uses the CPU.
     pub fn new(options: GpuOptions) -> Self {
         let options = GpuOptions {
             hardware_only: options.adapter.is_none(),
@@ -29,7 +30,7 @@ impl AutoBackend {
         let gpu = match GpuBackend::new(options) {
             Ok(gpu) => Some(gpu),
             Err(e) => {
-                eprintln!("warning: {e}; using the CPU backend");
+                log::warn!("{e}; using the CPU backend");
                 None
             }
         };
@@ -49,13 +50,23 @@ impl AutoBackend {
         self.gpu.as_ref()
     }
 
-    fn fallen_back(&mut self, e: &GpuError) {
-        if e.is_device_lost() {
-            eprintln!("warning: {e}; continuing on the CPU backend");
-            self.gpu = None;
-        } else {
-            eprintln!("warning: {e}; redoing it on the CPU backend");
+    /// `op` on the GPU; on a [`GpuError`], `op` again on the CPU.
+    fn with_fallback<T>(&mut self, mut op: impl FnMut(&mut dyn Backend) -> Result<T>) -> Result<T> {
+        if let Some(gpu) = &mut self.gpu {
+            let error = match op(gpu) {
+                Ok(out) => return Ok(out),
+                Err(error) => error,
+            };
+            match error.downcast_ref::<GpuError>() {
+                Some(e) if e.is_device_lost() => {
+                    log::warn!("{e}; continuing on the CPU backend");
+                    self.gpu = None;
+                }
+                Some(e) => log::warn!("{e}; redoing it on the CPU backend"),
+                None => return Err(error),
+            }
         }
+        op(&mut self.cpu)
     }
 }
 
@@ -73,23 +84,15 @@ impl Backend for AutoBackend {
         graph: &TileGraph,
         keep_layers: bool,
     ) -> Result<Embeddings> {
-        if let Some(gpu) = &mut self.gpu {
-            match gpu.try_forward(model, graph, keep_layers) {
-                Ok(out) => return Ok(out),
-                Err(e) => self.fallen_back(&e),
-            }
-        }
-        self.cpu.forward(model, graph, keep_layers)
+        self.with_fallback(|b| b.forward(model, graph, keep_layers))
     }
 
     fn score(&mut self, embeddings: &Embeddings, rf: &ReceptiveField) -> Result<BestMatches> {
-        if let Some(gpu) = &mut self.gpu {
-            match gpu.try_score(embeddings, rf) {
-                Ok(out) => return Ok(out),
-                Err(e) => self.fallen_back(&e),
-            }
-        }
-        self.cpu.score(embeddings, rf)
+        self.with_fallback(|b| b.score(embeddings, rf))
+    }
+
+    fn score_tile(&mut self, model: &Model, graph: &TileGraph) -> Result<BestMatches> {
+        self.with_fallback(|b| b.score_tile(model, graph))
     }
 
     fn fragment_similarity(
@@ -100,23 +103,10 @@ impl Backend for AutoBackend {
         unit: &[f32],
         dim: usize,
     ) -> Result<EdgeSimilarity> {
-        if let Some(gpu) = &mut self.gpu {
-            match gpu.try_fragment_similarity(neighbors, k, tokens, unit, dim) {
-                Ok(out) => return Ok(out),
-                Err(e) => self.fallen_back(&e),
-            }
-        }
-        self.cpu
-            .fragment_similarity(neighbors, k, tokens, unit, dim)
+        self.with_fallback(|b| b.fragment_similarity(neighbors, k, tokens, unit, dim))
     }
 
     fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {
-        if let Some(gpu) = &mut self.gpu {
-            match gpu.try_components(n, edges) {
-                Ok(out) => return Ok(out),
-                Err(e) => self.fallen_back(&e),
-            }
-        }
-        self.cpu.components(n, edges)
+        self.with_fallback(|b| b.components(n, edges))
     }
 }

@@ -44,13 +44,24 @@ pub struct GpuOptions {
     pub hardware_only: bool,
     /// Test hook: bind at most this many bytes per storage binding, to
     /// exercise chunking without gigabyte arrays.
+    #[cfg(any(test, feature = "testing"))]
     pub max_binding_bytes_override: Option<u64>,
     /// Test hook: at most this many workgroups per dispatch dimension, to
     /// exercise 2-D dispatch splitting on small inputs.
+    #[cfg(any(test, feature = "testing"))]
     pub max_workgroups_per_dim_override: Option<u32>,
     /// Test hook: hook + jump iterations per connected-components
     /// submission, to exercise continued submissions on small graphs.
+    #[cfg(any(test, feature = "testing"))]
     pub component_iterations_override: Option<u32>,
+}
+
+/// The test hooks of [`GpuOptions`] in effect: none outside tests.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct TestHooks {
+    pub max_binding_bytes: Option<u64>,
+    pub max_workgroups_per_dim: Option<u32>,
+    pub component_iterations: Option<u32>,
 }
 
 impl GpuOptions {
@@ -58,6 +69,22 @@ impl GpuOptions {
     /// requests wgpu's default limits.
     pub fn from_env() -> Self {
         Self::default().with_env()
+    }
+
+    /// The test hooks these options set.
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) fn test_hooks(&self) -> TestHooks {
+        TestHooks {
+            max_binding_bytes: self.max_binding_bytes_override,
+            max_workgroups_per_dim: self.max_workgroups_per_dim_override,
+            component_iterations: self.component_iterations_override,
+        }
+    }
+
+    /// The test hooks these options set: none outside tests.
+    #[cfg(not(any(test, feature = "testing")))]
+    pub(super) fn test_hooks(&self) -> TestHooks {
+        TestHooks::default()
     }
 
     /// Applies `SEGGPU_LIMITS` to these options.
@@ -118,15 +145,47 @@ pub struct AdapterReport {
     pub auto_choice: bool,
 }
 
+/// The native compute APIs. wgpu builds in only those of the target: Metal
+/// on Apple platforms, DX12 and Vulkan on Windows, Vulkan elsewhere.
+const NATIVE: wgpu::Backends = wgpu::Backends::VULKAN
+    .union(wgpu::Backends::METAL)
+    .union(wgpu::Backends::DX12);
+
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    quiet_display_probe();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
-/// Every adapter: those of `WGPU_BACKEND` when set; otherwise Vulkan, Metal
-/// and DX12, and GL only when none of those has one (GL initialisation is
-/// noisy and slower, and adds a second view of the same device).
+/// Mesa's device-select Vulkan layer looks for the display's GPU whenever an
+/// instance enables the Wayland or X11 surface extensions, as wgpu's always
+/// does; without a display, libwayland then prints `error: XDG_RUNTIME_DIR
+/// is invalid or not set` (Mesa 22). seggpu ranks adapters itself and never
+/// presents, so it turns the layer off (`NODEVICE_SELECT=1`), unless the
+/// user chose a device for it (`MESA_VK_DEVICE_SELECT`) or set the switch.
+/// Done once, before the first instance, so no Vulkan call runs meanwhile.
+#[cfg(all(unix, not(target_vendor = "apple"), not(target_os = "android")))]
+fn quiet_display_probe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+            && std::env::var_os("NODEVICE_SELECT").is_none()
+        {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
+/// Only Mesa on Linux and the BSDs has the device-select layer.
+#[cfg(not(all(unix, not(target_vendor = "apple"), not(target_os = "android"))))]
+fn quiet_display_probe() {}
+
+/// Every adapter: those of `WGPU_BACKEND` when set; otherwise the native
+/// APIs', and OpenGL's only when none of those has one (a machine without a
+/// Vulkan driver). GL initialisation probes the display, noisily, and is
+/// slower; with a native adapter present it would only add a second view of
+/// the same device.
 pub(super) fn adapters() -> Vec<wgpu::Adapter> {
     let enumerate = |backends: wgpu::Backends| {
         pollster::block_on(instance(backends).enumerate_adapters(backends))
@@ -134,11 +193,11 @@ pub(super) fn adapters() -> Vec<wgpu::Adapter> {
     if let Some(backends) = wgpu::Backends::from_env() {
         return enumerate(backends);
     }
-    let primary = enumerate(wgpu::Backends::PRIMARY);
-    if !primary.is_empty() {
-        return primary;
+    let native = enumerate(NATIVE);
+    if !native.is_empty() {
+        return native;
     }
-    enumerate(wgpu::Backends::SECONDARY)
+    enumerate(wgpu::Backends::GL)
 }
 
 fn is_software(info: &wgpu::AdapterInfo) -> bool {
@@ -247,6 +306,13 @@ pub(super) fn choose(
         })
 }
 
+/// `(name, value)` of the named fields of `wgpu::Limits` `$limits`.
+macro_rules! named_limits {
+    ($limits:ident, $($field:ident),*) => {
+        vec![$((stringify!($field), u64::from($limits.$field))),*]
+    };
+}
+
 /// Lists every adapter for `seggpu devices`.
 pub fn list_adapters() -> Vec<AdapterReport> {
     let all = adapters();
@@ -270,37 +336,17 @@ pub fn list_adapters() -> Vec<AdapterReport> {
                 driver: format!("{} {}", info.driver, info.driver_info)
                     .trim()
                     .to_owned(),
-                limits: vec![
-                    (
-                        "max_storage_buffer_binding_size",
-                        l.max_storage_buffer_binding_size,
-                    ),
-                    ("max_buffer_size", l.max_buffer_size),
-                    (
-                        "max_storage_buffers_per_shader_stage",
-                        l.max_storage_buffers_per_shader_stage.into(),
-                    ),
-                    (
-                        "max_compute_workgroups_per_dimension",
-                        l.max_compute_workgroups_per_dimension.into(),
-                    ),
-                    (
-                        "max_compute_invocations_per_workgroup",
-                        l.max_compute_invocations_per_workgroup.into(),
-                    ),
-                    (
-                        "max_compute_workgroup_storage_size",
-                        l.max_compute_workgroup_storage_size.into(),
-                    ),
-                    (
-                        "min_storage_buffer_offset_alignment",
-                        l.min_storage_buffer_offset_alignment.into(),
-                    ),
-                    (
-                        "min_uniform_buffer_offset_alignment",
-                        l.min_uniform_buffer_offset_alignment.into(),
-                    ),
-                ],
+                limits: named_limits!(
+                    l,
+                    max_storage_buffer_binding_size,
+                    max_buffer_size,
+                    max_storage_buffers_per_shader_stage,
+                    max_compute_workgroups_per_dimension,
+                    max_compute_invocations_per_workgroup,
+                    max_compute_workgroup_storage_size,
+                    min_storage_buffer_offset_alignment,
+                    min_uniform_buffer_offset_alignment
+                ),
                 shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
                 unusable: unusable(a),
                 auto_choice: auto_pick.as_ref().is_some_and(|p| {
@@ -392,14 +438,15 @@ pub(super) fn open(
     }));
 
     let granted = device.limits();
+    let hooks = options.test_hooks();
     let mut max_binding = granted
         .max_storage_buffer_binding_size
         .min(granted.max_buffer_size);
-    if let Some(cap) = options.max_binding_bytes_override {
+    if let Some(cap) = hooks.max_binding_bytes {
         max_binding = max_binding.min(cap);
     }
     let mut max_groups_per_dim = granted.max_compute_workgroups_per_dimension;
-    if let Some(cap) = options.max_workgroups_per_dim_override {
+    if let Some(cap) = hooks.max_workgroups_per_dim {
         max_groups_per_dim = max_groups_per_dim.min(cap.max(1));
     }
     let storage_align = u64::from(granted.min_storage_buffer_offset_alignment).max(4);

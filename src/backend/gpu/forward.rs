@@ -1,12 +1,17 @@
-//! The model's weights on the GPU and the programs of the two tile stages:
-//! forward (every kernel of every layer in one program) and scoring.
+//! The model's weights on the GPU and the programs of a tile: the forward
+//! pass (every kernel of every layer in one program) and scoring, recorded
+//! alone or after the forward pass in the same program, reading the
+//! embeddings where the forward pass left them.
 
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::{Model, BD_FEATURES};
 
+use super::chunking::{Aux, Planned};
+use super::kernels::gatv2::{self, GatWeights, Graph};
+use super::kernels::linear::{self, Gathered, LinearWeights};
+use super::kernels::{embed, score};
 use super::plan::{Problem, Refs};
-use super::program::{Array, Program, Slot};
-use super::record::{self, Aux, GatWeights, Gathered, Graph, LinearWeights, Planned};
+use super::program::{words, Array, Program, Slot};
 use super::shaders::{self, Elem, Variant};
 use super::GpuError;
 
@@ -141,41 +146,6 @@ pub(super) fn layout_model(model: &Model) -> (ModelLayout, Vec<u8>) {
     (layout, w.bytes())
 }
 
-/// A hash of every weight and size of `model`: decides whether the weights
-/// on the GPU are this model's.
-pub(super) fn fingerprint(model: &Model) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |v: u64| h = (h ^ v).wrapping_mul(0x0000_0100_0000_01b3);
-    let a = model.arch;
-    for v in [a.vocab, a.emb, a.heads, a.hidden, a.out, a.mid_layers] {
-        eat(v as u64);
-    }
-    let mut eat_all = |values: &[f32]| {
-        eat(values.len() as u64);
-        for v in values {
-            eat(u64::from(v.to_bits()));
-        }
-    };
-    eat_all(&model.tx_embedding);
-    eat_all(&model.lin0_bd_wt);
-    for l in &model.layers {
-        for g in [&l.neighbors, &l.belongs] {
-            for part in [
-                &g.lin_l_wt,
-                &g.lin_l_b,
-                &g.lin_r_wt,
-                &g.lin_r_b,
-                &g.att,
-                &g.bias,
-            ] {
-                eat_all(part);
-            }
-        }
-        eat_all(&[f32::from(u8::from(l.relu))]);
-    }
-    h
-}
-
 /// Activation values as the bytes of `act` elements.
 pub(super) fn to_act(values: &[f32], act: Elem) -> Vec<u8> {
     match act {
@@ -212,39 +182,29 @@ fn nan_to_num(v: f32) -> f32 {
     }
 }
 
-/// Where a forward program's results are in the staging bytes.
-#[derive(Debug, Default)]
-pub(super) struct ForwardReadback {
-    /// Per stage (input, then each layer): (tx at, tx elements, bd at, bd elements).
-    pub layers: Vec<(u64, u64, u64, u64)>,
-    pub z: (u64, u64, u64, u64),
-    pub dim: usize,
-}
+/// Where a stage's activations are in the staging bytes: (tx at, tx
+/// elements, bd at, bd elements).
+pub(super) type StageAt = (u64, u64, u64, u64);
 
-/// Variant of the GATv2 kernel for `channels` per head.
-pub(super) fn gat_variant(act: Elem, channels: u64, stage: &str) -> Result<Variant, GpuError> {
-    let max_c = shaders::max_c_for(channels as usize).ok_or_else(|| GpuError::Unsupported {
-        adapter: String::new(),
-        detail: format!(
-            "{stage}: {channels} channels per head; the GATv2 kernel supports at most {}",
-            shaders::LARGEST_MAX_C
-        ),
-    })?;
-    Ok(Variant {
-        max_c,
-        ..Variant::of(act)
-    })
+/// What a forward program leaves: the final embeddings on the GPU and, when
+/// asked for, where each stage's activations (input, then each layer) are
+/// in the staging bytes.
+#[derive(Debug)]
+pub(super) struct Forward {
+    pub z: score::DeviceEmbeddings,
+    pub layers: Vec<StageAt>,
 }
 
 /// Records a whole forward pass: embed, lin0, then per layer the four dense
-/// layers and the two aggregations; reads back z (and every layer when asked).
+/// layers and the two aggregations. With `keep_layers`, reads back every
+/// stage's activations; z itself stays on the GPU ([`read_z`]).
 pub(super) fn build_forward(
     program: &mut Program,
     act: Elem,
     layout: &ModelLayout,
     graph: &TileGraph,
     keep_layers: bool,
-) -> Result<ForwardReadback, GpuError> {
+) -> Result<Forward, GpuError> {
     let (n_tx, n_bd) = (graph.n_tx() as u64, graph.n_bd() as u64);
     let ab = act.bytes();
     let emb = layout.emb;
@@ -324,7 +284,7 @@ pub(super) fn build_forward(
             refs: Refs::One(&bl_rows_v),
             gathered_rows: n_tx as usize,
             gathered_row_bytes: max_in * ab,
-            max_rows: record::linear_max_rows(program, max_hc),
+            max_rows: linear::max_rows(program, max_hc),
         },
     )?;
     let bl_plan = aux.plan(
@@ -342,11 +302,7 @@ pub(super) fn build_forward(
         },
     )?;
 
-    let mut out = ForwardReadback {
-        dim: layout.layers.last().map_or(emb, |l| l.nb_l.out_dim) as usize,
-        ..Default::default()
-    };
-    record::embed(
+    embed::record(
         program,
         act,
         layout.table,
@@ -358,7 +314,7 @@ pub(super) fn build_forward(
         Array::at(tx[0], ab, n_tx * emb),
     )?;
     if n_bd > 0 {
-        record::linear(
+        linear::record(
             program,
             Variant {
                 act,
@@ -380,27 +336,28 @@ pub(super) fn build_forward(
         let bd_at = program.readback(bd[cur], 0, n_bd * width * ab);
         (tx_at, n_tx * width, bd_at, n_bd * width)
     };
+    let mut layers = Vec::new();
     if keep_layers {
-        out.layers.push(read(program, 0, width));
+        layers.push(read(program, 0, width));
     }
     let mut cur = 0;
-    for (l, layer) in layout.layers.iter().enumerate() {
+    for layer in &layout.layers {
         let next = 1 - cur;
         let in_dim = layer.nb_l.in_dim;
         let hc = layer.nb_l.out_dim;
         let variant = Variant::of(act);
-        let gat = gat_variant(act, layer.nb.channels, &program.stage)?;
+        let gat = gatv2::variant(act, layer.nb.channels, &program.stage)?;
         let h_tx = Array::at(tx[cur], ab, n_tx * in_dim);
         let h_bd = Array::at(bd[cur], ab, n_bd * in_dim);
         let xl_nb = Array::at("xl.nb", ab, n_tx * hc);
         let xr_nb = Array::at("xr.nb", ab, n_tx * hc);
-        record::linear(
+        linear::record(
             program, variant, h_tx, None, &aux, n_tx, layer.nb_l, false, xl_nb,
         )?;
-        record::linear(
+        linear::record(
             program, variant, h_tx, None, &aux, n_tx, layer.nb_r, false, xr_nb,
         )?;
-        record::gatv2(
+        gatv2::record(
             program,
             gat,
             xl_nb,
@@ -419,7 +376,7 @@ pub(super) fn build_forward(
         if n_bd > 0 {
             let xl_bl = Array::at("xl.bl", ab, n_rows * hc);
             let xr_bl = Array::at("xr.bl", ab, n_bd * hc);
-            record::linear(
+            linear::record(
                 program,
                 variant,
                 h_tx,
@@ -434,10 +391,10 @@ pub(super) fn build_forward(
                 false,
                 xl_bl,
             )?;
-            record::linear(
+            linear::record(
                 program, variant, h_bd, None, &aux, n_bd, layer.bl_r, false, xr_bl,
             )?;
-            record::gatv2(
+            gatv2::record(
                 program,
                 gat,
                 xl_bl,
@@ -456,19 +413,28 @@ pub(super) fn build_forward(
         }
         cur = next;
         width = hc;
-        if keep_layers || l + 1 == layout.layers.len() {
-            out.layers.push(read(program, cur, width));
+        if keep_layers {
+            layers.push(read(program, cur, width));
         }
     }
-    if layout.layers.is_empty() {
-        out.layers.push(read(program, cur, width));
-    }
-    out.z = *out.layers.last().expect("at least one readback");
-    if !keep_layers {
-        out.layers.clear();
-    }
     aux.upload(program);
-    Ok(out)
+    Ok(Forward {
+        z: score::DeviceEmbeddings {
+            z_tx: Array::at(tx[cur], ab, n_tx * width),
+            z_bd: Array::at(bd[cur], ab, n_bd * width),
+            n_bd,
+            dim: width,
+        },
+        layers,
+    })
+}
+
+/// Reads back the final embeddings of a forward program.
+pub(super) fn read_z(program: &mut Program, z: &score::DeviceEmbeddings) -> StageAt {
+    let ab = z.z_tx.elem;
+    let tx_at = program.readback(z.z_tx.slot, 0, z.z_tx.len * ab);
+    let bd_at = program.readback(z.z_bd.slot, 0, z.z_bd.len * ab);
+    (tx_at, z.z_tx.len, bd_at, z.z_bd.len)
 }
 
 /// Where a scoring program's results are, and the plan to map compact
@@ -480,22 +446,40 @@ pub(super) struct ScoreReadback {
     pub planned: Planned,
 }
 
-/// Records scoring of every transcript against its receptive field.
-pub(super) fn build_score(
+/// Uploads embeddings computed elsewhere, `[n, dim]` rows of `z_tx` and
+/// `z_bd`, as `act` elements.
+pub(super) fn upload_z(
     program: &mut Program,
     act: Elem,
     z_tx: &[f32],
     z_bd: &[f32],
     dim: usize,
-    rf: &ReceptiveField,
-) -> Result<ScoreReadback, GpuError> {
+) -> score::DeviceEmbeddings {
     let dim = dim as u64;
-    let n_tx = z_tx.len() as u64 / dim.max(1);
-    let n_bd = z_bd.len() as u64 / dim.max(1);
-    let k = rf.k as u64;
     let ab = act.bytes();
     program.upload("s.ztx", to_act(z_tx, act));
     program.upload("s.zbd", to_act(z_bd, act));
+    let n_bd = z_bd.len() as u64 / dim.max(1);
+    score::DeviceEmbeddings {
+        z_tx: Array::at("s.ztx", ab, z_tx.len() as u64),
+        z_bd: Array::at("s.zbd", ab, z_bd.len() as u64),
+        n_bd,
+        dim,
+    }
+}
+
+/// Records scoring of every transcript of `z` against its receptive field
+/// and reads back the best score and index of each.
+pub(super) fn build_score(
+    program: &mut Program,
+    act: Elem,
+    z: score::DeviceEmbeddings,
+    rf: &ReceptiveField,
+) -> Result<ScoreReadback, GpuError> {
+    let dim = z.dim;
+    let n_tx = z.z_tx.len / dim.max(1);
+    let k = rf.k as u64;
+    let ab = act.bytes();
     program.upload("s.rf", bytemuck::cast_slice(&rf.index).to_vec());
     program.need("s.score", n_tx * 4);
     program.need("s.index", n_tx * 4);
@@ -509,18 +493,15 @@ pub(super) fn build_score(
                 k: rf.k,
                 index: &rf.index,
             },
-            gathered_rows: n_bd as usize,
+            gathered_rows: z.n_bd as usize,
             gathered_row_bytes: dim * ab,
             max_rows: program.max_rows(1, u64::from(shaders::WG)),
         },
     )?;
-    record::score(
+    score::record(
         program,
         act,
-        Array::at("s.ztx", ab, n_tx * dim),
-        Array::at("s.zbd", ab, n_bd * dim),
-        n_bd,
-        dim,
+        z,
         Array::at("s.rf", 4, n_tx * k),
         k,
         &planned,
@@ -541,11 +522,9 @@ pub(super) fn build_score(
 
 /// Decodes a scoring readback: best score and nucleus index per transcript.
 pub(super) fn decode_score(bytes: &[u8], r: &ScoreReadback) -> (Vec<f32>, Vec<i32>) {
-    let n = r.n_tx as usize;
     let score = from_act(bytes, r.score_at, r.n_tx, Elem::F32);
-    let mut index: Vec<i32> = bytes[r.index_at as usize..r.index_at as usize + 4 * n]
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    let mut index: Vec<i32> = words(bytes, r.index_at, r.n_tx as usize)
+        .map(|w| w as i32)
         .collect();
     for chunk in &r.planned.chunks {
         if let Some(c) = &chunk.compact {

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
+use super::kernels::Kernel;
 use super::program::{Slot, Window};
-use super::shaders::Kernel;
 use super::GpuError;
 
 /// Granularity of buffer sizes.

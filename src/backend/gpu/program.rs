@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use super::context::EffectiveLimits;
-use super::shaders::{Kernel, Variant};
+use super::kernels::{BindingSet, Kernel, KernelParams};
+use super::shaders::Variant;
 use super::GpuError;
 
 /// Name of a pooled buffer.
@@ -16,10 +17,9 @@ pub(super) type Slot = &'static str;
 pub(super) const PARAMS: Slot = "params";
 /// Slot of the readback buffer.
 pub(super) const STAGING: Slot = "staging";
-/// u32 words of one dispatch's parameters.
-pub(super) const PARAM_WORDS: usize = 16;
-/// Bytes of one dispatch's parameters (the uniform binding size).
-pub(super) const PARAM_BYTES: u64 = (PARAM_WORDS * 4) as u64;
+/// Bytes of one dispatch's parameters slot (the uniform binding size): room
+/// for the largest `Params`.
+pub(super) const PARAM_BYTES: u64 = 64;
 
 /// Part of a slot a binding covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +70,8 @@ pub(super) struct Dispatch {
     pub variant: Variant,
     /// Storage bindings 1, 2, … in order.
     pub bindings: Vec<Binding>,
-    pub params: [u32; PARAM_WORDS],
+    /// The kernel's `Params`, zero-padded to the slot.
+    pub params: [u8; PARAM_BYTES as usize],
     /// Workgroups in x and y.
     pub groups: (u32, u32),
 }
@@ -188,6 +189,17 @@ impl Program {
         ))
     }
 
+    /// Fails when `count` items cannot be indexed by the kernels' u32s.
+    pub fn check_u32_indexable(&self, what: &str, count: u64) -> Result<(), GpuError> {
+        if count > u64::from(u32::MAX) {
+            return Err(GpuError::TooLarge {
+                stage: self.stage.clone(),
+                detail: format!("{count} {what} exceed the kernels' 32-bit indices"),
+            });
+        }
+        Ok(())
+    }
+
     /// Most workgroups one dispatch may have (a full 2-D grid).
     pub fn max_groups(&self) -> u64 {
         let max = u64::from(self.limits.max_groups_per_dim);
@@ -218,27 +230,27 @@ impl Program {
         Ok((max as u32, y as u32))
     }
 
-    /// Records a dispatch of `groups` workgroups (skipped when zero).
-    pub fn dispatch(
+    /// Records a dispatch of `groups` workgroups (skipped when zero) of the
+    /// kernel whose parameters `params` are.
+    pub fn dispatch<P: KernelParams>(
         &mut self,
-        kernel: Kernel,
         variant: Variant,
-        bindings: Vec<Binding>,
-        params: &[u32],
+        params: P,
+        bindings: P::Bindings,
         groups: u64,
     ) -> Result<(), GpuError> {
         if groups == 0 {
             return Ok(());
         }
-        debug_assert_eq!(bindings.len(), kernel.storage_bindings().len());
-        let mut words = [0u32; PARAM_WORDS];
-        words[..params.len()].copy_from_slice(params);
+        let mut bytes = [0u8; PARAM_BYTES as usize];
+        let param_bytes = bytemuck::bytes_of(&params);
+        bytes[..param_bytes.len()].copy_from_slice(param_bytes);
         let groups = self.grid(groups)?;
         self.steps.push(Step::Dispatch(Dispatch {
-            kernel,
+            kernel: P::KERNEL,
             variant,
-            bindings,
-            params: words,
+            bindings: bindings.in_order(),
+            params: bytes,
             groups,
         }));
         Ok(())
@@ -293,4 +305,11 @@ impl Program {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// `n` little-endian u32 words at byte `at` of readback `bytes`.
+pub(super) fn words(bytes: &[u8], at: u64, n: usize) -> impl Iterator<Item = u32> + '_ {
+    bytes[at as usize..at as usize + 4 * n]
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }

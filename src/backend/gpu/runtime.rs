@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 
 use super::context::GpuDevice;
+use super::kernels::{Access, Kernel};
 use super::pool::{GroupKey, Pool};
 use super::program::{Program, Step, PARAMS, PARAM_BYTES, STAGING};
-use super::shaders::{self, Kernel, Variant};
+use super::shaders::{self, Variant};
 use super::GpuError;
 
 pub(super) struct Runtime {
@@ -21,7 +22,7 @@ fn storage_usage() -> wgpu::BufferUsages {
     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC
 }
 
-/// Errors caught by a pair of error scopes, in the order they were popped.
+/// Errors caught by error scopes, in the order they were popped.
 fn pop_scopes(scopes: Vec<wgpu::ErrorScopeGuard>) -> Vec<wgpu::Error> {
     scopes
         .into_iter()
@@ -33,23 +34,28 @@ fn pop_scopes(scopes: Vec<wgpu::ErrorScopeGuard>) -> Vec<wgpu::Error> {
 impl Runtime {
     pub fn new(dev: GpuDevice) -> Self {
         let mut layouts = HashMap::new();
-        for kernel in Kernel::ALL {
+        for &kernel in Kernel::ALL {
+            let declaration = kernel.declaration();
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
                 binding: 0,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                    // wgpu checks at pipeline creation that the shader's
+                    // `Params` fits this: a second check of the declaration.
+                    min_binding_size: wgpu::BufferSize::new(declaration.params_size as u64),
                 },
                 count: None,
             }];
-            for (i, &read_only) in kernel.storage_bindings().iter().enumerate() {
+            for (i, &(_, access)) in declaration.bindings.iter().enumerate() {
                 entries.push(wgpu::BindGroupLayoutEntry {
                     binding: i as u32 + 1,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Storage { read_only },
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: access == Access::Read,
+                        },
                         has_dynamic_offset: false,
                         min_binding_size: None,
                     },
@@ -79,6 +85,14 @@ impl Runtime {
         }
     }
 
+    /// Error scopes catching `filters`, popped by [`pop_scopes`].
+    fn push_scopes(&self, filters: &[wgpu::ErrorFilter]) -> Vec<wgpu::ErrorScopeGuard> {
+        filters
+            .iter()
+            .map(|&f| self.dev.device.push_error_scope(f))
+            .collect()
+    }
+
     fn check_lost(&self, stage: &str) -> Result<(), GpuError> {
         if let Some(reason) = self.dev.lost.lock().ok().and_then(|l| l.clone()) {
             return Err(GpuError::DeviceLost {
@@ -102,6 +116,12 @@ impl Runtime {
         if self.pipelines.contains_key(&(kernel, variant)) {
             return;
         }
+        debug_assert!(
+            (kernel.declaration().variants)().contains(&variant),
+            "{} {}: a variant the shader tests do not cover",
+            kernel.file(),
+            variant.label()
+        );
         let source = shaders::wgsl(kernel, variant);
         let label = format!("{} {}", kernel.name(), variant.label());
         let module = self
@@ -163,14 +183,10 @@ impl Runtime {
         let n_dispatch = program.dispatches() as u64;
 
         // Allocation and pipeline creation.
-        let scopes = vec![
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Validation),
-        ];
+        let scopes = self.push_scopes(&[
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Validation,
+        ]);
         let mut sizes: Vec<_> = program.sizes.iter().map(|(s, b)| (*s, *b)).collect();
         sizes.sort();
         let mut allocation = Ok(());
@@ -231,7 +247,7 @@ impl Runtime {
         for step in &program.steps {
             let Step::Dispatch(d) = step else { continue };
             let at = i * stride as usize;
-            params[at..at + PARAM_BYTES as usize].copy_from_slice(bytemuck::cast_slice(&d.params));
+            params[at..at + PARAM_BYTES as usize].copy_from_slice(&d.params);
             i += 1;
             let mut ranges = vec![self.pool.range(
                 PARAMS,
@@ -279,17 +295,11 @@ impl Runtime {
         }
 
         // One encoder, one submission.
-        let scopes = vec![
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Validation),
-            self.dev
-                .device
-                .push_error_scope(wgpu::ErrorFilter::Internal),
-        ];
+        let scopes = self.push_scopes(&[
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Validation,
+            wgpu::ErrorFilter::Internal,
+        ]);
         let mut encoder = self
             .dev
             .device

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use super::kernels::Kernel;
+
 /// Workgroup size of the 1-D kernels (all but linear).
 pub const WG: u32 = 64;
 /// Tile edge of the linear kernel (a TILE×TILE workgroup, TILE k-values
@@ -20,89 +22,8 @@ pub const MIN_MAX_C: u32 = 8;
 pub const LARGEST_MAX_C: u32 = 256;
 
 /// Shader files that may be included.
-const INCLUDES: &[(&str, &str)] = &[("common.wgsl", include_str!("../../../shaders/common.wgsl"))];
-
-/// One compute kernel (one shader file, entry point `main`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kernel {
-    /// `shaders/embed.wgsl`.
-    Embed,
-    /// `shaders/gather.wgsl`.
-    Gather,
-    /// `shaders/linear.wgsl`.
-    Linear,
-    /// `shaders/gatv2.wgsl`.
-    Gatv2,
-    /// `shaders/score.wgsl`.
-    Score,
-    /// `shaders/fragments.wgsl`.
-    Fragments,
-    /// `shaders/components.wgsl`.
-    Components,
-}
-
-impl Kernel {
-    /// Every kernel.
-    pub const ALL: [Kernel; 7] = [
-        Kernel::Embed,
-        Kernel::Gather,
-        Kernel::Linear,
-        Kernel::Gatv2,
-        Kernel::Score,
-        Kernel::Fragments,
-        Kernel::Components,
-    ];
-
-    /// File name under `shaders/`.
-    pub fn file(self) -> &'static str {
-        match self {
-            Kernel::Embed => "embed.wgsl",
-            Kernel::Gather => "gather.wgsl",
-            Kernel::Linear => "linear.wgsl",
-            Kernel::Gatv2 => "gatv2.wgsl",
-            Kernel::Score => "score.wgsl",
-            Kernel::Fragments => "fragments.wgsl",
-            Kernel::Components => "components.wgsl",
-        }
-    }
-
-    /// The shader file as written.
-    pub fn source(self) -> &'static str {
-        match self {
-            Kernel::Embed => include_str!("../../../shaders/embed.wgsl"),
-            Kernel::Gather => include_str!("../../../shaders/gather.wgsl"),
-            Kernel::Linear => include_str!("../../../shaders/linear.wgsl"),
-            Kernel::Gatv2 => include_str!("../../../shaders/gatv2.wgsl"),
-            Kernel::Score => include_str!("../../../shaders/score.wgsl"),
-            Kernel::Fragments => include_str!("../../../shaders/fragments.wgsl"),
-            Kernel::Components => include_str!("../../../shaders/components.wgsl"),
-        }
-    }
-
-    /// Storage bindings (1, 2, …; binding 0 is the uniform parameters) and
-    /// whether each is read-only.
-    pub fn storage_bindings(self) -> &'static [bool] {
-        match self {
-            Kernel::Embed => &[true, true, false],
-            Kernel::Gather => &[true, true, false],
-            Kernel::Linear => &[true, true, true, false],
-            Kernel::Gatv2 => &[true, true, true, true, true, false],
-            Kernel::Score => &[true, true, true, false, false],
-            Kernel::Fragments => &[true, true, true, true, false, false],
-            Kernel::Components => &[true, false, false],
-        }
-    }
-
-    /// Whether the kernel has activation buffers, and so f16 variants.
-    pub fn reads_activations(self) -> bool {
-        !matches!(self, Kernel::Fragments | Kernel::Components)
-    }
-
-    /// Short name for labels and error messages.
-    pub fn name(self) -> &'static str {
-        self.file().trim_end_matches(".wgsl")
-    }
-}
+pub(crate) const INCLUDES: &[(&str, &str)] =
+    &[("common.wgsl", include_str!("../../../shaders/common.wgsl"))];
 
 /// Element type of a buffer in a shader variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -175,6 +96,16 @@ pub fn max_c_for(channels: usize) -> Option<u32> {
     (c <= LARGEST_MAX_C).then_some(c)
 }
 
+/// The variants of a kernel without activation buffers: f32 only.
+pub fn f32_only() -> Vec<Variant> {
+    vec![Variant::of(Elem::F32)]
+}
+
+/// The variants of a kernel with activation buffers: f32 and f16.
+pub fn f32_and_f16() -> Vec<Variant> {
+    vec![Variant::of(Elem::F32), Variant::of(Elem::F16)]
+}
+
 /// Replaces every `//!include NAME` line of `text` by the named file
 /// (recursively, a file at most once).
 pub fn expand_includes(text: &str) -> Result<String, String> {
@@ -220,50 +151,26 @@ pub fn wgsl(kernel: Kernel, variant: Variant) -> String {
         variant.act_in.wgsl(),
         variant.max_c,
     );
-    out.push_str(&expand_includes(kernel.source()).expect("shader includes are valid"));
+    out.push_str(&expand_includes(kernel.declaration().source).expect("shader includes are valid"));
     out
 }
 
 /// Every (kernel, variant) pair seggpu may compile.
+#[cfg(test)]
 pub fn all_variants() -> Vec<(Kernel, Variant)> {
-    let mut all = Vec::new();
-    for act in [Elem::F32, Elem::F16] {
-        all.push((Kernel::Embed, Variant::of(act)));
-        all.push((Kernel::Gather, Variant::of(act)));
-        all.push((Kernel::Linear, Variant::of(act)));
-        all.push((Kernel::Score, Variant::of(act)));
-        let mut max_c = MIN_MAX_C;
-        while max_c <= LARGEST_MAX_C {
-            all.push((
-                Kernel::Gatv2,
-                Variant {
-                    max_c,
-                    ..Variant::of(act)
-                },
-            ));
-            max_c *= 2;
-        }
-    }
-    all.extend(
-        Kernel::ALL
-            .into_iter()
-            .filter(|k| !k.reads_activations())
-            .map(|k| (k, Variant::of(Elem::F32))),
-    );
-    // f16 activations computed from an f32 input (the nucleus features).
-    all.push((
-        Kernel::Linear,
-        Variant {
-            act: Elem::F16,
-            act_in: Elem::F32,
-            max_c: MIN_MAX_C,
-        },
-    ));
-    all
+    Kernel::ALL
+        .iter()
+        .flat_map(|&k| {
+            (k.declaration().variants)()
+                .into_iter()
+                .map(move |v| (k, v))
+        })
+        .collect()
 }
 
 /// Parses and validates `kernel` in `variant` with naga, with exactly the
 /// capabilities the variant needs.
+#[cfg(test)]
 pub fn validate(kernel: Kernel, variant: Variant) -> Result<(), String> {
     let source = wgsl(kernel, variant);
     let module = naga::front::wgsl::parse_str(&source)
@@ -296,22 +203,9 @@ mod tests {
 
     #[test]
     fn every_shader_variant_validates_with_naga() {
-        let all = all_variants();
-        for (kernel, variant) in &all {
-            validate(*kernel, *variant)
+        for (kernel, variant) in all_variants() {
+            validate(kernel, variant)
                 .unwrap_or_else(|e| panic!("{} {}:\n{e}", kernel.file(), variant.label()));
-        }
-        // Every kernel appears in f32, and in f16 where it has activations.
-        for kernel in Kernel::ALL {
-            for act in [Elem::F32, Elem::F16] {
-                let listed = all.iter().any(|(k, v)| *k == kernel && v.act == act);
-                assert_eq!(
-                    listed,
-                    act == Elem::F32 || kernel.reads_activations(),
-                    "{} {act:?}",
-                    kernel.file()
-                );
-            }
         }
     }
 
@@ -338,7 +232,7 @@ mod tests {
     #[test]
     fn the_bin_rule_threshold_is_exactly_2_to_the_minus_54() {
         assert_eq!(
-            f32_constant(Kernel::Fragments, "ROUNDS_TO_ONE"),
+            f32_constant(Kernel::EdgeSimilarity, "ROUNDS_TO_ONE"),
             2f32.powi(-54)
         );
     }

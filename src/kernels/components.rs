@@ -1,82 +1,12 @@
-//! Twins of `shaders/fragments.wgsl` and `shaders/components.wgsl`: edge
-//! similarity with its histogram, and connected components by min-label
-//! hooking with pointer jumping.
+//! Twin of `shaders/components.wgsl`: connected components (SPEC §9) by
+//! min-label hooking with pointer jumping.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use rayon::prelude::*;
 
-use crate::pipeline::fragments::{similarity_bin, HISTOGRAM_BINS};
-
-/// Items handed to one rayon task by the per-invocation loops below.
+/// Items handed to one rayon task.
 const ITEMS_PER_TASK: usize = 4096;
-
-/// One invocation of `fragments.wgsl`: slot `e` of the `[n, k]` neighbour
-/// lists. Cosine of the unit embedding rows of the two transcripts' genes;
-/// 0 for an empty slot.
-#[inline]
-pub fn edge_similarity_at(
-    neighbors: &[i32],
-    k: usize,
-    tokens: &[u32],
-    unit: &[f32],
-    dim: usize,
-    e: usize,
-) -> f32 {
-    let j = neighbors[e];
-    let mut dot = 0.0f32;
-    if j >= 0 {
-        let a = tokens[e / k] as usize * dim;
-        let b = tokens[j as usize] as usize * dim;
-        for c in 0..dim {
-            dot += unit[a + c] * unit[b + c];
-        }
-    }
-    dot
-}
-
-/// Similarity of every neighbour slot.
-pub fn edge_similarity(
-    neighbors: &[i32],
-    k: usize,
-    tokens: &[u32],
-    unit: &[f32],
-    dim: usize,
-) -> Vec<f32> {
-    (0..neighbors.len())
-        .into_par_iter()
-        .with_min_len(ITEMS_PER_TASK)
-        .map(|e| edge_similarity_at(neighbors, k, tokens, unit, dim, e))
-        .collect()
-}
-
-/// Histogram of the similarities of the non-empty slots over [−1, 1]
-/// ([`similarity_bin`]); the shader counts the same slots with atomics.
-pub fn similarity_histogram(neighbors: &[i32], similarity: &[f32]) -> Vec<u32> {
-    let mut histogram = vec![0u32; HISTOGRAM_BINS];
-    for (&j, &s) in neighbors.iter().zip(similarity) {
-        if j >= 0 {
-            histogram[similarity_bin(s)] += 1;
-        }
-    }
-    histogram
-}
-
-/// Undirected edges `[a, b]` kept at `threshold`.
-pub fn kept_edges(
-    neighbors: &[i32],
-    k: usize,
-    similarity: &[f32],
-    threshold: f32,
-) -> Vec<[u32; 2]> {
-    neighbors
-        .iter()
-        .zip(similarity)
-        .enumerate()
-        .filter(|(_, (&j, &s))| j >= 0 && s >= threshold)
-        .map(|(e, (&j, _))| [(e / k) as u32, j as u32])
-        .collect()
-}
 
 /// One hooking invocation over edge `(a, b)`: the larger of the two labels,
 /// and both endpoints, move to the smaller label. Returns whether the labels
@@ -168,18 +98,5 @@ mod tests {
         assert!(components(1000, &path).iter().all(|&l| l == 0));
         assert_eq!(components(5, &[]), vec![0, 1, 2, 3, 4]);
         assert!(components(0, &[]).is_empty());
-    }
-
-    #[test]
-    fn empty_slots_score_zero_and_are_not_counted() {
-        let unit = [1.0, 0.0, 0.6, 0.8];
-        let neighbors = [1, -1, 0, -1];
-        let sim = edge_similarity(&neighbors, 2, &[0, 1], &unit, 2);
-        assert_eq!(sim, vec![0.6, 0.0, 0.6, 0.0]);
-        let histogram = similarity_histogram(&neighbors, &sim);
-        assert_eq!(histogram.iter().sum::<u32>(), 2);
-        assert_eq!(histogram[similarity_bin(0.6)], 2);
-        assert_eq!(kept_edges(&neighbors, 2, &sim, 0.5), vec![[0, 1], [1, 0]]);
-        assert!(kept_edges(&neighbors, 2, &sim, 0.7).is_empty());
     }
 }

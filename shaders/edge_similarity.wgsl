@@ -1,6 +1,6 @@
-// Fragment-neighbour similarity and its histogram (SPEC §9). Twins:
-// src/kernels/fragments.rs (`edge_similarity_at`, `similarity_histogram`)
-// and src/fragments.rs (`similarity_bin`).
+// Fragment-neighbour similarity and its histogram (SPEC §9). Twin:
+// src/kernels/edge_similarity.rs (`edge_similarity_at`, `similarity_bin`,
+// `similarity_histogram`).
 // One invocation per slot `e` of the `[n, k]` neighbour lists: the cosine of
 // the unit embedding rows of the two transcripts' genes (0 for an empty
 // slot), counted into its histogram bin when the bin lies in this
