@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::{GpuBackend, GpuOptions};
-use seggpu::backend::{Backend, EdgeSimilarity};
+use seggpu::backend::{Backend, EdgeSimilarity, FragmentSlots};
 use seggpu::kernels::edge_similarity::kept_edges;
 use seggpu::pipeline::fragments::{histogram_median, normalised_embeddings};
 
@@ -108,7 +108,13 @@ fn time(
     for _ in 0..repeats + 1 {
         let start = Instant::now();
         let sim = backend
-            .fragment_similarity(neighbors, K, tokens, unit, DIM)
+            .fragment_similarity(FragmentSlots {
+                neighbors,
+                k: K,
+                tokens,
+                unit,
+                dim: DIM,
+            })
             .expect("similarity");
         sim_s.push(start.elapsed().as_secs_f64());
         let threshold = histogram_median(&sim.histogram).expect("edges");

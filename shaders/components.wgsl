@@ -1,4 +1,4 @@
-// Connected components (SPEC §9) by min-label hooking and pointer jumping.
+// Connected components (docs/contract.md §9) by min-label hooking and pointer jumping.
 // Twin: src/kernels/components.rs (`hook_at`, `jump_at`, `components`).
 //
 // labels[i] starts at i and only ever falls to the label of a node in the

@@ -1,4 +1,4 @@
-// Fragment-neighbour similarity and its histogram (SPEC §9). Twin:
+// Fragment-neighbour similarity and its histogram (docs/contract.md §9). Twin:
 // src/kernels/edge_similarity.rs (`edge_similarity_at`, `similarity_bin`,
 // `similarity_histogram`).
 // One invocation per slot `e` of the `[n, k]` neighbour lists: the cosine of

@@ -1,4 +1,4 @@
-// Receptive-field scoring (SPEC §8). Twin: src/kernels/score.rs (`best_at`).
+// Receptive-field scoring (docs/contract.md §8). Twin: src/kernels/score.rs (`best_at`).
 // One invocation per transcript: score every candidate nucleus, keep the
 // best; ties go to the lower nucleus index; (0, -1) without a candidate.
 //!include common.wgsl

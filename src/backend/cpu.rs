@@ -2,7 +2,9 @@
 
 use anyhow::Result;
 
-use super::{receptive_field, Activations, Backend, BestMatches, EdgeSimilarity, Embeddings};
+use super::{
+    receptive_field, Activations, Backend, BestMatches, EdgeSimilarity, Embeddings, FragmentSlots,
+};
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::kernels::{components, edge_similarity, embed, gatv2, linear, score};
 use crate::model::{GatWeights, Model, BD_FEATURES};
@@ -193,14 +195,14 @@ impl Backend for CpuBackend {
         self.score(&embeddings, rf)
     }
 
-    fn fragment_similarity(
-        &mut self,
-        neighbors: &[i32],
-        k: usize,
-        tokens: &[u32],
-        unit: &[f32],
-        dim: usize,
-    ) -> Result<EdgeSimilarity> {
+    fn fragment_similarity(&mut self, slots: FragmentSlots) -> Result<EdgeSimilarity> {
+        let FragmentSlots {
+            neighbors,
+            k,
+            tokens,
+            unit,
+            dim,
+        } = slots;
         let similarity = edge_similarity::edge_similarity(neighbors, k, tokens, unit, dim);
         let histogram = edge_similarity::similarity_histogram(neighbors, &similarity);
         Ok(EdgeSimilarity {

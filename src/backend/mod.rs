@@ -41,7 +41,22 @@ pub struct BestMatches {
     pub index: Vec<i32>,
 }
 
-/// Fragment-neighbour similarities (SPEC §9) with their histogram.
+/// Inputs of [`Backend::fragment_similarity`].
+#[derive(Debug, Clone, Copy)]
+pub struct FragmentSlots<'a> {
+    /// `[n, k]` fragment-neighbour lists (−1 = empty slot).
+    pub neighbors: &'a [i32],
+    /// Slots per transcript.
+    pub k: usize,
+    /// Token of every transcript.
+    pub tokens: &'a [u32],
+    /// Unit embedding rows, `[vocab, dim]`.
+    pub unit: &'a [f32],
+    /// Embedding width.
+    pub dim: usize,
+}
+
+/// Fragment-neighbour similarities (docs/contract.md §9) with their histogram.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EdgeSimilarity {
     /// Per neighbour slot: cosine of the two genes' unit embeddings (0 for
@@ -89,17 +104,8 @@ pub trait Backend {
     /// the embeddings on the device and reads back only the best matches.
     fn score_tile(&mut self, model: &Model, graph: &TileGraph) -> Result<BestMatches>;
 
-    /// Similarity of every slot of the `[n, k]` fragment-neighbour lists
-    /// `neighbors` (−1 = empty), from each transcript's token and the unit
-    /// embedding rows `unit` (`[vocab, dim]`), and their histogram.
-    fn fragment_similarity(
-        &mut self,
-        neighbors: &[i32],
-        k: usize,
-        tokens: &[u32],
-        unit: &[f32],
-        dim: usize,
-    ) -> Result<EdgeSimilarity>;
+    /// Similarity of every fragment-neighbour slot, and their histogram.
+    fn fragment_similarity(&mut self, slots: FragmentSlots) -> Result<EdgeSimilarity>;
 
     /// Connected components of an undirected graph on `n` nodes: every node
     /// labelled with the smallest node index of its component.

@@ -1,4 +1,4 @@
-//! Twin of `shaders/components.wgsl`: connected components (SPEC §9) by
+//! Twin of `shaders/components.wgsl`: connected components (docs/contract.md §9) by
 //! min-label hooking with pointer jumping.
 
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};

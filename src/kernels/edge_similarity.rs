@@ -1,5 +1,5 @@
 //! Twin of `shaders/edge_similarity.wgsl`: the similarity of every
-//! fragment-neighbour slot (SPEC §9), the histogram bin rule and the
+//! fragment-neighbour slot (docs/contract.md §9), the histogram bin rule and the
 //! histogram of the similarities; and the edges a threshold keeps.
 
 use rayon::prelude::*;

@@ -1,4 +1,4 @@
-//! Twin of `shaders/score.wgsl`: receptive-field scoring (SPEC §8). For each
+//! Twin of `shaders/score.wgsl`: receptive-field scoring (docs/contract.md §8). For each
 //! transcript, score every candidate nucleus and keep the best one.
 
 use rayon::prelude::*;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::prepare::Prepared;
-use crate::backend::Backend;
+use crate::backend::{Backend, FragmentSlots};
 use crate::graph::knn::{knn_3d, DistanceCap};
 use crate::io::TranscriptKey;
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
@@ -118,7 +118,13 @@ pub fn run(
     let unit = normalised_embeddings(&model.tx_embedding, dim);
     let neighbors = fragment_neighbours(&prepared.pos, params.k_tx, params.dist_tx);
     let k = params.k_tx;
-    let scored = backend.fragment_similarity(&neighbors, k, &prepared.tokens, &unit, dim)?;
+    let scored = backend.fragment_similarity(FragmentSlots {
+        neighbors: &neighbors,
+        k,
+        tokens: &prepared.tokens,
+        unit: &unit,
+        dim,
+    })?;
     let median = histogram_median(&scored.histogram);
     let threshold = median.map_or(params.cut, |m| m.max(params.cut));
 

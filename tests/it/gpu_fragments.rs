@@ -13,7 +13,7 @@ use crate::common::{all_close, Tolerance, XorShift};
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{AutoBackend, GpuBackend, GpuError, GpuOptions};
-use seggpu::backend::Backend;
+use seggpu::backend::{Backend, FragmentSlots};
 use seggpu::kernels::components as components_twin;
 use seggpu::kernels::edge_similarity::{self as twin, HISTOGRAM_BINS};
 use seggpu::pipeline::fragments::normalised_embeddings;
@@ -208,7 +208,13 @@ fn check_similarity(
     dim: usize,
 ) {
     let got = backend
-        .fragment_similarity(neighbors, k, tokens, unit, dim)
+        .fragment_similarity(FragmentSlots {
+            neighbors,
+            k,
+            tokens,
+            unit,
+            dim,
+        })
         .unwrap();
     let expected = twin::edge_similarity(neighbors, k, tokens, unit, dim);
     all_close(what, &got.similarity, &expected, Tolerance::abs(1e-6));
@@ -249,7 +255,15 @@ fn gpu_similarity_and_histogram_equal_the_twins() {
     let neighbors = neighbour_lists(n, k, 8);
     check_similarity(&mut gpu, "similarity", &neighbors, k, &tokens, &unit, dim);
 
-    let empty = gpu.fragment_similarity(&[], 5, &[], &unit, dim).unwrap();
+    let empty = gpu
+        .fragment_similarity(FragmentSlots {
+            neighbors: &[],
+            k: 5,
+            tokens: &[],
+            unit: &unit,
+            dim,
+        })
+        .unwrap();
     assert!(empty.similarity.is_empty());
     assert_eq!(empty.histogram, vec![0; HISTOGRAM_BINS]);
 }

@@ -1,4 +1,4 @@
-//! Nucleus shape features (SPEC §4) on exact shapes, ring cleaning, the
+//! Nucleus shape features (docs/contract.md §4) on exact shapes, ring cleaning, the
 //! minimum enclosing circle, and the WKB / WKT parsers.
 
 use geo::{Coord, LineString, Polygon};

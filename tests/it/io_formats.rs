@@ -1,4 +1,4 @@
-//! The dtype and format matrix of SPEC §2, on small files written here:
+//! The dtype and format matrix of docs/contract.md §2, on small files written here:
 //! id, gene, cell-id, coordinate and flag column types in parquet; CSV,
 //! gzip CSV without a telling name, TSV; CosMx per-FOV cell ids; WKB, WKT
 //! and vertex-table nuclei; the command-line flags.

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::{GpuBackend, GpuError, GpuOptions};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BestMatches, EdgeSimilarity, Embeddings};
+use crate::backend::{Backend, BestMatches, EdgeSimilarity, Embeddings, FragmentSlots};
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
 
@@ -95,15 +95,8 @@ impl Backend for AutoBackend {
         self.with_fallback(|b| b.score_tile(model, graph))
     }
 
-    fn fragment_similarity(
-        &mut self,
-        neighbors: &[i32],
-        k: usize,
-        tokens: &[u32],
-        unit: &[f32],
-        dim: usize,
-    ) -> Result<EdgeSimilarity> {
-        self.with_fallback(|b| b.fragment_similarity(neighbors, k, tokens, unit, dim))
+    fn fragment_similarity(&mut self, slots: FragmentSlots) -> Result<EdgeSimilarity> {
+        self.with_fallback(|b| b.fragment_similarity(slots))
     }
 
     fn components(&mut self, n: usize, edges: &[[u32; 2]]) -> Result<Vec<u32>> {

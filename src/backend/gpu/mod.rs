@@ -36,7 +36,9 @@ pub mod test_support;
 
 use anyhow::Result;
 
-use super::{receptive_field, Activations, Backend, BestMatches, EdgeSimilarity, Embeddings};
+use super::{
+    receptive_field, Activations, Backend, BestMatches, EdgeSimilarity, Embeddings, FragmentSlots,
+};
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::{Architecture, Model};
@@ -488,14 +490,14 @@ impl Backend for GpuBackend {
         Ok(BestMatches { score, index })
     }
 
-    fn fragment_similarity(
-        &mut self,
-        neighbors: &[i32],
-        k: usize,
-        tokens: &[u32],
-        unit: &[f32],
-        dim: usize,
-    ) -> Result<EdgeSimilarity> {
+    fn fragment_similarity(&mut self, slots: FragmentSlots) -> Result<EdgeSimilarity> {
+        let FragmentSlots {
+            neighbors,
+            k,
+            tokens,
+            unit,
+            dim,
+        } = slots;
         let vocab = unit.len() / dim.max(1);
         let stage = format!(
             "fragment similarity ({} transcripts × {k} neighbours, {vocab} genes × {dim})",

@@ -1,4 +1,4 @@
-//! `shaders/components.wgsl`: connected components (SPEC §9) by min-label
+//! `shaders/components.wgsl`: connected components (docs/contract.md §9) by min-label
 //! hooking and pointer jumping, many iterations per submission
 //! ([`iterations_in_submission`]). Twin: [`crate::kernels::components`].
 

@@ -1,5 +1,5 @@
 //! `shaders/edge_similarity.wgsl`: the similarity of every fragment-neighbour
-//! slot and its histogram (SPEC §9), as one program. Twin:
+//! slot and its histogram (docs/contract.md §9), as one program. Twin:
 //! [`crate::kernels::edge_similarity`].
 
 use crate::backend::gpu::chunking::{plan_chunks, Aux};

@@ -1,5 +1,5 @@
 //! `shaders/score.wgsl`: receptive-field scoring, the best nucleus per
-//! transcript (SPEC §8). Twin: [`crate::kernels::score`].
+//! transcript (docs/contract.md §8). Twin: [`crate::kernels::score`].
 
 use crate::backend::gpu::chunking::{Aux, Indexed, Planned, COMPACT};
 use crate::backend::gpu::program::{Array, Program};
