@@ -370,3 +370,60 @@ fn real_merscope_crop_segments_with_negated_polygon_y() {
     assert_eq!(c["nuclei"], 498);
     assert!(c["assigned"].as_u64().unwrap() > 20_000);
 }
+
+/// A demo run with `extra` flags, as on a machine without a display.
+fn demo_without_display(out: &Path, extra: &[&str]) -> Output {
+    seggpu()
+        .args(["segment", "--demo", "--demo-cells", "60", "--out"])
+        .arg(out)
+        .args(extra)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .output()
+        .expect("run seggpu")
+}
+
+#[test]
+fn a_successful_run_without_a_display_prints_no_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // `auto` probes the GPU adapters (the Vulkan instance), `gpu` also runs on one.
+    for backend in ["auto", "gpu"] {
+        let out = tmp.path().join(backend);
+        let run = demo_without_display(&out, &["--backend", backend]);
+        if backend == "gpu" && !run.status.success() && !seggpu::backend::gpu::test_support::in_ci()
+        {
+            println!("SKIPPED --backend gpu: no adapter");
+            continue;
+        }
+        let stderr = assert_success(&run);
+        let noisy: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.to_lowercase().contains("error"))
+            .collect();
+        assert!(noisy.is_empty(), "--backend {backend}: {noisy:?}");
+        assert!(stderr.contains("seggpu segment:"), "{stderr}");
+    }
+}
+
+#[test]
+fn quiet_prints_nothing_and_threads_is_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = demo_without_display(
+        &tmp.path().join("quiet"),
+        &["--backend", "cpu", "-q", "--threads", "1"],
+    );
+    let stderr = assert_success(&run);
+    assert!(stderr.is_empty(), "-q printed: {stderr}");
+    assert!(tmp.path().join("quiet/segger_transcripts.parquet").exists());
+    let run = demo_without_display(&tmp.path().join("verbose"), &["--backend", "cpu", "-v"]);
+    let stderr = assert_success(&run);
+    assert!(
+        stderr.contains("model+score:"),
+        "-v shows the stage seconds: {stderr}"
+    );
+    assert_failure(
+        &demo_without_display(&tmp.path().join("zero"), &["--threads", "0"]),
+        "--threads",
+    );
+}
