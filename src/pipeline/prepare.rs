@@ -12,6 +12,9 @@ use crate::io::{FilterReason, Nuclei, Transcripts};
 use crate::model::Model;
 use crate::tiles::{self, TileGrid};
 
+/// Most tiles a run may have.
+pub const MAX_TILES: usize = 1 << 22;
+
 /// The kept transcripts, ready for the tiles.
 pub struct Prepared {
     /// Input row of every kept transcript, ascending.
@@ -73,6 +76,15 @@ pub fn run(
         f64::INFINITY
     };
     let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), tile_size, margin);
+    // Checked before anything is allocated per tile.
+    match grid.cols.checked_mul(grid.rows) {
+        Some(n) if n <= MAX_TILES => {}
+        _ => bail!(
+            "--tile-size {tile_size} µm cuts the sample's extent into {} × {} tiles, more than {MAX_TILES}; use a larger --tile-size (or check for transcripts far from the rest)",
+            grid.cols,
+            grid.rows
+        ),
+    }
     Ok(Prepared {
         kept,
         pos,

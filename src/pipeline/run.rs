@@ -37,19 +37,19 @@ pub struct SegmentArgs {
     pub demo_seed: u64,
     #[arg(long, help = defaults::K_TX_HELP)]
     pub k_tx: Option<usize>,
-    #[arg(long, help = defaults::DIST_TX_HELP)]
+    #[arg(long, help = defaults::DIST_TX_HELP, allow_negative_numbers = true)]
     pub dist_tx: Option<f64>,
     /// No distance cap for transcript neighbours (segger_dev's stored graphs had none).
     #[arg(long)]
     pub no_dist_cap: bool,
     #[arg(long, help = defaults::K_BD_HELP)]
     pub k_bd: Option<usize>,
-    #[arg(long, help = defaults::DIST_BD_HELP)]
+    #[arg(long, help = defaults::DIST_BD_HELP, allow_negative_numbers = true)]
     pub dist_bd: Option<f64>,
     #[arg(long, help = defaults::SCORE_CUT_HELP)]
     pub score_cut: Option<ScoreCut>,
     /// Fragment similarity cut [default: the score cut].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub fragment_cut: Option<f32>,
     #[arg(long, help = defaults::MIN_TRANSCRIPTS_HELP)]
     pub min_transcripts: Option<usize>,
@@ -60,10 +60,10 @@ pub struct SegmentArgs {
     #[arg(long, value_enum, default_value_t = UnknownGenes::Error)]
     pub unknown_genes: UnknownGenes,
     /// Tile core side in µm (results do not depend on it with the exact margin).
-    #[arg(long, default_value_t = defaults::TILE_SIZE)]
+    #[arg(long, default_value_t = defaults::TILE_SIZE, allow_negative_numbers = true)]
     pub tile_size: f64,
     /// Tile margin in µm; smaller than the exact margin is an approximation [default: exact].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub margin: Option<f64>,
 }
 
@@ -88,11 +88,28 @@ impl SegmentArgs {
             k_tx >= 1 && k_bd >= 1,
             "--k-tx and --k-bd must be at least 1"
         );
-        anyhow::ensure!(
-            dist_tx > 0.0 && dist_bd > 0.0,
-            "--dist-tx and --dist-bd must be positive"
-        );
-        anyhow::ensure!(self.tile_size > 0.0, "--tile-size must be positive");
+        let positive = |flag: &str, v: f64| {
+            anyhow::ensure!(
+                v > 0.0 && v.is_finite(),
+                "{flag} is {v}, expected a positive finite distance in µm"
+            );
+            Ok(())
+        };
+        positive("--dist-tx", dist_tx)?;
+        positive("--dist-bd", dist_bd)?;
+        positive("--tile-size", self.tile_size)?;
+        if let Some(margin) = self.margin {
+            anyhow::ensure!(
+                margin >= 0.0 && margin.is_finite(),
+                "--margin is {margin}, expected a finite distance ≥ 0 in µm"
+            );
+        }
+        if let Some(cut) = self.fragment_cut {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&cut),
+                "--fragment-cut is {cut}, expected a number in [0, 1]"
+            );
+        }
         Ok(SegmentParams {
             graph: GraphParams {
                 k_tx,

@@ -427,3 +427,23 @@ fn quiet_prints_nothing_and_threads_is_checked() {
         "--threads",
     );
 }
+
+#[test]
+fn numeric_flags_out_of_range_are_refused_before_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path(), 20);
+    for (flags, expect) in [
+        (&["--fragment-cut", "NaN"][..], "--fragment-cut is NaN"),
+        (&["--fragment-cut", "1.5"][..], "--fragment-cut is 1.5"),
+        (&["--margin", "-1"][..], "--margin is -1"),
+        (&["--margin", "inf"][..], "--margin is inf"),
+        (&["--dist-tx", "inf"][..], "--dist-tx is inf"),
+        (&["--dist-bd", "NaN"][..], "--dist-bd is NaN"),
+        (&["--tile-size", "0"][..], "--tile-size is 0"),
+        (&["--dist-tx", "-5"][..], "--dist-tx is -5"),
+        (&["--tile-size", "1e-9"][..], "use a larger --tile-size"),
+    ] {
+        let out = tmp.path().join("out");
+        assert_clean_failure(&segment(&input, &out, flags), &out, expect);
+    }
+}
