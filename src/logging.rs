@@ -71,8 +71,8 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// Installs the stderr logger (once per process; later calls only change
-/// nothing, so tests that run several commands in one process are fine).
+/// Installs the stderr logger. Only the first call of a process installs
+/// one; later calls do nothing.
 pub fn init(verbosity: Verbosity) {
     if log::set_boxed_logger(Box::new(StderrLogger { verbosity })).is_ok() {
         log::set_max_level(LevelFilter::Debug);

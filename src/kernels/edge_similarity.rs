@@ -78,20 +78,35 @@ pub fn similarity_histogram(neighbors: &[i32], similarity: &[f32]) -> Vec<u32> {
     histogram
 }
 
-/// Undirected edges `[a, b]` kept at `threshold`.
+/// `node` of a transcript that takes no part in the components.
+pub const NO_NODE: u32 = u32::MAX;
+
+/// Undirected edges `[node[i], node[j]]` of the slots at or above
+/// `threshold` whose two ends both have a node (not [`NO_NODE`]), and the
+/// number of slots with both ends, kept or not.
 pub fn kept_edges(
     neighbors: &[i32],
     k: usize,
     similarity: &[f32],
     threshold: f32,
-) -> Vec<[u32; 2]> {
-    neighbors
-        .iter()
-        .zip(similarity)
-        .enumerate()
-        .filter(|(_, (&j, &s))| j >= 0 && s >= threshold)
-        .map(|(e, (&j, _))| [(e / k) as u32, j as u32])
-        .collect()
+    node: &[u32],
+) -> (Vec<[u32; 2]>, usize) {
+    let mut both_ends = 0;
+    let mut edges = Vec::new();
+    for (e, (&j, &s)) in neighbors.iter().zip(similarity).enumerate() {
+        if j < 0 {
+            continue;
+        }
+        let (a, b) = (node[e / k], node[j as usize]);
+        if a == NO_NODE || b == NO_NODE {
+            continue;
+        }
+        both_ends += 1;
+        if s >= threshold {
+            edges.push([a, b]);
+        }
+    }
+    (edges, both_ends)
 }
 
 #[cfg(test)]
@@ -172,7 +187,19 @@ mod tests {
         let histogram = similarity_histogram(&neighbors, &sim);
         assert_eq!(histogram.iter().sum::<u32>(), 2);
         assert_eq!(histogram[similarity_bin(0.6)], 2);
-        assert_eq!(kept_edges(&neighbors, 2, &sim, 0.5), vec![[0, 1], [1, 0]]);
-        assert!(kept_edges(&neighbors, 2, &sim, 0.7).is_empty());
+        assert_eq!(
+            kept_edges(&neighbors, 2, &sim, 0.5, &[0, 1]),
+            (vec![[0, 1], [1, 0]], 2)
+        );
+        assert_eq!(kept_edges(&neighbors, 2, &sim, 0.7, &[0, 1]), (vec![], 2));
+        // Ends renumbered, and pairs with a left-out end skipped.
+        assert_eq!(
+            kept_edges(&neighbors, 2, &sim, 0.5, &[1, 0]),
+            (vec![[1, 0], [0, 1]], 2)
+        );
+        assert_eq!(
+            kept_edges(&neighbors, 2, &sim, 0.5, &[0, NO_NODE]),
+            (vec![], 0)
+        );
     }
 }

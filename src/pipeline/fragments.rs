@@ -9,7 +9,7 @@ use super::prepare::Prepared;
 use crate::backend::{Backend, FragmentSlots};
 use crate::graph::knn::{knn_3d, DistanceCap};
 use crate::io::TranscriptKey;
-use crate::kernels::edge_similarity::HISTOGRAM_BINS;
+use crate::kernels::edge_similarity::{kept_edges, HISTOGRAM_BINS, NO_NODE};
 use crate::model::Model;
 
 /// Fragment detection parameters.
@@ -130,28 +130,14 @@ pub fn run(
 
     // Components run over the unclaimed transcripts only, so that a claimed
     // one can never become a fragment of its own (min_transcripts = 1).
-    const CLAIMED: u32 = u32::MAX;
-    let mut candidate_of = vec![CLAIMED; assigned.len()];
+    let mut candidate_of = vec![NO_NODE; assigned.len()];
     let mut candidates: Vec<u32> = Vec::new();
     for (i, _) in assigned.iter().enumerate().filter(|(_, &a)| !a) {
         candidate_of[i] = candidates.len() as u32;
         candidates.push(i as u32);
     }
-    let mut candidate_edges = 0;
-    let mut edges: Vec<[u32; 2]> = Vec::new();
-    for (e, (&j, &s)) in neighbors.iter().zip(&scored.similarity).enumerate() {
-        if j < 0 {
-            continue;
-        }
-        let (a, b) = (candidate_of[e / k], candidate_of[j as usize]);
-        if a == CLAIMED || b == CLAIMED {
-            continue;
-        }
-        candidate_edges += 1;
-        if s >= threshold {
-            edges.push([a, b]);
-        }
-    }
+    let (edges, candidate_edges) =
+        kept_edges(&neighbors, k, &scored.similarity, threshold, &candidate_of);
     let labels = backend.components(candidates.len(), &edges)?;
 
     let mut size: HashMap<u32, usize> = HashMap::new();
