@@ -163,7 +163,10 @@ pub fn run(cli: Cli) -> Result<()> {
             backend,
         } => {
             let mut backend = make_backend(&backend)?;
-            let command_line: Vec<String> = std::env::args().collect();
+            // Lossy: an argument that is not UTF-8 (a path) must not panic here.
+            let command_line: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line, verbosity)
         }
         Command::Simulate { out, cells, seed } => {
@@ -176,6 +179,24 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The message of an error and its causes, joined by `: `, leaving out a
+/// cause whose text the message already holds (some errors repeat their
+/// source's text, e.g. "No such file or directory (os error 2)").
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn inspect(path: &std::path::Path) -> Result<()> {

@@ -17,7 +17,7 @@ use parquet::file::properties::WriterProperties;
 
 use crate::io::FilterReason;
 use crate::pipeline::Segmentation;
-use crate::staging::Staging;
+use crate::staging::StagedSet;
 
 /// File names of the outputs.
 pub const TRANSCRIPTS_FILE: &str = "segger_transcripts.parquet";
@@ -26,37 +26,33 @@ pub const CELLS_FILE: &str = "cells.parquet";
 /// Run log.
 pub const LOG_FILE: &str = "segmentation_log.json";
 
-/// A folder of outputs being written: every file is staged
-/// ([`crate::staging`]) and all move to their final names in `commit`.
+/// A folder of outputs being written: every output (a file, or a folder
+/// such as a `.zarr` store) is staged in the folder's staging area and all
+/// move to their final names in `commit` ([`StagedSet`]: one run at a time
+/// per folder, stale staging of dead runs removed, nothing left by a failed
+/// run).
 pub struct OutputDir {
-    dir: PathBuf,
-    staging: Staging,
+    set: StagedSet,
 }
 
 impl OutputDir {
-    /// Creates `dir`, failing early with a clear message when it cannot be
-    /// written.
+    /// Creates `dir` (when needed) and takes it for this run, failing early
+    /// with a clear message when it cannot be written or another run holds it.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-        let probe = dir.join(format!(".seggpu-write-probe-{}", std::process::id()));
-        std::fs::write(&probe, b"")
-            .with_context(|| format!("output folder {} is not writable", dir.display()))?;
-        std::fs::remove_file(&probe).ok();
         Ok(Self {
-            dir: dir.to_path_buf(),
-            staging: Staging::new(),
+            set: StagedSet::create(dir)?,
         })
     }
 
-    /// Where to write output `name` before commit.
+    /// Where to write output `name` (a file, or a folder the writer creates)
+    /// before commit.
     pub fn staged(&mut self, name: &str) -> Result<PathBuf> {
-        self.staging.stage(&self.dir.join(name))
+        self.set.staged(name)
     }
 
-    /// Moves every staged file to its final name.
+    /// Moves every staged output to its final name.
     pub fn commit(self) -> Result<()> {
-        self.staging.commit()
+        self.set.commit()
     }
 }
 
@@ -79,13 +75,16 @@ pub fn write_parquet_batches(
         .set_max_row_group_size(row_group)
         .build();
     let mut writer = ArrowWriter::try_new(BufWriter::new(file), schema, Some(properties))?;
+    let cannot_write = || format!("cannot write {}", path.display());
     if rows == 0 {
-        writer.write(&batch(0..0)?)?;
+        writer.write(&batch(0..0)?).with_context(cannot_write)?;
     }
     let mut start = 0;
     while start < rows {
         let end = (start + row_group).min(rows);
-        writer.write(&batch(start..end)?)?;
+        writer
+            .write(&batch(start..end)?)
+            .with_context(cannot_write)?;
         start = end;
     }
     writer

@@ -33,8 +33,10 @@ pub const XENIUM_CONTROLS: &[&str] = &[
 /// Blank-codeword prefixes of Vizgen MERSCOPE panels.
 pub const MERSCOPE_CONTROLS: &[&str] = &["Blank-", "BLANK"];
 
-/// Negative-probe and system-control prefixes of NanoString CosMx panels.
-pub const COSMX_CONTROLS: &[&str] = &["NegPrb", "SystemControl", "Negative"];
+/// Negative-probe, system-control and false-code prefixes of NanoString
+/// CosMx panels (`FalseCode` targets are barcodes of no probe, NanoString's
+/// false-positive controls).
+pub const COSMX_CONTROLS: &[&str] = &["NegPrb", "SystemControl", "Negative", "FalseCode"];
 
 /// Vendor layout of the input files (docs/contract.md §2 table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,9 +156,12 @@ pub struct InputArgs {
     #[arg(long, default_value_t = QV_MIN, value_name = "QV")]
     pub qv_min: f64,
     /// Gene-name prefix of control probes, filtered as `control`; repeat the
-    /// flag for several. Replaces the preset's list.
+    /// flag for several. Added to the preset's list (see --control-prefix-only).
     #[arg(long = "control-prefix", value_name = "PREFIX")]
     pub control_prefix: Vec<String>,
+    /// Use only the --control-prefix values, not the preset's list.
+    #[arg(long, requires = "control_prefix")]
+    pub control_prefix_only: bool,
     /// Keep control probes (no `control` filter).
     #[arg(long, conflicts_with = "control_prefix")]
     pub no_control_filter: bool,
@@ -227,6 +232,7 @@ impl Default for InputArgs {
             geometry_col: None,
             qv_min: QV_MIN,
             control_prefix: Vec::new(),
+            control_prefix_only: false,
             no_control_filter: false,
             pixel_size: None,
             z_scale: 1.0,
@@ -351,12 +357,22 @@ pub struct InputSpec {
 }
 
 impl InputSpec {
-    /// The input files, for the run log.
+    /// The input files and the options that change what is read, for the
+    /// run log: preset, files, pixel size (µm per pixel, `none` for µm
+    /// already), control prefixes, quality threshold and nuclear value.
     pub fn files(&self) -> BTreeMap<&'static str, String> {
         BTreeMap::from([
             ("preset", self.preset.as_str().to_string()),
             ("transcripts", self.transcripts.display().to_string()),
             ("boundaries", self.boundaries.display().to_string()),
+            (
+                "pixel_size_um",
+                self.pixel_size
+                    .map_or_else(|| "none".to_string(), |p| p.to_string()),
+            ),
+            ("control_prefixes", self.control_prefixes.join(", ")),
+            ("qv_min", self.qv_min.to_string()),
+            ("nuclear_value", self.nuclear_value.clone()),
         ])
     }
 
@@ -599,7 +615,14 @@ impl InputArgs {
             if self.control_prefix.iter().any(|p| p.is_empty()) {
                 bail!("--control-prefix '' would filter every gene; use --no-control-filter to keep controls");
             }
-            spec.control_prefixes = self.control_prefix.clone();
+            if self.control_prefix_only {
+                spec.control_prefixes.clear();
+            }
+            for p in &self.control_prefix {
+                if !spec.control_prefixes.contains(p) {
+                    spec.control_prefixes.push(p.clone());
+                }
+            }
         }
         if let Some(px) = self.pixel_size {
             if !(px.is_finite() && px > 0.0) {

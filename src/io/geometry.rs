@@ -175,7 +175,7 @@ pub fn parse_wkb(bytes: &[u8]) -> Result<Vec<Part>> {
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
     let s = s.strip_prefix("\\x").unwrap_or(s);
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| -> Option<u8> {

@@ -8,11 +8,13 @@
 
 pub mod args;
 pub mod geometry;
+mod membership;
 mod nuclei;
 pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
+pub use membership::{check_membership, MembershipReport};
 pub use nuclei::read_nuclei;
 pub use transcripts::read_transcripts;
 
@@ -69,6 +71,8 @@ pub struct Transcripts {
     /// Output columns as read: transcript_id, x, y, z, gene, qv (those present),
     /// named as in the output.
     pub passthrough: Vec<(String, arrow::array::ArrayRef)>,
+    /// Columns used (role, name), for the run log and for messages.
+    pub columns: Vec<(&'static str, String)>,
 }
 
 /// A transcript id usable as a sort key and written into fragment ids.
@@ -111,7 +115,13 @@ pub struct Nuclei {
     pub features: Vec<[f32; 4]>,
     /// Nuclei dropped as invalid, with the reason (reported, not fatal).
     pub skipped: Vec<(String, String)>,
+    /// Nuclei kept but altered while reading (id, what was done): a
+    /// multipolygon reduced to its largest part, holes ignored, several
+    /// polygons of one id, repeated or scattered vertex rows.
+    pub altered: Vec<(String, String)>,
     /// Facts about the reading worth reporting (polygons read, multipolygons
     /// reduced to their largest part, duplicate ids, holes ignored).
     pub notes: Vec<String>,
+    /// Columns used (role, name), for the run log.
+    pub columns: Vec<(&'static str, String)>,
 }

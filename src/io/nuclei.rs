@@ -12,12 +12,16 @@ use super::table::{self, cell_key, Ctx, Table, Want};
 use super::Nuclei;
 use crate::model::BdFeatureMode;
 
-/// Counts of things worth a note in the run log.
+/// Counts of things worth a note in the run log, and the nuclei altered
+/// while reading (id, what was done).
 #[derive(Default)]
 struct Tally {
     null_ids: usize,
     multipolygons: usize,
     holes: usize,
+    repeated: usize,
+    scattered: usize,
+    altered: Vec<(String, &'static str)>,
 }
 
 /// One polygon as read: id and exterior ring, or why it is unusable.
@@ -26,6 +30,7 @@ type Candidate = (String, std::result::Result<Vec<[f64; 2]>, String>);
 /// Parses one geometry value (WKB bytes or WKT / hex-WKB text) into the
 /// exterior ring of its polygon (the largest part of a multipolygon).
 fn ring_of(
+    id: &str,
     parsed: Result<Vec<Part>>,
     tally: &mut Tally,
 ) -> std::result::Result<Vec<[f64; 2]>, String> {
@@ -35,6 +40,9 @@ fn ring_of(
     }
     if parts.len() > 1 {
         tally.multipolygons += 1;
+        tally
+            .altered
+            .push((id.to_string(), "multipolygon: kept its largest part"));
     }
     let mut best = 0;
     let mut best_area = -1.0;
@@ -48,6 +56,10 @@ fn ring_of(
     let part = parts.swap_remove(best);
     if part.holes > 0 {
         tally.holes += 1;
+        tally.altered.push((
+            id.to_string(),
+            "holes ignored: only the exterior ring is used",
+        ));
     }
     Ok(part.exterior)
 }
@@ -122,14 +134,19 @@ fn read_geometry_table(
                 (None, DataType::LargeBinary) => geometry::parse_wkb(g.as_binary::<i64>().value(i)),
                 (None, _) => geometry::parse_wkb(g.as_binary_view().value(i)),
             };
-            out.push((id, ring_of(parsed, tally)));
+            let ring = ring_of(&id, parsed, tally);
+            out.push((id, ring));
         }
     }
     Ok(out)
 }
 
-/// Reads a vertex table (one row per vertex, rows of a polygon together)
-/// into candidates; a new polygon starts wherever the id changes.
+/// Reads a vertex table (one row per vertex) into candidates. Rows are
+/// grouped by id, in the file's order within an id, so the rows of one
+/// nucleus need not be contiguous. Within an id, a ring ends where it
+/// returns to its first vertex: several closed rings of one id (e.g. one
+/// per z-plane) are several candidates, and rings repeated vertex for
+/// vertex count once.
 fn read_vertex_table(
     table: &Table,
     id_col: &str,
@@ -147,8 +164,12 @@ fn read_vertex_table(
     if let Some(f) = fov_col {
         cols.push((f, Want::Text));
     }
-    let mut out: Vec<Candidate> = Vec::new();
-    let mut current: Option<(String, Vec<[f64; 2]>)> = None;
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut vertices: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
+    let mut scattered: Vec<bool> = Vec::new();
+    // The previous row's raw id and fov, so a run of rows of one nucleus
+    // costs no key building or hashing.
+    let mut last: Option<(String, Option<String>, usize)> = None;
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for batch in table.batches(&cols)? {
         let batch = batch?;
@@ -167,26 +188,79 @@ fn read_vertex_table(
                 continue;
             }
             let raw = ids.value(i).trim();
-            let same = match (&current, &fovs) {
-                (Some((id, _)), None) => id == raw,
-                (Some((id, _)), Some(f)) => *id == cell_key(raw, Some(f), i),
-                (None, _) => false,
-            };
-            if !same {
-                if let Some((id, ring)) = current.take() {
-                    out.push((id, Ok(ring)));
+            let fov = fovs
+                .as_ref()
+                .and_then(|f| (!f.is_null(i)).then(|| f.value(i)));
+            let k = match &last {
+                Some((r, f, k)) if r == raw && f.as_deref() == fov => *k,
+                _ => {
+                    let key = cell_key(raw, fovs.as_ref(), i);
+                    let k = match index.get(&key) {
+                        Some(&k) => {
+                            scattered[k] = true;
+                            k
+                        }
+                        None => {
+                            index.insert(key.clone(), vertices.len());
+                            vertices.push((key, Vec::new()));
+                            scattered.push(false);
+                            vertices.len() - 1
+                        }
+                    };
+                    last = Some((raw.to_string(), fov.map(str::to_string), k));
+                    k
                 }
-                current = Some((cell_key(raw, fovs.as_ref(), i), Vec::new()));
-            }
-            if let Some((_, ring)) = current.as_mut() {
-                ring.push([xs[i], ys[i]]);
-            }
+            };
+            vertices[k].1.push([xs[i], ys[i]]);
         }
     }
-    if let Some((id, ring)) = current.take() {
-        out.push((id, Ok(ring)));
+    let mut out: Vec<Candidate> = Vec::with_capacity(vertices.len());
+    for ((id, v), scattered) in vertices.into_iter().zip(scattered) {
+        if scattered {
+            tally.scattered += 1;
+            tally.altered.push((
+                id.clone(),
+                "rows not contiguous: grouped by id in file order",
+            ));
+        }
+        let rings = split_closed_rings(v);
+        let mut distinct: Vec<Vec<[f64; 2]>> = Vec::with_capacity(rings.len());
+        for ring in rings {
+            if distinct.contains(&ring) {
+                tally.repeated += 1;
+                tally
+                    .altered
+                    .push((id.clone(), "rows of one polygon repeated: read once"));
+            } else {
+                distinct.push(ring);
+            }
+        }
+        out.extend(distinct.into_iter().map(|ring| (id.clone(), Ok(ring))));
     }
     Ok(out)
+}
+
+/// Splits the vertices of one id into rings: a ring ends at the first
+/// vertex (after at least 3 others) equal to its starting one; what follows
+/// the last such closure is one more (open) ring.
+fn split_closed_rings(v: Vec<[f64; 2]>) -> Vec<Vec<[f64; 2]>> {
+    let mut rings = Vec::new();
+    let mut start = 0;
+    let mut j = 0;
+    while j < v.len() {
+        if j >= start + 3 && v[j] == v[start] {
+            rings.push(v[start..=j].to_vec());
+            start = j + 1;
+        }
+        j += 1;
+    }
+    if start < v.len() || rings.is_empty() {
+        if rings.is_empty() {
+            return vec![v];
+        }
+        rings.push(v[start..].to_vec());
+    }
+    rings
 }
 
 /// Reads the nucleus polygons of the boundaries file (docs/contract.md §4).
@@ -194,7 +268,8 @@ fn read_vertex_table(
 /// The file is a geometry table when it has a geometry column (WKB as
 /// binary or hex text, or WKT text; Polygon, MultiPolygon — the largest
 /// part is kept — or a collection of polygons), else a vertex table whose
-/// consecutive rows with one id form a polygon. Coordinates are multiplied
+/// rows with one id form a polygon (in file order,
+/// contiguous or not; closed rings of one id are separate polygons). Coordinates are multiplied
 /// by the pixel size (when set), then by the boundary scales, then the
 /// offsets are added. Only the exterior ring is used; it is cleaned
 /// (repeated vertices dropped, closed); a nucleus with fewer than 3
@@ -215,6 +290,7 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
     let geom_col = table.find(&b.geometry, "geometry")?;
     let fov_col = table.find(&b.fov, "field of view")?;
     let mut tally = Tally::default();
+    let mut vertex_cols: Vec<(&'static str, String)> = Vec::new();
     let candidates = match &geom_col {
         Some(g) => read_geometry_table(&table, &id_col, g, fov_col.as_deref(), &mut tally)?,
         None => {
@@ -242,7 +318,10 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
                 .find(&require(&b.vertex_y), "vertex y")
                 .with_context(neither)?
                 .with_context(|| format!("{}: no vertex y column", path.display()))?;
-            read_vertex_table(&table, &id_col, &x, &y, fov_col.as_deref(), &mut tally)?
+            let candidates =
+                read_vertex_table(&table, &id_col, &x, &y, fov_col.as_deref(), &mut tally)?;
+            vertex_cols = vec![("vertex x", x), ("vertex y", y)];
+            candidates
         }
     };
     if candidates.is_empty() {
@@ -280,6 +359,14 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
         }
     }
     let duplicated = groups.iter().filter(|(s, e)| e - s > 1).count();
+    for &(s, e) in &groups {
+        if e - s > 1 {
+            tally.altered.push((
+                candidates[s].0.clone(),
+                "several polygons: kept the largest valid one",
+            ));
+        }
+    }
     let chosen: Vec<std::result::Result<(geo::Polygon<f64>, f64), String>> = groups
         .par_iter()
         .map(|&(s, e)| {
@@ -373,6 +460,18 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
              largest valid one of each"
         ));
     }
+    if tally.scattered > 0 {
+        n.push(format!(
+            "{} nuclei have vertex rows that are not contiguous: grouped by id, in file order",
+            tally.scattered
+        ));
+    }
+    if tally.repeated > 0 {
+        n.push(format!(
+            "{} polygons repeat an earlier ring of their nucleus vertex for vertex: read once",
+            tally.repeated
+        ));
+    }
     if tally.null_ids > 0 {
         n.push(format!(
             "{} {} without a nucleus id ignored",
@@ -383,6 +482,21 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
                 "vertex rows"
             }
         ));
+    }
+    tally.altered.sort();
+    tally.altered.dedup();
+    nuclei.altered = tally
+        .altered
+        .into_iter()
+        .map(|(id, what)| (id, what.to_string()))
+        .collect();
+    nuclei.columns = vec![("nucleus id", id_col.clone())];
+    match &geom_col {
+        Some(g) => nuclei.columns.push(("geometry", g.clone())),
+        None => nuclei.columns.extend(vertex_cols),
+    }
+    if let Some(f) = &fov_col {
+        nuclei.columns.push(("field of view", f.clone()));
     }
     Ok(nuclei)
 }

@@ -508,6 +508,8 @@ pub fn flag_mask(array: &dyn Array, value: &str, ctx: Ctx) -> Result<BooleanArra
             Some(match v {
                 None => false,
                 Some(v) if v == value => true,
+                // CosMx writes `Nuclear`; some exports `nuclear` or `NUCLEAR`.
+                Some(v) if v.trim().eq_ignore_ascii_case(value.trim()) => true,
                 Some(v) => {
                     let v = v.trim();
                     match number {
@@ -523,14 +525,34 @@ pub fn flag_mask(array: &dyn Array, value: &str, ctx: Ctx) -> Result<BooleanArra
         .collect())
 }
 
-/// The id of a cell as both files name it: the id as text, or
-/// `<fov>_<id>` when a FOV column is in use and the id is a per-FOV
-/// integer (CosMx `cell_ID` / `cellID`).
+/// An id written as a whole number with a fraction or exponent (`12.0`,
+/// `1.2e1`, as CSV exports of float columns write integer ids) as the
+/// integer (`12`); any other text unchanged. Applied to cell and nucleus
+/// ids alike, so a float column in one file matches an integer one in the
+/// other.
+pub fn canonical_id(id: &str) -> std::borrow::Cow<'_, str> {
+    let looks_float = id.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+    match id.parse::<f64>() {
+        Ok(v) if looks_float && v.fract() == 0.0 && v.abs() < 9.0e15 => {
+            std::borrow::Cow::Owned(format!("{}", v as i64))
+        }
+        _ => std::borrow::Cow::Borrowed(id),
+    }
+}
+
+/// The id of a cell as both files name it: the id as text (whole numbers
+/// written as floats read as integers, [`canonical_id`]), or `<fov>_<id>`
+/// when a FOV column is in use and the id is a per-FOV integer (CosMx
+/// `cell_ID` / `cellID`).
 pub fn cell_key(id: &str, fovs: Option<&StringArray>, row: usize) -> String {
+    let id = canonical_id(id.trim());
     match fovs {
         Some(f) if !f.is_null(row) && !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
-            format!("{}_{id}", f.value(row).trim())
+            format!("{}_{id}", canonical_id(f.value(row).trim()))
         }
-        _ => id.to_string(),
+        _ => id.into_owned(),
     }
 }

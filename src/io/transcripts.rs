@@ -265,6 +265,72 @@ fn ids(
     Ok((keys, column))
 }
 
+/// Checks that no transcript id appears twice: fragment ids are built from
+/// transcript ids (docs/contract.md §9), so duplicates would give two
+/// fragments one id.
+fn check_unique(keys: &[TranscriptKey], ctx: Ctx) -> Result<()> {
+    use rayon::prelude::*;
+    fn first_repeat<T: Ord + Copy + Send>(mut v: Vec<T>) -> Option<T> {
+        v.par_sort_unstable();
+        v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
+    }
+    let repeated: Option<TranscriptKey> = match keys.first() {
+        None => None,
+        Some(TranscriptKey::U64(_)) => first_repeat(
+            keys.iter()
+                .map(|k| match k {
+                    TranscriptKey::U64(v) => *v,
+                    _ => 0,
+                })
+                .collect(),
+        )
+        .map(TranscriptKey::U64),
+        Some(TranscriptKey::I64(_)) => first_repeat(
+            keys.iter()
+                .map(|k| match k {
+                    TranscriptKey::I64(v) => *v,
+                    _ => 0,
+                })
+                .collect(),
+        )
+        .map(TranscriptKey::I64),
+        Some(TranscriptKey::F64(_)) => first_repeat(
+            keys.iter()
+                .map(|k| match k {
+                    // Ids are finite (checked when read); +0 and −0 are one id.
+                    TranscriptKey::F64(v) => (*v + 0.0).to_bits(),
+                    _ => 0,
+                })
+                .collect(),
+        )
+        .map(|b| TranscriptKey::F64(f64::from_bits(b))),
+        Some(TranscriptKey::Str(_)) => first_repeat(
+            keys.iter()
+                .map(|k| match k {
+                    TranscriptKey::Str(v) => v.as_str(),
+                    _ => "",
+                })
+                .collect(),
+        )
+        .map(|s| TranscriptKey::Str(s.to_string())),
+    };
+    if let Some(id) = repeated {
+        let rows: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k == id)
+            .take(3)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
+        bail!(
+            "{ctx}: transcript id {id} appears more than once (rows {}); ids must be unique, \
+             as fragment ids are made from them (pass --id-col none to number the rows instead)",
+            rows.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn concat(arrays: &[ArrayRef], ctx: Ctx) -> Result<ArrayRef> {
     let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
     arrow::compute::concat(&refs)
@@ -284,7 +350,10 @@ fn plain(a: ArrayRef, ctx: Ctx) -> Result<ArrayRef> {
 
 /// Reads every row of the transcripts file (docs/contract.md §2).
 ///
-/// - x, y (and z) in µm: multiplied by the pixel size when set (CosMx), z by
+/// - Ids unique (a repeated id is an error naming it and its rows).
+/// - x, y (and z) in µm: multiplied by the pixel size when set (CosMx; the
+///   output columns `x`, `y` are then in µm too, and the pixel columns
+///   follow under their own names), z by
 ///   `z_scale` (CosMx and MERSCOPE z are plane indices, kept as such by
 ///   default). Without a z column z is 0.
 /// - Genes as indices into the sorted distinct names of the file.
@@ -414,11 +483,11 @@ pub fn read_transcripts(spec: &InputSpec) -> Result<Transcripts> {
                 };
                 for i in 0..n {
                     let cell = if flag.value(i) && !cells.is_null(i) {
-                        let c = cells.value(i).trim();
-                        if unassigned.contains(c) {
+                        let c = table::canonical_id(cells.value(i).trim());
+                        if unassigned.contains(c.as_ref()) {
                             None
                         } else {
-                            Some(cell_key(c, fovs.as_ref(), i))
+                            Some(cell_key(&c, fovs.as_ref(), i))
                         }
                     } else {
                         None
@@ -489,7 +558,11 @@ pub fn read_transcripts(spec: &InputSpec) -> Result<Transcripts> {
 
     // Ids and output columns.
     let (id_key, id_column) = match &id_col {
-        Some(name) => ids(&id_arrays, Ctx::new(&path, name), csv, rows)?,
+        Some(name) => {
+            let (keys, column) = ids(&id_arrays, Ctx::new(&path, name), csv, rows)?;
+            check_unique(&keys, Ctx::new(&path, name))?;
+            (keys, column)
+        }
         None => {
             let v: Vec<u64> = (0..rows as u64).collect();
             let keys = v.iter().map(|&i| TranscriptKey::U64(i)).collect();
@@ -499,16 +572,29 @@ pub fn read_transcripts(spec: &InputSpec) -> Result<Transcripts> {
     let mut passthrough: Vec<(String, ArrayRef)> = vec![("transcript_id".into(), id_column)];
     let names = [Some(&x_col), Some(&y_col), z_col.as_ref(), qv_col.as_ref()];
     let [px, py, pz, pq] = pass;
-    for (out_name, arrays, src) in [
-        ("x", px, names[0]),
-        ("y", py, names[1]),
-        ("z", pz, names[2]),
+    // Pixel coordinates (CosMx): `x` and `y` are written in µm like every
+    // other position of the outputs; the pixel columns follow as read.
+    let mut pixel_columns: Vec<(String, ArrayRef)> = Vec::new();
+    for (out_name, arrays, src, microns) in [
+        ("x", px, names[0], Some(&x)),
+        ("y", py, names[1], Some(&y)),
+        ("z", pz, names[2], None),
     ] {
         if let Some(src) = src {
-            passthrough.push((
-                out_name.into(),
-                plain(concat(&arrays, Ctx::new(&path, src))?, Ctx::new(&path, src))?,
-            ));
+            let ctx = Ctx::new(&path, src);
+            let raw = plain(concat(&arrays, ctx)?, ctx)?;
+            match (spec.pixel_size, microns) {
+                (Some(_), Some(um)) => {
+                    let scaled: Float64Array = um
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| raw.is_valid(i).then_some(v))
+                        .collect();
+                    passthrough.push((out_name.into(), Arc::new(scaled)));
+                    pixel_columns.push((src.clone(), raw));
+                }
+                _ => passthrough.push((out_name.into(), raw)),
+            }
         }
     }
     let mut gb = StringBuilder::with_capacity(
@@ -525,6 +611,27 @@ pub fn read_transcripts(spec: &InputSpec) -> Result<Transcripts> {
             plain(concat(&pq, Ctx::new(&path, src))?, Ctx::new(&path, src))?,
         ));
     }
+    passthrough.extend(pixel_columns);
+
+    let mut columns: Vec<(&'static str, String)> = vec![
+        ("x", x_col.clone()),
+        ("y", y_col.clone()),
+        ("gene", gene_col.clone()),
+    ];
+    for (role, col) in [
+        ("z", &z_col),
+        ("transcript id", &id_col),
+        ("quality", &qv_col),
+        ("field of view", &fov_col),
+    ] {
+        if let Some(c) = col {
+            columns.push((role, c.clone()));
+        }
+    }
+    if let Some((n, c)) = &membership {
+        columns.push(("nuclear flag", n.clone()));
+        columns.push(("cell id", c.clone()));
+    }
 
     Ok(Transcripts {
         x,
@@ -536,5 +643,6 @@ pub fn read_transcripts(spec: &InputSpec) -> Result<Transcripts> {
         nuclear_cell,
         filter,
         passthrough,
+        columns,
     })
 }

@@ -462,7 +462,7 @@ mod tests {
         header["__metadata__"]["seggpu.defaults"] = defaults.into();
         let mut text = serde_json::to_vec(&header).unwrap();
         // Tensor data starts on an 8-byte boundary.
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(b' ');
         }
         let mut file = (text.len() as u64).to_le_bytes().to_vec();

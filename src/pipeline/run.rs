@@ -147,12 +147,47 @@ struct SegmentationLog<'a> {
     parameters: &'a SegmentParams,
     model: ModelFacts<'a>,
     inputs: std::collections::BTreeMap<&'static str, String>,
+    columns: InputColumns,
+    membership: crate::io::MembershipReport,
+    nuclei_notes: &'a [String],
     nuclei_skipped: Vec<String>,
+    nuclei_altered: Vec<String>,
     result: &'a Summary,
     seconds: std::collections::BTreeMap<&'static str, f64>,
     seconds_total: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     demo_accuracy: Option<serde_json::Value>,
+}
+
+/// The columns read, by role, for the log.
+#[derive(Debug, Serialize)]
+struct InputColumns {
+    transcripts: std::collections::BTreeMap<&'static str, String>,
+    boundaries: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// Every nucleus skipped or altered while reading is counted on stderr;
+/// the ids and reasons go to the log (`nuclei_skipped`, `nuclei_altered`).
+fn report_nuclei(nuclei: &crate::io::Nuclei, spec: &crate::io::InputSpec) {
+    if nuclei.skipped.is_empty() && nuclei.altered.is_empty() {
+        return;
+    }
+    let mut altered_ids: Vec<&str> = nuclei.altered.iter().map(|(id, _)| id.as_str()).collect();
+    altered_ids.dedup();
+    log::warn!(
+        "{}: {} nuclei skipped (e.g. {}), {} altered while reading; ids and reasons in {}",
+        spec.boundaries.display(),
+        nuclei.skipped.len(),
+        nuclei
+            .skipped
+            .first()
+            .map_or_else(|| "none".to_string(), |(id, why)| format!("{id}: {why}")),
+        altered_ids.len(),
+        output::LOG_FILE
+    );
+    for note in &nuclei.notes {
+        log::debug!("{note}");
+    }
 }
 
 /// Runs `seggpu segment`.
@@ -195,9 +230,15 @@ pub fn run(
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     let clock = Instant::now();
     let spinner = progress.spinner("reading");
-    let transcripts = crate::io::read_transcripts(&spec)?;
+    let mut transcripts = crate::io::read_transcripts(&spec)?;
     let nuclei = crate::io::read_nuclei(&spec, model.bd_features)?;
     spinner.finish_and_clear();
+    report_nuclei(&nuclei, &spec);
+    let membership = crate::io::check_membership(&mut transcripts, &nuclei, &spec)?;
+    let columns = InputColumns {
+        transcripts: transcripts.columns.iter().cloned().collect(),
+        boundaries: nuclei.columns.iter().cloned().collect(),
+    };
     stages.push(("read", clock.elapsed().as_secs_f64()));
 
     let (result, transcripts) =
@@ -236,21 +277,27 @@ pub fn run(
             bd_features: model.bd_features,
         },
         inputs: spec.files(),
+        columns,
+        membership,
+        nuclei_notes: &nuclei.notes,
         nuclei_skipped: nuclei
             .skipped
             .iter()
-            .take(100)
             .map(|(id, why)| format!("{id}: {why}"))
+            .collect(),
+        nuclei_altered: nuclei
+            .altered
+            .iter()
+            .map(|(id, what)| format!("{id}: {what}"))
             .collect(),
         result: &result.summary,
         seconds: stages.iter().copied().collect(),
         seconds_total: started.elapsed().as_secs_f64(),
         demo_accuracy: demo_accuracy.as_ref().map(|a| a.to_json()),
     };
-    std::fs::write(
-        out.staged(output::LOG_FILE)?,
-        serde_json::to_vec_pretty(&log)?,
-    )?;
+    let log_path = out.staged(output::LOG_FILE)?;
+    std::fs::write(&log_path, serde_json::to_vec_pretty(&log)?)
+        .with_context(|| format!("cannot write {}", args.out.join(output::LOG_FILE).display()))?;
     out.commit()?;
     spinner.finish_and_clear();
     for (stage, s) in &stages {

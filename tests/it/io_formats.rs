@@ -635,7 +635,7 @@ fn io_command_line_flags() {
     let spec = cli.input.resolve().unwrap();
     assert_eq!(spec.boundary_scale, [1.0, -1.0]);
     assert_eq!(spec.boundary_offset, [-2.5, 0.0]);
-    assert_eq!(spec.control_prefixes, ["Z", "Y"]);
+    assert_eq!(spec.control_prefixes, ["Blank-", "BLANK", "Z", "Y"]);
     let tr = read_transcripts(&spec).unwrap();
     assert_eq!(tr.z, [0.0]);
     assert_eq!(tr.filter, [None]);

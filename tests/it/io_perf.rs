@@ -31,7 +31,7 @@ fn write(path: &std::path::Path, dictionary: bool) {
             g.push((r % 500) as usize);
             x.push((r >> 20) as f32 % 5000.0);
             y.push((r >> 40) as f32 % 5000.0);
-            let nuclear = r % 3 == 0;
+            let nuclear = r.is_multiple_of(3);
             flag.push(nuclear as u8);
             cell.push(if nuclear {
                 format!("cell{}", (r >> 8) % 50_000)

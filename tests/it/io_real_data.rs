@@ -278,12 +278,33 @@ fn io_schema_sample_cosmx_pixels_to_microns() {
     assert_eq!(t.gene_names, ["ACE2"]);
     // CellComp = Cytoplasm: not nuclear.
     assert_eq!(t.nuclear_cell.as_ref().unwrap(), &vec![None]);
-    assert_eq!(names(&t), ["transcript_id", "x", "y", "z", "gene"]);
-    // x, y, z as read: pixels, int32 z.
+    assert_eq!(
+        names(&t),
+        [
+            "transcript_id",
+            "x",
+            "y",
+            "z",
+            "gene",
+            "x_global_px",
+            "y_global_px"
+        ]
+    );
+    // x, y in µm like every output position; the pixel columns and z as
+    // read: pixels, int32 z.
     let x = t.passthrough[1]
         .1
         .as_primitive::<arrow::datatypes::Float64Type>();
-    assert_eq!(x.value(0), 8175.60255555556);
+    assert_close(
+        "x column in µm",
+        x.value(0),
+        8175.60255555556 * 0.12028,
+        1e-9,
+    );
+    let x_px = t.passthrough[5]
+        .1
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    assert_eq!(x_px.value(0), 8175.60255555556);
     assert_eq!(t.passthrough[3].1.data_type(), &DataType::Int32);
 
     // --pixel-size and --z-scale.

@@ -24,6 +24,7 @@ mod io_real_data;
 mod parity_cpu;
 mod pipeline_tiling;
 mod reference_parity;
+mod reliability;
 mod segment_cli;
 mod simulate;
 mod weights_errors;

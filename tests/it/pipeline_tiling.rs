@@ -42,7 +42,7 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
                 .push([(std::f64::consts::PI * r * r) as f32, 1.0, 0.8, 3.1]);
         }
     }
-    let n = 12_000;
+    let n = 12_000usize;
     let mut t = Transcripts {
         x: Vec::new(),
         y: Vec::new(),
@@ -53,6 +53,7 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
         nuclear_cell: Some(Vec::new()),
         filter: Vec::new(),
         passthrough: Vec::new(),
+        columns: Vec::new(),
     };
     for i in 0..n {
         let home = rng.random_range(0..nuclei.ids.len());
@@ -70,7 +71,7 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
             .as_mut()
             .unwrap()
             .push(inside.then(|| nuclei.ids[home].clone()));
-        t.filter.push(if i % 50 == 0 {
+        t.filter.push(if i.is_multiple_of(50) {
             Some(FilterReason::Qv)
         } else {
             None

@@ -80,7 +80,7 @@ impl Aux {
     /// Appends `values`; returns their element offset.
     pub fn push(&mut self, values: &[u32]) -> u64 {
         // Start every list on a 64-element (256-byte) boundary.
-        while self.data.len() % 64 != 0 {
+        while !self.data.len().is_multiple_of(64) {
             self.data.push(0);
         }
         let at = self.data.len() as u64;

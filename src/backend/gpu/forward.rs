@@ -57,7 +57,7 @@ impl WeightsBuilder {
 
     /// Appends `parts` as one block.
     pub fn block(&mut self, parts: &[&[f32]]) -> Array {
-        while self.data.len() % 64 != 0 {
+        while !self.data.len().is_multiple_of(64) {
             self.data.push(0.0);
         }
         let base = self.data.len();
