@@ -26,4 +26,5 @@ mod pipeline_tiling;
 mod reference_parity;
 mod segment_cli;
 mod simulate;
+mod train_grad;
 mod weights_errors;
