@@ -22,3 +22,4 @@ pub mod staging;
 pub mod synthetic;
 pub mod tensorfile;
 pub mod tiles;
+pub mod train;

@@ -27,4 +27,5 @@ mod reference_parity;
 mod reliability;
 mod segment_cli;
 mod simulate;
+mod train_grad;
 mod weights_errors;

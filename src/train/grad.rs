@@ -1,0 +1,370 @@
+//! One training step's arithmetic on the CPU: the forward pass keeping what
+//! the backward pass needs, the pair loss, and the gradient of every
+//! parameter (docs/contract.md, training section). Gradients are held in a
+//! [`Model`] of the same shape, laid out as the weights are.
+
+use rayon::prelude::*;
+
+use super::kernels::{self, GatGrads};
+use crate::graph::{Csr, TileGraph};
+use crate::kernels::{embed, gatv2::Gat, linear};
+use crate::model::{GatWeights, Model, BD_FEATURES};
+
+/// The pairs one step learns from: positives (label 1) and negatives (label 0).
+#[derive(Debug, Clone, Default)]
+pub struct Pairs {
+    /// `(transcript, nucleus)` of every positive pair.
+    pub positive: Vec<(u32, u32)>,
+    /// `(transcript, nucleus)` of every negative pair.
+    pub negative: Vec<(u32, u32)>,
+}
+
+impl Pairs {
+    /// The positive class weight of the loss: negatives / positives (each at least 1).
+    pub fn pos_weight(&self) -> f32 {
+        self.negative.len().max(1) as f32 / self.positive.len().max(1) as f32
+    }
+}
+
+/// `torch.nan_to_num` for nucleus features.
+fn nan_to_num(v: f32) -> f32 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(f32::MIN, f32::MAX)
+    }
+}
+
+/// What one relation's forward keeps.
+struct ConvCache {
+    xl: Vec<f32>,
+    xr: Vec<f32>,
+    alpha: Vec<f32>,
+}
+
+/// The forward activations of one graph.
+struct Forward {
+    /// `h_tx` before each layer and after the last (L + 1 entries).
+    tx: Vec<Vec<f32>>,
+    /// `h_bd` likewise.
+    bd: Vec<Vec<f32>>,
+    /// Per layer: (neighbours, belongs).
+    convs: Vec<(ConvCache, ConvCache)>,
+    bd_x: Vec<f32>,
+}
+
+/// The graph's structure as the kernels read it.
+struct Structure {
+    /// Transcripts that send belongs messages, ascending.
+    belongs_rows: Vec<u32>,
+    /// The belongs graph with sources indexing `belongs_rows`.
+    belongs: Csr,
+    /// Neighbour edge ids by source transcript.
+    neighbors_by_source: Csr,
+    /// Belongs edge ids by source row.
+    belongs_by_source: Csr,
+}
+
+impl Structure {
+    fn of(graph: &TileGraph) -> Self {
+        let (belongs_rows, belongs) = graph.belongs.compact_sources();
+        Self {
+            neighbors_by_source: kernels::edges_by_source(&graph.neighbors, graph.n_tx()),
+            belongs_by_source: kernels::edges_by_source(&belongs, belongs_rows.len()),
+            belongs_rows,
+            belongs,
+        }
+    }
+}
+
+fn gat_of(w: &GatWeights, relu: bool) -> Gat<'_> {
+    Gat {
+        heads: w.heads,
+        channels: w.channels,
+        att: &w.att,
+        bias: &w.bias,
+        relu,
+    }
+}
+
+fn project(
+    x: &[f32],
+    rows: Option<&[u32]>,
+    n: usize,
+    wt: &[f32],
+    b: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; n * out_dim];
+    linear::linear(
+        x,
+        rows,
+        &linear::Linear {
+            in_dim,
+            out_dim,
+            wt,
+            bias: Some(b),
+            relu: false,
+        },
+        &mut out,
+    );
+    out
+}
+
+fn conv_forward(
+    w: &GatWeights,
+    relu: bool,
+    src: &[f32],
+    src_rows: Option<&[u32]>,
+    n_src: usize,
+    dst: &[f32],
+    csr: &Csr,
+) -> (Vec<f32>, ConvCache) {
+    let hc = w.out_dim();
+    let n_dst = csr.n_dst();
+    let xl = project(src, src_rows, n_src, &w.lin_l_wt, &w.lin_l_b, w.in_dim, hc);
+    let xr = project(dst, None, n_dst, &w.lin_r_wt, &w.lin_r_b, w.in_dim, hc);
+    let mut out = vec![0.0; n_dst * hc];
+    let mut alpha = vec![0.0; csr.n_edges() * w.heads];
+    kernels::gatv2_forward(&gat_of(w, relu), &xl, &xr, csr, &mut out, &mut alpha);
+    (out, ConvCache { xl, xr, alpha })
+}
+
+fn forward(model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
+    let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
+    let emb = model.arch.emb;
+    let mut h_tx = vec![0.0; n_tx * emb];
+    embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut h_tx);
+    let bd_x: Vec<f32> = graph.bd_x.iter().map(|&v| nan_to_num(v)).collect();
+    let mut h_bd = vec![0.0; n_bd * emb];
+    linear::linear(
+        &bd_x,
+        None,
+        &linear::Linear {
+            in_dim: BD_FEATURES,
+            out_dim: emb,
+            wt: &model.lin0_bd_wt,
+            bias: None,
+            relu: true,
+        },
+        &mut h_bd,
+    );
+    let mut tx = vec![h_tx];
+    let mut bd = vec![h_bd];
+    let mut convs = Vec::new();
+    for layer in &model.layers {
+        let (h_tx, h_bd) = (tx.last().expect("input"), bd.last().expect("input"));
+        let (next_tx, tt) = conv_forward(
+            &layer.neighbors,
+            layer.relu,
+            h_tx,
+            None,
+            n_tx,
+            h_tx,
+            &graph.neighbors,
+        );
+        let (next_bd, tb) = conv_forward(
+            &layer.belongs,
+            layer.relu,
+            h_tx,
+            Some(&structure.belongs_rows),
+            structure.belongs_rows.len(),
+            h_bd,
+            &structure.belongs,
+        );
+        tx.push(next_tx);
+        bd.push(next_bd);
+        convs.push((tt, tb));
+    }
+    Forward {
+        tx,
+        bd,
+        convs,
+        bd_x,
+    }
+}
+
+/// A model of the same shape with every tensor zero: a gradient buffer.
+pub fn zeros_like(model: &Model) -> Model {
+    let mut grads = model.clone();
+    for (_, tensor) in super::params_mut(&mut grads) {
+        tensor.fill(0.0);
+    }
+    grads
+}
+
+/// Gradients one relation hands back to its inputs.
+struct ConvBack {
+    d_src: Vec<f32>,
+    d_dst: Vec<f32>,
+}
+
+/// Backward of one relation. `g` is d loss / d output (ReLU mask applied).
+#[allow(clippy::too_many_arguments)]
+fn conv_backward(
+    w: &GatWeights,
+    dw: &mut GatWeights,
+    cache: &ConvCache,
+    g: &[f32],
+    src: &[f32],
+    src_rows: Option<&[u32]>,
+    n_src: usize,
+    dst: &[f32],
+    csr: &Csr,
+    by_source: &Csr,
+) -> ConvBack {
+    let hc = w.out_dim();
+    let n_dst = csr.n_dst();
+    kernels::column_sums(g, hc, &mut dw.bias);
+    let mut dxr = vec![0.0; n_dst * hc];
+    let mut dxl_edge = vec![0.0; csr.n_edges() * hc];
+    let mut datt_dst = vec![0.0; n_dst * hc];
+    kernels::gatv2_backward(
+        &gat_of(w, false),
+        &cache.xl,
+        &cache.xr,
+        csr,
+        &cache.alpha,
+        g,
+        GatGrads {
+            dxr: &mut dxr,
+            dxl_edge: &mut dxl_edge,
+            datt_dst: &mut datt_dst,
+        },
+    );
+    kernels::column_sums(&datt_dst, hc, &mut dw.att);
+    let mut dxl = vec![0.0; n_src * hc];
+    kernels::gather_edges(by_source, &dxl_edge, hc, &mut dxl);
+    kernels::linear_weight_grad(
+        src,
+        src_rows,
+        &dxl,
+        w.in_dim,
+        hc,
+        &mut dw.lin_l_wt,
+        Some(&mut dw.lin_l_b),
+    );
+    kernels::linear_weight_grad(
+        dst,
+        None,
+        &dxr,
+        w.in_dim,
+        hc,
+        &mut dw.lin_r_wt,
+        Some(&mut dw.lin_r_b),
+    );
+    let mut d_src = vec![0.0; n_src * w.in_dim];
+    kernels::linear_input_grad(&dxl, &w.lin_l_wt, w.in_dim, hc, &mut d_src);
+    let mut d_dst = vec![0.0; n_dst * w.in_dim];
+    kernels::linear_input_grad(&dxr, &w.lin_r_wt, w.in_dim, hc, &mut d_dst);
+    ConvBack { d_src, d_dst }
+}
+
+/// The loss of one graph and its pairs, and (added to `grads`) the gradient
+/// of every parameter. Returns the loss.
+pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mut Model) -> f32 {
+    let structure = Structure::of(graph);
+    let fwd = forward(model, graph, &structure);
+    let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
+    let dim = model.arch.z_dim();
+    let z_tx = fwd.tx.last().expect("output");
+    let z_bd = fwd.bd.last().expect("output");
+
+    // Loss and d loss / d logit, pair by pair (positives then negatives).
+    let all: Vec<(u32, u32)> = pairs
+        .positive
+        .iter()
+        .chain(&pairs.negative)
+        .copied()
+        .collect();
+    let n_pos = pairs.positive.len();
+    let pos_weight = pairs.pos_weight();
+    let terms: Vec<(f32, f32)> = all
+        .par_iter()
+        .enumerate()
+        .map(|(p, &pair)| {
+            kernels::pair_loss_at(z_tx, z_bd, dim, pair, p < n_pos, pos_weight, all.len())
+        })
+        .collect();
+    let loss = terms.iter().map(|t| t.0 as f64).sum::<f64>() as f32;
+    let d_logit: Vec<f32> = terms.iter().map(|t| t.1).collect();
+    let tx_of: Vec<u32> = all.iter().map(|p| p.0).collect();
+    let bd_of: Vec<u32> = all.iter().map(|p| p.1).collect();
+    let pairs_by_tx = Csr::from_edges(n_tx, (0..all.len() as u32).map(|p| (p, tx_of[p as usize])));
+    let pairs_by_bd = Csr::from_edges(n_bd, (0..all.len() as u32).map(|p| (p, bd_of[p as usize])));
+    let mut d_tx = vec![0.0; n_tx * dim];
+    d_tx.par_chunks_mut(dim).enumerate().for_each(|(t, row)| {
+        kernels::pair_grad_at(&pairs_by_tx, &bd_of, &d_logit, z_bd, dim, t, row)
+    });
+    let mut d_bd = vec![0.0; n_bd * dim];
+    d_bd.par_chunks_mut(dim).enumerate().for_each(|(b, row)| {
+        kernels::pair_grad_at(&pairs_by_bd, &tx_of, &d_logit, z_tx, dim, b, row)
+    });
+
+    for (l, layer) in model.layers.iter().enumerate().rev() {
+        if layer.relu {
+            kernels::relu_backward(&mut d_tx, &fwd.tx[l + 1]);
+            kernels::relu_backward(&mut d_bd, &fwd.bd[l + 1]);
+        }
+        let (tt, tb) = &fwd.convs[l];
+        let layer_grads = &mut grads.layers[l];
+        let (h_tx, h_bd) = (&fwd.tx[l], &fwd.bd[l]);
+        let back_tt = conv_backward(
+            &layer.neighbors,
+            &mut layer_grads.neighbors,
+            tt,
+            &d_tx,
+            h_tx,
+            None,
+            n_tx,
+            h_tx,
+            &graph.neighbors,
+            &structure.neighbors_by_source,
+        );
+        let back_tb = conv_backward(
+            &layer.belongs,
+            &mut layer_grads.belongs,
+            tb,
+            &d_bd,
+            h_tx,
+            Some(&structure.belongs_rows),
+            structure.belongs_rows.len(),
+            h_bd,
+            &structure.belongs,
+            &structure.belongs_by_source,
+        );
+        // d h_tx: neighbour sources, then neighbour destinations, then belongs sources.
+        let in_dim = layer.neighbors.in_dim;
+        let mut next_tx = back_tt.d_src;
+        for (v, d) in next_tx.iter_mut().zip(&back_tt.d_dst) {
+            *v += d;
+        }
+        for (r, &row) in structure.belongs_rows.iter().enumerate() {
+            let target = &mut next_tx[row as usize * in_dim..(row as usize + 1) * in_dim];
+            for (v, d) in target
+                .iter_mut()
+                .zip(&back_tb.d_src[r * in_dim..(r + 1) * in_dim])
+            {
+                *v += d;
+            }
+        }
+        d_tx = next_tx;
+        d_bd = back_tb.d_dst;
+    }
+    // Layer 0: ReLU of the embedding and of lin0.
+    kernels::relu_backward(&mut d_tx, &fwd.tx[0]);
+    kernels::relu_backward(&mut d_bd, &fwd.bd[0]);
+    let emb = model.arch.emb;
+    kernels::embedding_grad(&graph.tx_token, &d_tx, emb, &mut grads.tx_embedding);
+    kernels::linear_weight_grad(
+        &fwd.bd_x,
+        None,
+        &d_bd,
+        BD_FEATURES,
+        emb,
+        &mut grads.lin0_bd_wt,
+        None,
+    );
+    loss
+}

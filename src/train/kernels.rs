@@ -1,0 +1,537 @@
+//! CPU twins-to-be of the training shaders: the GATv2 forward that keeps its
+//! attention weights, every backward kernel and Adam. Each `*_at` function is
+//! what one shader invocation computes; reductions run in a fixed order
+//! (gradients w.r.t. sources over a source-sorted edge list, parameter
+//! gradients over fixed row chunks summed in chunk order), never with atomics,
+//! so results do not depend on the thread count.
+
+// Index loops on purpose: the twins read line for line like shaders.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use crate::graph::Csr;
+use crate::kernels::gatv2::{Gat, NEGATIVE_SLOPE, SOFTMAX_EPS};
+
+/// Rows whose parameter-gradient contributions one partial sum covers. Fixed,
+/// so the reduction tree is the same for any thread count.
+pub const REDUCE_ROWS: usize = 256;
+
+#[inline(always)]
+fn leaky_relu(v: f32) -> f32 {
+    v.max(v * NEGATIVE_SLOPE)
+}
+
+#[inline(always)]
+fn leaky_relu_slope(v: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else {
+        NEGATIVE_SLOPE
+    }
+}
+
+/// One invocation of the training forward: destination `dst`, head `head`.
+/// As PyG computes it: logits `att · leaky_relu(xl[src] + xr[dst])`, softmax
+/// over the incoming edges (max subtracted, 1e-16 added to the sum), weighted
+/// sum of messages, bias, optional ReLU. Writes the head's C outputs and the
+/// attention weight of its incoming edges to `alpha_dst[e − first edge, head]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gatv2_forward_at(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    dst: usize,
+    head: usize,
+    out: &mut [f32],
+    alpha_dst: &mut [f32],
+) {
+    let (heads, channels) = (gat.heads, gat.channels);
+    let hc = heads * channels;
+    let base = head * channels;
+    let xr_row = &xr[dst * hc + base..dst * hc + base + channels];
+    let att = &gat.att[base..base + channels];
+    let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
+    let mut max = f32::MIN;
+    for e in begin..end {
+        let row = csr.sources[e] as usize * hc + base;
+        let mut logit = 0.0f32;
+        for c in 0..channels {
+            logit += att[c] * leaky_relu(xl[row + c] + xr_row[c]);
+        }
+        alpha_dst[(e - begin) * heads + head] = logit;
+        max = max.max(logit);
+    }
+    let mut denom = 0.0f32;
+    for e in begin..end {
+        let slot = &mut alpha_dst[(e - begin) * heads + head];
+        *slot = (*slot - max).exp();
+        denom += *slot;
+    }
+    out.fill(0.0);
+    for e in begin..end {
+        let slot = &mut alpha_dst[(e - begin) * heads + head];
+        *slot /= denom + SOFTMAX_EPS;
+        let a = *slot;
+        let row = csr.sources[e] as usize * hc + base;
+        for c in 0..channels {
+            out[c] += a * xl[row + c];
+        }
+    }
+    for c in 0..channels {
+        let v = out[c] + gat.bias[base + c];
+        out[c] = if gat.relu { v.max(0.0) } else { v };
+    }
+}
+
+/// The training forward of one relation: `out` `[n_dst, H·C]`, `alpha` `[E, H]`.
+pub fn gatv2_forward(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    out: &mut [f32],
+    alpha: &mut [f32],
+) {
+    let hc = gat.heads * gat.channels;
+    // Each destination owns the alpha entries of its incoming edges.
+    let mut alpha_rows: Vec<&mut [f32]> = Vec::with_capacity(csr.n_dst());
+    let mut rest = alpha;
+    for d in 0..csr.n_dst() {
+        let n = (csr.offsets[d + 1] - csr.offsets[d]) as usize * gat.heads;
+        let (mine, tail) = rest.split_at_mut(n);
+        alpha_rows.push(mine);
+        rest = tail;
+    }
+    out.par_chunks_mut(hc)
+        .zip(alpha_rows.into_par_iter())
+        .enumerate()
+        .for_each(|(dst, (row, alpha_dst))| {
+            for (head, head_out) in row.chunks_mut(gat.channels).enumerate() {
+                gatv2_forward_at(gat, xl, xr, csr, dst, head, head_out, alpha_dst);
+            }
+        });
+}
+
+/// Gradients one destination sends back through a relation.
+pub struct GatGrads<'a> {
+    /// `[n_dst, H·C]` d/d xr.
+    pub dxr: &'a mut [f32],
+    /// `[E, H·C]` each edge's contribution to d/d xl of its source.
+    pub dxl_edge: &'a mut [f32],
+    /// `[n_dst, H·C]` each destination's contribution to d/d att.
+    pub datt_dst: &'a mut [f32],
+}
+
+/// One invocation of the GATv2 backward: destination `dst`, all heads. `g` is
+/// d loss / d (output before the bias and ReLU are applied but after the ReLU
+/// mask), row `dst`. With α the softmax weights and m = xl[src]:
+/// dα_e = g · m_e; de_e = α_e (dα_e − Σ_f α_f dα_f); d att += de · leaky(u);
+/// du = de · att · leaky'(u) with u = m + xr; d xr += du; d m = α g + du.
+#[allow(clippy::too_many_arguments)]
+pub fn gatv2_backward_at(
+    gat: &Gat,
+    xl: &[f32],
+    xr_row: &[f32],
+    csr: &Csr,
+    alpha: &[f32],
+    g: &[f32],
+    dst: usize,
+    dxr_row: &mut [f32],
+    dxl_edges: &mut [f32],
+    datt_row: &mut [f32],
+) {
+    let (heads, channels) = (gat.heads, gat.channels);
+    let hc = heads * channels;
+    let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
+    dxr_row.fill(0.0);
+    datt_row.fill(0.0);
+    for head in 0..heads {
+        let base = head * channels;
+        let mut weighted = 0.0f32;
+        for e in begin..end {
+            let row = csr.sources[e] as usize * hc + base;
+            let mut d_alpha = 0.0f32;
+            for c in 0..channels {
+                d_alpha += g[base + c] * xl[row + c];
+            }
+            weighted += alpha[e * heads + head] * d_alpha;
+        }
+        for e in begin..end {
+            let row = csr.sources[e] as usize * hc + base;
+            let a = alpha[e * heads + head];
+            let mut d_alpha = 0.0f32;
+            for c in 0..channels {
+                d_alpha += g[base + c] * xl[row + c];
+            }
+            let d_logit = a * (d_alpha - weighted);
+            let edge = &mut dxl_edges[(e - begin) * hc + base..(e - begin) * hc + base + channels];
+            for c in 0..channels {
+                let u = xl[row + c] + xr_row[base + c];
+                datt_row[base + c] += d_logit * leaky_relu(u);
+                let du = d_logit * gat.att[base + c] * leaky_relu_slope(u);
+                dxr_row[base + c] += du;
+                edge[c] = a * g[base + c] + du;
+            }
+        }
+    }
+}
+
+/// The GATv2 backward of one relation over every destination.
+pub fn gatv2_backward(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    alpha: &[f32],
+    g: &[f32],
+    grads: GatGrads,
+) {
+    let hc = gat.heads * gat.channels;
+    let mut edge_rows: Vec<&mut [f32]> = Vec::with_capacity(csr.n_dst());
+    let mut rest = grads.dxl_edge;
+    for d in 0..csr.n_dst() {
+        let n = (csr.offsets[d + 1] - csr.offsets[d]) as usize * hc;
+        let (mine, tail) = rest.split_at_mut(n);
+        edge_rows.push(mine);
+        rest = tail;
+    }
+    grads
+        .dxr
+        .par_chunks_mut(hc)
+        .zip(grads.datt_dst.par_chunks_mut(hc))
+        .zip(edge_rows.into_par_iter())
+        .enumerate()
+        .for_each(|(dst, ((dxr_row, datt_row), edges))| {
+            gatv2_backward_at(
+                gat,
+                xl,
+                &xr[dst * hc..(dst + 1) * hc],
+                csr,
+                alpha,
+                &g[dst * hc..(dst + 1) * hc],
+                dst,
+                dxr_row,
+                edges,
+                datt_row,
+            );
+        });
+}
+
+/// One invocation: source `src` sums the contributions of its outgoing edges
+/// (`by_source` lists edge ids per source, ascending) into `out` (`[width]`).
+pub fn gather_edges_at(
+    by_source: &Csr,
+    per_edge: &[f32],
+    width: usize,
+    src: usize,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    for i in by_source.offsets[src] as usize..by_source.offsets[src + 1] as usize {
+        let e = by_source.sources[i] as usize;
+        for c in 0..width {
+            out[c] += per_edge[e * width + c];
+        }
+    }
+}
+
+/// [`gather_edges_at`] for every source: `out` is `[n_src, width]`.
+pub fn gather_edges(by_source: &Csr, per_edge: &[f32], width: usize, out: &mut [f32]) {
+    out.par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(src, row)| gather_edges_at(by_source, per_edge, width, src, row));
+}
+
+/// Edge ids grouped by source, ascending: the reduction order of
+/// [`gather_edges`]. `n_src` sources.
+pub fn edges_by_source(csr: &Csr, n_src: usize) -> Csr {
+    Csr::from_edges(
+        n_src,
+        csr.sources.iter().enumerate().map(|(e, &s)| (e as u32, s)),
+    )
+}
+
+/// ReLU backward in place: `g[i] = 0` where the layer's output `out[i]` is not positive.
+pub fn relu_backward(g: &mut [f32], out: &[f32]) {
+    g.par_iter_mut().zip(out.par_iter()).for_each(|(g, &o)| {
+        if o <= 0.0 {
+            *g = 0.0;
+        }
+    });
+}
+
+/// One invocation of the input gradient of `y = x · wt + b`: row `r`,
+/// `dx[r, k] = Σ_o dy[r, o] · wt[k, o]`, o increasing.
+pub fn linear_input_grad_at(
+    dy_row: &[f32],
+    wt: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    k: usize,
+) -> f32 {
+    let w = &wt[k * out_dim..(k + 1) * out_dim];
+    let mut acc = 0.0f32;
+    for o in 0..out_dim {
+        acc += dy_row[o] * w[o];
+    }
+    debug_assert!(k < in_dim);
+    acc
+}
+
+/// `dx = dy · wtᵀ`: `dy` `[n, out_dim]`, `dx` `[n, in_dim]` (overwritten).
+pub fn linear_input_grad(dy: &[f32], wt: &[f32], in_dim: usize, out_dim: usize, dx: &mut [f32]) {
+    dx.par_chunks_mut(in_dim).enumerate().for_each(|(r, row)| {
+        let dy_row = &dy[r * out_dim..(r + 1) * out_dim];
+        for k in 0..in_dim {
+            row[k] = linear_input_grad_at(dy_row, wt, in_dim, out_dim, k);
+        }
+    });
+}
+
+/// One invocation of the weight gradient: the partial sums of chunk `chunk`
+/// (rows `chunk·REDUCE_ROWS ..`), `dwt[k, o] = Σ_r x[row(r), k] · dy[r, o]`
+/// into `partial` (`[in_dim · out_dim]`, then `[out_dim]` bias sums when
+/// `with_bias`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_weight_grad_chunk(
+    x: &[f32],
+    rows: Option<&[u32]>,
+    dy: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    chunk: usize,
+    n_rows: usize,
+    partial: &mut [f32],
+) {
+    partial.fill(0.0);
+    let with_bias = partial.len() > in_dim * out_dim;
+    for r in chunk * REDUCE_ROWS..((chunk + 1) * REDUCE_ROWS).min(n_rows) {
+        let src = rows.map_or(r, |rows| rows[r] as usize);
+        let x_row = &x[src * in_dim..(src + 1) * in_dim];
+        let dy_row = &dy[r * out_dim..(r + 1) * out_dim];
+        for k in 0..in_dim {
+            let xk = x_row[k];
+            let target = &mut partial[k * out_dim..(k + 1) * out_dim];
+            for o in 0..out_dim {
+                target[o] += xk * dy_row[o];
+            }
+        }
+        if with_bias {
+            let target = &mut partial[in_dim * out_dim..];
+            for o in 0..out_dim {
+                target[o] += dy_row[o];
+            }
+        }
+    }
+}
+
+/// Adds the weight gradient (and bias gradient, when `db` is given) of
+/// `y = x[rows] · wt + b` to `dwt` and `db`: partial sums over fixed row
+/// chunks, then summed in chunk order.
+pub fn linear_weight_grad(
+    x: &[f32],
+    rows: Option<&[u32]>,
+    dy: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    dwt: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
+    let n_rows = dy.len() / out_dim;
+    let width = in_dim * out_dim + if db.is_some() { out_dim } else { 0 };
+    let chunks = n_rows.div_ceil(REDUCE_ROWS);
+    let mut partials = vec![0.0f32; chunks * width];
+    partials
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(chunk, partial)| {
+            linear_weight_grad_chunk(x, rows, dy, in_dim, out_dim, chunk, n_rows, partial)
+        });
+    let (weights, bias) = (in_dim * out_dim, db);
+    for partial in partials.chunks(width) {
+        for (d, p) in dwt.iter_mut().zip(&partial[..weights]) {
+            *d += p;
+        }
+    }
+    if let Some(db) = bias {
+        for partial in partials.chunks(width) {
+            for (d, p) in db.iter_mut().zip(&partial[weights..]) {
+                *d += p;
+            }
+        }
+    }
+}
+
+/// Adds the column sums of `rows` (`[n, width]`) to `out`: fixed row chunks,
+/// summed in chunk order (bias and attention gradients).
+pub fn column_sums(rows: &[f32], width: usize, out: &mut [f32]) {
+    let n = rows.len() / width;
+    let partials: Vec<Vec<f32>> = (0..n.div_ceil(REDUCE_ROWS))
+        .into_par_iter()
+        .map(|chunk| {
+            let mut partial = vec![0.0f32; width];
+            for r in chunk * REDUCE_ROWS..((chunk + 1) * REDUCE_ROWS).min(n) {
+                for c in 0..width {
+                    partial[c] += rows[r * width + c];
+                }
+            }
+            partial
+        })
+        .collect();
+    for partial in &partials {
+        for (o, p) in out.iter_mut().zip(partial) {
+            *o += p;
+        }
+    }
+}
+
+/// One invocation of the embedding backward: token `token` adds the
+/// gradients of its rows (`by_token` lists rows per token, ascending) to its
+/// table row.
+pub fn embedding_grad_at(
+    by_token: &Csr,
+    dh: &[f32],
+    dim: usize,
+    token: usize,
+    table_row: &mut [f32],
+) {
+    for i in by_token.offsets[token] as usize..by_token.offsets[token + 1] as usize {
+        let r = by_token.sources[i] as usize;
+        for c in 0..dim {
+            table_row[c] += dh[r * dim + c];
+        }
+    }
+}
+
+/// Scatter-add of `dh` (`[n, dim]`, rows with token `tokens[r]`) into the
+/// table gradient `dtable` (`[vocab, dim]`).
+pub fn embedding_grad(tokens: &[u32], dh: &[f32], dim: usize, dtable: &mut [f32]) {
+    let vocab = dtable.len() / dim;
+    let by_token = Csr::from_edges(
+        vocab,
+        tokens.iter().enumerate().map(|(r, &t)| (r as u32, t)),
+    );
+    dtable
+        .par_chunks_mut(dim)
+        .enumerate()
+        .for_each(|(token, row)| embedding_grad_at(&by_token, dh, dim, token, row));
+}
+
+/// `log(1 + exp(x))` without overflow.
+#[inline]
+fn softplus(x: f32) -> f32 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// One invocation of the pair loss: pair `p` with logit `z_tx[s] · z_bd[d]`
+/// (c increasing). Returns (loss term, d loss / d logit) of binary
+/// cross-entropy with logits, positives weighted by `pos_weight`, both
+/// divided by the number of pairs `n_pairs` (the mean).
+pub fn pair_loss_at(
+    z_tx: &[f32],
+    z_bd: &[f32],
+    dim: usize,
+    pair: (u32, u32),
+    positive: bool,
+    pos_weight: f32,
+    n_pairs: usize,
+) -> (f32, f32) {
+    let (s, d) = (pair.0 as usize, pair.1 as usize);
+    let mut logit = 0.0f32;
+    for c in 0..dim {
+        logit += z_tx[s * dim + c] * z_bd[d * dim + c];
+    }
+    let sigmoid = 1.0 / (1.0 + (-logit).exp());
+    let n = n_pairs as f32;
+    if positive {
+        (
+            pos_weight * softplus(-logit) / n,
+            pos_weight * (sigmoid - 1.0) / n,
+        )
+    } else {
+        (softplus(logit) / n, sigmoid / n)
+    }
+}
+
+/// One invocation of the pair backward for node `node` of one side: sums
+/// `d_logit[p] · other[partner(p)]` over the node's pairs (`by_node` lists
+/// pair ids, ascending) into `out` (`[dim]`).
+pub fn pair_grad_at(
+    by_node: &Csr,
+    partner: &[u32],
+    d_logit: &[f32],
+    other: &[f32],
+    dim: usize,
+    node: usize,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    for i in by_node.offsets[node] as usize..by_node.offsets[node + 1] as usize {
+        let p = by_node.sources[i] as usize;
+        let row = partner[p] as usize * dim;
+        for c in 0..dim {
+            out[c] += d_logit[p] * other[row + c];
+        }
+    }
+}
+
+/// Adam's constants.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamConfig {
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to the root of the second moment.
+    pub eps: f32,
+}
+
+impl Default for AdamConfig {
+    /// PyTorch's defaults.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// One invocation of Adam (PyTorch's update): element `i` at step `t` (1-based).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub fn adam_at(
+    config: &AdamConfig,
+    lr: f32,
+    t: u32,
+    param: &mut f32,
+    grad: f32,
+    m: &mut f32,
+    v: &mut f32,
+) {
+    *m = config.beta1 * *m + (1.0 - config.beta1) * grad;
+    *v = config.beta2 * *v + (1.0 - config.beta2) * grad * grad;
+    let bias1 = 1.0 - config.beta1.powi(t as i32);
+    let bias2 = 1.0 - config.beta2.powi(t as i32);
+    let denom = v.sqrt() / bias2.sqrt() + config.eps;
+    *param -= lr / bias1 * *m / denom;
+}
+
+/// Adam over one tensor.
+pub fn adam(
+    config: &AdamConfig,
+    lr: f32,
+    t: u32,
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    param
+        .par_iter_mut()
+        .zip(grad.par_iter())
+        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
+        .for_each(|((p, &g), (m, v))| adam_at(config, lr, t, p, g, m, v));
+}

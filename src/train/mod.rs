@@ -1,0 +1,89 @@
+//! `seggpu train`: Segger's self-supervised training on the CPU
+//! (docs/contract.md, training section). [`grad`] is one step's forward and
+//! backward, [`kernels`] the twins-to-be of the training shaders, [`Adam`]
+//! the optimiser.
+
+pub mod grad;
+pub mod kernels;
+
+use crate::model::Model;
+
+/// Every trainable tensor of a model with its weights-file name, in a fixed
+/// order (the optimiser's state follows it). Linear weights are in the
+/// model's transposed layout.
+pub fn params_mut(model: &mut Model) -> Vec<(String, &mut Vec<f32>)> {
+    let mut out: Vec<(String, &mut Vec<f32>)> = vec![
+        ("tx_embedding.tx.weight".into(), &mut model.tx_embedding),
+        ("lin0.bd.weight".into(), &mut model.lin0_bd_wt),
+    ];
+    for layer in &mut model.layers {
+        for (relation, w) in [
+            ("tx__neighbors__tx", &mut layer.neighbors),
+            ("tx__belongs__bd", &mut layer.belongs),
+        ] {
+            let prefix = format!("{}.{relation}", layer.name);
+            out.push((format!("{prefix}.lin_l.weight"), &mut w.lin_l_wt));
+            out.push((format!("{prefix}.lin_l.bias"), &mut w.lin_l_b));
+            out.push((format!("{prefix}.lin_r.weight"), &mut w.lin_r_wt));
+            out.push((format!("{prefix}.lin_r.bias"), &mut w.lin_r_b));
+            out.push((format!("{prefix}.att"), &mut w.att));
+            out.push((format!("{prefix}.bias"), &mut w.bias));
+        }
+    }
+    out
+}
+
+/// [`params_mut`], read-only.
+pub fn params(model: &Model) -> Vec<(String, Vec<f32>)> {
+    let mut copy = model.clone();
+    params_mut(&mut copy)
+        .into_iter()
+        .map(|(name, t)| (name, std::mem::take(t)))
+        .collect()
+}
+
+/// Adam's state: the moments of every tensor and the step count.
+#[derive(Debug, Clone)]
+pub struct Adam {
+    /// Constants.
+    pub config: kernels::AdamConfig,
+    /// Steps taken.
+    pub step: u32,
+    first: Vec<Vec<f32>>,
+    second: Vec<Vec<f32>>,
+}
+
+impl Adam {
+    /// Zero moments for `model`'s tensors.
+    pub fn new(model: &Model) -> Self {
+        let zeros: Vec<Vec<f32>> = params(model)
+            .into_iter()
+            .map(|(_, t)| vec![0.0; t.len()])
+            .collect();
+        Self {
+            config: kernels::AdamConfig::default(),
+            step: 0,
+            first: zeros.clone(),
+            second: zeros,
+        }
+    }
+
+    /// One update of every tensor of `model` by the gradients in `grads`.
+    pub fn update(&mut self, model: &mut Model, grads: &mut Model, lr: f32) {
+        self.step += 1;
+        let grads = params_mut(grads);
+        for (((_, param), (_, grad)), (m, v)) in params_mut(model)
+            .into_iter()
+            .zip(grads)
+            .zip(self.first.iter_mut().zip(self.second.iter_mut()))
+        {
+            kernels::adam(&self.config, lr, self.step, param, grad, m, v);
+        }
+    }
+}
+
+/// train.py's learning rate at `step` of `steps`: cosine decay from `lr` to 5 % of it.
+pub fn learning_rate(lr: f32, step: usize, steps: usize) -> f32 {
+    let frac = step as f64 / steps.max(1) as f64;
+    (lr as f64 * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()))) as f32
+}
