@@ -115,3 +115,32 @@ fn adam_kernel_matches_torch_optim_adam() {
         );
     }
 }
+
+/// The gradients are bit-identical for 1 and 2 threads: every reduction runs
+/// in a fixed order.
+#[test]
+fn gradients_do_not_depend_on_the_thread_count() {
+    let model = load("model");
+    let (graph, pairs, _) = batch(1, model.arch.vocab);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut grads = zeros_like(&model);
+            let loss = loss_and_grad(&model, &graph, &pairs, &mut grads);
+            (loss.to_bits(), params(&grads))
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one.0, two.0, "loss differs between 1 and 2 threads");
+    for ((name, a), (_, b)) in one.1.iter().zip(&two.1) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "d/d {name} differs between 1 and 2 threads"
+        );
+    }
+}
