@@ -97,6 +97,35 @@ fn conv(
     gatv2::gatv2(&gat, xl, xr, input.csr, out);
 }
 
+/// Layer 0 of the network: ReLU of the token embedding for transcripts and
+/// of `lin0` for nuclei (features with NaN → 0 first).
+pub struct InputLayer {
+    /// Nucleus features after `nan_to_num`, `[n_bd, BD_FEATURES]`.
+    pub bd_x: Vec<f32>,
+    /// Transcript embeddings, `[n_tx, emb]`.
+    pub tx: Vec<f32>,
+    /// Nucleus embeddings, `[n_bd, emb]`.
+    pub bd: Vec<f32>,
+}
+
+/// Computes [`InputLayer`] for `graph`; inference and training share it.
+pub fn input_layer(model: &Model, graph: &TileGraph) -> InputLayer {
+    let emb = model.arch.emb;
+    let mut tx = vec![0.0; graph.n_tx() * emb];
+    embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut tx);
+    let bd_x: Vec<f32> = graph.bd_x.iter().map(|&v| nan_to_num(v)).collect();
+    let mut bd = vec![0.0; graph.n_bd() * emb];
+    let lin0 = linear::Linear {
+        in_dim: BD_FEATURES,
+        out_dim: emb,
+        wt: &model.lin0_bd_wt,
+        bias: None,
+        relu: true,
+    };
+    linear::linear(&bd_x, None, &lin0, &mut bd);
+    InputLayer { bd_x, tx, bd }
+}
+
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -109,19 +138,11 @@ impl Backend for CpuBackend {
         keep_layers: bool,
     ) -> Result<Embeddings> {
         let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
-        let emb = model.arch.emb;
-        let mut h_tx = vec![0.0; n_tx * emb];
-        embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut h_tx);
-        let bd_x: Vec<f32> = graph.bd_x.iter().map(|&v| nan_to_num(v)).collect();
-        let mut h_bd = vec![0.0; n_bd * emb];
-        let lin0 = linear::Linear {
-            in_dim: BD_FEATURES,
-            out_dim: emb,
-            wt: &model.lin0_bd_wt,
-            bias: None,
-            relu: true,
-        };
-        linear::linear(&bd_x, None, &lin0, &mut h_bd);
+        let InputLayer {
+            tx: mut h_tx,
+            bd: mut h_bd,
+            ..
+        } = input_layer(model, graph);
 
         // Only transcripts that send a belongs message need lin_l of that edge type.
         let (belongs_rows, belongs) = graph.belongs.compact_sources();

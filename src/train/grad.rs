@@ -6,8 +6,9 @@
 use rayon::prelude::*;
 
 use super::kernels::{self, GatGrads};
+use crate::backend::cpu::{input_layer, InputLayer};
 use crate::graph::{Csr, TileGraph};
-use crate::kernels::{embed, gatv2::Gat, linear};
+use crate::kernels::{gatv2::Gat, linear};
 use crate::model::{GatWeights, Model, BD_FEATURES};
 
 /// The pairs one step learns from: positives (label 1) and negatives (label 0).
@@ -23,15 +24,6 @@ impl Pairs {
     /// The positive class weight of the loss: negatives / positives (each at least 1).
     pub fn pos_weight(&self) -> f32 {
         self.negative.len().max(1) as f32 / self.positive.len().max(1) as f32
-    }
-}
-
-/// `torch.nan_to_num` for nucleus features.
-fn nan_to_num(v: f32) -> f32 {
-    if v.is_nan() {
-        0.0
-    } else {
-        v.clamp(f32::MIN, f32::MAX)
     }
 }
 
@@ -132,24 +124,12 @@ fn conv_forward(
 }
 
 fn forward(model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
-    let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
-    let emb = model.arch.emb;
-    let mut h_tx = vec![0.0; n_tx * emb];
-    embed::embed_relu(&model.tx_embedding, emb, &graph.tx_token, &mut h_tx);
-    let bd_x: Vec<f32> = graph.bd_x.iter().map(|&v| nan_to_num(v)).collect();
-    let mut h_bd = vec![0.0; n_bd * emb];
-    linear::linear(
-        &bd_x,
-        None,
-        &linear::Linear {
-            in_dim: BD_FEATURES,
-            out_dim: emb,
-            wt: &model.lin0_bd_wt,
-            bias: None,
-            relu: true,
-        },
-        &mut h_bd,
-    );
+    let n_tx = graph.n_tx();
+    let InputLayer {
+        bd_x,
+        tx: h_tx,
+        bd: h_bd,
+    } = input_layer(model, graph);
     let mut tx = vec![h_tx];
     let mut bd = vec![h_bd];
     let mut convs = Vec::new();
