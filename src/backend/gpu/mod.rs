@@ -33,6 +33,9 @@ mod shaders;
 mod single_kernels;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_support;
+mod train;
+#[cfg(any(test, feature = "testing"))]
+mod train_single_kernels;
 
 use anyhow::Result;
 
@@ -52,6 +55,7 @@ use kernels::{components, edge_similarity, Kernel};
 use program::{Program, Slot};
 use runtime::Runtime;
 use shaders::Elem;
+pub use train::{GpuTrainer, MAX_LAYERS};
 
 /// Why the GPU could not do something.
 #[derive(Debug, thiserror::Error)]

@@ -159,6 +159,17 @@ pub(crate) mod gather;
 pub(crate) mod gatv2;
 pub(crate) mod linear;
 pub(crate) mod score;
+pub(crate) mod train_adam;
+pub(crate) mod train_common;
+pub(crate) mod train_gather_rows;
+pub(crate) mod train_gatv2_backward;
+pub(crate) mod train_gatv2_forward;
+pub(crate) mod train_linear_input_grad;
+pub(crate) mod train_linear_weight_grad;
+pub(crate) mod train_pair_grad;
+pub(crate) mod train_pair_loss;
+pub(crate) mod train_relu_backward;
+pub(crate) mod train_sum_partials;
 
 registry! {
     Embed => embed,
@@ -168,6 +179,16 @@ registry! {
     Score => score,
     EdgeSimilarity => edge_similarity,
     Components => components,
+    TrainGatv2Forward => train_gatv2_forward,
+    TrainGatv2Backward => train_gatv2_backward,
+    TrainGatherRows => train_gather_rows,
+    TrainReluBackward => train_relu_backward,
+    TrainLinearInputGrad => train_linear_input_grad,
+    TrainLinearWeightGrad => train_linear_weight_grad,
+    TrainSumPartials => train_sum_partials,
+    TrainPairLoss => train_pair_loss,
+    TrainPairGrad => train_pair_grad,
+    TrainAdam => train_adam,
 }
 
 impl Kernel {
