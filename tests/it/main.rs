@@ -16,6 +16,7 @@ mod gpu_f16;
 mod gpu_fragments;
 mod gpu_limits;
 mod gpu_parity;
+mod gpu_train;
 mod io_errors;
 mod io_features;
 mod io_formats;
