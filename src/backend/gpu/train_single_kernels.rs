@@ -233,6 +233,7 @@ impl GpuBackend {
         Ok(got.pop().expect("dx"))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn weight_grad_problem(
         program: &mut Program,
         aux: &mut Aux,
