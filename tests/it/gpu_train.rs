@@ -478,12 +478,14 @@ fn adam_steps_match_cpu(
     batches: &[(TileGraph, Pairs)],
     steps: usize,
     lr0: f32,
+    config: AdamConfig,
     label: &str,
-) {
+) -> (Model, Model) {
     let tol = TOL;
-    let mut trainer = GpuTrainer::with_backend(gpu, model);
+    let mut trainer = GpuTrainer::with_backend(gpu, model).with_adam(config);
     let mut cpu_model = model.clone();
     let mut adam = Adam::new(&cpu_model);
+    adam.config = config;
     let (mut gpu_losses, mut cpu_losses) = (Vec::new(), Vec::new());
     for step in 0..steps {
         let (graph, pairs) = &batches[step % batches.len()];
@@ -594,10 +596,20 @@ fn adam_steps_match_cpu(
         .fold(0.0, f32::max);
     println!("{label}: largest weight change over {steps} steps {moved:e}");
     assert!(moved > 1e-3, "{label}: the weights barely moved ({moved})");
+    (trained, cpu_model)
 }
 
-/// Weights after 50 Adam steps within 1e-4 relative (1e-6 absolute for
-/// weights near zero) of the CPU trainer's, on the fixture's graphs.
+fn fixture_batches(model: &Model) -> Vec<(TileGraph, Pairs)> {
+    (0..GRAPHS)
+        .map(|i| {
+            let (graph, pairs, _) = batch(i, model.arch.vocab);
+            (graph, pairs)
+        })
+        .collect()
+}
+
+/// 50 Adam steps (PyTorch's constants) over the fixture's graphs, on the
+/// GPU and with the CPU trainer: losses step by step within 1e-5 + 1e-4·|x|.
 #[test]
 fn gpu_adam_steps_match_the_cpu_trainer() {
     let Some(gpu) = backend_or_skip(
@@ -607,13 +619,53 @@ fn gpu_adam_steps_match_the_cpu_trainer() {
         return;
     };
     let model = load("model");
-    let batches: Vec<_> = (0..GRAPHS)
-        .map(|i| {
-            let (graph, pairs, _) = batch(i, model.arch.vocab);
-            (graph, pairs)
-        })
-        .collect();
-    adam_steps_match_cpu(gpu, &model, &batches, 50, 1e-2, "fixture graphs");
+    let batches = fixture_batches(&model);
+    adam_steps_match_cpu(
+        gpu,
+        &model,
+        &batches,
+        50,
+        1e-2,
+        AdamConfig::default(),
+        "fixture graphs",
+    );
+}
+
+/// The same 50 steps with Adam's eps at 1e-4, which keeps gradients that
+/// are zero up to rounding from becoming ±lr steps (as the CPU trainer's
+/// free-running check against float64 does): every weight within
+/// 1e-5 + 1e-4·|w| of the CPU trainer's.
+#[test]
+fn gpu_adam_steps_weights_match_the_cpu_trainer() {
+    let Some(gpu) = backend_or_skip(
+        "gpu_adam_steps_weights_match_the_cpu_trainer",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let model = load("model");
+    let batches = fixture_batches(&model);
+    let config = AdamConfig {
+        eps: 1e-4,
+        ..AdamConfig::default()
+    };
+    let (gpu_model, cpu_model) = adam_steps_match_cpu(
+        gpu,
+        &model,
+        &batches,
+        50,
+        1e-2,
+        config,
+        "fixture graphs, eps 1e-4",
+    );
+    for ((name, got), (_, want)) in params(&gpu_model).into_iter().zip(params(&cpu_model)) {
+        all_close(
+            &format!("eps 1e-4: {name} after 50 steps"),
+            &got,
+            &want,
+            TOL,
+        );
+    }
 }
 
 /// Random pairs on the `dev` fixture's graph.
@@ -651,6 +703,7 @@ fn gpu_adam_steps_match_the_cpu_trainer_on_a_larger_graph_under_default_limits()
         &[(fx.graph.clone(), pairs)],
         10,
         1e-3,
+        AdamConfig::default(),
         "dev graph",
     );
 }

@@ -666,6 +666,12 @@ impl GpuTrainer {
         }
     }
 
+    /// Uses Adam's constants `config` (before the first step).
+    pub fn with_adam(mut self, config: AdamConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// The backend the trainer runs on (adapter, statistics).
     pub fn backend(&self) -> &GpuBackend {
         &self.gpu
