@@ -756,3 +756,37 @@ fn gpu_gradients_match_the_cpu_trainer_on_a_larger_graph() {
         all_close(&format!("dev graph d/d {name}"), &got, &want, TOL);
     }
 }
+
+/// The state read back after one step from zero moments: the weights of
+/// `model()`, and Adam's moments (1 − β1)·g and (1 − β2)·g·g of the step's
+/// gradients g.
+#[test]
+fn gpu_trainer_state_holds_the_moments_of_the_step() {
+    let Some(gpu) = backend_or_skip(
+        "gpu_trainer_state_holds_the_moments_of_the_step",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let model = load("model");
+    let (graph, pairs, _) = batch(0, model.arch.vocab);
+    let mut trainer = GpuTrainer::with_backend(gpu, &model);
+    let (_, grads) = trainer.loss_and_grad(&graph, &pairs).unwrap();
+    trainer.step(&graph, &pairs, 1e-3).unwrap();
+    let state = trainer.state().unwrap();
+    assert_eq!(state.steps, 1);
+    let config = AdamConfig::default();
+    let weights = trainer.model().unwrap();
+    for ((((name, g), (_, m)), (_, v)), ((_, w), (_, w_state))) in params(&grads)
+        .into_iter()
+        .zip(params(&state.first_moment))
+        .zip(params(&state.second_moment))
+        .zip(params(&weights).into_iter().zip(params(&state.model)))
+    {
+        let m_expected: Vec<f32> = g.iter().map(|g| (1.0 - config.beta1) * g).collect();
+        let v_expected: Vec<f32> = g.iter().map(|g| (1.0 - config.beta2) * g * g).collect();
+        all_close(&format!("first moment {name}"), &m, &m_expected, TOL);
+        all_close(&format!("second moment {name}"), &v, &v_expected, TOL);
+        all_close(&format!("weights {name}"), &w_state, &w, Tolerance::EXACT);
+    }
+}

@@ -55,7 +55,7 @@ use kernels::{components, edge_similarity, Kernel};
 use program::{Program, Slot};
 use runtime::Runtime;
 use shaders::Elem;
-pub use train::{GpuTrainer, MAX_LAYERS};
+pub use train::{GpuTrainer, TrainerState, MAX_LAYERS};
 
 /// Why the GPU could not do something.
 #[derive(Debug, thiserror::Error)]

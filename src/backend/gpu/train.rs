@@ -619,6 +619,19 @@ fn loss_of(bytes: &[u8], at: &StepAt) -> f32 {
         .sum::<f64>() as f32
 }
 
+/// What resuming training elsewhere needs, read back from the device.
+#[derive(Debug, Clone)]
+pub struct TrainerState {
+    /// The weights.
+    pub model: Model,
+    /// Adam's first moments, laid out as the weights.
+    pub first_moment: Model,
+    /// Adam's second moments, laid out as the weights.
+    pub second_moment: Model,
+    /// Adam steps taken.
+    pub steps: u32,
+}
+
 /// Trains a model on the GPU: [`GpuTrainer::step`] is one step of
 /// [`crate::train::grad::loss_and_grad`] followed by [`crate::train::Adam`]'s
 /// update, with everything but the loss staying on the device.
@@ -774,14 +787,53 @@ impl GpuTrainer {
 
     /// The current weights, read back from the device.
     pub fn model(&mut self) -> Result<Model, GpuError> {
+        Ok(self.read_back(&[MODEL])?.remove(0))
+    }
+
+    /// The weights and Adam's moments, read back from the device (a
+    /// checkpoint to resume from, on the CPU after a device loss).
+    pub fn state(&mut self) -> Result<TrainerState, GpuError> {
+        let mut all = self.read_back(&[MODEL, ADAM_M, ADAM_V])?;
+        let second_moment = all.pop().expect("second moment");
+        let first_moment = all.pop().expect("first moment");
+        Ok(TrainerState {
+            model: all.pop().expect("weights"),
+            first_moment,
+            second_moment,
+            steps: self.steps,
+        })
+    }
+
+    /// `slots` (laid out as the weights) as models.
+    fn read_back(&mut self, slots: &[Slot]) -> Result<Vec<Model>, GpuError> {
         if !self.on_device {
-            return Ok(self.template.clone());
+            let zeros = crate::train::grad::zeros_like(&self.template);
+            return Ok(slots
+                .iter()
+                .map(|&s| {
+                    if s == MODEL {
+                        self.template.clone()
+                    } else {
+                        zeros.clone()
+                    }
+                })
+                .collect());
         }
-        let mut program = self.gpu.program("reading the trained weights back".into());
-        program.need(MODEL, self.layout.len * 4);
-        let at = program.readback(MODEL, 0, self.layout.len * 4);
+        let mut program = self.gpu.program("reading the training state back".into());
+        let at: Vec<u64> = slots
+            .iter()
+            .map(|&slot| {
+                program.need(slot, self.layout.len * 4);
+                program.readback(slot, 0, self.layout.len * 4)
+            })
+            .collect();
         let bytes = self.run(&program)?;
-        let data = forward::from_act(&bytes, at, self.layout.len, Elem::F32);
-        Ok(unpack(&self.layout, &data, &self.template))
+        Ok(at
+            .into_iter()
+            .map(|at| {
+                let data = forward::from_act(&bytes, at, self.layout.len, Elem::F32);
+                unpack(&self.layout, &data, &self.template)
+            })
+            .collect())
     }
 }
