@@ -790,3 +790,45 @@ fn gpu_trainer_state_holds_the_moments_of_the_step() {
         all_close(&format!("weights {name}"), &w_state, &w, Tolerance::EXACT);
     }
 }
+
+/// With at most 7 workgroups per dispatch dimension, Adam's dispatch over
+/// every parameter is a 2-D grid: 5 steps' losses and weights (eps 1e-4)
+/// still match the CPU trainer's.
+#[test]
+fn gpu_training_in_2d_grids() {
+    let options = GpuOptions {
+        max_workgroups_per_dim_override: Some(7),
+        ..GpuOptions::default()
+    };
+    let Some(gpu) = backend_or_skip("gpu_training_in_2d_grids", options) else {
+        return;
+    };
+    let model = load("model");
+    let batches = fixture_batches(&model);
+    let mut trainer = GpuTrainer::with_backend(gpu, &model);
+    trainer.step(&batches[0].0, &batches[0].1, 1e-3).unwrap();
+    let stats = trainer.backend().stats();
+    println!("{stats:?}");
+    assert!(stats.last_2d_grids > 0, "expected 2-D grids");
+    let config = AdamConfig {
+        eps: 1e-4,
+        ..AdamConfig::default()
+    };
+    let (gpu_model, cpu_model) = adam_steps_match_cpu(
+        trainer.into_backend(),
+        &model,
+        &batches,
+        5,
+        1e-2,
+        config,
+        "2-D grids",
+    );
+    for ((name, got), (_, want)) in params(&gpu_model).into_iter().zip(params(&cpu_model)) {
+        all_close(
+            &format!("2-D grids: {name} after 5 steps"),
+            &got,
+            &want,
+            TOL,
+        );
+    }
+}

@@ -20,6 +20,7 @@
 
 use super::chunking::Aux;
 use super::forward::{self, ModelLayout, MODEL};
+use super::kernels::gatv2::GatWeights;
 use super::kernels::linear::{self, Gathered, LinearWeights};
 use super::kernels::train_gatv2_backward::{self as gat_backward, Grads};
 use super::kernels::train_gatv2_forward::{self as gat_forward, Relation};
@@ -142,7 +143,7 @@ struct StepAt {
 struct Conv<'a> {
     l_weights: LinearWeights,
     r_weights: LinearWeights,
-    gat: &'a super::kernels::gatv2::GatWeights,
+    gat: &'a GatWeights,
     relation: Relation,
     n_src: u64,
     n_dst: u64,
@@ -380,7 +381,7 @@ fn record_step(
                     n_src: u64,
                     n_dst: u64,
                     csr: &DeviceCsr,
-                    gat: &super::kernels::gatv2::GatWeights| {
+                    gat: &GatWeights| {
             let x = f32s(program, x_slot, (n_src + n_dst) * hc);
             let n_edges = csr.ids.len;
             Relation {
@@ -688,6 +689,11 @@ impl GpuTrainer {
     /// The backend the trainer runs on (adapter, statistics).
     pub fn backend(&self) -> &GpuBackend {
         &self.gpu
+    }
+
+    /// The backend, giving up the trainer.
+    pub fn into_backend(self) -> GpuBackend {
+        self.gpu
     }
 
     /// Adam steps taken.

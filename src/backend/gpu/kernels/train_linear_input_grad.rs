@@ -58,7 +58,7 @@ pub(crate) fn record(
     // Not read unless scattering: any u32 array fills the binding.
     let rows_array = match store {
         Store::AddTo(rows) => rows,
-        _ => Array::at(super::super::train::INDEX, 4, 1),
+        _ => Array::at(crate::backend::gpu::train::INDEX, 4, 1),
     };
     let (rows, rows0) = bind_one(program, rows_array)?;
     let (dx, dx0) = bind_one(program, dx)?;

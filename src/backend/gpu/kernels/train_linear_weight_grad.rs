@@ -71,7 +71,7 @@ pub(crate) fn record_partials(
     let (x, x0) = bind_one(program, p.x)?;
     let rows_array = p
         .rows
-        .unwrap_or(Array::at(super::super::train::INDEX, 4, 1));
+        .unwrap_or(Array::at(crate::backend::gpu::train::INDEX, 4, 1));
     let (rows, rows0) = bind_one(program, rows_array)?;
     let (dy, dy0) = bind_one(program, p.dy)?;
     let (partial, part0) = bind_one(program, partial)?;
