@@ -832,3 +832,34 @@ fn gpu_training_in_2d_grids() {
         );
     }
 }
+
+/// Degenerate windows: nuclei without belongs edges, no nuclei (and no
+/// pairs): the GPU's loss and gradients are the CPU trainer's.
+#[test]
+fn gpu_gradients_on_degenerate_windows() {
+    let Some(gpu) = backend_or_skip("gpu_gradients_on_degenerate_windows", GpuOptions::default())
+    else {
+        return;
+    };
+    let model = load("model");
+    let (graph, pairs, _) = batch(1, model.arch.vocab);
+    let mut cases = Vec::new();
+    let mut g = graph.clone();
+    g.belongs = Csr::from_edges(graph.n_bd(), std::iter::empty());
+    cases.push(("no belongs edges", g, pairs.clone()));
+    let mut g = graph.clone();
+    g.bd_x.clear();
+    g.belongs = Csr::from_edges(0, std::iter::empty());
+    g.receptive_field = None;
+    cases.push(("no nuclei, no pairs", g, Pairs::default()));
+    let mut trainer = GpuTrainer::with_backend(gpu, &model);
+    for (what, graph, pairs) in cases {
+        let (loss, grads) = trainer.loss_and_grad(&graph, &pairs).unwrap();
+        let mut expected = zeros_like(&model);
+        let cpu_loss = loss_and_grad(&model, &graph, &pairs, &mut expected);
+        assert_close(&format!("{what}: loss"), loss as f64, cpu_loss as f64, 1e-5);
+        for ((name, got), (_, want)) in params(&grads).into_iter().zip(params(&expected)) {
+            all_close(&format!("{what}: d/d {name}"), &got, &want, TOL);
+        }
+    }
+}
