@@ -863,3 +863,24 @@ fn gpu_gradients_on_degenerate_windows() {
         }
     }
 }
+
+/// A backend that ran the forward pass, trained on, then handed back runs
+/// the forward pass with the weights it is given, not the trained ones left
+/// on the device.
+#[test]
+fn gpu_backend_after_training_uploads_the_weights_again() {
+    let Some(mut gpu) = backend_or_skip(
+        "gpu_backend_after_training_uploads_the_weights_again",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let fx = Fixture::load("dev");
+    let before = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+    let mut trainer = GpuTrainer::with_backend(gpu, &fx.model);
+    trainer.step(&fx.graph, &dev_pairs(&fx), 1e-2).unwrap();
+    let mut gpu = trainer.into_backend();
+    let after = gpu.forward(&fx.model, &fx.graph, false).unwrap();
+    assert_eq!(before.z_tx, after.z_tx);
+    assert_eq!(before.z_bd, after.z_bd);
+}

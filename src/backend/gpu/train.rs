@@ -667,7 +667,9 @@ impl GpuTrainer {
     }
 
     /// As [`GpuTrainer::new`] on an opened backend.
-    pub fn with_backend(gpu: GpuBackend, model: &Model) -> Self {
+    pub fn with_backend(mut gpu: GpuBackend, model: &Model) -> Self {
+        // Training overwrites the weights slot the forward pass caches.
+        gpu.model = None;
         let (layout, _) = forward::layout_model(model);
         Self {
             gpu,
@@ -692,7 +694,8 @@ impl GpuTrainer {
     }
 
     /// The backend, giving up the trainer.
-    pub fn into_backend(self) -> GpuBackend {
+    pub fn into_backend(mut self) -> GpuBackend {
+        self.gpu.model = None;
         self.gpu
     }
 
