@@ -15,6 +15,9 @@ use crate::tiles::{self, TileGrid};
 /// Most tiles a run may have.
 pub const MAX_TILES: usize = 1 << 22;
 
+/// Most times a tile may redo the work of its core, `((size + 2·margin) / size)²`.
+pub const MAX_OVERLAP: f64 = 256.0;
+
 /// The kept transcripts, ready for the tiles.
 pub struct Prepared {
     /// Input row of every kept transcript, ascending.
@@ -77,6 +80,15 @@ pub fn run(
     } else {
         f64::INFINITY
     };
+    // A tile computes over its core plus the margin on every side: a tiny
+    // core redoes its neighbours' work ((size + 2·margin) / size)² times.
+    let overlap = ((tile_size + 2.0 * margin) / tile_size).powi(2);
+    if margin.is_finite() && overlap > MAX_OVERLAP {
+        bail!(
+            "--tile-size {tile_size} µm is too small for the tile margin of {margin:.1} µm: each tile would redo the work of {overlap:.0} tiles (at most {MAX_OVERLAP}); use a larger --tile-size, at least {:.1} µm",
+            2.0 * margin / (MAX_OVERLAP.sqrt() - 1.0)
+        );
+    }
     let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
     let grid = TileGrid::covering(&flat, tile_size, margin).with_context(|| {
         format!("--tile-size {tile_size} µm is too small for the sample's extent; use a larger --tile-size (or check for transcripts far from the rest)")

@@ -473,3 +473,25 @@ fn the_weights_loader_never_panics_on_random_bytes() {
         })
         .unwrap();
 }
+
+/// What the long run found (a negative column chunk offset, a data page
+/// asking for a missing dictionary: the parquet crate asserted), checked
+/// over every byte of the footer, set to 0x9f (the value found) or 0xff.
+#[test]
+fn every_single_byte_change_of_a_parquet_footer_gives_a_result_or_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx_bytes, _) = parquet_inputs(dir.path());
+    let bd = common::one_nucleus_csv(dir.path());
+    let n = tx_bytes.len();
+    let footer = u32::from_le_bytes(tx_bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let mut errors = 0;
+    for at in n - 8 - footer..n - 8 {
+        let mut bytes = tx_bytes.clone();
+        bytes[at] = if at % 2 == 0 { 0x9f } else { 0xff };
+        let tx = write_file(dir.path(), "t.parquet", &bytes);
+        let spec = input_spec(Preset::Xenium, &tx, &bd);
+        errors += usize::from(read_transcripts(&spec).is_err());
+    }
+    println!("{errors} of {footer} footer edits are errors");
+    assert!(errors > 0, "some footer edits must be refused");
+}
