@@ -239,8 +239,8 @@ mod tests {
             e,
             "`k_bd` is 100000000000, expected at least 1 and at most 256"
         );
-        let e = StoredDefaults::parse(r#"{"dist_bd": 1e309}"#).unwrap_err();
-        assert!(e.contains("`dist_bd`"), "{e}");
+        let e = StoredDefaults::parse(r#"{"dist_bd": 0}"#).unwrap_err();
+        assert!(e.contains("`dist_bd` is 0"), "{e}");
         let e = StoredDefaults::parse(r#"{"dist_tx": -2}"#).unwrap_err();
         assert_eq!(
             e,
