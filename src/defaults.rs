@@ -54,6 +54,45 @@ pub fn summary() -> String {
         .join(", ")
 }
 
+/// Most transcript neighbours (`k_tx`) or candidate nuclei (`k_bd`): the
+/// graphs hold k entries per transcript, so a larger k only exhausts memory.
+pub const MAX_K: usize = 256;
+
+/// The numeric checks shared by the command line and a model's
+/// `seggpu.defaults`; `name` is the flag (`--dist-tx`) or the key
+/// (`` `dist_tx` ``) the message names.
+///
+/// A distance in µm: positive and finite.
+pub fn check_distance(name: &str, v: f64) -> Result<(), String> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} is {v}, expected a positive finite distance in µm"
+        ))
+    }
+}
+
+/// A neighbour count: 1 to [`MAX_K`].
+pub fn check_count(name: &str, v: usize) -> Result<(), String> {
+    if (1..=MAX_K).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} is {v}, expected at least 1 and at most {MAX_K}"
+        ))
+    }
+}
+
+/// A score threshold in [0, 1] (NaN is out of range).
+pub fn check_score_cut(name: &str, v: f32) -> Result<(), String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name} is {v}, expected a number in [0, 1]"))
+    }
+}
+
 /// The defaults a model was trained for (`seggpu.defaults`, a JSON object).
 /// Every key is optional; an unknown key or a value of the wrong type is an
 /// error, so a typo in a weights file cannot silently fall back to the
@@ -124,25 +163,15 @@ impl StoredDefaults {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let positive = |key: &str, v: Option<f64>| match v {
-            Some(v) if !(v > 0.0 && v.is_finite()) => {
-                Err(format!("`{key}` is {v}, expected a positive distance"))
-            }
-            _ => Ok(()),
-        };
-        positive("dist_bd", self.dist_bd)?;
-        positive("dist_tx", self.dist_tx)?;
-        for (key, v) in [("k_bd", self.k_bd), ("k_tx", self.k_tx)] {
-            if v == Some(0) {
-                return Err(format!("`{key}` is 0, expected at least 1"));
-            }
+        let key = |k: &str| format!("`{k}`");
+        for (k, v) in [("dist_bd", self.dist_bd), ("dist_tx", self.dist_tx)] {
+            v.map_or(Ok(()), |v| check_distance(&key(k), v))?;
         }
-        match self.score_cut {
-            Some(v) if !(0.0..=1.0).contains(&v) => {
-                Err(format!("`score_cut` is {v}, expected a number in [0, 1]"))
-            }
-            _ => Ok(()),
+        for (k, v) in [("k_bd", self.k_bd), ("k_tx", self.k_tx)] {
+            v.map_or(Ok(()), |v| check_count(&key(k), v))?;
         }
+        self.score_cut
+            .map_or(Ok(()), |v| check_score_cut(&key("score_cut"), v))
     }
 
     /// The JSON stored in a weights file.
@@ -205,6 +234,18 @@ mod tests {
         assert!(e.contains("score_cut"), "{e}");
         let e = StoredDefaults::parse(r#"{"k_tx": 0}"#).unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
+        let e = StoredDefaults::parse(r#"{"k_bd": 100000000000}"#).unwrap_err();
+        assert_eq!(
+            e,
+            "`k_bd` is 100000000000, expected at least 1 and at most 256"
+        );
+        let e = StoredDefaults::parse(r#"{"dist_bd": 0}"#).unwrap_err();
+        assert!(e.contains("`dist_bd` is 0"), "{e}");
+        let e = StoredDefaults::parse(r#"{"dist_tx": -2}"#).unwrap_err();
+        assert_eq!(
+            e,
+            "`dist_tx` is -2, expected a positive finite distance in µm"
+        );
         assert!(StoredDefaults::parse("[1, 2]").is_err());
     }
 }

@@ -63,13 +63,18 @@ pub fn install_signal_cleanup() {
         // removes what a killed one left.
         let _ = ctrlc::set_handler(|| {
             if let Ok(paths) = CLEANUP.lock() {
-                for path in paths.iter() {
-                    if path.file_name().is_some_and(is_partial_name) {
-                        remove_any(path);
-                    } else {
-                        // An output folder the run created: only when empty.
-                        let _ = std::fs::remove_dir(path);
-                    }
+                let (partial, created): (Vec<&PathBuf>, Vec<&PathBuf>) = paths
+                    .iter()
+                    .partition(|p| p.file_name().is_some_and(is_partial_name));
+                // Staging first: it sits inside the folders below.
+                for path in partial {
+                    remove_any(path);
+                }
+                // An output folder the run created (deepest first), with
+                // its lock file, only when nothing else is left in it.
+                for path in created {
+                    let _ = std::fs::remove_file(path.join(LOCK_FILE));
+                    let _ = std::fs::remove_dir(path);
                 }
             }
             eprintln!("seggpu: interrupted; partial outputs removed");

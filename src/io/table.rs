@@ -116,14 +116,83 @@ fn csv_text(path: &Path, gzip: bool) -> Result<Box<dyn BufRead + Send>> {
     })
 }
 
+thread_local! {
+    /// Whether this thread is inside [`guarded`] (its panics are not printed).
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, a call into the parquet crate, turning a panic into an error
+/// naming the file: the crate asserts on some damaged pages (a dictionary
+/// page missing, …) instead of returning an error. Such a panic is not
+/// printed; every other panic still is.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !DECODING.with(std::cell::Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    DECODING.with(|d| d.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    DECODING.with(|d| d.set(false));
+    result.unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        bail!(
+            "{}: damaged parquet data (the parquet reader stopped: {what})",
+            path.display()
+        )
+    })
+}
+
+/// Opens a parquet file and checks the column chunk ranges of its footer:
+/// the parquet crate asserts (panics) on a negative offset or size, so a
+/// damaged footer must be refused here with an error naming the file.
+fn parquet_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = open_file(path)?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let builder = guarded(path, || {
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .with_context(|| format!("{}: not a readable parquet file", path.display()))
+    })?;
+    for (r, group) in builder.metadata().row_groups().iter().enumerate() {
+        for (c, chunk) in group.columns().iter().enumerate() {
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            let size = chunk.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(start, size)| start.checked_add(size))
+                .is_some_and(|end| end <= len);
+            if !inside {
+                bail!(
+                    "{}: not a readable parquet file (row group {r}, column {c}: data at offset {start}, {size} bytes, outside the file's {len} bytes)",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(builder)
+}
+
 impl Table {
     /// Opens a table and reads its column names.
     pub fn open(path: &Path) -> Result<Table> {
         let mut format = detect(path)?;
         match format {
             Format::Parquet => {
-                let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(path)?)
-                    .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+                let builder = parquet_builder(path)?;
                 let schema = builder.schema().clone();
                 Ok(Table {
                     path: path.to_path_buf(),
@@ -237,20 +306,36 @@ impl Table {
         let path = self.path.clone();
         let inner: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> = match self.format {
             Format::Parquet => {
-                let builder = ParquetRecordBatchReaderBuilder::try_new(open_file(&self.path)?)
-                    .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+                let builder = parquet_builder(&path)?;
                 let mut roots = index.clone();
                 roots.sort_unstable();
                 roots.dedup();
                 let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-                let reader = builder
-                    .with_projection(mask)
-                    .with_batch_size(BATCH_ROWS)
-                    .build()
-                    .with_context(|| format!("{}: cannot read parquet", path.display()))?;
+                let mut reader = guarded(&path, || {
+                    builder
+                        .with_projection(mask)
+                        .with_batch_size(BATCH_ROWS)
+                        .build()
+                        .with_context(|| format!("{}: cannot read parquet", path.display()))
+                })?;
                 let p = path.clone();
-                Box::new(reader.map(move |b| {
-                    b.with_context(|| format!("{}: cannot decode parquet data", p.display()))
+                // After a panic the reader is not used again.
+                let mut failed = false;
+                Box::new(std::iter::from_fn(move || {
+                    if failed {
+                        return None;
+                    }
+                    match guarded(&p, || Ok(reader.next())) {
+                        Ok(batch) => batch.map(|b| {
+                            b.with_context(|| {
+                                format!("{}: cannot decode parquet data", p.display())
+                            })
+                        }),
+                        Err(e) => {
+                            failed = true;
+                            Some(Err(e))
+                        }
+                    }
                 }))
             }
             Format::Csv { gzip, delimiter } => {

@@ -30,6 +30,20 @@ pub enum ModelError {
         /// Rows of the embedding table.
         rows: usize,
     },
+    /// A weight is NaN or infinite (after conversion to f32).
+    #[error("{path}: tensor `{name}` has {count} value(s) that are not finite (the first, {value}, at flat index {index}); every weight must be a finite number")]
+    NonFinite {
+        /// File path.
+        path: PathBuf,
+        /// Tensor name.
+        name: String,
+        /// Number of NaN or infinite values.
+        count: usize,
+        /// Flat index of the first one.
+        index: usize,
+        /// Its value.
+        value: f32,
+    },
     /// A metadata entry is missing or malformed.
     #[error("{path}: metadata `{key}`: {reason}")]
     Metadata {
@@ -162,23 +176,160 @@ struct Reader<'a> {
     file: &'a TensorFile,
 }
 
+/// The value most of `votes` agree on (ties: the first listed); `None`
+/// when no tensor gave one.
+fn vote(votes: &[Option<usize>]) -> Option<usize> {
+    let mut best = None;
+    let mut best_count = 0;
+    for v in votes.iter().flatten() {
+        let count = votes.iter().filter(|w| **w == Some(*v)).count();
+        if count > best_count {
+            best = Some(*v);
+            best_count = count;
+        }
+    }
+    best
+}
+
+/// The two relations of every layer.
+const RELATIONS: [&str; 2] = ["tx__neighbors__tx", "tx__belongs__bd"];
+
+/// Sizes of the model read from the tensors' shapes.
+struct Dims {
+    emb: usize,
+    heads: usize,
+    hidden: usize,
+    out: usize,
+}
+
 impl Reader<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, TensorFileError> {
+    /// A weight tensor of the given shape; every value must be finite.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let (found, values) = self.file.f32(name)?;
         if found != shape {
-            return Err(self.file.wrong_shape(name, &found, format!("{shape:?}")));
+            return Err(self
+                .file
+                .wrong_shape(name, &found, format!("{shape:?}"))
+                .into());
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::NonFinite {
+                path: self.file.path().to_path_buf(),
+                name: name.to_owned(),
+                count: values.iter().filter(|v| !v.is_finite()).count(),
+                index,
+                value: values[index],
+            });
         }
         Ok(values)
     }
 
-    fn att_shape(&self, name: &str) -> Result<(usize, usize), TensorFileError> {
-        let (shape, _) = self.file.info(name)?;
-        match shape[..] {
-            [1, h, c] if h > 0 && c > 0 => Ok((h, c)),
-            _ => Err(self
+    /// Dimension `axis` of tensor `name` when it has `rank` dimensions.
+    fn dim(&self, name: &str, rank: usize, axis: usize) -> Option<usize> {
+        let (shape, _) = self.file.info(name).ok()?;
+        (shape.len() == rank).then(|| shape[axis])
+    }
+
+    /// The error for tensor `name`, which should be `expected`: missing,
+    /// or the wrong shape.
+    fn shape_error(&self, name: &str, expected: &str) -> ModelError {
+        match self.file.info(name) {
+            Err(e) => e.into(),
+            Ok((shape, _)) => self
                 .file
-                .wrong_shape(name, &shape, "[1, heads, channels]".into())),
+                .wrong_shape(name, &shape, expected.to_owned())
+                .into(),
         }
+    }
+
+    /// Embedding width, heads and channels, each the value most of the
+    /// tensors that carry it agree on, so that a shape error then names
+    /// the tensor that differs from the rest rather than one that agrees.
+    fn dims(&self, mid_layers: usize) -> Result<Dims, ModelError> {
+        let mids: Vec<String> = (0..mid_layers)
+            .map(|i| format!("conv_mid_layers.{i}"))
+            .collect();
+        let hidden_layers: Vec<&str> = std::iter::once("conv_first")
+            .chain(mids.iter().map(String::as_str))
+            .collect();
+        let convs = |layers: &[&str]| -> Vec<String> {
+            layers
+                .iter()
+                .flat_map(|l| RELATIONS.iter().map(move |r| format!("{l}.{r}")))
+                .collect()
+        };
+        let mut emb = vec![
+            self.dim("tx_embedding.tx.weight", 2, 1),
+            self.dim("lin0.bd.weight", 2, 0),
+        ];
+        for conv in convs(&["conv_first"]) {
+            for lin in ["lin_l", "lin_r"] {
+                emb.push(self.dim(&format!("{conv}.{lin}.weight"), 2, 1));
+            }
+        }
+        // Output width H·C of the convolutions of `layers`, as every
+        // tensor of theirs states it.
+        let widths = |layers: &[&str]| -> Vec<Option<usize>> {
+            let mut votes = Vec::new();
+            for conv in convs(layers) {
+                for lin in ["lin_l", "lin_r"] {
+                    votes.push(self.dim(&format!("{conv}.{lin}.weight"), 2, 0));
+                    votes.push(self.dim(&format!("{conv}.{lin}.bias"), 1, 0));
+                }
+                votes.push(self.dim(&format!("{conv}.bias"), 1, 0));
+                let att = format!("{conv}.att");
+                votes.push(
+                    self.dim(&att, 3, 1)
+                        .zip(self.dim(&att, 3, 2))
+                        .and_then(|(h, c)| h.checked_mul(c)),
+                );
+            }
+            votes
+        };
+        let mut hidden_width = widths(&hidden_layers);
+        let consumers: Vec<&str> = mids
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once("conv_last"))
+            .collect();
+        for conv in convs(&consumers) {
+            for lin in ["lin_l", "lin_r"] {
+                hidden_width.push(self.dim(&format!("{conv}.{lin}.weight"), 2, 1));
+            }
+        }
+        let out_width = widths(&["conv_last"]);
+        let mut all = hidden_layers.clone();
+        all.push("conv_last");
+        let heads: Vec<Option<usize>> = convs(&all)
+            .iter()
+            .map(|conv| self.dim(&format!("{conv}.att"), 3, 1))
+            .collect();
+
+        let first_att = "conv_first.tx__neighbors__tx.att";
+        let last_att = "conv_last.tx__neighbors__tx.att";
+        let emb = vote(&emb).filter(|&e| e > 0).ok_or_else(|| {
+            self.shape_error("tx_embedding.tx.weight", "[vocab, emb] with emb ≥ 1")
+        })?;
+        let heads = vote(&heads)
+            .filter(|&h| h > 0)
+            .ok_or_else(|| self.shape_error(first_att, "[1, heads, channels], both ≥ 1"))?;
+        let per_head = |width: Option<usize>, att: &str| {
+            width
+                .filter(|&w| w > 0 && w % heads == 0)
+                .map(|w| w / heads)
+                .ok_or_else(|| {
+                    self.shape_error(
+                        att,
+                        &format!("[1, {heads}, channels] with channels ≥ 1 (the heads of the other layers)"),
+                    )
+                })
+        };
+        Ok(Dims {
+            emb,
+            heads,
+            hidden: per_head(vote(&hidden_width), first_att)?,
+            out: per_head(vote(&out_width), last_att)?,
+        })
     }
 
     fn gat(
@@ -187,7 +338,7 @@ impl Reader<'_> {
         in_dim: usize,
         heads: usize,
         channels: usize,
-    ) -> Result<GatWeights, TensorFileError> {
+    ) -> Result<GatWeights, ModelError> {
         let hc = heads * channels;
         let lin_l = self.tensor(&format!("{prefix}.lin_l.weight"), &[hc, in_dim])?;
         let lin_r = self.tensor(&format!("{prefix}.lin_r.weight"), &[hc, in_dim])?;
@@ -211,16 +362,12 @@ impl Reader<'_> {
         heads: usize,
         channels: usize,
         relu: bool,
-    ) -> Result<Layer, TensorFileError> {
+    ) -> Result<Layer, ModelError> {
+        let [neighbors, belongs] = RELATIONS;
         Ok(Layer {
             name: name.to_owned(),
-            neighbors: self.gat(
-                &format!("{name}.tx__neighbors__tx"),
-                in_dim,
-                heads,
-                channels,
-            )?,
-            belongs: self.gat(&format!("{name}.tx__belongs__bd"), in_dim, heads, channels)?,
+            neighbors: self.gat(&format!("{name}.{neighbors}"), in_dim, heads, channels)?,
+            belongs: self.gat(&format!("{name}.{belongs}"), in_dim, heads, channels)?,
             relu,
         })
     }
@@ -286,7 +433,7 @@ impl Model {
         let reader = Reader { file };
         let emb_name = "tx_embedding.tx.weight";
         let (emb_shape, dtype) = file.info(emb_name)?;
-        let [vocab, emb] = emb_shape[..] else {
+        let [vocab, _] = emb_shape[..] else {
             return Err(file
                 .wrong_shape(emb_name, &emb_shape, "[vocab, emb]".into())
                 .into());
@@ -298,28 +445,30 @@ impl Model {
                 rows: vocab,
             });
         }
-        let tx_embedding = reader.tensor(emb_name, &[vocab, emb])?;
-        let lin0 = reader.tensor("lin0.bd.weight", &[emb, BD_FEATURES])?;
-
-        let (heads, hidden) = reader.att_shape("conv_first.tx__neighbors__tx.att")?;
-        let (last_heads, out) = reader.att_shape("conv_last.tx__neighbors__tx.att")?;
-        if last_heads != heads {
-            return Err(file
-                .wrong_shape(
-                    "conv_last.tx__neighbors__tx.att",
-                    &[1, last_heads, out],
-                    format!("[1, {heads}, C] (same heads as conv_first)"),
-                )
-                .into());
-        }
-        let mid_layers = file
+        let mids: BTreeSet<usize> = file
             .names()
             .iter()
             .filter_map(|n| n.strip_prefix("conv_mid_layers."))
             .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
-            .map(|i| i + 1)
-            .max()
-            .unwrap_or(0);
+            .collect();
+        // Middle layers are numbered 0, 1, …: a gap (or a stray large
+        // number) names the first layer that is missing.
+        let mid_layers = mids.len();
+        if let Some(gap) = (0..mid_layers).find(|i| !mids.contains(i)) {
+            return Err(TensorFileError::MissingTensor {
+                path,
+                name: format!("conv_mid_layers.{gap}.{}.lin_l.weight", RELATIONS[0]),
+            }
+            .into());
+        }
+        let Dims {
+            emb,
+            heads,
+            hidden,
+            out,
+        } = reader.dims(mid_layers)?;
+        let tx_embedding = reader.tensor(emb_name, &[vocab, emb])?;
+        let lin0 = reader.tensor("lin0.bd.weight", &[emb, BD_FEATURES])?;
 
         let hidden_width = heads * hidden;
         let mut layers = vec![reader.layer("conv_first", emb, heads, hidden, true)?];

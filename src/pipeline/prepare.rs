@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rstar::primitives::{GeomWithData, Rectangle};
 use rstar::RTree;
 
@@ -15,6 +15,9 @@ use crate::tiles::{self, TileGrid};
 /// Most tiles a run may have.
 pub const MAX_TILES: usize = 1 << 22;
 
+/// Most times a tile may redo the work of its core, `((size + 2·margin) / size)²`.
+pub const MAX_OVERLAP: f64 = 256.0;
+
 /// The kept transcripts, ready for the tiles.
 pub struct Prepared {
     /// Input row of every kept transcript, ascending.
@@ -25,8 +28,10 @@ pub struct Prepared {
     pub tokens: Vec<u32>,
     /// Nucleus every kept transcript belongs to (−1 for none).
     pub member: Vec<i32>,
-    /// The tiles.
+    /// The tiles (the occupied cores of the grid).
     pub grid: TileGrid,
+    /// (x, y) of every kept transcript.
+    pub flat: Vec<[f64; 2]>,
     /// Tile margin in use, µm.
     pub margin: f64,
     /// The exact margin, µm.
@@ -75,15 +80,26 @@ pub fn run(
     } else {
         f64::INFINITY
     };
-    let grid = TileGrid::covering(pos.iter().map(|p| [p[0], p[1]]), tile_size, margin);
-    // Checked before anything is allocated per tile.
-    match grid.cols.checked_mul(grid.rows) {
-        Some(n) if n <= MAX_TILES => {}
-        _ => bail!(
-            "--tile-size {tile_size} µm cuts the sample's extent into {} × {} tiles, more than {MAX_TILES}; use a larger --tile-size (or check for transcripts far from the rest)",
-            grid.cols,
-            grid.rows
-        ),
+    // A tile computes over its core plus the margin on every side: a tiny
+    // core redoes its neighbours' work ((size + 2·margin) / size)² times.
+    let overlap = ((tile_size + 2.0 * margin) / tile_size).powi(2);
+    if margin.is_finite() && overlap > MAX_OVERLAP {
+        bail!(
+            "--tile-size {tile_size} µm is too small for the tile margin of {margin:.1} µm: each tile would redo the work of {overlap:.0} tiles (at most {MAX_OVERLAP}); use a larger --tile-size, at least {:.1} µm",
+            2.0 * margin / (MAX_OVERLAP.sqrt() - 1.0)
+        );
+    }
+    let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
+    let grid = TileGrid::covering(&flat, tile_size, margin).with_context(|| {
+        format!("--tile-size {tile_size} µm is too small for the sample's extent; use a larger --tile-size (or check for transcripts far from the rest)")
+    })?;
+    // Only occupied cores are tiles, so this holds for any sample of fewer
+    // transcripts; checked before anything is allocated per tile.
+    if grid.len() > MAX_TILES {
+        bail!(
+            "--tile-size {tile_size} µm cuts the transcripts into {} tiles, more than {MAX_TILES}; use a larger --tile-size",
+            grid.len()
+        );
     }
     Ok(Prepared {
         kept,
@@ -91,6 +107,7 @@ pub fn run(
         tokens,
         member,
         grid,
+        flat,
         margin,
         exact_margin,
         largest_radius,

@@ -84,20 +84,13 @@ impl SegmentArgs {
             .min_transcripts
             .or(stored.min_transcripts)
             .unwrap_or(defaults::MIN_TRANSCRIPTS);
-        anyhow::ensure!(
-            k_tx >= 1 && k_bd >= 1,
-            "--k-tx and --k-bd must be at least 1"
-        );
-        let positive = |flag: &str, v: f64| {
-            anyhow::ensure!(
-                v > 0.0 && v.is_finite(),
-                "{flag} is {v}, expected a positive finite distance in µm"
-            );
-            Ok(())
-        };
-        positive("--dist-tx", dist_tx)?;
-        positive("--dist-bd", dist_bd)?;
-        positive("--tile-size", self.tile_size)?;
+        // The same checks as a model's stored defaults (crate::defaults).
+        let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
+        check(defaults::check_count("--k-tx", k_tx))?;
+        check(defaults::check_count("--k-bd", k_bd))?;
+        check(defaults::check_distance("--dist-tx", dist_tx))?;
+        check(defaults::check_distance("--dist-bd", dist_bd))?;
+        check(defaults::check_distance("--tile-size", self.tile_size))?;
         if let Some(margin) = self.margin {
             anyhow::ensure!(
                 margin >= 0.0 && margin.is_finite(),
@@ -105,10 +98,7 @@ impl SegmentArgs {
             );
         }
         if let Some(cut) = self.fragment_cut {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&cut),
-                "--fragment-cut is {cut}, expected a number in [0, 1]"
-            );
+            check(defaults::check_score_cut("--fragment-cut", cut))?;
         }
         Ok(SegmentParams {
             graph: GraphParams {

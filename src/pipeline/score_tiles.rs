@@ -36,8 +36,8 @@ pub fn run(
 ) -> Result<TileScores> {
     let grid = &prepared.grid;
     let pos = &prepared.pos;
-    let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
-    let tx_members = tiles::bucket(grid, &flat);
+    let flat = &prepared.flat;
+    let tx_members = tiles::bucket(grid, flat);
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
     let mut out = TileScores {
         best_score: vec![f32::NAN; pos.len()],
@@ -48,11 +48,11 @@ pub fn run(
     let bar = progress.bar("tiles", grid.len() as u64);
     for t in 0..grid.len() {
         bar.inc(1);
-        if tx_members[t].is_empty() {
-            continue;
-        }
-        let tx_items = tiles::gather(grid, &tx_members, &flat, t);
-        let bd_items = tiles::gather(grid, &bd_members, &nuclei.centroid, t);
+        // Every tile owns a transcript (the grid is sparse).
+        let cell = grid.tile(t);
+        let owned = tx_members.get(cell);
+        let tx_items = tiles::gather(grid, &tx_members, flat, cell);
+        let bd_items = tiles::gather(grid, &bd_members, &nuclei.centroid, cell);
         let clock = Instant::now();
         let tile_pos: Vec<[f64; 3]> = tx_items.iter().map(|&i| pos[i as usize]).collect();
         let tile_member: Vec<i32> = tx_items
@@ -94,7 +94,7 @@ pub fn run(
         // only the best score and index come back.
         let best = backend.score_tile(model, &graph)?;
         out.model_seconds += clock.elapsed().as_secs_f64();
-        for &i in &tx_members[t] {
+        for &i in owned {
             let local = tx_items
                 .binary_search(&i)
                 .expect("owned items are gathered");

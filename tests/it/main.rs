@@ -11,6 +11,7 @@
 mod common;
 
 mod cli_forward;
+mod fuzz;
 mod gpu_cli;
 mod gpu_f16;
 mod gpu_fragments;

@@ -133,3 +133,125 @@ fn bf16_and_f16_copies_load_with_half_precision_values() {
         );
     }
 }
+
+/// Replaces tensor `name` of `tensors` with `tensor`.
+fn replace(tensors: &mut [(String, OwnedTensor)], name: &str, tensor: OwnedTensor) {
+    let slot = tensors
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("the dev fixture has no tensor {name}"));
+    slot.1 = tensor;
+}
+
+/// The error of loading the dev fixture with tensor `name` replaced.
+fn load_with(name: &str, tensor: OwnedTensor) -> ModelError {
+    let (mut tensors, metadata) = dev_parts();
+    replace(&mut tensors, name, tensor);
+    load(&tensors, metadata).expect_err("the altered file should not load")
+}
+
+#[test]
+fn a_nan_or_infinite_weight_is_an_error_naming_its_tensor() {
+    let name = "conv_mid_layers.2.tx__belongs__bd.att";
+    let mut values = vec![0.5f32; 96];
+    values[7] = f32::NAN;
+    values[40] = f32::INFINITY;
+    let err = load_with(name, OwnedTensor::f32(vec![1, 3, 32], &values));
+    println!("{err}");
+    assert!(
+        matches!(&err, ModelError::NonFinite { name: n, count: 2, index: 7, .. } if n == name),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(name), "{err}");
+
+    // A finite value too large for F16 becomes infinite when stored so.
+    let name = "tx_embedding.tx.weight";
+    let mut values = vec![0.25f32; 40 * 16];
+    values[100] = 1e6;
+    let err = load_with(name, OwnedTensor::f16(vec![40, 16], &values));
+    println!("{err}");
+    assert!(
+        matches!(&err, ModelError::NonFinite { name: n, count: 1, index: 100, value, .. } if n == name && value.is_infinite()),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_shape_error_names_the_tensor_that_differs_from_the_others() {
+    // Each tensor disagrees with the sizes every other tensor states; the
+    // error names it, with the shape the others imply.
+    let cases = [
+        // The embedding width (16) is stated by lin0 and conv_first too.
+        ("tx_embedding.tx.weight", vec![40, 15], "[40, 16]"),
+        // Same width (3 · 32 = 96), other heads: only the attention is off.
+        (
+            "conv_first.tx__neighbors__tx.att",
+            vec![1, 2, 48],
+            "[1, 3, 32]",
+        ),
+        (
+            "conv_last.tx__belongs__bd.att",
+            vec![1, 4, 32],
+            "[1, 3, 32]",
+        ),
+        ("conv_first.tx__belongs__bd.bias", vec![97], "[96]"),
+        (
+            "conv_last.tx__neighbors__tx.lin_r.weight",
+            vec![96, 95],
+            "[96, 96]",
+        ),
+        ("lin0.bd.weight", vec![16, 5], "[16, 4]"),
+    ];
+    for (name, shape, expected) in cases {
+        let len = shape.iter().product();
+        let err = load_with(name, OwnedTensor::f32(shape.clone(), &vec![0.0; len]));
+        println!("{err}");
+        assert!(
+            matches!(&err, ModelError::File(TensorFileError::WrongShape { name: n, found, .. }) if n == name && found == &shape),
+            "{name}: {err:?}"
+        );
+        assert!(err.to_string().contains(expected), "{name}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_middle_layer_is_named() {
+    let (mut tensors, metadata) = dev_parts();
+    tensors.retain(|(name, _)| !name.starts_with("conv_mid_layers.1."));
+    let err = load(&tensors, metadata).unwrap_err();
+    println!("{err}");
+    assert!(
+        matches!(&err, ModelError::File(TensorFileError::MissingTensor { name, .. }) if name.starts_with("conv_mid_layers.1.")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn stored_defaults_out_of_range_are_refused_like_the_flags() {
+    for (defaults, says) in [
+        (
+            r#"{"k_tx": 100000000000}"#,
+            "`k_tx` is 100000000000, expected at least 1 and at most 256",
+        ),
+        (
+            r#"{"dist_tx": -1}"#,
+            "`dist_tx` is -1, expected a positive finite distance in µm",
+        ),
+        (r#"{"dist_bd": 0}"#, "`dist_bd` is 0"),
+        (
+            r#"{"score_cut": 2}"#,
+            "`score_cut` is 2, expected a number in [0, 1]",
+        ),
+    ] {
+        let (tensors, mut metadata) = dev_parts();
+        metadata.insert("seggpu.defaults".into(), defaults.into());
+        let err = load(&tensors, metadata).unwrap_err();
+        println!("{err}");
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ModelError::Metadata { key, .. } if key == "seggpu.defaults"),
+            "{err:?}"
+        );
+        assert!(text.contains(says), "{defaults}: {text}");
+    }
+}

@@ -66,6 +66,37 @@ pub fn one_nucleus_csv(dir: &Path) -> PathBuf {
     )
 }
 
+/// The resolved input of `preset` over two files; CosMx at 1 µm per pixel,
+/// so that positions stay as written.
+pub fn input_spec(
+    preset: seggpu::io::Preset,
+    transcripts: &Path,
+    boundaries: &Path,
+) -> seggpu::io::InputSpec {
+    seggpu::io::InputArgs {
+        preset: Some(preset),
+        transcripts: Some(transcripts.to_path_buf()),
+        boundaries: Some(boundaries.to_path_buf()),
+        pixel_size: (preset == seggpu::io::Preset::Cosmx).then_some(1.0),
+        ..seggpu::io::InputArgs::default()
+    }
+    .resolve()
+    .unwrap_or_else(|e| panic!("{}: {e:#}", transcripts.display()))
+}
+
+/// A simulated Xenium folder `dir/name` of `cells` cells (`seggpu simulate`).
+pub fn simulated_xenium(dir: &Path, name: &str, cells: usize) -> PathBuf {
+    let input = dir.join(name);
+    let run = seggpu()
+        .args(["simulate", "--out"])
+        .arg(&input)
+        .args(["--cells", &cells.to_string(), "--seed", "11", "--quiet"])
+        .output()
+        .expect("run seggpu simulate");
+    assert_success(&run);
+    input
+}
+
 /// The `seggpu` binary of this build.
 pub fn seggpu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seggpu"))
