@@ -182,7 +182,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -200,7 +200,7 @@ fn percent(part: usize, whole: usize) -> f64 {
 }
 
 fn section_start(h: &mut String, id: &str, title: &str) {
-    let _ = write!(h, "<section id=\"{id}\"><h2>{title}</h2>\n");
+    let _ = writeln!(h, "<section id=\"{id}\"><h2>{title}</h2>");
 }
 
 fn empty(h: &mut String, what: &str) {
@@ -311,7 +311,10 @@ struct Marker<'a> {
 
 /// "Nice" tick positions covering [lo, hi] with about `n` ticks.
 fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(hi > lo) || !lo.is_finite() || !hi.is_finite() {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater)
+        || !lo.is_finite()
+        || !hi.is_finite()
+    {
         return vec![lo];
     }
     let raw = (hi - lo) / n.max(1) as f64;
@@ -359,16 +362,28 @@ const BOTTOM: f64 = 46.0;
 
 /// A stacked histogram over [x_lo, x_hi] with equal-width bins, with
 /// vertical markers and a legend.
-fn histogram_svg(
-    h: &mut String,
-    series: &[Series],
+struct Histogram<'a> {
+    series: Vec<Series<'a>>,
     x_lo: f64,
     x_hi: f64,
-    markers: &[Marker],
-    x_label: &str,
-    y_label: &str,
+    markers: Vec<Marker<'a>>,
+    x_label: &'a str,
+    y_label: &'a str,
+    /// Count axis logarithmic.
     log_y: bool,
-) {
+}
+
+fn histogram_svg(h: &mut String, hist: &Histogram) {
+    let Histogram {
+        series,
+        x_lo,
+        x_hi,
+        markers,
+        x_label,
+        y_label,
+        log_y,
+    } = hist;
+    let (x_lo, x_hi, log_y) = (*x_lo, *x_hi, *log_y);
     let bins = series.first().map_or(0, |s| s.counts.len());
     let totals: Vec<u64> = (0..bins)
         .map(|b| series.iter().map(|s| s.counts[b]).sum())
@@ -546,24 +561,26 @@ fn score_section(h: &mut String, data: &ReportData) {
     }
     histogram_svg(
         h,
-        &[
-            Series {
-                counts: below,
-                colour: UNASSIGNED_COLOUR,
-                label: "below the cut",
-            },
-            Series {
-                counts: above,
-                colour: CELL_COLOUR,
-                label: "at or above the cut",
-            },
-        ],
-        0.0,
-        1.0,
-        &markers,
-        "best score (transcript → its best nucleus)",
-        "kept transcripts (log scale)",
-        true,
+        &Histogram {
+            series: vec![
+                Series {
+                    counts: below,
+                    colour: UNASSIGNED_COLOUR,
+                    label: "below the cut",
+                },
+                Series {
+                    counts: above,
+                    colour: CELL_COLOUR,
+                    label: "at or above the cut",
+                },
+            ],
+            x_lo: 0.0,
+            x_hi: 1.0,
+            markers,
+            x_label: "best score (transcript → its best nucleus)",
+            y_label: "kept transcripts (log scale)",
+            log_y: true,
+        },
     );
     let _ = writeln!(
         h,
@@ -625,24 +642,26 @@ fn cells_section(h: &mut String, data: &ReportData) {
         .collect();
     histogram_svg(
         h,
-        &[
-            Series {
-                counts: hist(&cell_counts),
-                colour: CELL_COLOUR,
-                label: "cells (nucleus)",
-            },
-            Series {
-                counts: hist(&fragment_counts),
-                colour: FRAGMENT_COLOUR,
-                label: "fragments",
-            },
-        ],
-        0.0,
-        (bins as u64 * width) as f64,
-        &markers,
-        "transcripts per cell",
-        "cells",
-        false,
+        &Histogram {
+            series: vec![
+                Series {
+                    counts: hist(&cell_counts),
+                    colour: CELL_COLOUR,
+                    label: "cells (nucleus)",
+                },
+                Series {
+                    counts: hist(&fragment_counts),
+                    colour: FRAGMENT_COLOUR,
+                    label: "fragments",
+                },
+            ],
+            x_lo: 0.0,
+            x_hi: (bins as u64 * width) as f64,
+            markers,
+            x_label: "transcripts per cell",
+            y_label: "cells",
+            log_y: false,
+        },
     );
     let _ = writeln!(
         h,
@@ -1166,9 +1185,16 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
-        assert_eq!(ticks(0.0, 950.0, 5), vec![0.0, 200.0, 400.0, 600.0, 800.0]);
-        assert_eq!(ticks(3.0, 3.0, 5), vec![3.0]);
+        let labels = |lo, hi| {
+            ticks(lo, hi, 5)
+                .into_iter()
+                .map(tick_label)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(labels(0.0, 1.0), ["0", "0.2", "0.4", "0.6", "0.8", "1"]);
+        assert_eq!(labels(0.0, 950.0), ["0", "200", "400", "600", "800"]);
+        assert_eq!(labels(0.0, 48_000.0), ["0", "10k", "20k", "30k", "40k"]);
+        assert_eq!(labels(3.0, 3.0), ["3"]);
     }
 
     #[test]
@@ -1182,38 +1208,51 @@ mod tests {
         assert_eq!(odd.len(), 500);
     }
 
-    #[test]
-    fn a_run_without_rows_gives_every_section_with_a_note() {
-        let html = render(&ReportData {
+    /// A run with `rows` rows, all filtered, and nothing else.
+    fn render_filtered(rows: usize) -> String {
+        let x = vec![1.0; rows];
+        let gene = vec![0; rows];
+        let assignment = vec![Assignment::Filtered; rows];
+        let score = vec![f32::NAN; rows];
+        render(&ReportData {
             version: "0",
             command_line: &[],
             parameters: serde_json::Value::Null,
             summary: serde_json::json!({}),
-            x: &[],
-            y: &[],
-            gene: &[],
-            gene_names: &[],
-            assignment: &[],
-            score: &[],
+            x: &x,
+            y: &x,
+            gene: &gene,
+            gene_names: &["A".to_string()],
+            assignment: &assignment,
+            score: &score,
             score_cut: 0.5,
             knee: None,
             cells: &[],
             polygons: Some(&[]),
             polygons_label: "cell polygons",
             stage_seconds: &[],
-        });
-        for id in [
-            "summary",
-            "scores",
-            "transcripts-per-cell",
-            "genes",
-            "spatial",
-            "stages",
-        ] {
-            assert!(html.contains(&format!("<section id=\"{id}\">")), "{id}");
+        })
+    }
+
+    #[test]
+    fn a_run_without_rows_or_with_all_filtered_gives_every_section_with_a_note() {
+        for rows in [0, 3] {
+            let html = render_filtered(rows);
+            for id in [
+                "summary",
+                "scores",
+                "transcripts-per-cell",
+                "genes",
+                "spatial",
+                "stages",
+            ] {
+                assert!(html.contains(&format!("<section id=\"{id}\">")), "{id}");
+            }
+            // Every plot replaced by its note.
+            assert_eq!(html.matches("class=\"empty\"").count(), 5);
+            assert!(!html.contains("<svg"));
+            assert!(html.contains(&format!("<b>{rows}</b><span>transcripts read")));
         }
-        assert_eq!(html.matches("class=\"empty\"").count(), 5);
-        assert!(!html.contains("<svg"));
     }
 
     #[test]
