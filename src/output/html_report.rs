@@ -26,9 +26,10 @@ pub const REPORT_FILE: &str = "segmentation_report.html";
 pub const MAP_POINTS: usize = 20_000;
 /// Most transcripts drawn in the detail window.
 pub const DETAIL_POINTS: usize = 8_000;
-/// Most polygon vertices drawn on the overview map; with more, the outlines
-/// are drawn in the detail window only.
-pub const MAP_VERTICES: usize = 100_000;
+/// Largest outline path (bytes) drawn on the overview map, after dropping
+/// vertices closer than a pixel; with more, the outlines are drawn in the
+/// detail window only.
+pub const MAP_OUTLINE_BYTES: usize = 2_000_000;
 /// Genes listed in the unassigned-genes chart.
 pub const GENES_SHOWN: usize = 30;
 /// Kept transcripts a gene needs to be ranked (when any gene has as many).
@@ -902,29 +903,41 @@ fn dots(h: &mut String, frame: &MapFrame, data: &ReportData, rows: &[usize], dot
     }
 }
 
-/// The rings as one `<path>`, clipped to `clip` (a clipPath id) when given.
-fn outlines(
-    h: &mut String,
-    frame: &MapFrame,
-    rings: &[&Vec<[f64; 2]>],
-    width: f64,
-    clip: Option<&str>,
-) {
+/// The rings as the `d` of one path, in the frame's units; vertices closer
+/// than `min_step` (tenths of a pixel) to the last one kept are dropped, and
+/// rings left with fewer than 3 vertices (smaller than the step) are not
+/// drawn, so the path's size is bounded by the map's pixels, not by the
+/// number of vertices.
+fn outline_path(frame: &MapFrame, rings: &[&Vec<[f64; 2]>], min_step: i64) -> String {
     let mut d = String::new();
+    let mut kept: Vec<(i64, i64)> = Vec::new();
     for ring in rings {
-        let mut last = None;
-        for (i, p) in ring.iter().enumerate() {
+        kept.clear();
+        for p in ring.iter() {
             let q = frame.px(p[0], p[1]);
-            if last == Some(q) {
-                continue;
+            let far =
+                |last: &(i64, i64)| (q.0 - last.0).abs().max((q.1 - last.1).abs()) >= min_step;
+            if kept.last().is_none_or(far) {
+                kept.push(q);
             }
+        }
+        // The closing vertex repeats the first.
+        if kept.len() > 1 && kept.first() == kept.last() {
+            kept.pop();
+        }
+        if kept.len() < 3 {
+            continue;
+        }
+        for (i, q) in kept.iter().enumerate() {
             let _ = write!(d, "{}{} {}", if i == 0 { 'M' } else { 'L' }, q.0, q.1);
-            last = Some(q);
         }
-        if !ring.is_empty() {
-            d.push('Z');
-        }
+        d.push('Z');
     }
+    d
+}
+
+/// Draws an [`outline_path`], clipped to `clip` (a clipPath id) when given.
+fn draw_outlines(h: &mut String, d: &str, width: f64, clip: Option<&str>) {
     if !d.is_empty() {
         let _ = write!(
             h,
@@ -967,8 +980,6 @@ fn spatial_section(h: &mut String, data: &ReportData) {
         .polygons
         .map(|p| p.iter().collect())
         .unwrap_or_default();
-    let vertices: usize = rings.iter().map(|r| r.len()).sum();
-    let overview_outlines = !rings.is_empty() && vertices <= MAP_VERTICES;
 
     // Detail window: a square around the centre of the sample, sized so
     // that it holds about DETAIL_POINTS kept transcripts (estimated from
@@ -995,6 +1006,8 @@ fn spatial_section(h: &mut String, data: &ReportData) {
 
     let frame = MapFrame::new(x0, x1, y0, y1, 600.0);
     let detail = MapFrame::new(wx0, wx1, wy0, wy1, 440.0);
+    let overview_path = outline_path(&frame, &rings, 10);
+    let overview_outlines = !overview_path.is_empty() && overview_path.len() <= MAP_OUTLINE_BYTES;
     // Each map's caption as wide as its map, so the two sit side by side.
     let _ = write!(
         h,
@@ -1005,7 +1018,7 @@ fn spatial_section(h: &mut String, data: &ReportData) {
     let dot = if rows.len() > 5000 { 1.6 } else { 2.4 };
     dots(h, &frame, data, &rows, dot);
     if overview_outlines {
-        outlines(h, &frame, &rings, 0.6, None);
+        draw_outlines(h, &overview_path, 0.6, None);
     }
     let (a, b) = frame.px(wx0, wy0);
     let (c, d) = frame.px(wx1, wy1);
@@ -1049,7 +1062,12 @@ fn spatial_section(h: &mut String, data: &ReportData) {
                 && ring.iter().any(|p| p[1] >= wy0 && p[1] <= wy1)
         })
         .collect();
-    outlines(h, &detail, &near, 1.0, Some("detail-clip"));
+    draw_outlines(
+        h,
+        &outline_path(&detail, &near, 3),
+        1.0,
+        Some("detail-clip"),
+    );
     h.push_str("</svg>");
     let _ = write!(
         h,
@@ -1253,6 +1271,30 @@ mod tests {
             assert!(!html.contains("<svg"));
             assert!(html.contains(&format!("<b>{rows}</b><span>transcripts read")));
         }
+    }
+
+    #[test]
+    fn outlines_keep_at_most_one_vertex_per_step() {
+        // 100 µm shown on 100 px: 1 µm is 10 units of the path.
+        let frame = MapFrame::new(0.0, 100.0, 0.0, 100.0, 100.0);
+        let circle = |cx: f64, r: f64, n: usize| -> Vec<[f64; 2]> {
+            (0..=n)
+                .map(|i| {
+                    let a = i as f64 / n as f64 * std::f64::consts::TAU;
+                    [cx + r * a.cos(), 50.0 + r * a.sin()]
+                })
+                .collect()
+        };
+        // A 0.2 µm ring is under a pixel: not drawn.
+        let tiny = circle(10.0, 0.2, 50);
+        assert_eq!(outline_path(&frame, &[&tiny], 10), "");
+        // A ring of 10 000 vertices and 63 px of perimeter keeps at most one
+        // vertex per pixel of it.
+        let big = circle(50.0, 10.0, 10_000);
+        let d = outline_path(&frame, &[&big], 10);
+        let vertices = d.matches(['M', 'L']).count();
+        assert!((20..=64).contains(&vertices), "{vertices}");
+        assert!(d.starts_with('M') && d.ends_with('Z'));
     }
 
     #[test]
