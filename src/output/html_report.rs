@@ -8,7 +8,8 @@
 //! class (about 12 bytes a point), where a plotting crate's SVG backend
 //! writes one element per point; the charts are simple bars and lines.
 //! The size does not grow with the number of transcripts: the map is a
-//! fixed-size deterministic sample, the detail window a bounded one.
+//! fixed-size deterministic sample, the detail window a bounded one, and
+//! outlines keep at most one vertex per pixel under a byte budget.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -26,9 +27,10 @@ pub const REPORT_FILE: &str = "segmentation_report.html";
 pub const MAP_POINTS: usize = 20_000;
 /// Most transcripts drawn in the detail window.
 pub const DETAIL_POINTS: usize = 8_000;
-/// Largest outline path (bytes) drawn on the overview map, after dropping
-/// vertices closer than a pixel; with more, the outlines are drawn in the
-/// detail window only.
+/// Largest outline path (bytes) drawn on a map, after dropping vertices
+/// closer than a pixel; with more, the overview's outlines are drawn in the
+/// detail window only (and the detail window's, in the odd case of very
+/// many small outlines there, not at all).
 pub const MAP_OUTLINE_BYTES: usize = 2_000_000;
 /// Genes listed in the unassigned-genes chart.
 pub const GENES_SHOWN: usize = 30;
@@ -1062,12 +1064,10 @@ fn spatial_section(h: &mut String, data: &ReportData) {
                 && ring.iter().any(|p| p[1] >= wy0 && p[1] <= wy1)
         })
         .collect();
-    draw_outlines(
-        h,
-        &outline_path(&detail, &near, 3),
-        1.0,
-        Some("detail-clip"),
-    );
+    let detail_path = outline_path(&detail, &near, 3);
+    if detail_path.len() <= MAP_OUTLINE_BYTES {
+        draw_outlines(h, &detail_path, 1.0, Some("detail-clip"));
+    }
     h.push_str("</svg>");
     let _ = write!(
         h,
