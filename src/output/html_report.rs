@@ -27,11 +27,18 @@ pub const REPORT_FILE: &str = "segmentation_report.html";
 pub const MAP_POINTS: usize = 20_000;
 /// Most transcripts drawn in the detail window.
 pub const DETAIL_POINTS: usize = 8_000;
+/// Most outlines drawn on the overview map: with more, a cell is a few
+/// pixels wide there and its outline hides its transcripts, so the outlines
+/// are drawn in the detail window only.
+pub const MAP_OUTLINES: usize = 10_000;
 /// Largest outline path (bytes) drawn on a map, after dropping vertices
-/// closer than a pixel; with more, the overview's outlines are drawn in the
-/// detail window only (and the detail window's, in the odd case of very
-/// many small outlines there, not at all).
-pub const MAP_OUTLINE_BYTES: usize = 2_000_000;
+/// closer than a pixel: the overview's outlines are left to the detail
+/// window beyond it, and the detail window's (only in the odd case of very
+/// many small outlines there) not drawn. With the point budgets, this keeps
+/// the report under 3 MB whatever the sample.
+pub const MAP_OUTLINE_BYTES: usize = 1_500_000;
+/// The same for the detail window.
+pub const DETAIL_OUTLINE_BYTES: usize = 500_000;
 /// Genes listed in the unassigned-genes chart.
 pub const GENES_SHOWN: usize = 30;
 /// Kept transcripts a gene needs to be ranked (when any gene has as many).
@@ -1008,7 +1015,11 @@ fn spatial_section(h: &mut String, data: &ReportData) {
 
     let frame = MapFrame::new(x0, x1, y0, y1, 600.0);
     let detail = MapFrame::new(wx0, wx1, wy0, wy1, 440.0);
-    let overview_path = outline_path(&frame, &rings, 10);
+    let overview_path = if rings.len() <= MAP_OUTLINES {
+        outline_path(&frame, &rings, 10)
+    } else {
+        String::new()
+    };
     let overview_outlines = !overview_path.is_empty() && overview_path.len() <= MAP_OUTLINE_BYTES;
     // Each map's caption as wide as its map, so the two sit side by side.
     let _ = write!(
@@ -1065,7 +1076,7 @@ fn spatial_section(h: &mut String, data: &ReportData) {
         })
         .collect();
     let detail_path = outline_path(&detail, &near, 3);
-    if detail_path.len() <= MAP_OUTLINE_BYTES {
+    if detail_path.len() <= DETAIL_OUTLINE_BYTES {
         draw_outlines(h, &detail_path, 1.0, Some("detail-clip"));
     }
     h.push_str("</svg>");
