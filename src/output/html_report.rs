@@ -1308,6 +1308,78 @@ mod tests {
         assert!(d.starts_with('M') && d.ends_with('Z'));
     }
 
+    /// The report of `rows` transcripts spread over 2 × 2 mm, a third of
+    /// each class, with `cells` square outlines of 12 vertices.
+    fn render_large(rows: usize, cells: usize) -> String {
+        let coord = |i: usize, salt: u64| (mix(i as u64 ^ salt) % 2_000_000) as f64 / 1000.0;
+        let x: Vec<f64> = (0..rows).map(|i| coord(i, 1)).collect();
+        let y: Vec<f64> = (0..rows).map(|i| coord(i, 2)).collect();
+        let gene: Vec<u32> = (0..rows).map(|i| (i % 300) as u32).collect();
+        let gene_names: Vec<String> = (0..300).map(|g| format!("G{g}")).collect();
+        let classes = [
+            Assignment::Cell,
+            Assignment::Fragment,
+            Assignment::Unassigned,
+        ];
+        let assignment: Vec<Assignment> = (0..rows).map(|i| classes[i % 3]).collect();
+        let score: Vec<f32> = (0..rows).map(|i| (i % 1000) as f32 / 1000.0).collect();
+        let rings: Vec<Vec<[f64; 2]>> = (0..cells)
+            .map(|c| {
+                let (cx, cy) = (coord(c, 3), coord(c, 4));
+                (0..=12)
+                    .map(|k| {
+                        let a = k as f64 / 12.0 * std::f64::consts::TAU;
+                        [cx + 5.0 * a.cos(), cy + 5.0 * a.sin()]
+                    })
+                    .collect()
+            })
+            .collect();
+        let cells_rows: Vec<CellRow> = (0..cells)
+            .map(|c| CellRow {
+                id: format!("c{c}"),
+                kind: "cell",
+                n_transcripts: (rows / cells.max(1)) as u64,
+                centroid_x: None,
+                centroid_y: None,
+                nucleus_area: None,
+            })
+            .collect();
+        render(&ReportData {
+            version: "0",
+            command_line: &[],
+            parameters: serde_json::json!({"k": 1}),
+            summary: serde_json::json!({"n": rows}),
+            x: &x,
+            y: &y,
+            gene: &gene,
+            gene_names: &gene_names,
+            assignment: &assignment,
+            score: &score,
+            score_cut: 0.5,
+            knee: Some(0.2),
+            cells: &cells_rows,
+            polygons: Some(&rings),
+            polygons_label: "cell polygons",
+            stage_seconds: &[("read", 1.0)],
+        })
+    }
+
+    #[test]
+    fn report_size_does_not_grow_with_the_transcripts() {
+        // The same 9 000 outlines (drawn on the overview), 10× the rows.
+        let small = render_large(200_000, 9_000).len();
+        let large = render_large(2_000_000, 9_000).len();
+        assert!(
+            (large as f64) < 1.05 * small as f64,
+            "{small} bytes for 200k rows, {large} for 2M"
+        );
+        // Many more outlines than the overview draws: left to the detail
+        // window, and the page stays far under 5 MB.
+        let crowded = render_large(2_000_000, 200_000).len();
+        assert!(crowded < 3_000_000, "{crowded} bytes");
+        assert!(large < 3_000_000, "{large} bytes");
+    }
+
     #[test]
     fn text_is_escaped() {
         assert_eq!(
