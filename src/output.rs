@@ -19,6 +19,8 @@ use crate::io::FilterReason;
 use crate::pipeline::Segmentation;
 use crate::staging::StagedSet;
 
+pub mod html_report;
+
 /// File names of the outputs.
 pub const TRANSCRIPTS_FILE: &str = "segger_transcripts.parquet";
 /// Per-cell table.

@@ -19,7 +19,7 @@ use crate::output::{self, OutputDir};
 /// Options of `seggpu segment` (input flags and backend flags come separately).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SegmentArgs {
-    /// Output folder (created if needed): segger_transcripts.parquet, cells.parquet, segmentation_log.json.
+    /// Output folder (created if needed): segger_transcripts.parquet, cells.parquet, segmentation_log.json, segmentation_report.html.
     #[arg(long)]
     pub out: PathBuf,
     /// Weights file (seggpu safetensors; `seggpu inspect` shows it). Not needed with --demo.
@@ -255,6 +255,18 @@ pub fn run(
     )?;
     output::write_cells(&out.staged(output::CELLS_FILE)?, &result.cells)?;
     stages.push(("write", clock.elapsed().as_secs_f64()));
+    let clock = Instant::now();
+    let rings = output::html_report::nucleus_rings(&nuclei);
+    let report = output::html_report::ReportData::from_run(
+        &result,
+        &transcripts,
+        &params,
+        command_line,
+        &stages,
+        Some((&rings, "nucleus polygons")),
+    )?;
+    output::html_report::write(&out.staged(output::html_report::REPORT_FILE)?, &report)?;
+    stages.push(("html_report", clock.elapsed().as_secs_f64()));
     let log = SegmentationLog {
         version: env!("CARGO_PKG_VERSION"),
         command_line,

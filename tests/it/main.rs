@@ -27,6 +27,7 @@ mod parity_cpu;
 mod pipeline_tiling;
 mod reference_parity;
 mod reliability;
+mod report_html;
 mod segment_cli;
 mod simulate;
 mod train_grad;
