@@ -173,25 +173,85 @@ impl AnnData {
             "cell_id",
         ];
         store.group(&obs, dataframe_attrs(&columns))?;
-        write_1d(store, &format!("{obs}/_index"), &self.obs_names, Some("string-array"))?;
+        write_1d(
+            store,
+            &format!("{obs}/_index"),
+            &self.obs_names,
+            Some("string-array"),
+        )?;
         write_categorical(store, &format!("{obs}/kind"), &KINDS, &self.kind)?;
-        write_1d(store, &format!("{obs}/n_transcripts"), &self.n_transcripts, Some("array"))?;
-        write_1d(store, &format!("{obs}/centroid_x"), &self.centroid_x, Some("array"))?;
-        write_1d(store, &format!("{obs}/centroid_y"), &self.centroid_y, Some("array"))?;
-        write_1d(store, &format!("{obs}/nucleus_area"), &self.nucleus_area, Some("array"))?;
-        write_1d(store, &format!("{obs}/cell_area"), &self.cell_area, Some("array"))?;
-        write_categorical(store, &format!("{obs}/region"), &[REGION], &vec![0i8; n_obs])?;
-        write_1d(store, &format!("{obs}/cell_id"), &self.obs_names, Some("string-array"))?;
+        write_1d(
+            store,
+            &format!("{obs}/n_transcripts"),
+            &self.n_transcripts,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{obs}/centroid_x"),
+            &self.centroid_x,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{obs}/centroid_y"),
+            &self.centroid_y,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{obs}/nucleus_area"),
+            &self.nucleus_area,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{obs}/cell_area"),
+            &self.cell_area,
+            Some("array"),
+        )?;
+        write_categorical(
+            store,
+            &format!("{obs}/region"),
+            &[REGION],
+            &vec![0i8; n_obs],
+        )?;
+        write_1d(
+            store,
+            &format!("{obs}/cell_id"),
+            &self.obs_names,
+            Some("string-array"),
+        )?;
 
         let var = node("var");
         store.group(
             &var,
             dataframe_attrs(&["n_assigned", "n_unassigned", "n_filtered"]),
         )?;
-        write_1d(store, &format!("{var}/_index"), &self.var_names, Some("string-array"))?;
-        write_1d(store, &format!("{var}/n_assigned"), &self.n_assigned, Some("array"))?;
-        write_1d(store, &format!("{var}/n_unassigned"), &self.n_unassigned, Some("array"))?;
-        write_1d(store, &format!("{var}/n_filtered"), &self.n_filtered, Some("array"))?;
+        write_1d(
+            store,
+            &format!("{var}/_index"),
+            &self.var_names,
+            Some("string-array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{var}/n_assigned"),
+            &self.n_assigned,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{var}/n_unassigned"),
+            &self.n_unassigned,
+            Some("array"),
+        )?;
+        write_1d(
+            store,
+            &format!("{var}/n_filtered"),
+            &self.n_filtered,
+            Some("array"),
+        )?;
 
         let dict = json!({"encoding-type": "dict", "encoding-version": "0.1.0"});
         store.group(&node("obsm"), dict.clone())?;
@@ -213,7 +273,7 @@ impl AnnData {
             store.array(
                 &node(&format!("uns/seggpu/{key}")),
                 &[],
-                &[value.clone()],
+                std::slice::from_ref(value),
                 array_attrs("string"),
             )?;
         }
@@ -267,12 +327,22 @@ fn write_1d<T: ZarrType>(
     store.array(node, &[data.len() as u64], data, attrs)
 }
 
-fn write_categorical(store: &ZarrStore, node: &str, categories: &[&str], codes: &[i8]) -> Result<()> {
+fn write_categorical(
+    store: &ZarrStore,
+    node: &str,
+    categories: &[&str],
+    codes: &[i8],
+) -> Result<()> {
     store.group(
         node,
         json!({"encoding-type": "categorical", "encoding-version": "0.2.0", "ordered": false}),
     )?;
     let categories: Vec<String> = categories.iter().map(|c| c.to_string()).collect();
-    write_1d(store, &format!("{node}/categories"), &categories, Some("string-array"))?;
+    write_1d(
+        store,
+        &format!("{node}/categories"),
+        &categories,
+        Some("string-array"),
+    )?;
     write_1d(store, &format!("{node}/codes"), codes, Some("array"))
 }

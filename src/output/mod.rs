@@ -227,7 +227,11 @@ pub fn write_csv(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
 }
 
 /// Writes a table in `format`.
-pub fn write_table(path: &Path, columns: Vec<(String, ArrayRef)>, format: TableFormat) -> Result<()> {
+pub fn write_table(
+    path: &Path,
+    columns: Vec<(String, ArrayRef)>,
+    format: TableFormat,
+) -> Result<()> {
     match format {
         TableFormat::Parquet => write_parquet(path, columns),
         TableFormat::Csv => write_csv(path, columns),

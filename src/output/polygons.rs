@@ -136,7 +136,10 @@ pub fn cell_polygon(points: &[[f64; 2]], nucleus: Option<&Polygon<f64>>) -> Opti
 pub fn padded_box(points: &[[f64; 2]]) -> Option<Polygon<f64>> {
     let mut lo = [f64::INFINITY; 2];
     let mut hi = [f64::NEG_INFINITY; 2];
-    for p in points.iter().filter(|p| p[0].is_finite() && p[1].is_finite()) {
+    for p in points
+        .iter()
+        .filter(|p| p[0].is_finite() && p[1].is_finite())
+    {
         for d in 0..2 {
             lo[d] = lo[d].min(p[d]);
             hi[d] = hi[d].max(p[d]);
@@ -145,7 +148,12 @@ pub fn padded_box(points: &[[f64; 2]]) -> Option<Polygon<f64>> {
     if !lo[0].is_finite() {
         return None;
     }
-    let (x0, y0, x1, y1) = (lo[0] - BOX_PAD, lo[1] - BOX_PAD, hi[0] + BOX_PAD, hi[1] + BOX_PAD);
+    let (x0, y0, x1, y1) = (
+        lo[0] - BOX_PAD,
+        lo[1] - BOX_PAD,
+        hi[0] + BOX_PAD,
+        hi[1] + BOX_PAD,
+    );
     let polygon = Polygon::new(
         LineString::from(vec![(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]),
         Vec::new(),
@@ -220,7 +228,11 @@ impl Mesh {
     /// Length of edge `k` of `f` and the angle (degrees) opposite it.
     fn edge(&self, f: usize, k: usize) -> (f64, f64) {
         let v = self.faces[f];
-        let (a, b, o) = (self.pos[v[k]], self.pos[v[(k + 1) % 3]], self.pos[v[(k + 2) % 3]]);
+        let (a, b, o) = (
+            self.pos[v[k]],
+            self.pos[v[(k + 1) % 3]],
+            self.pos[v[(k + 2) % 3]],
+        );
         let (u, w) = ([a[0] - o[0], a[1] - o[1]], [b[0] - o[0], b[1] - o[1]]);
         let cross = u[0] * w[1] - u[1] * w[0];
         let dot = u[0] * w[0] + u[1] * w[1];
@@ -379,7 +391,11 @@ mod tests {
     #[test]
     fn a_full_grid_keeps_its_square() {
         let p = segger_polygon(&grid(5, 1.0)).unwrap();
-        assert!((p.unsigned_area() - 16.0).abs() < 1e-9, "{}", p.unsigned_area());
+        assert!(
+            (p.unsigned_area() - 16.0).abs() < 1e-9,
+            "{}",
+            p.unsigned_area()
+        );
         for q in grid(5, 1.0) {
             assert!(p.intersects(&Point::new(q[0], q[1])), "{q:?}");
         }
@@ -395,7 +411,11 @@ mod tests {
         let mut pts = grid(5, 1.0);
         pts.push([2.0, -0.05]);
         let p = segger_polygon(&pts).unwrap();
-        assert!((p.unsigned_area() - 16.05).abs() < 1e-9, "{}", p.unsigned_area());
+        assert!(
+            (p.unsigned_area() - 16.05).abs() < 1e-9,
+            "{}",
+            p.unsigned_area()
+        );
     }
 
     #[test]
@@ -426,7 +446,11 @@ mod tests {
             .collect();
         let p = segger_polygon(&pts).unwrap();
         assert!(!p.contains(&Point::new(4.5, 4.5)));
-        assert!((p.unsigned_area() - 20.5).abs() < 1e-9, "{}", p.unsigned_area());
+        assert!(
+            (p.unsigned_area() - 20.5).abs() < 1e-9,
+            "{}",
+            p.unsigned_area()
+        );
     }
 
     #[test]
@@ -442,14 +466,26 @@ mod tests {
     #[test]
     fn degenerate_cells_fall_back_and_never_give_invalid_geometry() {
         let nucleus = Polygon::new(
-            LineString::from(vec![(0.0, 0.0), (3.0, 0.0), (3.0, 3.0), (0.0, 3.0), (0.0, 0.0)]),
+            LineString::from(vec![
+                (0.0, 0.0),
+                (3.0, 0.0),
+                (3.0, 3.0),
+                (0.0, 3.0),
+                (0.0, 0.0),
+            ]),
             vec![],
         );
         let cases: Vec<(&str, Vec<[f64; 2]>)> = vec![
             ("one point", vec![[1.0, 1.0]; 7]),
             ("two transcripts", vec![[1.0, 1.0], [2.0, 1.5]]),
-            ("collinear", (0..9).map(|i| [i as f64, 2.0 * i as f64]).collect()),
-            ("two distinct of five", vec![[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0], [1.0, 1.0]]),
+            (
+                "collinear",
+                (0..9).map(|i| [i as f64, 2.0 * i as f64]).collect(),
+            ),
+            (
+                "two distinct of five",
+                vec![[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [2.0, 2.0], [1.0, 1.0]],
+            ),
             // Three points with an angle above 168.75°: part 2 erodes the only triangle.
             ("flat triangle", vec![[0.0, 0.0], [10.0, 0.0], [5.0, 0.3]]),
             ("nan", vec![[f64::NAN, 1.0], [1.0, 1.0], [2.0, 2.0]]),
@@ -470,7 +506,13 @@ mod tests {
         }
         // An invalid nucleus (a bow tie) is not used.
         let bow = Polygon::new(
-            LineString::from(vec![(0.0, 0.0), (2.0, 2.0), (2.0, 0.0), (0.0, 2.0), (0.0, 0.0)]),
+            LineString::from(vec![
+                (0.0, 0.0),
+                (2.0, 2.0),
+                (2.0, 0.0),
+                (0.0, 2.0),
+                (0.0, 0.0),
+            ]),
             vec![],
         );
         let c = cell_polygon(&[[1.0, 1.0]], Some(&bow)).unwrap();
@@ -487,8 +529,14 @@ mod tests {
             let n = 3 + cell % 60;
             let pts: Vec<[f64; 2]> = (0..n)
                 .map(|_| {
-                    let (r, t): (f64, f64) = (rng.random::<f64>().sqrt() * 5.0, rng.random::<f64>() * 6.283);
-                    [(r * t.cos() * 4.0).round() / 4.0, (r * t.sin() * 4.0).round() / 4.0]
+                    let (r, t): (f64, f64) = (
+                        rng.random::<f64>().sqrt() * 5.0,
+                        rng.random::<f64>() * std::f64::consts::TAU,
+                    );
+                    [
+                        (r * t.cos() * 4.0).round() / 4.0,
+                        (r * t.sin() * 4.0).round() / 4.0,
+                    ]
                 })
                 .collect();
             let c = cell_polygon(&pts, None).unwrap();

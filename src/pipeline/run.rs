@@ -290,7 +290,8 @@ pub fn run(
     .into_iter()
     .any(wants);
     let cells = if per_cell {
-        let with_polygons = wants(output::OutputKind::Polygons) || wants(output::OutputKind::Spatialdata);
+        let with_polygons =
+            wants(output::OutputKind::Polygons) || wants(output::OutputKind::Spatialdata);
         let cells = output::cells::OutputCells::new(
             &result,
             &transcripts,
@@ -312,7 +313,12 @@ pub fn run(
     let format = args.table_format;
     if wants(output::OutputKind::Transcripts) {
         let name = format.file_name(output::TRANSCRIPTS_FILE);
-        output::write_transcripts(&out.staged(&name)?, &transcripts.passthrough, &result, format)?;
+        output::write_transcripts(
+            &out.staged(&name)?,
+            &transcripts.passthrough,
+            &result,
+            format,
+        )?;
         written.push(name);
     }
     if wants(output::OutputKind::Cells) {
@@ -339,7 +345,10 @@ pub fn run(
             ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
             ("model_sha256".to_string(), model.sha256.clone()),
             ("parameters".to_string(), serde_json::to_string(&params)?),
-            ("command_line".to_string(), serde_json::to_string(command_line)?),
+            (
+                "command_line".to_string(),
+                serde_json::to_string(command_line)?,
+            ),
             (
                 "min_transcripts".to_string(),
                 args.min_transcripts(&model).to_string(),
