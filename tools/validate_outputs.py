@@ -9,7 +9,8 @@ Checks, for the outputs present in OUT_DIR:
   1.1 with a WKB Polygon column and a null CRS; every polygon is valid, a single
   Polygon with at least 4 coordinates and no holes; cell_boundaries.geojson holds
   the same cells and geometries;
-- cells.anndata.zarr opens with anndata.read_zarr; X (cells × genes) equals the
+- cells.h5ad opens with anndata.read_h5ad and cells.anndata.zarr with
+  anndata.read_zarr (warnings as errors); X (cells × genes) equals the
   counts of segger_transcripts.parquet per cell and gene, for exactly the cells of
   cells.parquet with at least max(1, min_transcripts) transcripts; obs and var
   carry the promised columns;
@@ -58,14 +59,12 @@ def read_table(out: Path, stem: str) -> pd.DataFrame | None:
 
 def expected_cells(out: Path, cells: pd.DataFrame) -> pd.DataFrame:
     log = json.loads((out / "segmentation_log.json").read_text())
-    params = log["parameters"]
-    fragments = params.get("fragments")
-    min_tx = int(fragments["min_transcripts"]) if fragments else None
-    if min_tx is None:
-        # With --no-fragments the log's parameters have no min_transcripts; the
-        # AnnData's uns has it.
-        min_tx = 1
-    return cells[cells["n_transcripts"] >= max(1, min_tx)]
+    min_tx = int(log["outputs"]["min_transcripts"])
+    fragments = log["parameters"].get("fragments")
+    if fragments:
+        check(min_tx == max(1, int(fragments["min_transcripts"])),
+              "log outputs.min_transcripts = max(1, min_transcripts)")
+    return cells[cells["n_transcripts"] >= min_tx]
 
 
 def check_polygons(out: Path, want_ids: list[str] | None):
@@ -179,6 +178,14 @@ def main() -> int:
     gdf = check_polygons(out, want_ids)
     if gdf is not None and tx is not None:
         check_inside(tx, gdf, args.min_inside)
+
+    if (out / "cells.h5ad").exists():
+        import anndata
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            adata = anndata.read_h5ad(out / "cells.h5ad")
+        check_anndata(adata, tx, want, "cells.h5ad")
 
     if (out / "cells.anndata.zarr").exists():
         import anndata

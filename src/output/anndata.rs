@@ -5,7 +5,7 @@
 //! - `X`: float32 counts (exact below 2^24 per entry), rows sorted by gene.
 //! - `obs` (index: cell id): `kind` (categorical cell/fragment),
 //!   `n_transcripts`, `centroid_x`, `centroid_y`, `nucleus_area` (NaN for
-//!   fragments), `cell_area` (polygon area, NaN without polygons), `region`
+//!   fragments), `cell_area` (the polygon's area, µm²), `region`
 //!   (categorical, `cell_boundaries`) and `cell_id` (the instance key of the
 //!   SpatialData table).
 //! - `var` (index: gene, in the order of the input file): `n_assigned`
@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::cells::OutputCells;
-use super::zarr::{ZarrStore, ZarrType};
+use super::zarr::{Sink, ZarrType};
 use crate::io::Transcripts;
 use crate::pipeline::Segmentation;
 
@@ -42,7 +42,7 @@ pub struct AnnData {
     pub centroid_y: Vec<f64>,
     /// Nucleus polygon area, µm² (NaN for fragments).
     pub nucleus_area: Vec<f64>,
-    /// Cell polygon area, µm² (NaN without polygons).
+    /// Cell polygon area, µm².
     pub cell_area: Vec<f64>,
     /// var index: gene names.
     pub var_names: Vec<String>,
@@ -137,9 +137,10 @@ impl AnnData {
         self.obs_names.len()
     }
 
-    /// Writes the AnnData into group `root` of `store` (`""` for the root);
+    /// Writes the AnnData into group `root` of a zarr store or an h5ad file
+    /// (`""` for the root);
     /// `table_attrs` are added to the group's attributes (SpatialData's).
-    pub fn write_zarr(&self, store: &ZarrStore, root: &str, table_attrs: Value) -> Result<()> {
+    pub fn write_to<S: Sink>(&self, store: &mut S, root: &str, table_attrs: Value) -> Result<()> {
         let node = |name: &str| format!("{root}/{name}");
         let mut attrs = json!({"encoding-type": "anndata", "encoding-version": "0.1.0"});
         if let (Some(a), Value::Object(extra)) = (attrs.as_object_mut(), table_attrs) {
@@ -283,7 +284,7 @@ impl AnnData {
 
 /// `uns/spatialdata_attrs` of a SpatialData table annotating [`REGION`]
 /// by `obs.cell_id`.
-pub fn write_spatialdata_attrs(store: &ZarrStore, root: &str) -> Result<()> {
+pub fn write_spatialdata_attrs<S: Sink>(store: &mut S, root: &str) -> Result<()> {
     let node = format!("{root}/uns/spatialdata_attrs");
     store.group(
         &node,
@@ -317,8 +318,8 @@ fn dataframe_attrs(columns: &[&str]) -> Value {
     })
 }
 
-fn write_1d<T: ZarrType>(
-    store: &ZarrStore,
+fn write_1d<T: ZarrType, S: Sink>(
+    store: &mut S,
     node: &str,
     data: &[T],
     encoding: Option<&str>,
@@ -327,8 +328,8 @@ fn write_1d<T: ZarrType>(
     store.array(node, &[data.len() as u64], data, attrs)
 }
 
-fn write_categorical(
-    store: &ZarrStore,
+fn write_categorical<S: Sink>(
+    store: &mut S,
     node: &str,
     categories: &[&str],
     codes: &[i8],

@@ -31,14 +31,12 @@ pub struct OutputCells {
 pub const NOT_OUTPUT: u32 = u32::MAX;
 
 impl OutputCells {
-    /// The output cells of a run; polygons only when `with_polygons`
-    /// (otherwise `polygons` is empty).
+    /// The output cells of a run with their polygons (computed in parallel).
     pub fn new(
         result: &Segmentation,
         transcripts: &Transcripts,
         nuclei: &Nuclei,
         min_transcripts: usize,
-        with_polygons: bool,
     ) -> Result<Self> {
         let floor = min_transcripts.max(1) as u64;
         let index: Vec<usize> = (0..result.cells.len())
@@ -70,7 +68,7 @@ impl OutputCells {
             polygons: Vec::new(),
             polygon_seconds: 0.0,
         };
-        if with_polygons {
+        {
             let clock = std::time::Instant::now();
             let n_nuclei = nuclei.ids.len();
             let found = polygons::cell_polygons(
@@ -127,11 +125,9 @@ impl OutputCells {
         &self.rows[self.offsets[i]..self.offsets[i + 1]]
     }
 
-    /// Area of output cell `i`'s polygon, µm² (NaN without polygons).
+    /// Area of output cell `i`'s polygon, µm².
     pub fn area(&self, i: usize) -> f64 {
-        self.polygons
-            .get(i)
-            .map_or(f64::NAN, |p| p.polygon.unsigned_area())
+        self.polygons[i].polygon.unsigned_area()
     }
 
     /// How many polygons came from each source, for the log.

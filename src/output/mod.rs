@@ -1,5 +1,5 @@
 //! Outputs (docs/contract.md §11): the transcripts and cells tables (parquet
-//! or CSV), cell polygons (GeoParquet and GeoJSON), the AnnData and the
+//! or CSV), cell polygons (GeoParquet and GeoJSON), the AnnData (h5ad and zarr) and the
 //! SpatialData store, and `segmentation_log.json`, written under temporary
 //! names and renamed into place only when everything succeeded.
 //!
@@ -22,6 +22,7 @@ use parquet::file::properties::WriterProperties;
 pub mod anndata;
 pub mod boundaries;
 pub mod cells;
+pub mod h5ad;
 pub mod polygons;
 pub mod spatialdata;
 pub mod zarr;
@@ -40,6 +41,8 @@ pub const BOUNDARIES_FILE: &str = "cell_boundaries.parquet";
 pub const BOUNDARIES_GEOJSON_FILE: &str = "cell_boundaries.geojson";
 /// The AnnData (zarr).
 pub const ANNDATA_FILE: &str = "cells.anndata.zarr";
+/// The AnnData (HDF5).
+pub const H5AD_FILE: &str = "cells.h5ad";
 /// The SpatialData store.
 pub const SPATIALDATA_FILE: &str = "segmentation.zarr";
 /// Run log.
@@ -105,7 +108,7 @@ pub enum OutputKind {
     Cells,
     /// `cell_boundaries.parquet` (GeoParquet) and `cell_boundaries.geojson`.
     Polygons,
-    /// `cells.anndata.zarr`.
+    /// `cells.h5ad` and `cells.anndata.zarr`.
     Anndata,
     /// `segmentation.zarr`.
     Spatialdata,

@@ -47,7 +47,7 @@ pub fn write(
     cells: &OutputCells,
     table: &AnnData,
 ) -> Result<()> {
-    let store = ZarrStore::create(path, json!({"spatialdata_attrs": {"version": "0.2"}}))?;
+    let mut store = ZarrStore::create(path, json!({"spatialdata_attrs": {"version": "0.2"}}))?;
     for element in ["points", "shapes", "tables"] {
         store.group(&format!("/{element}"), json!({}))?;
     }
@@ -123,8 +123,8 @@ pub fn write(
 
     // The table.
     let root = format!("/tables/{TABLE}");
-    table.write_zarr(
-        &store,
+    table.write_to(
+        &mut store,
         &root,
         json!({
             "spatialdata-encoding-type": "ngff:regions_table",
@@ -134,5 +134,5 @@ pub fn write(
             "version": "0.2",
         }),
     )?;
-    anndata::write_spatialdata_attrs(&store, &root)
+    anndata::write_spatialdata_attrs(&mut store, &root)
 }

@@ -18,35 +18,72 @@ pub struct ZarrStore {
     path: std::path::PathBuf,
 }
 
-/// A data type of a zarr array this writer knows.
+/// A data type of an array this writer knows (zarr and h5ad).
 pub trait ZarrType: Element {
     /// The Zarr v3 `data_type` name.
     const NAME: &'static str;
     /// The fill value in the metadata.
     fn fill() -> Value;
+    /// The values as HDF5 data.
+    fn h5(data: &[Self]) -> super::h5ad::H5Data;
 }
 
 macro_rules! zarr_number {
-    ($t:ty, $name:literal, $fill:expr) => {
+    ($t:ty, $name:literal, $fill:expr, $h5:ident) => {
         impl ZarrType for $t {
             const NAME: &'static str = $name;
             fn fill() -> Value {
                 json!($fill)
             }
+            fn h5(data: &[Self]) -> super::h5ad::H5Data {
+                super::h5ad::H5Data::$h5(data.to_vec())
+            }
         }
     };
 }
-zarr_number!(f32, "float32", "NaN");
-zarr_number!(f64, "float64", "NaN");
-zarr_number!(i64, "int64", 0);
-zarr_number!(i32, "int32", 0);
-zarr_number!(i8, "int8", 0);
-zarr_number!(u32, "uint32", 0);
+zarr_number!(f32, "float32", "NaN", F32);
+zarr_number!(f64, "float64", "NaN", F64);
+zarr_number!(i64, "int64", 0, I64);
+zarr_number!(i32, "int32", 0, I32);
+zarr_number!(i8, "int8", 0, I8);
 
 impl ZarrType for String {
     const NAME: &'static str = "string";
     fn fill() -> Value {
         json!("")
+    }
+    fn h5(data: &[Self]) -> super::h5ad::H5Data {
+        super::h5ad::H5Data::Str(data.to_vec())
+    }
+}
+
+/// Where the AnnData writer puts groups and arrays: a zarr store or an
+/// h5ad file being built.
+pub trait Sink {
+    /// Group `node` (`/a/b`) with `attributes` (a JSON object).
+    fn group(&mut self, node: &str, attributes: Value) -> Result<()>;
+    /// Array `node` of `shape` (C order) with `data` and `attributes`.
+    fn array<T: ZarrType>(
+        &mut self,
+        node: &str,
+        shape: &[u64],
+        data: &[T],
+        attributes: Value,
+    ) -> Result<()>;
+}
+
+impl Sink for ZarrStore {
+    fn group(&mut self, node: &str, attributes: Value) -> Result<()> {
+        ZarrStore::group(self, node, attributes)
+    }
+    fn array<T: ZarrType>(
+        &mut self,
+        node: &str,
+        shape: &[u64],
+        data: &[T],
+        attributes: Value,
+    ) -> Result<()> {
+        ZarrStore::array(self, node, shape, data, attributes)
     }
 }
 

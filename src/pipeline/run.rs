@@ -24,7 +24,7 @@ pub struct SegmentArgs {
     pub out: PathBuf,
     /// Outputs to write, comma-separated: transcripts (segger_transcripts.parquet), cells
     /// (cells.parquet), polygons (cell_boundaries.parquet GeoParquet + cell_boundaries.geojson),
-    /// anndata (cells.anndata.zarr), spatialdata (segmentation.zarr). segmentation_log.json is
+    /// anndata (cells.h5ad and cells.anndata.zarr), spatialdata (segmentation.zarr). segmentation_log.json is
     /// always written.
     #[arg(long, value_enum, value_delimiter = ',', default_value = output::DEFAULT_OUTPUTS)]
     pub outputs: Vec<output::OutputKind>,
@@ -178,8 +178,10 @@ struct SegmentationLog<'a> {
 struct OutputFacts {
     written: Vec<String>,
     table_format: output::TableFormat,
-    /// Cells listed by the per-cell outputs (≥ max(1, min_transcripts) transcripts).
+    /// Cells listed by the per-cell outputs.
     cells: usize,
+    /// The fewest transcripts of a listed cell: max(1, min_transcripts).
+    min_transcripts: usize,
     /// Polygons by source (`null` without polygons).
     polygon_sources: Option<std::collections::BTreeMap<&'static str, usize>>,
 }
@@ -290,18 +292,13 @@ pub fn run(
     .into_iter()
     .any(wants);
     let cells = if per_cell {
-        let with_polygons =
-            wants(output::OutputKind::Polygons) || wants(output::OutputKind::Spatialdata);
         let cells = output::cells::OutputCells::new(
             &result,
             &transcripts,
             &nuclei,
             args.min_transcripts(&model),
-            with_polygons,
         )?;
-        if with_polygons {
-            stages.push(("polygons", cells.polygon_seconds));
-        }
+        stages.push(("polygons", cells.polygon_seconds));
         Some(cells)
     } else {
         None
@@ -357,9 +354,13 @@ pub fn run(
         let table = output::anndata::AnnData::build(&result, &transcripts, cells, uns);
         if wants(output::OutputKind::Anndata) {
             let path = out.staged(output::ANNDATA_FILE)?;
-            let store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
-            table.write_zarr(&store, "", serde_json::json!({}))?;
+            let mut store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
+            table.write_to(&mut store, "", serde_json::json!({}))?;
             written.push(output::ANNDATA_FILE.to_string());
+            let mut h5ad = output::h5ad::H5adFile::new();
+            table.write_to(&mut h5ad, "", serde_json::json!({}))?;
+            h5ad.write(&out.staged(output::H5AD_FILE)?)?;
+            written.push(output::H5AD_FILE.to_string());
         }
         if wants(output::OutputKind::Spatialdata) {
             output::spatialdata::write(
@@ -378,10 +379,8 @@ pub fn run(
         written,
         table_format: format,
         cells: cells.as_ref().map_or(0, |c| c.len()),
-        polygon_sources: cells
-            .as_ref()
-            .filter(|c| !c.polygons.is_empty())
-            .map(|c| c.polygon_sources()),
+        min_transcripts: args.min_transcripts(&model).max(1),
+        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()),
     };
     let log = SegmentationLog {
         version: env!("CARGO_PKG_VERSION"),

@@ -106,6 +106,28 @@ fn check_anndata(
     );
 }
 
+/// Reads X, obs and var names of `cells.h5ad` back (pure-Rust HDF5
+/// reader) and checks X against `expected`.
+fn check_h5ad(path: &Path, cells: &[String], expected: &BTreeMap<(String, String), u64>) {
+    let file = hdf5_pure::File::open(path).unwrap();
+    let obs = file.dataset("obs/_index").unwrap().read_string().unwrap();
+    let var = file.dataset("var/_index").unwrap().read_string().unwrap();
+    let indptr = file.dataset("X/indptr").unwrap().read_i64().unwrap();
+    let indices = file.dataset("X/indices").unwrap().read_i32().unwrap();
+    let data = file.dataset("X/data").unwrap().read_f32().unwrap();
+    assert_eq!(obs, cells, "h5ad obs = the output cells");
+    let mut got = BTreeMap::new();
+    for (i, cell) in obs.iter().enumerate() {
+        for k in indptr[i] as usize..indptr[i + 1] as usize {
+            got.insert(
+                (cell.clone(), var[indices[k] as usize].clone()),
+                data[k] as u64,
+            );
+        }
+    }
+    assert_eq!(&got, expected, "h5ad X = counts of segger_transcripts");
+}
+
 /// Decodes every polygon of a GeoParquet file, checks it is valid and
 /// returns (cell_id, area) per row.
 fn check_polygons(path: &Path) -> Vec<(String, f64)> {
@@ -180,12 +202,15 @@ fn anndata_x_equals_the_transcript_counts_and_every_output_lists_the_same_cells(
         &out,
         &[],
     );
-    let min = log(&out)["parameters"]["fragments"]["min_transcripts"]
-        .as_u64()
-        .unwrap();
+    let min = log(&out)["outputs"]["min_transcripts"].as_u64().unwrap();
+    assert_eq!(
+        Some(min),
+        log(&out)["parameters"]["fragments"]["min_transcripts"].as_u64()
+    );
     let (cells, expected) = expected_counts(&out, min);
     assert!(cells.len() > 50, "{} cells", cells.len());
     check_anndata(&out.join("cells.anndata.zarr"), "", &cells, &expected);
+    check_h5ad(&out.join("cells.h5ad"), &cells, &expected);
     let sd = out.join("segmentation.zarr");
     check_anndata(&sd, "/tables/table", &cells, &expected);
 
@@ -325,6 +350,7 @@ fn degenerate_cells_get_their_nucleus_polygon() {
     );
     let (cells, expected) = expected_counts(&out, 1);
     check_anndata(&out.join("cells.anndata.zarr"), "", &cells, &expected);
+    check_h5ad(&out.join("cells.h5ad"), &cells, &expected);
 }
 
 #[test]
