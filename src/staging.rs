@@ -442,6 +442,29 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_run_removes_its_staged_store_folders() {
+        // A zarr store is a tree of folders: a run that fails after
+        // writing part of one leaves none of it behind.
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        {
+            let mut set = StagedSet::create(&out).unwrap();
+            let store = set.staged("segmentation.zarr").unwrap();
+            std::fs::create_dir_all(store.join("tables/table/X")).unwrap();
+            std::fs::write(store.join("tables/table/X/zarr.json"), "{}").unwrap();
+            std::fs::write(set.staged("cells.parquet").unwrap(), "x").unwrap();
+        }
+        assert!(!out.exists(), "{:?}", names(tmp.path()));
+        std::fs::create_dir(&out).unwrap();
+        {
+            let mut set = StagedSet::create(&out).unwrap();
+            let store = set.staged("cells.anndata.zarr").unwrap();
+            std::fs::create_dir_all(store.join("obs/kind")).unwrap();
+        }
+        assert_eq!(names(&out), vec![LOCK_FILE]);
+    }
+
+    #[test]
     fn a_second_set_is_refused_while_the_first_holds_the_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let first = StagedSet::create(tmp.path()).unwrap();

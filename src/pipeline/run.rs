@@ -19,9 +19,18 @@ use crate::output::{self, OutputDir};
 /// Options of `seggpu segment` (input flags and backend flags come separately).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SegmentArgs {
-    /// Output folder (created if needed): segger_transcripts.parquet, cells.parquet, segmentation_log.json, segmentation_report.html.
+    /// Output folder (created if needed): the --outputs, segmentation_report.html and segmentation_log.json.
     #[arg(long)]
     pub out: PathBuf,
+    /// Outputs to write, comma-separated: transcripts (segger_transcripts.parquet), cells
+    /// (cells.parquet), polygons (cell_boundaries.parquet GeoParquet + cell_boundaries.geojson),
+    /// anndata (cells.h5ad and cells.anndata.zarr), spatialdata (segmentation.zarr). segmentation_log.json is
+    /// always written.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = output::DEFAULT_OUTPUTS)]
+    pub outputs: Vec<output::OutputKind>,
+    /// File format of the transcripts and cells tables (csv: same columns, nulls empty).
+    #[arg(long, value_enum, default_value_t = output::TableFormat::Parquet)]
+    pub table_format: output::TableFormat,
     /// Weights file (seggpu safetensors; `seggpu inspect` shows it). Not needed with --demo.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -68,6 +77,13 @@ pub struct SegmentArgs {
 }
 
 impl SegmentArgs {
+    /// `min_transcripts` resolved like every parameter (flag, model, built-in).
+    pub fn min_transcripts(&self, model: &Model) -> usize {
+        self.min_transcripts
+            .or(model.defaults.as_ref().and_then(|d| d.min_transcripts))
+            .unwrap_or(defaults::MIN_TRANSCRIPTS)
+    }
+
     /// Resolves flags over the model's stored defaults over the built-in
     /// defaults ([`crate::defaults`]).
     pub fn params(&self, model: &Model) -> Result<SegmentParams> {
@@ -80,10 +96,7 @@ impl SegmentArgs {
             .score_cut
             .or(stored.score_cut.map(ScoreCut::Fixed))
             .unwrap_or(ScoreCut::Fixed(defaults::SCORE_CUT));
-        let min_transcripts = self
-            .min_transcripts
-            .or(stored.min_transcripts)
-            .unwrap_or(defaults::MIN_TRANSCRIPTS);
+        let min_transcripts = self.min_transcripts(model);
         // The same checks as a model's stored defaults (crate::defaults).
         let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
         check(defaults::check_count("--k-tx", k_tx))?;
@@ -143,10 +156,24 @@ struct SegmentationLog<'a> {
     nuclei_skipped: Vec<String>,
     nuclei_altered: Vec<String>,
     result: &'a Summary,
+    outputs: OutputFacts,
     seconds: std::collections::BTreeMap<&'static str, f64>,
     seconds_total: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     demo_accuracy: Option<serde_json::Value>,
+}
+
+/// What was written, for the log.
+#[derive(Debug, Serialize)]
+struct OutputFacts {
+    written: Vec<String>,
+    table_format: output::TableFormat,
+    /// Cells listed by the per-cell outputs.
+    cells: usize,
+    /// The fewest transcripts of a listed cell: max(1, min_transcripts).
+    min_transcripts: usize,
+    /// Polygons by source (`null` without polygons).
+    polygon_sources: Option<std::collections::BTreeMap<&'static str, usize>>,
 }
 
 /// The columns read, by role, for the log.
@@ -246,27 +273,132 @@ pub fn run(
         None
     };
 
+    let wants = |k: output::OutputKind| args.outputs.contains(&k);
+    let per_cell = [
+        output::OutputKind::Polygons,
+        output::OutputKind::Anndata,
+        output::OutputKind::Spatialdata,
+    ]
+    .into_iter()
+    .any(wants);
+    let cells = if per_cell {
+        let cells = output::cells::OutputCells::new(
+            &result,
+            &transcripts,
+            &nuclei,
+            args.min_transcripts(&model),
+        )?;
+        stages.push(("polygons", cells.polygon_seconds));
+        Some(cells)
+    } else {
+        None
+    };
+
     let clock = Instant::now();
     let spinner = progress.spinner("writing");
-    output::write_transcripts(
-        &out.staged(output::TRANSCRIPTS_FILE)?,
-        &transcripts.passthrough,
-        &result,
-    )?;
-    output::write_cells(&out.staged(output::CELLS_FILE)?, &result.cells)?;
+    let mut written = Vec::new();
+    let format = args.table_format;
+    if wants(output::OutputKind::Transcripts) {
+        let name = format.file_name(output::TRANSCRIPTS_FILE);
+        output::write_transcripts(
+            &out.staged(&name)?,
+            &transcripts.passthrough,
+            &result,
+            format,
+        )?;
+        written.push(name);
+    }
+    if wants(output::OutputKind::Cells) {
+        let name = format.file_name(output::CELLS_FILE);
+        output::write_cells(&out.staged(&name)?, &result.cells, format)?;
+        written.push(name);
+    }
+    if let Some(cells) = &cells {
+        if wants(output::OutputKind::Polygons) {
+            output::boundaries::write_geoparquet(
+                &out.staged(output::BOUNDARIES_FILE)?,
+                &result,
+                cells,
+            )?;
+            output::boundaries::write_geojson(
+                &out.staged(output::BOUNDARIES_GEOJSON_FILE)?,
+                &result,
+                cells,
+            )?;
+            written.push(output::BOUNDARIES_FILE.to_string());
+            written.push(output::BOUNDARIES_GEOJSON_FILE.to_string());
+        }
+        let uns = vec![
+            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+            ("model_sha256".to_string(), model.sha256.clone()),
+            ("parameters".to_string(), serde_json::to_string(&params)?),
+            (
+                "command_line".to_string(),
+                serde_json::to_string(command_line)?,
+            ),
+            (
+                "min_transcripts".to_string(),
+                args.min_transcripts(&model).to_string(),
+            ),
+        ];
+        let table = output::anndata::AnnData::build(&result, &transcripts, cells, uns);
+        if wants(output::OutputKind::Anndata) {
+            let path = out.staged(output::ANNDATA_FILE)?;
+            let mut store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
+            table.write_to(&mut store, "", serde_json::json!({}))?;
+            written.push(output::ANNDATA_FILE.to_string());
+            let mut h5ad = output::h5ad::H5adFile::new();
+            table.write_to(&mut h5ad, "", serde_json::json!({}))?;
+            h5ad.write(&out.staged(output::H5AD_FILE)?)?;
+            written.push(output::H5AD_FILE.to_string());
+        }
+        if wants(output::OutputKind::Spatialdata) {
+            output::spatialdata::write(
+                &out.staged(output::SPATIALDATA_FILE)?,
+                &transcripts.passthrough,
+                &result,
+                &transcripts,
+                cells,
+                &table,
+            )?;
+            written.push(output::SPATIALDATA_FILE.to_string());
+        }
+    }
     stages.push(("write", clock.elapsed().as_secs_f64()));
     let clock = Instant::now();
-    let rings = output::html_report::nucleus_rings(&nuclei);
+    // The cell polygons when they were computed, else the nucleus outlines.
+    let (rings, label) = match &cells {
+        Some(cells) => (
+            cells
+                .polygons
+                .iter()
+                .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
+                .collect(),
+            "cell polygons",
+        ),
+        None => (
+            output::html_report::nucleus_rings(&nuclei),
+            "nucleus polygons",
+        ),
+    };
     let report = output::html_report::ReportData::from_run(
         &result,
         &transcripts,
         &params,
         command_line,
         &stages,
-        Some((&rings, "nucleus polygons")),
+        Some((&rings, label)),
     )?;
     output::html_report::write(&out.staged(output::html_report::REPORT_FILE)?, &report)?;
     stages.push(("html_report", clock.elapsed().as_secs_f64()));
+    written.push(output::html_report::REPORT_FILE.to_string());
+    let outputs = OutputFacts {
+        written,
+        table_format: format,
+        cells: cells.as_ref().map_or(0, |c| c.len()),
+        min_transcripts: args.min_transcripts(&model).max(1),
+        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()),
+    };
     let log = SegmentationLog {
         version: env!("CARGO_PKG_VERSION"),
         command_line,
@@ -293,6 +425,7 @@ pub fn run(
             .map(|(id, what)| format!("{id}: {what}"))
             .collect(),
         result: &result.summary,
+        outputs,
         seconds: stages.iter().copied().collect(),
         seconds_total: started.elapsed().as_secs_f64(),
         demo_accuracy: demo_accuracy.as_ref().map(|a| a.to_json()),

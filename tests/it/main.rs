@@ -23,6 +23,7 @@ mod io_features;
 mod io_formats;
 mod io_perf;
 mod io_real_data;
+mod outputs;
 mod parity_cpu;
 mod pipeline_tiling;
 mod reference_parity;

@@ -1,6 +1,9 @@
-//! Outputs (docs/contract.md §11): `segger_transcripts.parquet`,
-//! `cells.parquet` and `segmentation_log.json`, written under temporary
+//! Outputs (docs/contract.md §11): the transcripts and cells tables (parquet
+//! or CSV), cell polygons (GeoParquet and GeoJSON), the AnnData (h5ad and zarr) and the
+//! SpatialData store, and `segmentation_log.json`, written under temporary
 //! names and renamed into place only when everything succeeded.
+//!
+//! Every output that lists cells lists the same ones ([`cells::OutputCells`]).
 
 use std::io::BufWriter;
 use std::ops::Range;
@@ -13,18 +16,36 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+
+pub mod anndata;
+pub mod boundaries;
+pub mod cells;
+pub mod h5ad;
+pub mod html_report;
+pub mod polygons;
+pub mod spatialdata;
+pub mod zarr;
 
 use crate::io::FilterReason;
 use crate::pipeline::Segmentation;
 use crate::staging::StagedSet;
 
-pub mod html_report;
-
-/// File names of the outputs.
+/// File names of the outputs (the tables with `--table-format parquet`).
 pub const TRANSCRIPTS_FILE: &str = "segger_transcripts.parquet";
 /// Per-cell table.
 pub const CELLS_FILE: &str = "cells.parquet";
+/// Cell polygons, GeoParquet 1.1.
+pub const BOUNDARIES_FILE: &str = "cell_boundaries.parquet";
+/// Cell polygons, GeoJSON.
+pub const BOUNDARIES_GEOJSON_FILE: &str = "cell_boundaries.geojson";
+/// The AnnData (zarr).
+pub const ANNDATA_FILE: &str = "cells.anndata.zarr";
+/// The AnnData (HDF5).
+pub const H5AD_FILE: &str = "cells.h5ad";
+/// The SpatialData store.
+pub const SPATIALDATA_FILE: &str = "segmentation.zarr";
 /// Run log.
 pub const LOG_FILE: &str = "segmentation_log.json";
 
@@ -58,6 +79,45 @@ impl OutputDir {
     }
 }
 
+/// File format of the transcripts and cells tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// Apache Parquet (zstd).
+    Parquet,
+    /// Comma-separated text with a header; nulls are empty fields.
+    Csv,
+}
+
+impl TableFormat {
+    /// `name` with this format's extension in place of `.parquet`.
+    pub fn file_name(self, parquet_name: &str) -> String {
+        match self {
+            TableFormat::Parquet => parquet_name.to_string(),
+            TableFormat::Csv => format!("{}.csv", parquet_name.trim_end_matches(".parquet")),
+        }
+    }
+}
+
+/// One output `segment` can write (`--outputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// `segger_transcripts.parquet` (or `.csv`).
+    Transcripts,
+    /// `cells.parquet` (or `.csv`).
+    Cells,
+    /// `cell_boundaries.parquet` (GeoParquet) and `cell_boundaries.geojson`.
+    Polygons,
+    /// `cells.h5ad` and `cells.anndata.zarr`.
+    Anndata,
+    /// `segmentation.zarr`.
+    Spatialdata,
+}
+
+/// The outputs written when `--outputs` is not given: all of them.
+pub const DEFAULT_OUTPUTS: &str = "transcripts,cells,polygons,anndata,spatialdata";
+
 /// Rows per row group (and per written batch) of the outputs.
 pub const ROW_GROUP: usize = 1 << 20;
 
@@ -70,11 +130,24 @@ pub fn write_parquet_batches(
     row_group: usize,
     batch: impl Fn(Range<usize>) -> Result<RecordBatch>,
 ) -> Result<()> {
+    write_parquet_batches_with(path, schema, rows, row_group, Vec::new(), batch)
+}
+
+/// [`write_parquet_batches`] with file key-value metadata (GeoParquet's `geo`).
+pub fn write_parquet_batches_with(
+    path: &Path,
+    schema: SchemaRef,
+    rows: usize,
+    row_group: usize,
+    metadata: Vec<KeyValue>,
+    batch: impl Fn(Range<usize>) -> Result<RecordBatch>,
+) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_size(row_group)
+        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
         .build();
     let mut writer = ArrowWriter::try_new(BufWriter::new(file), schema, Some(properties))?;
     let cannot_write = || format!("cannot write {}", path.display());
@@ -97,13 +170,26 @@ pub fn write_parquet_batches(
 
 /// Writes `columns` (all nullable) as one parquet file.
 pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
+    write_parquet_with(path, columns, Vec::new())
+}
+
+fn schema_of(columns: &[(String, ArrayRef)]) -> SchemaRef {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, array)| Field::new(name, array.data_type().clone(), true))
         .collect();
-    let schema = Arc::new(Schema::new(fields));
+    Arc::new(Schema::new(fields))
+}
+
+/// [`write_parquet`] with file key-value metadata.
+pub fn write_parquet_with(
+    path: &Path,
+    columns: Vec<(String, ArrayRef)>,
+    metadata: Vec<KeyValue>,
+) -> Result<()> {
+    let schema = schema_of(&columns);
     let rows = columns.first().map_or(0, |(_, a)| a.len());
-    write_parquet_batches(path, schema.clone(), rows, ROW_GROUP, |range| {
+    write_parquet_batches_with(path, schema.clone(), rows, ROW_GROUP, metadata, |range| {
         let slice = columns
             .iter()
             .map(|(_, a)| a.slice(range.start, range.len()))
@@ -112,13 +198,66 @@ pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()
     })
 }
 
-/// Writes `segger_transcripts.parquet`: the passthrough columns, then
-/// `segger_cell_id`, `score`, `assignment` and `filter_reason`.
+/// Writes `columns` as CSV with a header (nulls as empty fields).
+pub fn write_csv(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
+    let schema = schema_of(&columns);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut writer = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(BufWriter::new(file));
+    let rows = columns.first().map_or(0, |(_, a)| a.len());
+    let mut start = 0;
+    loop {
+        let end = (start + ROW_GROUP).min(rows);
+        let slice = columns
+            .iter()
+            .map(|(_, a)| a.slice(start, end - start))
+            .collect();
+        writer
+            .write(&RecordBatch::try_new(schema.clone(), slice)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        start = end;
+        if start >= rows {
+            break;
+        }
+    }
+    writer
+        .into_inner()
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot finish {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes a table in `format`.
+pub fn write_table(
+    path: &Path,
+    columns: Vec<(String, ArrayRef)>,
+    format: TableFormat,
+) -> Result<()> {
+    match format {
+        TableFormat::Parquet => write_parquet(path, columns),
+        TableFormat::Csv => write_csv(path, columns),
+    }
+}
+
+/// Writes `segger_transcripts.parquet` (or `.csv`): the passthrough
+/// columns, then `segger_cell_id`, `score`, `assignment` and `filter_reason`.
 pub fn write_transcripts(
     path: &Path,
     passthrough: &[(String, ArrayRef)],
     result: &Segmentation,
+    format: TableFormat,
 ) -> Result<()> {
+    write_table(path, transcript_columns(passthrough, result), format)
+}
+
+/// The columns of `segger_transcripts.parquet`.
+pub fn transcript_columns(
+    passthrough: &[(String, ArrayRef)],
+    result: &Segmentation,
+) -> Vec<(String, ArrayRef)> {
     let rows = 0..result.len();
     let mut columns: Vec<(String, ArrayRef)> = passthrough.to_vec();
     columns.push((
@@ -146,7 +285,7 @@ pub fn write_transcripts(
                 .map(|f| f.map(FilterReason::as_str)),
         )),
     ));
-    write_parquet(path, columns)
+    columns
 }
 
 /// One row of `cells.parquet`.
@@ -165,8 +304,8 @@ pub struct CellRow {
     pub nucleus_area: Option<f32>,
 }
 
-/// Writes `cells.parquet`.
-pub fn write_cells(path: &Path, rows: &[CellRow]) -> Result<()> {
+/// Writes `cells.parquet` (or `.csv`).
+pub fn write_cells(path: &Path, rows: &[CellRow], format: TableFormat) -> Result<()> {
     let columns: Vec<(String, ArrayRef)> = vec![
         (
             "id".into(),
@@ -197,5 +336,5 @@ pub fn write_cells(path: &Path, rows: &[CellRow]) -> Result<()> {
             Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.nucleus_area))),
         ),
     ];
-    write_parquet(path, columns)
+    write_table(path, columns, format)
 }
