@@ -41,20 +41,41 @@ fn main() {
         .clone()
         .expect("synthetic tile has a receptive field");
     let mut times = Vec::new();
+    let mut cpu_times = Vec::new();
     for _ in 0..repeats + 1 {
         let start = Instant::now();
+        let cpu_start = cpu_seconds();
         let z = cpu.forward(&model, &graph, false).expect("forward");
         let best = cpu.score(&z, &rf).expect("score");
         std::hint::black_box(&best);
         times.push(start.elapsed().as_secs_f64());
+        cpu_times.push(cpu_seconds().zip(cpu_start).map(|(end, start)| end - start));
     }
     times.remove(0);
+    cpu_times.remove(0);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let mut cpu_times: Vec<f64> = cpu_times.into_iter().flatten().collect();
+    cpu_times.sort_by(f64::total_cmp);
+    // CPU seconds of all threads: on a machine shared with other work this
+    // varies far less than the wall clock.
+    let cpu_median = cpu_times
+        .get(cpu_times.len() / 2)
+        .map_or("null".to_owned(), |s| format!("{s:.4}"));
     println!(
-        "{{\"impl\":\"seggpu-cpu\",\"n_tx\":{n_tx},\"n_edges_tx_tx\":{},\"seconds\":{median:.4},\"tx_per_s\":{:.0},\"threads\":{}}}",
+        "{{\"impl\":\"seggpu-cpu\",\"n_tx\":{n_tx},\"n_edges_tx_tx\":{},\"seconds\":{median:.4},\"tx_per_s\":{:.0},\"threads\":{},\"cpu_seconds\":{cpu_median}}}",
         graph.neighbors.n_edges(),
         n_tx as f64 / median,
         rayon::current_num_threads()
     );
+}
+
+/// CPU time of this process so far (all threads), from `/proc` on Linux.
+fn cpu_seconds() -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 * 1e-9)
 }

@@ -29,6 +29,9 @@ pub struct TileNodes<'a> {
     pub bd_centroid: &'a [[f64; 2]],
     /// Nucleus features `[n_bd, 4]`.
     pub bd_x: Vec<f32>,
+    /// Transcripts to score (all when `None`): the others get an empty
+    /// receptive field, so no backend computes what only their scores need.
+    pub tx_scored: Option<&'a [bool]>,
 }
 
 /// Builds the tx–tx neighbour graph, the belongs graph and the receptive field.
@@ -57,21 +60,34 @@ pub fn build_tile_graph(nodes: TileNodes, params: &GraphParams) -> TileGraph {
             .filter(|(_, &n)| n >= 0)
             .map(|(i, &n)| (i as u32, n as u32)),
     );
-    let flat: Vec<[f64; 2]> = nodes.tx_pos.iter().map(|p| [p[0], p[1]]).collect();
-    let rf = knn_2d(
+    let scored: Vec<usize> = match nodes.tx_scored {
+        Some(scored) => (0..n_tx).filter(|&i| scored[i]).collect(),
+        None => (0..n_tx).collect(),
+    };
+    let flat: Vec<[f64; 2]> = scored
+        .iter()
+        .map(|&i| [nodes.tx_pos[i][0], nodes.tx_pos[i][1]])
+        .collect();
+    let nearest = knn_2d(
         &flat,
         nodes.bd_centroid,
         params.k_bd,
         DistanceCap::Exclusive(params.dist_bd),
     );
+    let mut rf_index = vec![-1i32; n_tx * nearest.k];
+    if nearest.k > 0 {
+        for (row, &i) in nearest.index.chunks(nearest.k).zip(&scored) {
+            rf_index[i * nearest.k..(i + 1) * nearest.k].copy_from_slice(row);
+        }
+    }
     TileGraph {
         tx_token: nodes.tx_token,
         bd_x: nodes.bd_x,
         neighbors,
         belongs,
         receptive_field: Some(ReceptiveField {
-            k: rf.k,
-            index: rf.index,
+            k: nearest.k,
+            index: rf_index,
         }),
     }
 }

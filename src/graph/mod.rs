@@ -49,6 +49,11 @@ impl Csr {
         self.sources.len()
     }
 
+    /// Sources of the incoming edges of destination `d`, in edge order.
+    pub fn sources_of(&self, d: usize) -> &[u32] {
+        &self.sources[self.offsets[d] as usize..self.offsets[d + 1] as usize]
+    }
+
     /// The distinct sources in increasing order, and a copy of this graph whose
     /// sources index into that list. Lets a layer transform only the
     /// transcripts that actually send a belongs message.

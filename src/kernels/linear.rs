@@ -92,17 +92,24 @@ fn run_block<'x>(
             std::array::from_fn(|i| &input_row(first + r + i.min(rows_here - 1))[..in_dim]);
         let mut o0 = 0;
         while o0 + COLS <= out_dim {
-            let mut acc = [[0.0f32; COLS]; ROWS];
             #[cfg(target_arch = "x86_64")]
             if fma {
                 // SAFETY: AVX2 and FMA are present (checked above); the
                 // kernel reads `inputs[i][..in_dim]` and `wt[k * out_dim + o0..][..COLS]`
-                // for k < in_dim, all in bounds since o0 + COLS <= out_dim.
-                unsafe { tile_fma_x86(layer.wt, out_dim, o0, &inputs, &mut acc) };
-            } else {
-                tile_portable(layer.wt, out_dim, o0, &inputs, &mut acc);
+                // for k < in_dim, all in bounds since o0 + COLS <= out_dim,
+                // and writes COLS values at column o0 of `rows_here` rows of `block`.
+                unsafe {
+                    tile_fma_x86(
+                        layer,
+                        o0,
+                        &inputs,
+                        &mut block[r * out_dim..(r + rows_here) * out_dim],
+                    )
+                };
+                o0 += COLS;
+                continue;
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            let mut acc = [[0.0f32; COLS]; ROWS];
             tile_portable(layer.wt, out_dim, o0, &inputs, &mut acc);
             for (i, acc_row) in acc.iter().enumerate().take(rows_here) {
                 let out_row = &mut block[(r + i) * out_dim..(r + i + 1) * out_dim];
@@ -139,20 +146,18 @@ fn tile_portable(
     }
 }
 
-/// `tile_portable` with AVX2 registers: 6 rows × 16 columns of accumulators.
+/// `tile_portable` with AVX2 registers (6 rows × 16 columns of
+/// accumulators), finished in place as [`Linear::finish`] does: the bias
+/// added with one rounding, then ReLU. Writes columns
+/// `o0..o0 + COLS` of the `out.len() / out_dim` (at most `ROWS`) rows of `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_fma_x86(
-    wt: &[f32],
-    out_dim: usize,
-    o0: usize,
-    inputs: &[&[f32]; ROWS],
-    acc: &mut [[f32; COLS]; ROWS],
-) {
+unsafe fn tile_fma_x86(layer: &Linear, o0: usize, inputs: &[&[f32]; ROWS], out: &mut [f32]) {
     use std::arch::x86_64::*;
+    let out_dim = layer.out_dim;
     let mut regs = [[_mm256_setzero_ps(); 2]; ROWS];
     let in_dim = inputs[0].len();
-    let w_ptr = wt.as_ptr().add(o0);
+    let w_ptr = layer.wt.as_ptr().add(o0);
     for k in 0..in_dim {
         let w0 = _mm256_loadu_ps(w_ptr.add(k * out_dim));
         let w1 = _mm256_loadu_ps(w_ptr.add(k * out_dim + 8));
@@ -162,9 +167,24 @@ unsafe fn tile_fma_x86(
             regs[i][1] = _mm256_fmadd_ps(x, w1, regs[i][1]);
         }
     }
-    for i in 0..ROWS {
-        _mm256_storeu_ps(acc[i].as_mut_ptr(), regs[i][0]);
-        _mm256_storeu_ps(acc[i].as_mut_ptr().add(8), regs[i][1]);
+    if let Some(bias) = layer.bias {
+        let b0 = _mm256_loadu_ps(bias.as_ptr().add(o0));
+        let b1 = _mm256_loadu_ps(bias.as_ptr().add(o0 + 8));
+        for reg in regs.iter_mut() {
+            reg[0] = _mm256_add_ps(reg[0], b0);
+            reg[1] = _mm256_add_ps(reg[1], b1);
+        }
+    }
+    for (i, out_row) in out.chunks_exact_mut(out_dim).enumerate() {
+        let dst = out_row.as_mut_ptr().add(o0);
+        _mm256_storeu_ps(dst, regs[i][0]);
+        _mm256_storeu_ps(dst.add(8), regs[i][1]);
+        if layer.relu {
+            // Only lin0 (four inputs) uses ReLU: the scalar rule keeps it exact.
+            for v in &mut out_row[o0..o0 + COLS] {
+                *v = v.max(0.0);
+            }
+        }
     }
 }
 

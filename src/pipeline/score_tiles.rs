@@ -75,6 +75,11 @@ pub fn run(
             .iter()
             .flat_map(|&n| nuclei.features[n as usize])
             .collect();
+        // Only the transcripts this tile owns are scored here.
+        let scored: Vec<bool> = tx_items
+            .iter()
+            .map(|&i| grid.owner(flat[i as usize]) == t)
+            .collect();
         let graph = build_tile_graph(
             TileNodes {
                 tx_pos: &tile_pos,
@@ -85,6 +90,7 @@ pub fn run(
                 tx_member: &tile_member,
                 bd_centroid: &bd_centroid,
                 bd_x,
+                tx_scored: Some(&scored),
             },
             params,
         );

@@ -11,7 +11,8 @@ shapes).  One warm-up pass, then R timed passes under torch.no_grad(); each
 pass is the forward plus, when rf_index is present, scoring with the
 best-nucleus rule.  Prints one JSON line:
 
-  {"impl":"pyg","n_tx":...,"seconds":<median>,"tx_per_s":...,"threads":T,"device":"cpu"}
+  {"impl":"pyg","n_tx":...,"seconds":<median>,"tx_per_s":...,"threads":T,"device":"cpu",
+   "cpu_seconds":<median CPU time of all threads>, ...}
 """
 from __future__ import annotations
 
@@ -65,12 +66,13 @@ def main(argv=None):
         sync()
 
     once()  # warm-up
-    times = []
+    times, cpu_times = [], []
     for _ in range(max(1, a.repeat)):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         once()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     med = statistics.median(times)
     n_tx = int(tok.shape[0])
     print(json.dumps({
@@ -79,6 +81,8 @@ def main(argv=None):
         "scoring": rf is not None, "seconds": med, "tx_per_s": n_tx / med if med > 0 else None,
         "threads": a.threads, "device": str(dev.type), "repeat": len(times),
         "min_seconds": min(times), "torch": torch.__version__,
+        # CPU seconds of all threads: steadier than the wall clock on a shared machine.
+        "cpu_seconds": statistics.median(cpu_times),
     }))
     return 0
 
