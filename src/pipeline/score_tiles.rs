@@ -78,7 +78,7 @@ pub fn run(
         // Only the transcripts this tile owns are scored here.
         let scored: Vec<bool> = tx_items
             .iter()
-            .map(|&i| grid.owner(flat[i as usize]) == t)
+            .map(|&i| grid.owner(flat[i as usize]) == cell)
             .collect();
         let graph = build_tile_graph(
             TileNodes {
