@@ -414,7 +414,8 @@ fn a_write_that_fails_for_lack_of_space_names_the_file_and_leaves_nothing() {
             nucleus_area: Some(4.0),
         })
         .collect();
-    let e = output::write_cells(&staged, &rows).expect_err("a write to /dev/full fails");
+    let e = output::write_cells(&staged, &rows, output::TableFormat::Parquet)
+        .expect_err("a write to /dev/full fails");
     // As the command line prints it: the OS error once.
     let e = seggpu::cli::error_text(&e);
     println!("{e}");
