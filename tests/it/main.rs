@@ -27,5 +27,6 @@ mod reference_parity;
 mod reliability;
 mod segment_cli;
 mod simulate;
+mod train_cli;
 mod train_grad;
 mod weights_errors;
