@@ -123,6 +123,17 @@ pub enum Command {
         #[command(flatten)]
         backend: BackendArgs,
     },
+    /// Train a model on a slide with Segger's self-supervised task (nuclear transcripts →
+    /// their own nucleus), on the CPU: same inputs, filters, nucleus features and graphs as
+    /// `segment`; writes the weights file and a JSON training log next to it.
+    Train {
+        /// Output and graph options.
+        #[command(flatten)]
+        args: crate::train::TrainArgs,
+        /// Input files and columns.
+        #[command(flatten)]
+        input: crate::io::args::InputArgs,
+    },
     /// Write a synthetic Xenium output folder with ground truth (transcripts,
     /// nucleus boundaries, ground_truth, ground_truth_cells parquet files).
     Simulate {
@@ -168,6 +179,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line, verbosity)
+        }
+        Command::Train { args, input } => {
+            let command_line: Vec<String> = std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            crate::train::command::run(&args, &input, &command_line, verbosity)
         }
         Command::Simulate { out, cells, seed } => {
             let opts = crate::simulate::SimulateOptions {

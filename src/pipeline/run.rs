@@ -74,6 +74,13 @@ pub struct SegmentArgs {
     /// Tile margin in µm; smaller than the exact margin is an approximation [default: exact].
     #[arg(long, allow_negative_numbers = true)]
     pub margin: Option<f64>,
+    /// Train a model on this slide first (`seggpu train`; flags under "Training"), write it to
+    /// OUT/model.safetensors with OUT/training_log.json, and segment with it.
+    #[arg(long, conflicts_with_all = ["model", "demo"])]
+    pub train: bool,
+    /// Training options (with --train).
+    #[command(flatten)]
+    pub training: crate::train::TrainFlags,
 }
 
 impl SegmentArgs {
@@ -234,6 +241,8 @@ pub fn run(
         log::info!("demo: {summary}");
         input.xenium = Some(dir);
         crate::demo::demo_model()?
+    } else if args.train {
+        crate::train::command::for_segment(args, &args.training, &input, &mut out, verbosity)?
     } else {
         let path = args
             .model

@@ -1,10 +1,22 @@
 //! `seggpu train`: Segger's self-supervised training on the CPU
-//! (docs/contract.md, training section). [`grad`] is one step's forward and
-//! backward, [`kernels`] the twins-to-be of the training shaders, [`Adam`]
-//! the optimiser.
+//! (docs/contract.md §12). [`data`] reads the slide into whole-sample graphs
+//! and draws the random windows, [`session`] is the loop, which runs each
+//! step on a [`engine::TrainEngine`] ([`engine::CpuEngine`]: [`grad`], one
+//! step's forward and backward, over [`kernels`], the twins-to-be of the
+//! training shaders, and [`Adam`]); [`validate`] scores the held-out nuclear
+//! transcripts; [`command`] is `seggpu train` and `segment --train`.
 
+pub mod command;
+pub mod data;
+pub mod engine;
 pub mod grad;
+pub mod init;
 pub mod kernels;
+pub mod session;
+pub mod validate;
+pub mod weights;
+
+pub use command::{TrainArgs, TrainFlags};
 
 use crate::model::Model;
 

@@ -31,5 +31,6 @@ mod reliability;
 mod report_html;
 mod segment_cli;
 mod simulate;
+mod train_cli;
 mod train_grad;
 mod weights_errors;

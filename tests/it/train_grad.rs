@@ -1,5 +1,8 @@
 //! `seggpu train`'s gradients and Adam against PyTorch autograd on the PyG
-//! model (tests/fixtures/train_grad, made by tools/reference/make_train_fixture.py).
+//! model (tests/fixtures/train_grad, made by tools/reference/make_train_fixture.py):
+//! the gradients at the start and at every step of PyTorch's 20-step Adam run,
+//! Adam on PyTorch's recorded gradients, and 20 free-running steps against a
+//! float64 PyTorch run (why that run uses eps = 1e-4: the last test).
 
 use seggpu::graph::TileGraph;
 use seggpu::model::Model;
@@ -143,4 +146,165 @@ fn gradients_do_not_depend_on_the_thread_count() {
             "d/d {name} differs between 1 and 2 threads"
         );
     }
+}
+
+/// A model whose tensors are those of `file` named `<prefix><name>` (PyTorch
+/// layout), with `like`'s metadata.
+fn model_from(file: &TensorFile, prefix: &str, like: &TensorFile) -> Model {
+    use seggpu::tensorfile::{serialize, OwnedTensor};
+    let tensors: Vec<(String, OwnedTensor)> = file
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix(prefix).map(|rest| (n, rest)))
+        .filter(|(_, rest)| !rest.starts_with("adam_"))
+        .map(|(n, rest)| {
+            let (shape, values) = file.f32(n).unwrap();
+            (rest.to_owned(), OwnedTensor::f32(shape, &values))
+        })
+        .collect();
+    let bytes = serialize(&tensors, Some(like.metadata())).unwrap();
+    Model::from_file(&TensorFile::from_bytes(file.path(), bytes).unwrap()).unwrap()
+}
+
+fn open(name: &str) -> TensorFile {
+    TensorFile::open(&fixture_path(&format!("train_grad/{name}.safetensors"))).unwrap()
+}
+
+/// Every one of the 20 steps of PyTorch's Adam run: our gradient at
+/// PyTorch's weights of that step matches the gradient PyTorch recorded
+/// there, within 1e-5 + 1e-4·|g|. So the gradients are right along the whole
+/// trajectory, not only at the start.
+#[test]
+fn gradients_match_pytorch_at_every_step_of_its_adam_run() {
+    let start = open("model");
+    let (weights, grads) = (open("adam_weights"), open("adam_grads"));
+    let batches: Vec<_> = (0..GRAPHS).map(|i| batch(i, 7)).collect();
+    for step in 0..20 {
+        let model = model_from(&weights, &format!("{step}."), &start);
+        let (graph, pairs, _) = &batches[step % GRAPHS];
+        let mut ours = zeros_like(&model);
+        loss_and_grad(&model, graph, pairs, &mut ours);
+        let theirs = model_from(&grads, &format!("{step}."), &start);
+        for ((name, got), (_, want)) in params(&ours).into_iter().zip(params(&theirs)) {
+            all_close(
+                &format!("step {step} d/d {name}"),
+                &got,
+                &want,
+                Tolerance {
+                    atol: 1e-5,
+                    rtol: 1e-4,
+                },
+            );
+        }
+    }
+}
+
+/// 20 steps of our gradients and our Adam (graphs 0, 1, 2, 0, …, train.py's
+/// cosine learning rate) from `model`, with Adam's `eps`.
+fn twenty_steps(eps: f32) -> Model {
+    let mut model = load("model");
+    let lrs = open("adam").f32("adam_lr").unwrap().1;
+    let batches: Vec<_> = (0..GRAPHS).map(|i| batch(i, 7)).collect();
+    let mut adam = seggpu::train::Adam::new(&model);
+    adam.config.eps = eps;
+    for (step, &recorded) in lrs.iter().enumerate() {
+        let lr = seggpu::train::learning_rate(1e-2, step, 20);
+        assert_close(
+            &format!("lr of step {step}"),
+            lr as f64,
+            recorded as f64,
+            1e-9,
+        );
+        let (graph, pairs, _) = &batches[step % GRAPHS];
+        let mut grads = zeros_like(&model);
+        loss_and_grad(&model, graph, pairs, &mut grads);
+        adam.update(&mut model, &mut grads, lr);
+    }
+    model
+}
+
+fn max_abs_diff(a: &Model, b: &Model) -> f64 {
+    params(a)
+        .iter()
+        .zip(params(b))
+        .flat_map(|((_, x), (_, y))| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (*p as f64 - q as f64).abs())
+                .collect::<Vec<_>>()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// 20 free-running steps (our gradients, our Adam) against a float64
+/// PyTorch run with Adam's eps = 1e-4, where float32 rounding noise is not
+/// amplified: within 1e-6 + 1e-4·|w| of every weight.
+#[test]
+fn twenty_adam_steps_match_pytorch_float64() {
+    let reference = open("adam_eps");
+    let eps = reference.f32("adam_eps").unwrap().1[0];
+    let ours = twenty_steps(eps);
+    let want = model_from(&reference, "", &open("model"));
+    for ((name, got), (_, want)) in params(&ours).into_iter().zip(params(&want)) {
+        all_close(
+            &format!("20 steps (eps {eps}): {name}"),
+            &got,
+            &want,
+            Tolerance {
+                atol: 1e-6,
+                rtol: 1e-4,
+            },
+        );
+    }
+}
+
+/// With PyTorch's eps = 1e-8, Adam turns float32 rounding noise (~1e-9) on
+/// gradient entries that are exactly 0 in exact arithmetic into steps of
+/// ~0.1·lr. GATv2's softmax does not change when all logits of a destination
+/// shift together, so lin_r's gradient (and through it lin_l's bias) is
+/// exactly 0 wherever leaky_relu' is the same on all of a destination's
+/// edges: those tensors drift in every float32 run, PyTorch's included
+/// (its float32 run ends `fixture.f32_vs_f64` ≈ 7e-3 from its float64 run,
+/// and two of its runs differ by ~3e-3). So no float32 trajectory can match
+/// another to 1e-4 here ([`twenty_adam_steps_match_pytorch_float64`] is the
+/// acceptance check, with eps = 1e-4). This test pins down that the drift is
+/// only that: tensor by tensor, ours ends within 1e-6 + 1e-4·|w| of the
+/// float64 run, or within 10× PyTorch's own float32 drift on that tensor
+/// (measured: the drifting tensors are lin_r and lin_l.bias of the neighbour
+/// relations, and what feeds on them; ours drifts 0.04× to 6.7× as far as
+/// PyTorch's, both under 2.2e-2).
+#[test]
+fn twenty_default_adam_steps_drift_only_where_pytorch_float32_drifts() {
+    let exact_file = open("adam_f64");
+    let spread: f64 = exact_file.metadata()["fixture.f32_vs_f64"].parse().unwrap();
+    let exact = model_from(&exact_file, "", &open("model"));
+    let torch32 = load("adam");
+    assert!((max_abs_diff(&torch32, &exact) - spread).abs() <= 1e-3 * spread);
+    let ours = twenty_steps(AdamConfig::default().eps);
+    let mut drifting = Vec::new();
+    for (((name, ours), (_, exact)), (_, torch)) in params(&ours)
+        .into_iter()
+        .zip(params(&exact))
+        .zip(params(&torch32))
+    {
+        let (mut ours_err, mut torch_err, mut outside) = (0.0f64, 0.0f64, false);
+        for ((&o, &e), &t) in ours.iter().zip(&exact).zip(&torch) {
+            let (o, e, t) = (o as f64, e as f64, t as f64);
+            ours_err = ours_err.max((o - e).abs());
+            torch_err = torch_err.max((t - e).abs());
+            outside |= (o - e).abs() > 1e-6 + 1e-4 * e.abs();
+        }
+        println!(
+            "{name:50} max |w − w_f64|: ours {ours_err:.2e}, PyTorch f32 {torch_err:.2e}{}",
+            if outside { "  (drifts)" } else { "" }
+        );
+        if outside {
+            drifting.push(name.clone());
+            assert!(
+                ours_err <= 10.0 * torch_err,
+                "{name}: ours ends {ours_err:.3e} from float64, PyTorch f32 {torch_err:.3e}"
+            );
+        }
+    }
+    println!("drifting tensors: {drifting:?}");
 }

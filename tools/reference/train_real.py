@@ -153,6 +153,31 @@ def load_merscope(d):
     return genes, gene[keep], pos, ids, feats, cent, bd_of, stats
 
 
+def load_xenium(d):
+    """A Xenium output folder (e.g. `seggpu simulate`): transcripts.parquet (x_location,
+    y_location, z_location, feature_name, cell_id, overlaps_nucleus, qv) and
+    nucleus_boundaries.parquet (vertex table cell_id, vertex_x, vertex_y). Kept: qv ≥ 20, no
+    control prefix; belongs: overlaps_nucleus == 1 and cell_id == the nucleus's id."""
+    from sim_graphs import nucleus_features
+    t = pq.read_table(os.path.join(d, "transcripts.parquet"))
+    gene = _as_str(t["feature_name"])
+    qv = t["qv"].to_numpy().astype(np.float64)
+    control = np.array([g.startswith(XENIUM_CONTROLS) for g in gene])
+    keep = (qv >= 20) & ~control
+    pos = np.stack([t[c].to_numpy().astype(np.float64)
+                    for c in ("x_location", "y_location", "z_location")], 1)[keep]
+    cell = _as_str(t["cell_id"])[keep]
+    nuclear = t["overlaps_nucleus"].to_numpy()[keep] == 1
+    genes = sorted({g for g, c in zip(gene, control) if not c})
+    nb = pq.read_table(os.path.join(d, "nucleus_boundaries.parquet"))
+    ids, feats, cent = nucleus_features(_as_str(nb["cell_id"]), nb["vertex_x"].to_numpy(),
+                                        nb["vertex_y"].to_numpy())
+    lookup = {c: i for i, c in enumerate(ids)}
+    bd_of = np.array([lookup.get(c, -1) if n else -1 for c, n in zip(cell, nuclear)], np.int64)
+    stats = {"rows": t.num_rows, "kept": int(keep.sum()), "nuclei": len(ids)}
+    return genes, gene[keep], pos, ids, feats, cent.astype(np.float64), bd_of, stats
+
+
 def build(genes, gene_kept, pos, ids, feats, cent, bd_of, k_tx=5, dist_tx=5.0, k_bd=4, dist_bd=12.0):
     lookup = {g: i for i, g in enumerate(genes)}
     tok = np.array([lookup[g] for g in gene_kept], np.int64)
@@ -185,7 +210,7 @@ def validate(model, s, held, own, cut=0.5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", required=True, choices=["spatialdata", "merscope"])
+    ap.add_argument("--preset", required=True, choices=["spatialdata", "merscope", "xenium"])
     ap.add_argument("--data", help="data folder (default: tests/data/<crop>)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
@@ -214,6 +239,10 @@ def main():
     if a.preset == "spatialdata":
         d = a.data or os.path.join(DATA, "xenium_breast_spatialdata")
         loaded = load_spatialdata(d)
+    elif a.preset == "xenium":
+        if not a.data:
+            ap.error("--preset xenium needs --data DIR (a Xenium output folder)")
+        loaded = load_xenium(a.data)
     else:
         d = a.data or os.path.join(DATA, "merscope_mouse_brain_mini")
         loaded = load_merscope(d)

@@ -1,0 +1,326 @@
+//! `seggpu train` and `seggpu segment --train` end to end: the weights file
+//! and its metadata, byte-identical reruns, the training log, and one clear
+//! error per kind of bad input (exit ≠ 0, nothing under the final names).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use seggpu::model::Model;
+use seggpu::tensorfile::TensorFile;
+
+use crate::common::{assert_failure, assert_success, demo_model, seggpu, write_file};
+
+fn run(args: &[&str]) -> Output {
+    seggpu().args(args).output().expect("run seggpu")
+}
+
+/// A simulated Xenium folder of `cells` cells.
+fn simulated(dir: &Path, cells: usize) -> PathBuf {
+    let input = dir.join("input");
+    assert_success(&run(&[
+        "simulate",
+        "--out",
+        input.to_str().unwrap(),
+        "--cells",
+        &cells.to_string(),
+        "--seed",
+        "5",
+    ]));
+    input
+}
+
+/// Small and quick: a small architecture, few steps.
+const QUICK: &[&str] = &[
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--emb",
+    "8",
+    "--hidden",
+    "8",
+    "--heads",
+    "2",
+    "--mid-layers",
+    "1",
+    "--out-channels",
+    "8",
+    "--window",
+    "60",
+];
+
+fn train(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(QUICK);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// The same inputs, seed and threads give a byte-identical weights file (and
+/// so do 1 and 2 threads); the file carries the vocabulary, the defaults and
+/// the provenance, and the log its curves.
+#[test]
+fn train_writes_a_deterministic_weights_file_with_provenance_and_a_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 80);
+    let (a, b, c) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+        dir.path().join("c.safetensors"),
+    );
+    let stderr = assert_success(&train(&input, &a, &["--threads", "2", "--seed", "3"]));
+    assert!(stderr.contains("validation accuracy"), "{stderr}");
+    assert_success(&train(&input, &b, &["--threads", "2", "--seed", "3"]));
+    assert_success(&train(&input, &c, &["--threads", "1", "--seed", "3"]));
+    let bytes = std::fs::read(&a).unwrap();
+    assert!(bytes == std::fs::read(&b).unwrap(), "reruns differ");
+    assert!(
+        bytes == std::fs::read(&c).unwrap(),
+        "1 and 2 threads differ"
+    );
+
+    let model = Model::load(&a).unwrap();
+    let mut sorted = model.genes.clone();
+    sorted.sort();
+    assert_eq!(model.genes, sorted, "vocabulary is sorted");
+    assert_eq!(model.arch.vocab, model.genes.len());
+    assert_eq!(
+        (model.arch.emb, model.arch.hidden, model.arch.mid_layers),
+        (8, 8, 1)
+    );
+    let d = model.defaults.clone().expect("seggpu.defaults stored");
+    assert_eq!(
+        (d.k_tx, d.dist_tx, d.k_bd, d.dist_bd, d.score_cut),
+        (Some(5), Some(5.0), Some(4), Some(12.0), Some(0.5))
+    );
+    let meta = TensorFile::open(&a).unwrap().metadata();
+    let provenance: serde_json::Value = serde_json::from_str(&meta["seggpu.training"]).unwrap();
+    assert_eq!(provenance["seed"], 3);
+    assert_eq!(provenance["steps"], 6);
+    assert!(provenance["validation"]["accuracy"].as_f64().unwrap() >= 0.0);
+    assert!(provenance["data"]["held_out"].as_u64().unwrap() > 0);
+    assert!(provenance["data"]["inputs"]["transcripts"]
+        .as_str()
+        .unwrap()
+        .ends_with("transcripts.parquet"));
+
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a.training.json")).unwrap())
+            .unwrap();
+    assert_eq!(log["loss"].as_array().unwrap().len(), 6);
+    let steps: Vec<u64> = log["validation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 3, 6]);
+    assert!(log["seconds_total"].as_f64().unwrap() > 0.0);
+    assert_eq!(log["model_sha256"], model.sha256.as_str());
+
+    // Quiet: nothing on stderr.
+    let out = train(&input, &dir.path().join("q.safetensors"), &["-q"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Continuing from a model: --init with the same vocabulary works and
+/// records the starting model.
+#[test]
+fn train_continues_from_an_init_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 60);
+    let first = dir.path().join("first.safetensors");
+    assert_success(&train(&input, &first, &[]));
+    let second = dir.path().join("second.safetensors");
+    // Architecture flags may repeat the model's own values.
+    assert_success(&train(
+        &input,
+        &second,
+        &["--init", first.to_str().unwrap()],
+    ));
+    let meta = TensorFile::open(&second).unwrap().metadata();
+    let provenance: serde_json::Value = serde_json::from_str(&meta["seggpu.training"]).unwrap();
+    assert_eq!(
+        provenance["init_sha256"],
+        Model::load(&first).unwrap().sha256.as_str()
+    );
+}
+
+/// A CSV slide: a grid of transcripts (genes `A`, `B`, `C`) over
+/// `[0, 60)²` and square nuclei with their lower-left corners at `corners`.
+fn csv_slide(dir: &Path, corners: &[(f64, f64)]) -> (PathBuf, PathBuf) {
+    let mut tx = String::from("x_location,y_location,feature_name\n");
+    for i in 0..30 {
+        for j in 0..30 {
+            let gene = ["A", "B", "C"][(i + j) % 3];
+            tx.push_str(&format!(
+                "{},{},{gene}\n",
+                i as f64 * 2.0 + 0.5,
+                j as f64 * 2.0 + 0.5
+            ));
+        }
+    }
+    let mut bd = String::from("cell_id,vertex_x,vertex_y\n");
+    for (k, (x, y)) in corners.iter().enumerate() {
+        for (dx, dy) in [(0.0, 0.0), (8.0, 0.0), (8.0, 8.0), (0.0, 8.0)] {
+            bd.push_str(&format!("n{k},{},{}\n", x + dx, y + dy));
+        }
+    }
+    (
+        write_file(dir, "t.csv", tx),
+        write_file(dir, "nuclei.csv", bd),
+    )
+}
+
+/// Runs `train` on a CSV slide and asserts a clean failure naming `expect`.
+fn assert_train_fails(dir: &Path, slide: (PathBuf, PathBuf), extra: &[&str], expect: &str) {
+    let out = dir.join("model.safetensors");
+    let mut args = vec![
+        "train",
+        "--preset",
+        "xenium",
+        "--transcripts",
+        slide.0.to_str().unwrap(),
+        "--boundaries",
+        slide.1.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    assert_failure(&run(&args), expect);
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "t.csv" && n != "nuclei.csv")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn train_without_nuclear_transcripts_has_nothing_to_learn_from() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nuclei far from every transcript: no polygon contains one.
+    let slide = csv_slide(dir.path(), &[(500.0, 500.0), (520.0, 500.0)]);
+    assert_train_fails(dir.path(), slide, &[], "nothing to learn from");
+}
+
+#[test]
+fn train_with_too_few_nuclei_for_a_window_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = csv_slide(dir.path(), &[(10.0, 10.0)]);
+    assert_train_fails(dir.path(), slide, &[], "too few for a training window");
+    // Two nuclei, but 40 µm apart: no 10 µm window holds both.
+    let dir = tempfile::tempdir().unwrap();
+    let slide = csv_slide(dir.path(), &[(2.0, 2.0), (42.0, 42.0)]);
+    assert_train_fails(
+        dir.path(),
+        slide,
+        &["--window", "10"],
+        "too few transcripts or nuclei for a training window",
+    );
+}
+
+#[test]
+fn train_init_with_another_vocabulary_names_the_genes() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = csv_slide(dir.path(), &[(10.0, 10.0), (30.0, 30.0)]);
+    let demo = demo_model();
+    assert_train_fails(
+        dir.path(),
+        slide,
+        &["--init", demo.to_str().unwrap()],
+        "its vocabulary does not fit: 3 of the 3 genes of the kept transcripts are not in it: A, B, C",
+    );
+}
+
+#[test]
+fn train_init_with_another_architecture_names_the_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let slide = csv_slide(dir.path(), &[(10.0, 10.0), (30.0, 30.0)]);
+    let demo = demo_model();
+    assert_train_fails(
+        dir.path(),
+        slide,
+        &["--init", demo.to_str().unwrap(), "--hidden", "8", "--heads", "2"],
+        "its architecture does not fit: --hidden 8 but the model has 32; --heads 2 but the model has 3",
+    );
+}
+
+#[test]
+fn train_rejects_bad_numbers() {
+    for (flag, value, expect) in [
+        ("--lr", "0", "--lr is 0"),
+        ("--window", "-5", "--window is -5"),
+        ("--holdout", "1", "--holdout is 1"),
+        ("--steps", "0", "--steps must be at least 1"),
+        ("--minutes", "0", "--minutes is 0"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let slide = csv_slide(dir.path(), &[(10.0, 10.0), (30.0, 30.0)]);
+        let value = format!("{flag}={value}");
+        assert_train_fails(dir.path(), slide, &[&value], expect);
+    }
+}
+
+/// `segment --train`: trains on the slide, writes the model and its log next
+/// to the outputs and segments with that model.
+#[test]
+fn segment_train_trains_then_segments_with_that_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 80);
+    let out = dir.path().join("out");
+    let mut args = vec![
+        "segment",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--train",
+        "--backend",
+        "cpu",
+        "-q",
+    ];
+    args.extend_from_slice(QUICK);
+    assert_success(&run(&args));
+    for name in [
+        "segger_transcripts.parquet",
+        "cells.parquet",
+        "segmentation_log.json",
+        "model.safetensors",
+        "training_log.json",
+    ] {
+        assert!(out.join(name).exists(), "{name} missing");
+    }
+    let model = Model::load(&out.join("model.safetensors")).unwrap();
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap();
+    assert_eq!(log["model"]["sha256"], model.sha256.as_str());
+    assert!(log["result"]["counts"]["assigned"].as_u64().unwrap() > 0);
+
+    // --train with --model is refused before anything is written.
+    let out2 = dir.path().join("out2");
+    let demo = demo_model();
+    let refused = run(&[
+        "segment",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--train",
+        "--model",
+        demo.to_str().unwrap(),
+    ]);
+    assert_failure(&refused, "--model");
+    assert!(!out2.exists());
+}
