@@ -13,7 +13,7 @@ use crate::graph::{Csr, ReceptiveField, TileGraph};
 use crate::io::Nuclei;
 use crate::model::BD_FEATURES;
 use crate::pipeline::prepare::Prepared;
-use crate::tiles::{self, TileGrid};
+use crate::tiles::{self, Buckets, TileGrid};
 
 /// Fewest transcripts a window must hold to be used (train.py's rule).
 pub const MIN_WINDOW_TRANSCRIPTS: usize = 10;
@@ -99,9 +99,9 @@ pub struct TrainingData {
     /// Nucleus centroids.
     bd_centroid: Vec<[f64; 2]>,
     /// Transcripts by grid cell, for window queries.
-    tx_grid: (TileGrid, Vec<Vec<u32>>),
+    tx_grid: (TileGrid, Buckets),
     /// Nuclei by grid cell.
-    bd_grid: (TileGrid, Vec<Vec<u32>>),
+    bd_grid: (TileGrid, Buckets),
     /// Bounding box of the transcripts, `[x0, y0, x1, y1]`.
     extent: [f64; 4],
     /// Counts for the logs.
@@ -170,6 +170,7 @@ impl TrainingData {
                 tx_member: &member,
                 bd_centroid: &nuclei.centroid,
                 bd_x,
+                tx_scored: None,
             },
             params,
         );
@@ -188,10 +189,10 @@ impl TrainingData {
                 extent[3].max(p[1]),
             ];
         }
-        let index = |points: &[[f64; 2]]| {
-            let grid = TileGrid::covering(points.iter().copied(), INDEX_CELL, 0.0);
+        let index = |points: &[[f64; 2]]| -> Result<(TileGrid, Buckets)> {
+            let grid = TileGrid::covering(points, INDEX_CELL, 0.0)?;
             let members = tiles::bucket(&grid, points);
-            (grid, members)
+            Ok((grid, members))
         };
         let counts = DataCounts {
             transcripts: n_tx,
@@ -202,8 +203,8 @@ impl TrainingData {
             held_out: n_hold,
         };
         Ok(Self {
-            tx_grid: index(&tx_xy),
-            bd_grid: index(&nuclei.centroid),
+            tx_grid: index(&tx_xy)?,
+            bd_grid: index(&nuclei.centroid)?,
             tx_xy,
             tokens: prepared.tokens.clone(),
             member,
@@ -258,19 +259,19 @@ impl TrainingData {
 
     /// Items of `grid` inside `[x0, x0 + side) × [y0, y0 + side)`, ascending.
     fn inside(
-        grid: &(TileGrid, Vec<Vec<u32>>),
+        grid: &(TileGrid, Buckets),
         points: &[[f64; 2]],
         x0: f64,
         y0: f64,
         side: f64,
     ) -> Vec<u32> {
         let (grid, members) = grid;
-        let [c0, r0] = cell_of(grid, x0, y0);
-        let [c1, r1] = cell_of(grid, x0 + side, y0 + side);
+        let [r0, c0] = grid.owner([x0, y0]);
+        let [r1, c1] = grid.owner([x0 + side, y0 + side]);
         let mut out = Vec::new();
         for r in r0..=r1 {
             for c in c0..=c1 {
-                out.extend(members[r * grid.cols + c].iter().copied().filter(|&i| {
+                out.extend(members.get([r, c]).iter().copied().filter(|&i| {
                     let p = points[i as usize];
                     p[0] >= x0 && p[0] < x0 + side && p[1] >= y0 && p[1] < y0 + side
                 }));
@@ -387,17 +388,6 @@ impl TrainingData {
             .as_ref()
             .expect("built with one")
     }
-}
-
-fn cell_of(grid: &TileGrid, x: f64, y: f64) -> [usize; 2] {
-    let cell = |v: f64, origin: f64, n: usize| {
-        let c = ((v - origin) / grid.size).floor();
-        (c.max(0.0) as usize).min(n - 1)
-    };
-    [
-        cell(x, grid.origin[0], grid.cols),
-        cell(y, grid.origin[1], grid.rows),
-    ]
 }
 
 /// Global → window index maps, kept between windows so that a window costs
