@@ -113,10 +113,12 @@ pub enum OutputKind {
     Anndata,
     /// `segmentation.zarr`.
     Spatialdata,
+    /// `segmentation_report.html`.
+    Report,
 }
 
 /// The outputs written when `--outputs` is not given: all of them.
-pub const DEFAULT_OUTPUTS: &str = "transcripts,cells,polygons,anndata,spatialdata";
+pub const DEFAULT_OUTPUTS: &str = "transcripts,cells,polygons,anndata,spatialdata,report";
 
 /// Rows per row group (and per written batch) of the outputs.
 pub const ROW_GROUP: usize = 1 << 20;

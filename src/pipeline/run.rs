@@ -24,8 +24,8 @@ pub struct SegmentArgs {
     pub out: PathBuf,
     /// Outputs to write, comma-separated: transcripts (segger_transcripts.parquet), cells
     /// (cells.parquet), polygons (cell_boundaries.parquet GeoParquet + cell_boundaries.geojson),
-    /// anndata (cells.h5ad and cells.anndata.zarr), spatialdata (segmentation.zarr). segmentation_log.json is
-    /// always written.
+    /// anndata (cells.h5ad and cells.anndata.zarr), spatialdata (segmentation.zarr), report
+    /// (segmentation_report.html). segmentation_log.json is always written.
     #[arg(long, value_enum, value_delimiter = ',', default_value = output::DEFAULT_OUTPUTS)]
     pub outputs: Vec<output::OutputKind>,
     /// File format of the transcripts and cells tables (csv: same columns, nulls empty).
@@ -374,33 +374,35 @@ pub fn run(
         }
     }
     stages.push(("write", clock.elapsed().as_secs_f64()));
-    let clock = Instant::now();
-    // The cell polygons when they were computed, else the nucleus outlines.
-    let (rings, label) = match &cells {
-        Some(cells) => (
-            cells
-                .polygons
-                .iter()
-                .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
-                .collect(),
-            "cell polygons",
-        ),
-        None => (
-            output::html_report::nucleus_rings(&nuclei),
-            "nucleus polygons",
-        ),
-    };
-    let report = output::html_report::ReportData::from_run(
-        &result,
-        &transcripts,
-        &params,
-        command_line,
-        &stages,
-        Some((&rings, label)),
-    )?;
-    output::html_report::write(&out.staged(output::html_report::REPORT_FILE)?, &report)?;
-    stages.push(("html_report", clock.elapsed().as_secs_f64()));
-    written.push(output::html_report::REPORT_FILE.to_string());
+    if wants(output::OutputKind::Report) {
+        let clock = Instant::now();
+        // The cell polygons when they were computed, else the nucleus outlines.
+        let (rings, label) = match &cells {
+            Some(cells) => (
+                cells
+                    .polygons
+                    .iter()
+                    .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
+                    .collect(),
+                "cell polygons",
+            ),
+            None => (
+                output::html_report::nucleus_rings(&nuclei),
+                "nucleus polygons",
+            ),
+        };
+        let report = output::html_report::ReportData::from_run(
+            &result,
+            &transcripts,
+            &params,
+            command_line,
+            &stages,
+            Some((&rings, label)),
+        )?;
+        output::html_report::write(&out.staged(output::html_report::REPORT_FILE)?, &report)?;
+        stages.push(("html_report", clock.elapsed().as_secs_f64()));
+        written.push(output::html_report::REPORT_FILE.to_string());
+    }
     let outputs = OutputFacts {
         written,
         table_format: format,

@@ -135,10 +135,10 @@ fn report_of_a_small_sample_has_every_plot_and_its_counts() {
     assert!(log["result"]["scores"]["knee"].is_f64());
     assert!(scores.contains("knee "), "the knee is marked");
     // The map draws every kept transcript of a sample this small, with the
-    // nucleus outlines.
+    // cell polygons.
     let spatial = section(&html, "spatial");
     assert!(spatial.contains(&format!("{} of the {} kept", grouped(kept), grouped(kept))));
-    assert!(spatial.contains("nucleus polygons"));
+    assert!(spatial.contains("cell polygons"));
     let cells = read_parquet(&out.join("cells.parquet"));
     let with_transcripts =
         crate::common::tables::primitives::<arrow::datatypes::UInt64Type>(&cells, "n_transcripts");
