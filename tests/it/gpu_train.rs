@@ -13,12 +13,12 @@ use seggpu::backend::Backend;
 use seggpu::graph::{Csr, TileGraph};
 use seggpu::kernels::gatv2::Gat;
 use seggpu::model::Model;
-use seggpu::tensorfile::TensorFile;
 use seggpu::train::grad::{loss_and_grad, zeros_like, Pairs};
 use seggpu::train::kernels::{self as twin, AdamConfig, REDUCE_ROWS};
 use seggpu::train::{learning_rate, params, Adam};
 
-use crate::common::{all_close, assert_close, fixture_path, Fixture, Tolerance, XorShift};
+use crate::common::train_fixture::{batch, load, GRAPHS};
+use crate::common::{all_close, assert_close, Fixture, Tolerance, XorShift};
 
 /// The kernels' tolerance: 1e-5 + 1e-4·|x|.
 const TOL: Tolerance = Tolerance::F32;
@@ -387,33 +387,6 @@ fn gpu_train_kernels_match_cpu_twins_under_default_limits() {
         return;
     };
     kernels_match_twins(&mut gpu, "default limits");
-}
-
-// The gradient-parity fixture (as tests/it/train_grad.rs reads it).
-
-const GRAPHS: usize = 3;
-
-fn pairs_of(file: &TensorFile, name: &str) -> Vec<(u32, u32)> {
-    let (shape, values) = file.i64(name).unwrap();
-    let n = shape[1];
-    (0..n)
-        .map(|i| (values[i] as u32, values[n + i] as u32))
-        .collect()
-}
-
-fn batch(i: usize, vocab: usize) -> (TileGraph, Pairs, TensorFile) {
-    let file =
-        TensorFile::open(&fixture_path(&format!("train_grad/graph_{i}.safetensors"))).unwrap();
-    let graph = TileGraph::from_tensor_file(&file, vocab).unwrap();
-    let pairs = Pairs {
-        positive: pairs_of(&file, "pos_pairs"),
-        negative: pairs_of(&file, "neg_pairs"),
-    };
-    (graph, pairs, file)
-}
-
-fn load(name: &str) -> Model {
-    Model::load(&fixture_path(&format!("train_grad/{name}.safetensors"))).unwrap()
 }
 
 fn gradients_match_autograd(gpu: GpuBackend) {

@@ -4,39 +4,14 @@
 //! Adam on PyTorch's recorded gradients, and 20 free-running steps against a
 //! float64 PyTorch run (why that run uses eps = 1e-4: the last test).
 
-use seggpu::graph::TileGraph;
 use seggpu::model::Model;
 use seggpu::tensorfile::TensorFile;
-use seggpu::train::grad::{loss_and_grad, zeros_like, Pairs};
+use seggpu::train::grad::{loss_and_grad, zeros_like};
 use seggpu::train::kernels::{self, AdamConfig};
 use seggpu::train::params;
 
+use crate::common::train_fixture::{batch, load, GRAPHS};
 use crate::common::{all_close, assert_close, fixture_path, Tolerance};
-
-const GRAPHS: usize = 3;
-
-fn pairs_of(file: &TensorFile, name: &str) -> Vec<(u32, u32)> {
-    let (shape, values) = file.i64(name).unwrap();
-    let n = shape[1];
-    (0..n)
-        .map(|i| (values[i] as u32, values[n + i] as u32))
-        .collect()
-}
-
-fn batch(i: usize, vocab: usize) -> (TileGraph, Pairs, TensorFile) {
-    let file =
-        TensorFile::open(&fixture_path(&format!("train_grad/graph_{i}.safetensors"))).unwrap();
-    let graph = TileGraph::from_tensor_file(&file, vocab).unwrap();
-    let pairs = Pairs {
-        positive: pairs_of(&file, "pos_pairs"),
-        negative: pairs_of(&file, "neg_pairs"),
-    };
-    (graph, pairs, file)
-}
-
-fn load(name: &str) -> Model {
-    Model::load(&fixture_path(&format!("train_grad/{name}.safetensors"))).unwrap()
-}
 
 /// Every parameter's gradient within 1e-5 + 1e-4·|g| of autograd's, for each graph.
 #[test]

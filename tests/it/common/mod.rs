@@ -4,6 +4,7 @@
 //! `seggpu` binary, and the one tolerance check every numeric comparison uses.
 
 pub mod tables;
+pub mod train_fixture;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
