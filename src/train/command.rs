@@ -178,20 +178,13 @@ impl TrainArgs {
             .score_cut
             .or(stored.score_cut)
             .unwrap_or(defaults::SCORE_CUT);
-        anyhow::ensure!(
-            k_tx >= 1 && k_bd >= 1,
-            "--k-tx and --k-bd must be at least 1"
-        );
-        for (flag, v) in [("--dist-tx", dist_tx), ("--dist-bd", dist_bd)] {
-            anyhow::ensure!(
-                v > 0.0 && v.is_finite(),
-                "{flag} is {v}, expected a positive finite distance in µm"
-            );
-        }
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&score_cut),
-            "--score-cut is {score_cut}, expected a number in [0, 1]"
-        );
+        // The checks `segment` and a model's stored defaults use.
+        let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
+        check(defaults::check_count("--k-tx", k_tx))?;
+        check(defaults::check_count("--k-bd", k_bd))?;
+        check(defaults::check_distance("--dist-tx", dist_tx))?;
+        check(defaults::check_distance("--dist-bd", dist_bd))?;
+        check(defaults::check_score_cut("--score-cut", score_cut))?;
         Ok(SegmentParams {
             graph: GraphParams {
                 k_tx,

@@ -265,6 +265,21 @@ fn train_rejects_bad_numbers() {
         ("--holdout", "1", "--holdout is 1"),
         ("--steps", "0", "--steps must be at least 1"),
         ("--minutes", "0", "--minutes is 0"),
+        (
+            "--k-tx",
+            "100000",
+            "--k-tx is 100000, expected at least 1 and at most 256",
+        ),
+        (
+            "--dist-bd",
+            "inf",
+            "--dist-bd is inf, expected a positive finite distance",
+        ),
+        (
+            "--score-cut",
+            "1.5",
+            "--score-cut is 1.5, expected a number in [0, 1]",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let slide = csv_slide(dir.path(), &[(10.0, 10.0), (30.0, 30.0)]);
