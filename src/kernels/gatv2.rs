@@ -36,6 +36,70 @@ fn leaky_relu(v: f32) -> f32 {
 /// independent, so they pipeline, and the softmax rescales once per batch.
 pub const EDGE_BATCH: usize = 8;
 
+/// The online softmax of one destination and head: the running maximum of
+/// the logits seen so far, the denominator, and (in the caller's `out`) the
+/// weighted sum of the messages, shared by the scalar and vectorised paths.
+struct OnlineSoftmax {
+    running_max: f32,
+    denom: f32,
+}
+
+impl OnlineSoftmax {
+    fn new() -> Self {
+        Self {
+            // The lowest finite float, as in the shader (WGSL has no infinity
+            // literal); the first batch always raises it.
+            running_max: f32::MIN,
+            denom: 0.0,
+        }
+    }
+
+    /// One batch: `logits[b]` is the logit of the edge whose message is
+    /// `xl[rows[b]..rows[b] + channels]`.
+    #[inline]
+    fn add_batch(
+        &mut self,
+        logits: &[f32],
+        rows: &[usize],
+        xl: &[f32],
+        channels: usize,
+        out: &mut [f32],
+    ) {
+        let mut new_max = self.running_max;
+        for &logit in logits {
+            new_max = new_max.max(logit);
+        }
+        // Before the first batch there is nothing to rescale (and
+        // exp(f32::MIN − m) would take libm's slow underflow path).
+        if new_max > self.running_max {
+            if self.denom > 0.0 {
+                let rescale = (self.running_max - new_max).exp();
+                self.denom *= rescale;
+                for value in out.iter_mut() {
+                    *value *= rescale;
+                }
+            }
+            self.running_max = new_max;
+        }
+        for (&logit, &row) in logits.iter().zip(rows) {
+            let weight = (logit - self.running_max).exp();
+            self.denom += weight;
+            let message = &xl[row..row + channels];
+            for (o, &m) in out.iter_mut().zip(message) {
+                *o += weight * m;
+            }
+        }
+    }
+
+    /// The head's outputs: the normalised sum plus the bias, ReLU'd when asked.
+    fn finish(&self, gat: &Gat, base: usize, out: &mut [f32]) {
+        for c in 0..gat.channels {
+            let v = out[c] / (self.denom + SOFTMAX_EPS) + gat.bias[base + c];
+            out[c] = if gat.relu { v.max(0.0) } else { v };
+        }
+    }
+}
+
 /// One invocation: destination `dst`, head `head`. `xl` is `[n_src, H·C]`
 /// (messages), `xr` is `[n_dst, H·C]`; writes the head's C outputs to `out`.
 /// Incoming edges are taken in batches of [`EDGE_BATCH`]: logits of a batch
@@ -56,10 +120,7 @@ pub fn gatv2_at(
     let att = &gat.att[base..base + gat.channels];
     let edge_begin = csr.offsets[dst] as usize;
     let edge_end = csr.offsets[dst + 1] as usize;
-    // The running maximum starts at the lowest finite float, as in the shader
-    // (WGSL has no infinity literal); the first batch always raises it.
-    let mut running_max = f32::MIN;
-    let mut denom = 0.0f32;
+    let mut softmax = OnlineSoftmax::new();
     out.fill(0.0);
     let mut batch_begin = edge_begin;
     while batch_begin < edge_end {
@@ -74,36 +135,10 @@ pub fn gatv2_at(
                 logits[b] += att[c] * leaky_relu(xl[rows[b] + c] + xr_row[c]);
             }
         }
-        let mut new_max = running_max;
-        for &logit in &logits[..batch_len] {
-            new_max = new_max.max(logit);
-        }
-        // Before the first batch there is nothing to rescale (and
-        // exp(f32::MIN − m) would take libm's slow underflow path).
-        if new_max > running_max {
-            if denom > 0.0 {
-                let rescale = (running_max - new_max).exp();
-                denom *= rescale;
-                for value in out.iter_mut() {
-                    *value *= rescale;
-                }
-            }
-            running_max = new_max;
-        }
-        for b in 0..batch_len {
-            let weight = (logits[b] - running_max).exp();
-            denom += weight;
-            let message = &xl[rows[b]..rows[b] + gat.channels];
-            for c in 0..gat.channels {
-                out[c] += weight * message[c];
-            }
-        }
+        softmax.add_batch(&logits[..batch_len], &rows, xl, gat.channels, out);
         batch_begin += batch_len;
     }
-    for c in 0..gat.channels {
-        let v = out[c] / (denom + SOFTMAX_EPS) + gat.bias[base + c];
-        out[c] = if gat.relu { v.max(0.0) } else { v };
-    }
+    softmax.finish(gat, base, out);
 }
 
 /// `out[d, :]` for every destination of `csr`; `out` is `[n_dst, H·C]`.
@@ -141,7 +176,7 @@ pub fn gatv2(gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Gat, EDGE_BATCH, NEGATIVE_SLOPE, SOFTMAX_EPS};
+    use super::{Gat, OnlineSoftmax, EDGE_BATCH, NEGATIVE_SLOPE};
     use crate::graph::Csr;
 
     /// Transposes 8 rows of 8 floats: lane `b` of result `c` is `rows[b][c]`.
@@ -205,8 +240,7 @@ mod x86 {
         let att = &gat.att[base..base + channels];
         let edge_begin = csr.offsets[dst] as usize;
         let edge_end = csr.offsets[dst + 1] as usize;
-        let mut running_max = f32::MIN;
-        let mut denom = 0.0f32;
+        let mut softmax = OnlineSoftmax::new();
         out.fill(0.0);
         let full_blocks = channels / 8;
         let mut batch_begin = edge_begin;
@@ -249,34 +283,10 @@ mod x86 {
             let mut logit = [0.0f32; EDGE_BATCH];
             // SAFETY: `logit` holds 8 floats.
             unsafe { _mm256_storeu_ps(logit.as_mut_ptr(), logits) };
-            let mut new_max = running_max;
-            for &l in &logit[..batch_len] {
-                new_max = new_max.max(l);
-            }
-            if new_max > running_max {
-                if denom > 0.0 {
-                    let rescale = (running_max - new_max).exp();
-                    denom *= rescale;
-                    for value in out.iter_mut() {
-                        *value *= rescale;
-                    }
-                }
-                running_max = new_max;
-            }
-            for b in 0..batch_len {
-                let weight = (logit[b] - running_max).exp();
-                denom += weight;
-                let message = &xl[rows[b]..rows[b] + channels];
-                for (o, &m) in out.iter_mut().zip(message) {
-                    *o += weight * m;
-                }
-            }
+            softmax.add_batch(&logit[..batch_len], &rows, xl, channels, out);
             batch_begin += batch_len;
         }
-        for c in 0..channels {
-            let v = out[c] / (denom + SOFTMAX_EPS) + gat.bias[base + c];
-            out[c] = if gat.relu { v.max(0.0) } else { v };
-        }
+        softmax.finish(gat, base, out);
     }
 }
 
