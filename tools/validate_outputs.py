@@ -18,7 +18,16 @@ Checks, for the outputs present in OUT_DIR:
   annotates shapes/cell_boundaries by obs.cell_id (region categorical), its
   shapes are indexed by the same cells, its points are the transcripts table;
 - the share of each cell's transcripts in or on its polygon, summed over cells,
-  is at least --min-inside.
+  is at least --min-inside;
+- xenium_ranger/ (`segment --xenium-ranger`; required with --xenium-ranger
+  INPUT_TRANSCRIPTS, whose transcript_id values the CSV must list, each once):
+  transcript_assignment.csv has one row per input transcript, `cell` is
+  `cell-<N>` or empty exactly where `is_noise` is true; viz_polygons.geojson is a
+  GeometryCollection of single valid Polygons (closed rings of >= 4 coordinates)
+  with an integer `cell`; the CSV's cells, the polygons and cell_id_map.csv are
+  one set, mapped onto the output cells, each holding exactly its transcripts of
+  segger_transcripts; the polygons equal cell_boundaries.parquet's; README.txt
+  holds the import command with `--units microns`.
 Exits 1 with the failed checks listed.
 """
 
@@ -161,10 +170,96 @@ def check_anndata(adata, tx: pd.DataFrame | None, want: pd.DataFrame | None, nam
                              total), f"{name}: n_assigned + n_unassigned = kept per gene")
 
 
+def check_xenium_ranger(out: Path, tx: pd.DataFrame | None, want: pd.DataFrame | None,
+                        gdf, input_transcripts: Path | None):
+    d = out / "xenium_ranger"
+    if not check(d.is_dir(), f"{d} exists"):
+        return
+    csv = pd.read_csv(d / "transcript_assignment.csv", dtype=str, keep_default_na=False)
+    check(list(csv.columns[:3]) == ["transcript_id", "cell", "is_noise"],
+          f"transcript_assignment.csv header {list(csv.columns)}")
+    digits = csv["transcript_id"].str.fullmatch(r"[0-9]+")
+    if not check(bool(digits.all()), "transcript_id all unsigned integers"):
+        return
+    ids = csv["transcript_id"].astype(np.uint64)
+    check(ids.is_unique, "transcript_id unique")
+    if input_transcripts is not None:
+        source = pd.read_parquet(input_transcripts, columns=["transcript_id"])["transcript_id"]
+        check(set(ids) == set(source.astype(np.uint64)) and len(ids) == len(source),
+              f"transcript_assignment.csv lists each transcript of {input_transcripts} once "
+              f"({len(ids)} rows, {len(source)} in the input)")
+    if tx is not None:
+        check(np.array_equal(ids.to_numpy(), tx["transcript_id"].astype(np.uint64).to_numpy()),
+              "transcript_assignment.csv rows = segger_transcripts rows")
+    named = csv["cell"].str.fullmatch(r"cell-[1-9][0-9]*")
+    check(bool((named | (csv["cell"] == "")).all()), "cell is cell-<N> or empty")
+    check(bool(csv["is_noise"].isin(["true", "false"]).all()), "is_noise is true/false")
+    check(bool(((csv["is_noise"] == "true") == (csv["cell"] == "")).all()),
+          "is_noise true exactly where cell is empty")
+    csv_cells = set(csv.loc[named, "cell"].str[5:].astype(int))
+
+    gj = json.loads((d / "viz_polygons.geojson").read_text())
+    check(gj.get("type") == "GeometryCollection", f"viz_polygons type {gj.get('type')}")
+    geoms = gj.get("geometries", [])
+    numbers = [g.get("cell") for g in geoms]
+    check(all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in numbers),
+          "viz_polygons cell is an integer >= 1")
+    check(len(set(numbers)) == len(numbers), "one polygon per cell")
+    shapes = {}
+    bad = []
+    for g in geoms:
+        rings = g.get("coordinates", [])
+        ring = rings[0] if len(rings) == 1 else []
+        ok = (g.get("type") == "Polygon" and len(rings) == 1 and len(ring) >= 4
+              and ring[0] == ring[-1])
+        poly = shapely.Polygon(ring) if ok else None
+        if not (ok and poly.is_valid and poly.area > 0):
+            bad.append(g.get("cell"))
+        else:
+            shapes[g.get("cell")] = poly
+    check(not bad, f"single valid closed Polygons of >= 4 coordinates (bad: {bad[:5]})")
+    poly_cells = set(n for n in numbers if isinstance(n, int))
+    check(csv_cells == poly_cells,
+          f"the CSV's cells and the polygons are one set ({len(csv_cells)} vs {len(poly_cells)}; "
+          f"{len(csv_cells - poly_cells)} without polygon, {len(poly_cells - csv_cells)} without "
+          f"transcripts)")
+
+    idmap = pd.read_csv(d / "cell_id_map.csv", dtype=str, keep_default_na=False)
+    check(list(idmap.columns[:2]) == ["cell", "segger_cell_id"],
+          f"cell_id_map.csv header {list(idmap.columns)}")
+    check(idmap["cell"].is_unique and idmap["segger_cell_id"].is_unique, "cell_id_map one-to-one")
+    check(set(idmap["cell"].str[5:].astype(int)) == poly_cells, "cell_id_map lists the polygons")
+    if want is not None:
+        check(set(idmap["segger_cell_id"]) == set(want["id"]) and len(idmap) == len(want),
+              f"cell_id_map = the output cells ({len(idmap)} vs {len(want)})")
+    if tx is not None:
+        to_cell = dict(zip(idmap["segger_cell_id"], idmap["cell"]))
+        expected = tx["segger_cell_id"].astype(str).map(to_cell).fillna("").to_numpy()
+        check(np.array_equal(csv["cell"].to_numpy(), expected),
+              "each cell-<N> holds exactly its transcripts of segger_transcripts")
+    if gdf is not None:
+        by_id = gdf.set_index("cell_id").geometry
+        same = [shapes[int(c[5:])].equals_exact(by_id.loc[i], 1e-9)
+                for c, i in zip(idmap["cell"], idmap["segger_cell_id"]) if int(c[5:]) in shapes]
+        check(len(same) == len(idmap) and all(same),
+              "viz_polygons = cell_boundaries.parquet polygons")
+    readme = (d / "README.txt").read_text()
+    absdir = d.resolve()
+    for needle in ["xeniumranger import-segmentation", "--units microns",
+                   f"--transcript-assignment {absdir / 'transcript_assignment.csv'}",
+                   f"--viz-polygons {absdir / 'viz_polygons.geojson'}"]:
+        check(needle in readme, f"README.txt holds {needle!r}")
+    sizes = ", ".join(f"{p.name} {p.stat().st_size:,} B" for p in sorted(d.iterdir()))
+    print(f"xenium_ranger: {len(csv)} transcripts ({int((csv['is_noise'] == 'true').sum())} noise), "
+          f"{len(csv_cells)} cells, {len(geoms)} polygons; {sizes}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--min-inside", type=float, default=0.95)
+    ap.add_argument("--xenium-ranger", type=Path, metavar="INPUT_TRANSCRIPTS",
+                    help="require OUT/xenium_ranger and check its ids against this parquet file")
     args = ap.parse_args()
     out: Path = args.out
 
@@ -229,6 +324,9 @@ def main() -> int:
 
         check("table" in get_element_annotators(sdata, "cell_boundaries"),
               "the table annotates cell_boundaries")
+
+    if args.xenium_ranger is not None or (out / "xenium_ranger").exists():
+        check_xenium_ranger(out, tx, want, gdf, args.xenium_ranger)
 
     print(f"validate_outputs: {PASSED[0]} passed, {len(FAILURES)} failed")
     return 1 if FAILURES else 0

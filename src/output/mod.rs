@@ -1,6 +1,7 @@
 //! Outputs (docs/contract.md §11): the transcripts and cells tables (parquet
 //! or CSV), cell polygons (GeoParquet and GeoJSON), the AnnData (h5ad and zarr) and the
-//! SpatialData store, and `segmentation_log.json`, written under temporary
+//! SpatialData store, the Xenium Ranger import files (`--xenium-ranger`) and
+//! `segmentation_log.json`, written under temporary
 //! names and renamed into place only when everything succeeded.
 //!
 //! Every output that lists cells lists the same ones ([`cells::OutputCells`]).
@@ -26,6 +27,7 @@ pub mod h5ad;
 pub mod html_report;
 pub mod polygons;
 pub mod spatialdata;
+pub mod xenium_ranger;
 pub mod zarr;
 
 use crate::io::FilterReason;

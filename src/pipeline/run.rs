@@ -31,6 +31,12 @@ pub struct SegmentArgs {
     /// File format of the transcripts and cells tables (csv: same columns, nulls empty).
     #[arg(long, value_enum, default_value_t = output::TableFormat::Parquet)]
     pub table_format: output::TableFormat,
+    /// Also write OUT/xenium_ranger/: transcript_assignment.csv, viz_polygons.geojson,
+    /// cell_id_map.csv and README.txt with the `xeniumranger import-segmentation ... --units
+    /// microns` command that shows the cells in Xenium Explorer. Xenium inputs only (--xenium,
+    /// --preset xenium, or --preset spatialdata with Xenium transcript_id values) and --demo.
+    #[arg(long)]
+    pub xenium_ranger: bool,
     /// Weights file (seggpu safetensors; `seggpu inspect` shows it). Not needed with --demo.
     #[arg(long)]
     pub model: Option<PathBuf>,
@@ -252,11 +258,17 @@ pub fn run(
     };
     let params = args.params(&model)?;
     let spec = input.resolve()?;
+    if args.xenium_ranger {
+        output::xenium_ranger::check_preset(spec.preset)?;
+    }
 
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     let clock = Instant::now();
     let spinner = progress.spinner("reading");
     let mut transcripts = crate::io::read_transcripts(&spec)?;
+    if args.xenium_ranger {
+        output::xenium_ranger::check_ids(&transcripts, &spec.transcripts)?;
+    }
     let nuclei = crate::io::read_nuclei(&spec, model.bd_features)?;
     spinner.finish_and_clear();
     report_nuclei(&nuclei, &spec);
@@ -289,7 +301,8 @@ pub fn run(
         output::OutputKind::Spatialdata,
     ]
     .into_iter()
-    .any(wants);
+    .any(wants)
+        || args.xenium_ranger;
     let cells = if per_cell {
         let cells = output::cells::OutputCells::new(
             &result,
@@ -372,6 +385,27 @@ pub fn run(
             )?;
             written.push(output::SPATIALDATA_FILE.to_string());
         }
+    }
+    if let (true, Some(cells)) = (args.xenium_ranger, &cells) {
+        let bundle = if args.demo {
+            output::xenium_ranger::Bundle::Demo
+        } else {
+            match (spec.preset, spec.transcripts.parent()) {
+                (crate::io::args::Preset::Xenium, Some(folder)) => {
+                    output::xenium_ranger::Bundle::Folder(folder)
+                }
+                _ => output::xenium_ranger::Bundle::Unknown,
+            }
+        };
+        output::xenium_ranger::write(
+            &out.staged(output::xenium_ranger::DIR)?,
+            &args.out.join(output::xenium_ranger::DIR),
+            bundle,
+            &result,
+            &transcripts,
+            cells,
+        )?;
+        written.push(output::xenium_ranger::DIR.to_string());
     }
     stages.push(("write", clock.elapsed().as_secs_f64()));
     if wants(output::OutputKind::Report) {

@@ -34,3 +34,4 @@ mod simulate;
 mod train_cli;
 mod train_grad;
 mod weights_errors;
+mod xenium_ranger;
