@@ -10,20 +10,12 @@ use std::path::Path;
 use geo::{Area, Validation};
 use seggpu::output::zarr::read_array;
 
+use crate::common::segment::{segment_cpu, simulated_input, xenium_crop_input};
 use crate::common::tables::{primitives, read_parquet, strings};
-use crate::common::{assert_success, data_path, demo_model, seggpu, write_file};
+use crate::common::{assert_success, demo_model, seggpu, write_file};
 
-fn segment(args: &[&str], out: &Path, extra: &[&str]) {
-    let run = seggpu()
-        .arg("segment")
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .args(["--backend", "cpu", "--quiet"])
-        .args(extra)
-        .output()
-        .expect("run seggpu");
-    assert_success(&run);
+fn segment<S: AsRef<std::ffi::OsStr>>(input: &[S], out: &Path, extra: &[&str]) {
+    assert_success(&segment_cpu(input, out, extra));
 }
 
 fn simulated(dir: &Path, cells: usize) -> std::path::PathBuf {
@@ -192,16 +184,7 @@ fn anndata_x_equals_the_transcript_counts_and_every_output_lists_the_same_cells(
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path(), 80);
     let out = tmp.path().join("out");
-    segment(
-        &[
-            "--xenium",
-            input.to_str().unwrap(),
-            "--model",
-            demo_model().to_str().unwrap(),
-        ],
-        &out,
-        &[],
-    );
+    segment(&simulated_input(&input), &out, &[]);
     let min = log(&out)["outputs"]["min_transcripts"].as_u64().unwrap();
     assert_eq!(
         Some(min),
@@ -255,22 +238,8 @@ fn anndata_x_equals_the_transcript_counts_and_every_output_lists_the_same_cells(
 fn real_xenium_crop_anndata_equals_its_transcript_counts() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let (t, b, m) = (
-        data_path("xenium_breast_spatialdata/points.parquet"),
-        data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet"),
-        data_path("xenium_breast_model.safetensors"),
-    );
     segment(
-        &[
-            "--preset",
-            "spatialdata",
-            "--transcripts",
-            t.to_str().unwrap(),
-            "--boundaries",
-            b.to_str().unwrap(),
-            "--model",
-            m.to_str().unwrap(),
-        ],
+        &xenium_crop_input(),
         &out,
         &["--outputs", "transcripts,cells,polygons,anndata"],
     );
@@ -359,12 +328,7 @@ fn csv_tables_and_a_subset_of_outputs() {
     let input = simulated(tmp.path(), 20);
     let out = tmp.path().join("out");
     segment(
-        &[
-            "--xenium",
-            input.to_str().unwrap(),
-            "--model",
-            demo_model().to_str().unwrap(),
-        ],
+        &simulated_input(&input),
         &out,
         &["--table-format", "csv", "--outputs", "transcripts,cells"],
     );

@@ -11,24 +11,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use geo::{Area, Validation};
 
+use crate::common::segment::{segment_cpu, xenium_crop_input};
 use crate::common::tables::{primitives, read_parquet, strings, transcript_ids};
 use crate::common::{
-    assert_failure, assert_success, data_path, demo_model, one_nucleus_csv, seggpu, write_file,
+    assert_failure, assert_success, data_path, demo_model, one_nucleus_csv, write_file,
 };
 
-/// `seggpu segment ARGS --out OUT --backend cpu --quiet --xenium-ranger`.
-fn segment(args: &[&str], out: &Path) -> std::process::Output {
-    seggpu()
-        .arg("segment")
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .args(["--backend", "cpu", "--quiet", "--xenium-ranger"])
-        .output()
-        .expect("run seggpu")
+/// `seggpu segment INPUT --out OUT --backend cpu --quiet --xenium-ranger EXTRA`.
+fn segment<S: AsRef<std::ffi::OsStr>>(input: &[S], out: &Path, extra: &[&str]) -> Output {
+    segment_cpu(input, out, &[&["--xenium-ranger"], extra].concat())
 }
 
 /// The `<N>` of `cell-<N>` (N ≥ 1, no sign, no leading zero).
@@ -266,16 +261,9 @@ fn assert_passes(out: &Path, input_ids: &[u64], min_transcripts: u64) {
 /// a min_transcripts of 100, so that some cells with transcripts are dropped.
 fn demo_run(out: &Path) -> Vec<u64> {
     let run = segment(
-        &[
-            "--demo",
-            "--demo-cells",
-            "120",
-            "--min-transcripts",
-            "100",
-            "--outputs",
-            "transcripts,cells",
-        ],
+        &["--demo", "--demo-cells", "120", "--min-transcripts", "100"],
         out,
+        &["--outputs", "transcripts,cells"],
     );
     assert_success(&run);
     transcript_ids(&read_parquet(&out.join("demo_input/transcripts.parquet")))
@@ -310,28 +298,15 @@ fn the_demo_folder_follows_the_xenium_ranger_rules() {
 fn the_xenium_crop_folder_follows_the_xenium_ranger_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let points = data_path("xenium_breast_spatialdata/points.parquet");
     let run = segment(
-        &[
-            "--preset",
-            "spatialdata",
-            "--transcripts",
-            points.to_str().unwrap(),
-            "--boundaries",
-            data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet")
-                .to_str()
-                .unwrap(),
-            "--model",
-            data_path("xenium_breast_model.safetensors")
-                .to_str()
-                .unwrap(),
-            "--outputs",
-            "transcripts,cells",
-        ],
+        &xenium_crop_input(),
         &out,
+        &["--outputs", "transcripts,cells"],
     );
     assert_success(&run);
-    let ids = transcript_ids(&read_parquet(&points));
+    let ids = transcript_ids(&read_parquet(&data_path(
+        "xenium_breast_spatialdata/points.parquet",
+    )));
     assert_passes(&out, &ids, 5);
     let map = csv_rows(&out.join("xenium_ranger/cell_id_map.csv"));
     assert!(map.iter().any(|r| r[2] == "fragment"), "fragments listed");
@@ -397,10 +372,9 @@ fn the_checks_catch_broken_folders() {
 #[test]
 fn inputs_without_xenium_transcript_ids_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let refused = |name: &str, args: Vec<String>, expect: &str| {
+    let refused = |name: &str, input: Vec<String>, extra: &[&str], expect: &str| {
         let out = tmp.path().join(name);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = segment(&args, &out);
+        let run = segment(&input, &out, extra);
         assert_failure(&run, "--xenium-ranger");
         assert_failure(&run, expect);
         let left: Vec<PathBuf> = std::fs::read_dir(&out)
@@ -426,27 +400,13 @@ fn inputs_without_xenium_transcript_ids_are_refused() {
             "--model".into(),
             s(data_path("merscope_mouse_brain_model.safetensors")),
         ],
+        &[],
         "--preset merscope",
     );
-    let crop = |extra: &[&str]| {
-        let mut args = vec![
-            "--preset".to_string(),
-            "spatialdata".into(),
-            "--transcripts".into(),
-            s(data_path("xenium_breast_spatialdata/points.parquet")),
-            "--boundaries".into(),
-            s(data_path(
-                "xenium_breast_spatialdata/sd_nucleus_boundaries.parquet",
-            )),
-            "--model".into(),
-            s(data_path("xenium_breast_model.safetensors")),
-        ];
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args
-    };
     refused(
         "row_index",
-        crop(&["--id-col", "none"]),
+        xenium_crop_input(),
+        &["--id-col", "none"],
         "no transcript id column",
     );
     for (name, ids) in [("text_ids", ["t1", "t2"]), ("decimal_ids", ["1.5", "2.5"])] {
@@ -470,6 +430,7 @@ fn inputs_without_xenium_transcript_ids_are_refused() {
                 "--model".into(),
                 s(demo_model()),
             ],
+            &[],
             "Xenium transcript ids are integers",
         );
     }

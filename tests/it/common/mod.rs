@@ -3,6 +3,7 @@
 //! `tools/reference/make_fixtures.py`, the real crops in `tests/data/`), the
 //! `seggpu` binary, and the one tolerance check every numeric comparison uses.
 
+pub mod segment;
 pub mod tables;
 pub mod train_fixture;
 

@@ -1,0 +1,46 @@
+//! `seggpu segment` as the output tests run it: on the CPU, quiet, with
+//! the input flags of a simulated folder or of the real Xenium crop.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Output;
+
+use super::{data_path, demo_model, seggpu};
+
+/// `seggpu segment INPUT --out OUT --backend cpu --quiet EXTRA`.
+pub fn segment_cpu<S: AsRef<OsStr>>(input: &[S], out: &Path, extra: &[&str]) -> Output {
+    seggpu()
+        .arg("segment")
+        .args(input)
+        .arg("--out")
+        .arg(out)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(extra)
+        .output()
+        .expect("run seggpu")
+}
+
+/// A Xenium folder (`seggpu simulate`) with the built-in demo model.
+pub fn simulated_input(folder: &Path) -> Vec<String> {
+    vec![
+        "--xenium".into(),
+        folder.display().to_string(),
+        "--model".into(),
+        demo_model().display().to_string(),
+    ]
+}
+
+/// The real Xenium crop of `tests/data` (SpatialData export) with its model.
+pub fn xenium_crop_input() -> Vec<String> {
+    let path = |p: &str| data_path(p).display().to_string();
+    vec![
+        "--preset".into(),
+        "spatialdata".into(),
+        "--transcripts".into(),
+        path("xenium_breast_spatialdata/points.parquet"),
+        "--boundaries".into(),
+        path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet"),
+        "--model".into(),
+        path("xenium_breast_model.safetensors"),
+    ]
+}
