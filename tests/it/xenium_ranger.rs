@@ -435,3 +435,49 @@ fn inputs_without_xenium_transcript_ids_are_refused() {
         );
     }
 }
+
+/// Xenium Ranger fails on a cell without a transcript of qv ≥ 20 (proseg
+/// #66): below the default `--qv-min 20` such cells can occur, and the run
+/// says how many.
+#[test]
+fn cells_without_a_q20_transcript_are_counted_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tx = String::from("transcript_id,x_location,y_location,z_location,feature_name,qv\n");
+    for i in 0..8 {
+        let (x, y) = (2.0 + (i % 4) as f64, 2.0 + (i / 4) as f64 * 3.0);
+        tx.push_str(&format!("{},{x},{y},1.0,ADI00{},10\n", i + 1, 1 + i % 4));
+    }
+    let transcripts = write_file(tmp.path(), "transcripts.csv", tx);
+    let nuclei = write_file(
+        tmp.path(),
+        "nuclei.csv",
+        "cell_id,vertex_x,vertex_y\na,0,0\na,10,0\na,10,10\na,0,10\n",
+    );
+    let out = tmp.path().join("out");
+    let run = crate::common::seggpu()
+        .arg("segment")
+        .args(["--preset", "xenium", "--transcripts"])
+        .arg(&transcripts)
+        .arg("--boundaries")
+        .arg(&nuclei)
+        .arg("--model")
+        .arg(demo_model())
+        .arg("--out")
+        .arg(&out)
+        .args(["--backend", "cpu", "--xenium-ranger", "--outputs", "cells"])
+        .args([
+            "--qv-min",
+            "0",
+            "--score-cut",
+            "0",
+            "--min-transcripts",
+            "1",
+        ])
+        .output()
+        .expect("run seggpu");
+    let stderr = assert_success(&run);
+    assert!(
+        stderr.contains("1 of 1 cells have no transcript of qv >= 20"),
+        "{stderr}"
+    );
+}
