@@ -13,7 +13,8 @@
 //! - `cell` is `cell-<N>` (text) in the CSV and the integer `N` in the
 //!   GeoJSON, N ≥ 1 so that no tool reads 0 as "no cell";
 //! - the GeoJSON is a `GeometryCollection` of `Polygon`s, each with its
-//!   `cell` member (not a FeatureCollection: proseg #55, Baysor #148);
+//!   integer `cell` member, the layout Baysor documents for Xenium Ranger
+//!   (mixed layouts and id types failed: proseg #55, Baysor #148);
 //! - the CSV's cells and the polygons are the same set, the output cells
 //!   ([`OutputCells`]): a cell without polygon or a polygon without
 //!   transcripts stops the import (proseg #38, Baysor #165);

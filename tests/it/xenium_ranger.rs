@@ -257,8 +257,8 @@ fn assert_passes(out: &Path, input_ids: &[u64], min_transcripts: u64) {
     );
 }
 
-/// The demo run the tests share the shape of: a small simulated sample with
-/// a min_transcripts of 100, so that some cells with transcripts are dropped.
+/// The demo run of two tests: a small simulated sample with a
+/// min_transcripts of 100, so that some cells with transcripts are dropped.
 fn demo_run(out: &Path) -> Vec<u64> {
     let run = segment(
         &["--demo", "--demo-cells", "120", "--min-transcripts", "100"],
@@ -276,8 +276,8 @@ fn the_demo_folder_follows_the_xenium_ranger_rules() {
     let ids = demo_run(&out);
     assert_passes(&out, &ids, 100);
 
-    // The rules had something to bite on: filtered rows, cells dropped by
-    // min_transcripts with transcripts, fragments among the cells.
+    // The rules had something to bite on: filtered rows, and cells with
+    // transcripts dropped by min_transcripts (fragments: the crop's test).
     let tx = read_parquet(&out.join("segger_transcripts.parquet"));
     let filtered = strings(&tx, "assignment")
         .iter()
