@@ -13,6 +13,8 @@ use seggpu::backend::Backend;
 use seggpu::graph::{Csr, TileGraph};
 use seggpu::kernels::gatv2::Gat;
 use seggpu::model::Model;
+use seggpu::train::data::Batch;
+use seggpu::train::engine::{CpuEngine, GpuEngine, OnGpuError, TrainEngine};
 use seggpu::train::grad::{loss_and_grad, zeros_like, Pairs};
 use seggpu::train::kernels::{self as twin, AdamConfig, REDUCE_ROWS};
 use seggpu::train::{learning_rate, params, Adam};
@@ -856,4 +858,151 @@ fn gpu_backend_after_training_uploads_the_weights_again() {
     let after = gpu.forward(&fx.model, &fx.graph, false).unwrap();
     assert_eq!(before.z_tx, after.z_tx);
     assert_eq!(before.z_bd, after.z_bd);
+}
+
+/// The fixture's graphs as training batches.
+fn fixture_training_batches(model: &Model) -> Vec<Batch> {
+    fixture_batches(model)
+        .into_iter()
+        .map(|(graph, pairs)| Batch {
+            graph,
+            pairs,
+            window: [0.0; 3],
+        })
+        .collect()
+}
+
+/// `steps` steps of `engine` over `batches` in turn with train.py's
+/// learning rate; before step `lose_before` (0-based), the device is lost.
+fn run_engine(
+    engine: &mut GpuEngine,
+    batches: &[Batch],
+    steps: usize,
+    lose_before: usize,
+) -> Vec<f32> {
+    (0..steps)
+        .map(|step| {
+            if step == lose_before {
+                engine
+                    .trainer()
+                    .expect("still on the GPU")
+                    .backend()
+                    .lose_device_for_tests();
+            }
+            let lr = learning_rate(1e-2, step, steps);
+            engine.step(&batches[step % batches.len()], lr).unwrap()
+        })
+        .collect()
+}
+
+/// The largest |a − b| over every weight, with the tensor and index.
+fn max_weight_error(a: &Model, b: &Model) -> (f32, String, usize) {
+    let mut worst = (0.0f32, String::from("none"), 0);
+    for ((name, x), (_, y)) in params(a).into_iter().zip(params(b)) {
+        for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+            let err = (p - q).abs();
+            if err > worst.0 || err.is_nan() {
+                worst = (err, name.clone(), i);
+            }
+        }
+    }
+    worst
+}
+
+/// A device lost mid-training under `--backend auto` (the forward tests'
+/// `lose_device_for_tests`, which destroys the device as a driver reset
+/// would, before step 4 of 8): the engine goes on on the CPU from the
+/// checkpoint of step 3, and the run equals, bit for bit, one that read
+/// the GPU's state back after step 3 by itself and went on with a
+/// [`CpuEngine`] built from it (the same weights and moments in, the same
+/// CPU arithmetic after). Lost before the first step, it equals a CPU run.
+/// Under `--backend gpu` the lost device is an error.
+#[test]
+fn gpu_engine_goes_on_on_the_cpu_after_a_device_loss() {
+    const STEPS: usize = 8;
+    const LOST_BEFORE: usize = 3;
+    let test = "gpu_engine_goes_on_on_the_cpu_after_a_device_loss";
+    let Some(gpu) = backend_or_skip(test, GpuOptions::default()) else {
+        return;
+    };
+    let model = load("model");
+    let batches = fixture_training_batches(&model);
+    let config = AdamConfig::default();
+    let lr = |step| learning_rate(1e-2, step, STEPS);
+
+    let mut engine = GpuEngine::new(gpu, model.clone(), config, OnGpuError::ResumeOnCpu);
+    let losses = run_engine(&mut engine, &batches, STEPS, LOST_BEFORE);
+    assert!(engine.trainer().is_none(), "the lost GPU is dropped");
+    assert_eq!(engine.cpu_from_step(), Some(LOST_BEFORE as u32));
+    assert_eq!(engine.steps(), STEPS as u32);
+    assert_eq!(engine.kind(), "gpu, then cpu from step 4");
+    println!("{test}: {}", engine.describe());
+    assert!(
+        engine.describe().contains("then cpu"),
+        "{}",
+        engine.describe()
+    );
+    let resumed = engine.model().unwrap();
+
+    // The same switch by hand: the GPU for 3 steps, its state read back,
+    // the CPU for the rest.
+    let gpu = backend_or_skip(test, GpuOptions::default()).unwrap();
+    let mut trainer = GpuTrainer::with_backend(gpu, &model).with_adam(config);
+    let mut expected_losses = Vec::new();
+    for step in 0..LOST_BEFORE {
+        let b = &batches[step % batches.len()];
+        expected_losses.push(trainer.step(&b.graph, &b.pairs, lr(step)).unwrap());
+    }
+    let state = trainer.state().unwrap();
+    assert_eq!(state.steps, LOST_BEFORE as u32);
+    let adam = Adam::resume(
+        config,
+        state.steps,
+        &state.model,
+        &state.first_moment,
+        &state.second_moment,
+    )
+    .unwrap();
+    let mut cpu = CpuEngine::resume(state.model, adam);
+    for step in LOST_BEFORE..STEPS {
+        expected_losses.push(cpu.step(&batches[step % batches.len()], lr(step)).unwrap());
+    }
+    let expected = cpu.model().unwrap();
+    let (err, name, at) = max_weight_error(&resumed, &expected);
+    println!("{test}: resumed vs switched by hand after step {LOST_BEFORE}: max |err| {err:e} ({name}[{at}]); losses {losses:?}");
+    assert_eq!(losses, expected_losses);
+    assert_eq!(params(&resumed), params(&expected));
+
+    // Lost before the first step: the starting weights and zero moments.
+    let gpu = backend_or_skip(test, GpuOptions::default()).unwrap();
+    let mut engine = GpuEngine::new(gpu, model.clone(), config, OnGpuError::ResumeOnCpu);
+    let losses = run_engine(&mut engine, &batches, 2, 0);
+    let mut cpu = CpuEngine::new(model.clone(), config);
+    let expected_losses: Vec<f32> = (0..2)
+        .map(|step| {
+            cpu.step(&batches[step], learning_rate(1e-2, step, 2))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(engine.cpu_from_step(), Some(0));
+    assert_eq!(losses, expected_losses);
+    assert_eq!(
+        params(&engine.model().unwrap()),
+        params(&cpu.model().unwrap())
+    );
+
+    // --backend gpu: the step fails, naming the lost device.
+    let gpu = backend_or_skip(test, GpuOptions::default()).unwrap();
+    let mut engine = GpuEngine::new(gpu, model, config, OnGpuError::Fail);
+    engine.step(&batches[0], 1e-2).unwrap();
+    engine.trainer().unwrap().backend().lose_device_for_tests();
+    let err = engine.step(&batches[1], 1e-2).unwrap_err();
+    let text = format!("{err:#}");
+    println!("{test}: --backend gpu: {text}");
+    assert!(
+        err.downcast_ref::<GpuError>()
+            .is_some_and(GpuError::is_device_lost),
+        "{text}"
+    );
+    assert!(text.contains("--backend auto"), "{text}");
 }
