@@ -3,7 +3,9 @@
 //! submission and one readback — the pairs' loss terms, summed on the host in
 //! the CPU trainer's order. Weights, Adam's moments, activations and
 //! gradients stay on the device between steps; [`GpuTrainer::model`] reads
-//! the weights back.
+//! the weights back. With [`GpuTrainer::with_checkpoints`] (`--backend
+//! auto`) the step's readback also carries the weights and moments, so a
+//! lost device loses no completed step.
 //!
 //! The arithmetic is that of [`crate::train::grad::loss_and_grad`] and
 //! [`crate::train::Adam`], kernel for kernel: the forward layers run the
