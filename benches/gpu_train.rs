@@ -12,8 +12,10 @@
 //! Pairs: every belongs edge as a positive, twice as many random
 //! (transcript, nucleus) pairs as negatives. Prints one JSON line per
 //! backend (steps per second over `steps` steps after one warm-up step, the
-//! last loss) and the GPU/CPU ratio. Without a GPU adapter only the CPU line
-//! is printed.
+//! last loss) and the GPU/CPU ratio, then the GPU again with
+//! `with_checkpoints` (as `--backend auto` trains: the weights and moments
+//! read back with each step's loss). Without a GPU adapter only the CPU
+//! line is printed.
 
 use std::time::Instant;
 
@@ -119,4 +121,23 @@ fn main() {
         gpu,
     );
     println!("gpu/cpu steps per second: {:.3}", cpu.0 / gpu.0);
+
+    // `--backend auto`'s trainer: each step also reads the weights and
+    // Adam's moments back (its checkpoint after a device loss).
+    let mut trainer = GpuTrainer::with_backend(trainer.into_backend(), &model).with_checkpoints();
+    let checkpointed = time(steps, || {
+        trainer.step(&graph, &pairs, lr).expect("GPU step")
+    });
+    line(
+        "seggpu-gpu-checkpoints",
+        &format!(
+            "{} ({}, {})",
+            adapter.name, adapter.backend, adapter.device_type
+        ),
+        checkpointed,
+    );
+    println!(
+        "checkpointed/plain GPU seconds per step: {:.3}",
+        checkpointed.0 / gpu.0
+    );
 }

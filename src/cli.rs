@@ -36,7 +36,8 @@ pub struct Cli {
 pub enum BackendChoice {
     /// A hardware GPU when there is one (software adapters are skipped
     /// unless named with --adapter), else the CPU; a tile the GPU fails on
-    /// is redone on the CPU.
+    /// is redone on the CPU, and training goes on on the CPU from the last
+    /// completed step.
     Auto,
     /// A GPU adapter (software ones included); no adapter is an error.
     Gpu,
@@ -124,8 +125,9 @@ pub enum Command {
         backend: BackendArgs,
     },
     /// Train a model on a slide with Segger's self-supervised task (nuclear transcripts →
-    /// their own nucleus), on the CPU: same inputs, filters, nucleus features and graphs as
-    /// `segment`; writes the weights file and a JSON training log next to it.
+    /// their own nucleus), on a GPU or the CPU (--backend; auto goes on on the CPU from the
+    /// last completed step if the GPU fails): same inputs, filters, nucleus features and graphs
+    /// as `segment`; writes the weights file and a JSON training log next to it.
     Train {
         /// Output and graph options.
         #[command(flatten)]
@@ -133,6 +135,9 @@ pub enum Command {
         /// Input files and columns.
         #[command(flatten)]
         input: crate::io::args::InputArgs,
+        /// Backend selection (training computes in f32 whatever --precision says).
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Write a synthetic Xenium output folder with ground truth (transcripts,
     /// nucleus boundaries, ground_truth, ground_truth_cells parquet files).
@@ -171,20 +176,31 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Segment {
             args,
             input,
-            backend,
+            backend: backend_args,
         } => {
-            let mut backend = make_backend(&backend)?;
             // Lossy: an argument that is not UTF-8 (a path) must not panic here.
             let command_line: Vec<String> = std::env::args_os()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            crate::pipeline::run::run(&args, &input, backend.as_mut(), &command_line, verbosity)
+            let mut engine = make_backend(&backend_args)?;
+            crate::pipeline::run::run(
+                &args,
+                &input,
+                engine.as_mut(),
+                &backend_args,
+                &command_line,
+                verbosity,
+            )
         }
-        Command::Train { args, input } => {
+        Command::Train {
+            args,
+            input,
+            backend,
+        } => {
             let command_line: Vec<String> = std::env::args_os()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            crate::train::command::run(&args, &input, &command_line, verbosity)
+            crate::train::command::run(&args, &input, &backend, &command_line, verbosity)
         }
         Command::Simulate { out, cells, seed } => {
             let opts = crate::simulate::SimulateOptions {
@@ -259,12 +275,14 @@ fn inspect(path: &std::path::Path) -> Result<()> {
 pub fn make_backend(args: &BackendArgs) -> Result<Box<dyn Backend>> {
     Ok(match args.backend {
         BackendChoice::Cpu => Box::new(CpuBackend::new()),
-        BackendChoice::Gpu => Box::new(
-            GpuBackend::new(args.gpu_options())
-                .context("--backend gpu (try --backend auto or cpu)")?,
-        ),
+        BackendChoice::Gpu => Box::new(open_gpu(args)?),
         BackendChoice::Auto => Box::new(AutoBackend::new(args.gpu_options())),
     })
+}
+
+/// The GPU of `--backend gpu`: any adapter, software ones included; none is an error.
+pub fn open_gpu(args: &BackendArgs) -> Result<GpuBackend> {
+    GpuBackend::new(args.gpu_options()).context("--backend gpu (try --backend auto or cpu)")
 }
 
 fn devices() -> Result<()> {

@@ -225,6 +225,7 @@ pub fn run(
     args: &SegmentArgs,
     input: &crate::io::args::InputArgs,
     backend: &mut dyn Backend,
+    backend_args: &crate::cli::BackendArgs,
     command_line: &[String],
     verbosity: Verbosity,
 ) -> Result<()> {
@@ -248,7 +249,14 @@ pub fn run(
         input.xenium = Some(dir);
         crate::demo::demo_model()?
     } else if args.train {
-        crate::train::command::for_segment(args, &args.training, &input, &mut out, verbosity)?
+        crate::train::command::for_segment(
+            args,
+            &args.training,
+            &input,
+            backend_args,
+            &mut out,
+            verbosity,
+        )?
     } else {
         let path = args
             .model

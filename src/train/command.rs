@@ -10,12 +10,13 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::data::{stream, streams, DataCounts, TrainingData, WindowSettings};
-use super::engine::{CpuEngine, TrainEngine};
+use super::engine;
 use super::kernels::AdamConfig;
 use super::session::{self, Outcome, Settings, ValidationPoint};
 use super::validate::{validate, Validation};
 use super::weights;
 use crate::backend::cpu::CpuBackend;
+use crate::cli::BackendArgs;
 use crate::defaults::{self, StoredDefaults};
 use crate::graph::build::GraphParams;
 use crate::io::{InputArgs, InputSpec, Nuclei, Transcripts};
@@ -392,7 +393,7 @@ fn starting_model(
 #[derive(Debug, Serialize)]
 struct Provenance<'a> {
     version: &'static str,
-    engine: &'static str,
+    engine: String,
     seed: u64,
     steps: usize,
     stopped_by: &'static str,
@@ -466,6 +467,7 @@ fn train_slide(
     flags: &TrainFlags,
     params_of: &ParamsOf,
     out_name: &Path,
+    backend: &BackendArgs,
     command_line: &[String],
     verbosity: Verbosity,
 ) -> Result<Trained> {
@@ -550,11 +552,13 @@ fn train_slide(
     };
     let arch = model.arch;
     let adam = AdamConfig::default();
-    let mut engine = CpuEngine::new(model, adam);
-    let engine_name = engine.describe();
+    let mut engine = engine::open(backend, model, adam)?;
+    // Validation runs on the CPU whatever trains: the same weights give the
+    // same figures on every engine.
     let mut validator = CpuBackend::new();
     let outcome: Outcome =
-        session::train(&mut engine, &data, &settings, &mut validator, &progress)?;
+        session::train(engine.as_mut(), &data, &settings, &mut validator, &progress)?;
+    let engine_name = engine.describe();
     seconds.insert("train", outcome.seconds - outcome.validation_seconds);
     seconds.insert("validation", outcome.validation_seconds);
 
@@ -570,7 +574,7 @@ fn train_slide(
     };
     let provenance = Provenance {
         version: env!("CARGO_PKG_VERSION"),
-        engine: "cpu",
+        engine: engine.kind(),
         seed: flags.seed,
         steps: outcome.steps,
         stopped_by: outcome.stopped_by,
@@ -645,6 +649,7 @@ pub fn log_path(model: &Path) -> PathBuf {
 pub fn run(
     args: &TrainArgs,
     input: &InputArgs,
+    backend: &BackendArgs,
     command_line: &[String],
     verbosity: Verbosity,
 ) -> Result<()> {
@@ -659,6 +664,7 @@ pub fn run(
         &args.flags,
         &|model| args.params(model),
         &args.out,
+        backend,
         command_line,
         verbosity,
     )?;
@@ -687,6 +693,7 @@ pub fn for_segment(
     args: &crate::pipeline::run::SegmentArgs,
     flags: &TrainFlags,
     input: &InputArgs,
+    backend: &BackendArgs,
     out: &mut crate::output::OutputDir,
     verbosity: Verbosity,
 ) -> Result<Model> {
@@ -699,6 +706,7 @@ pub fn for_segment(
         flags,
         &|model| args.params(model),
         &name,
+        backend,
         &command_line,
         verbosity,
     )?;

@@ -3,20 +3,28 @@
 //! learning rate, and asks for the weights when it validates or saves. The
 //! CPU engine runs [`super::grad`] and [`super::kernels`]; a GPU engine runs
 //! their shader twins and may keep weights, moments and activations on the
-//! device between steps.
+//! device between steps. [`open`] picks the engine `--backend` asks for.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::data::Batch;
 use super::grad::{loss_and_grad, zeros_like};
 use super::kernels::AdamConfig;
 use super::Adam;
+use crate::backend::gpu::{self, GpuBackend, GpuError, GpuTrainer};
+use crate::backend::Backend;
+use crate::cli::{BackendArgs, BackendChoice};
 use crate::model::Model;
 
 /// One training step at a time, on some device.
 pub trait TrainEngine {
     /// What runs the steps, for logs (`cpu (2 threads)`).
     fn describe(&self) -> String;
+
+    /// What ran the steps, without details of the machine (`cpu`, `gpu`,
+    /// `gpu, then cpu from step 12`): for the weights file, which the same
+    /// inputs and seed make byte-identical.
+    fn kind(&self) -> String;
 
     /// The loss of `batch` at the current weights, then one Adam update of
     /// every weight with learning rate `lr`. Returns the loss (before the update).
@@ -46,6 +54,12 @@ impl CpuEngine {
     pub fn new(model: Model, config: AdamConfig) -> Self {
         let mut adam = Adam::new(&model);
         adam.config = config;
+        Self::resume(model, adam)
+    }
+
+    /// An engine that goes on from `model` with Adam's state `adam` (see
+    /// [`Adam::resume`]).
+    pub fn resume(model: Model, adam: Adam) -> Self {
         Self {
             grads: zeros_like(&model),
             model,
@@ -57,6 +71,10 @@ impl CpuEngine {
 impl TrainEngine for CpuEngine {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn kind(&self) -> String {
+        "cpu".into()
     }
 
     fn step(&mut self, batch: &Batch, lr: f32) -> Result<f32> {
@@ -81,4 +99,181 @@ impl TrainEngine for CpuEngine {
     fn steps(&self) -> u32 {
         self.adam.step
     }
+}
+
+/// What a [`GpuEngine`] does when a GPU step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnGpuError {
+    /// Return the error (`--backend gpu`).
+    Fail,
+    /// Warn and go on on the CPU from the last completed step, for the rest
+    /// of the run (`--backend auto`). Each step then reads the weights and
+    /// Adam's moments back with its loss, since a lost device takes its
+    /// memory with it.
+    ResumeOnCpu,
+}
+
+/// [`TrainEngine`] on a GPU: a [`GpuTrainer`] (weights, moments and
+/// activations on the device), and after a failed step under
+/// [`OnGpuError::ResumeOnCpu`] a [`CpuEngine`] that goes on from the last
+/// completed step.
+pub struct GpuEngine {
+    gpu: Option<GpuTrainer>,
+    cpu: Option<CpuEngine>,
+    on_error: OnGpuError,
+    config: AdamConfig,
+    /// The GPU, as `describe` put it while it ran.
+    gpu_name: String,
+    /// Steps the GPU completed before the CPU took over.
+    cpu_from: Option<u32>,
+}
+
+impl GpuEngine {
+    /// An engine that starts from `model` with fresh Adam moments on `gpu`.
+    pub fn new(gpu: GpuBackend, model: Model, config: AdamConfig, on_error: OnGpuError) -> Self {
+        let gpu_name = gpu.describe();
+        let mut trainer = GpuTrainer::with_backend(gpu, &model).with_adam(config);
+        if on_error == OnGpuError::ResumeOnCpu {
+            trainer = trainer.with_checkpoints();
+        }
+        Self {
+            gpu: Some(trainer),
+            cpu: None,
+            on_error,
+            config,
+            gpu_name,
+            cpu_from: None,
+        }
+    }
+
+    /// The GPU trainer, until the CPU takes over.
+    pub fn trainer(&self) -> Option<&GpuTrainer> {
+        self.gpu.as_ref()
+    }
+
+    /// Steps the GPU completed before the CPU took over, if it did.
+    pub fn cpu_from_step(&self) -> Option<u32> {
+        self.cpu_from
+    }
+
+    /// Handles the GPU's `error`: returned under [`OnGpuError::Fail`], else
+    /// the CPU engine takes over from the last checkpoint.
+    fn on_gpu_error(&mut self, error: GpuError) -> Result<&mut CpuEngine> {
+        if self.on_error == OnGpuError::Fail {
+            return Err(anyhow::Error::new(error)
+                .context("training on the GPU (--backend auto goes on on the CPU)"));
+        }
+        let trainer = self
+            .gpu
+            .take()
+            .context("no GPU trainer to take over from")?;
+        let state = trainer
+            .checkpoint()
+            .cloned()
+            .context("the GPU trainer kept no checkpoint")?;
+        log::warn!(
+            "{error}; training goes on on the CPU from step {} (the last completed one)",
+            state.steps
+        );
+        let adam = Adam::resume(
+            self.config,
+            state.steps,
+            &state.model,
+            &state.first_moment,
+            &state.second_moment,
+        )?;
+        self.cpu_from = Some(state.steps);
+        Ok(self.cpu.insert(CpuEngine::resume(state.model, adam)))
+    }
+
+    fn cpu(&mut self) -> Result<&mut CpuEngine> {
+        self.cpu.as_mut().context("neither a GPU nor a CPU engine")
+    }
+}
+
+impl TrainEngine for GpuEngine {
+    fn describe(&self) -> String {
+        match (&self.cpu, self.cpu_from) {
+            (Some(cpu), Some(step)) => format!(
+                "{} for steps 1–{step}, then {} (the GPU failed)",
+                self.gpu_name,
+                cpu.describe()
+            ),
+            _ => self.gpu_name.clone(),
+        }
+    }
+
+    fn kind(&self) -> String {
+        match self.cpu_from {
+            Some(step) => format!("gpu, then cpu from step {}", step + 1),
+            None => "gpu".into(),
+        }
+    }
+
+    fn step(&mut self, batch: &Batch, lr: f32) -> Result<f32> {
+        if let Some(gpu) = &mut self.gpu {
+            match gpu.step(&batch.graph, &batch.pairs, lr) {
+                Ok(loss) => return Ok(loss),
+                Err(e) => return self.on_gpu_error(e)?.step(batch, lr),
+            }
+        }
+        self.cpu()?.step(batch, lr)
+    }
+
+    fn loss_and_grad(&mut self, batch: &Batch) -> Result<(f32, Model)> {
+        if let Some(gpu) = &mut self.gpu {
+            match gpu.loss_and_grad(&batch.graph, &batch.pairs) {
+                Ok(out) => return Ok(out),
+                Err(e) => return self.on_gpu_error(e)?.loss_and_grad(batch),
+            }
+        }
+        self.cpu()?.loss_and_grad(batch)
+    }
+
+    fn model(&mut self) -> Result<Model> {
+        if let Some(gpu) = &mut self.gpu {
+            // The checkpoint holds the weights of the last step: no readback.
+            if let Some(state) = gpu.checkpoint() {
+                return Ok(state.model.clone());
+            }
+            match gpu.model() {
+                Ok(model) => return Ok(model),
+                Err(e) => return self.on_gpu_error(e)?.model(),
+            }
+        }
+        self.cpu()?.model()
+    }
+
+    fn steps(&self) -> u32 {
+        match (&self.gpu, &self.cpu) {
+            (Some(gpu), _) => gpu.steps(),
+            (None, Some(cpu)) => cpu.steps(),
+            (None, None) => 0,
+        }
+    }
+}
+
+/// The engine `backend` asks for, starting from `model` with fresh Adam
+/// moments: `cpu`; `gpu`, any adapter, software ones included (none is an
+/// error, and so is a failed step); `auto`, a hardware GPU chosen as
+/// `segment --backend auto` chooses it, going on on the CPU after a failed
+/// step, else the CPU. Training computes in f32 whatever `--precision` says.
+pub fn open(
+    backend: &BackendArgs,
+    model: Model,
+    config: AdamConfig,
+) -> Result<Box<dyn TrainEngine>> {
+    Ok(match backend.backend {
+        BackendChoice::Cpu => Box::new(CpuEngine::new(model, config)),
+        BackendChoice::Gpu => Box::new(GpuEngine::new(
+            crate::cli::open_gpu(backend)?,
+            model,
+            config,
+            OnGpuError::Fail,
+        )),
+        BackendChoice::Auto => match gpu::open_for_auto(backend.gpu_options()) {
+            Some(gpu) => Box::new(GpuEngine::new(gpu, model, config, OnGpuError::ResumeOnCpu)),
+            None => Box::new(CpuEngine::new(model, config)),
+        },
+    })
 }

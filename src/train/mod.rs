@@ -80,6 +80,46 @@ impl Adam {
         }
     }
 
+    /// Adam's state after `step` steps with moments `first_moment` and
+    /// `second_moment`, laid out as `model`'s weights (a checkpoint of the
+    /// GPU trainer, to go on on the CPU). Errors when a tensor's size
+    /// differs from `model`'s.
+    pub fn resume(
+        config: kernels::AdamConfig,
+        step: u32,
+        model: &Model,
+        first_moment: &Model,
+        second_moment: &Model,
+    ) -> anyhow::Result<Self> {
+        let shapes: Vec<(String, usize)> = params(model)
+            .into_iter()
+            .map(|(name, t)| (name, t.len()))
+            .collect();
+        let moments = |which: &str, m: &Model| -> anyhow::Result<Vec<Vec<f32>>> {
+            let tensors = params(m);
+            anyhow::ensure!(
+                tensors.len() == shapes.len(),
+                "Adam's {which} moments have {} tensors, the model {}",
+                tensors.len(),
+                shapes.len()
+            );
+            for ((name, t), (_, len)) in tensors.iter().zip(&shapes) {
+                anyhow::ensure!(
+                    t.len() == *len,
+                    "Adam's {which} moment of {name} has {} values, the weights {len}",
+                    t.len()
+                );
+            }
+            Ok(tensors.into_iter().map(|(_, t)| t).collect())
+        };
+        Ok(Self {
+            config,
+            step,
+            first: moments("first", first_moment)?,
+            second: moments("second", second_moment)?,
+        })
+    }
+
     /// One update of every tensor of `model` by the gradients in `grads`.
     pub fn update(&mut self, model: &mut Model, grads: &mut Model, lr: f32) {
         self.step += 1;

@@ -9,6 +9,23 @@ use crate::backend::{Backend, BestMatches, EdgeSimilarity, Embeddings, FragmentS
 use crate::graph::{ReceptiveField, TileGraph};
 use crate::model::Model;
 
+/// The GPU `--backend auto` runs on: the adapter `options` select, software
+/// adapters skipped unless named; `None` (after one warning) when there is
+/// none, and the CPU is used.
+pub fn open_for_auto(options: GpuOptions) -> Option<GpuBackend> {
+    let options = GpuOptions {
+        hardware_only: options.adapter.is_none(),
+        ..options
+    };
+    match GpuBackend::new(options) {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            log::warn!("{e}; using the CPU backend");
+            None
+        }
+    }
+}
+
 /// Runs on the GPU when one was opened; redoes on the CPU any call the GPU
 /// fails with a [`GpuError`] (one warning per failure). After a device loss
 /// the GPU is dropped and every later call runs on the CPU. Other errors
@@ -23,18 +40,7 @@ impl AutoBackend {
     /// Opens a GPU with `options` (software adapters skipped unless named);
     /// without one, warns once and uses the CPU.
     pub fn new(options: GpuOptions) -> Self {
-        let options = GpuOptions {
-            hardware_only: options.adapter.is_none(),
-            ..options
-        };
-        let gpu = match GpuBackend::new(options) {
-            Ok(gpu) => Some(gpu),
-            Err(e) => {
-                log::warn!("{e}; using the CPU backend");
-                None
-            }
-        };
-        Self::with(gpu)
+        Self::with(open_for_auto(options))
     }
 
     /// Wraps an already opened GPU backend (or none).

@@ -46,7 +46,7 @@ use crate::graph::{ReceptiveField, TileGraph};
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::{Architecture, Model};
 
-pub use auto::AutoBackend;
+pub use auto::{open_for_auto, AutoBackend};
 pub use context::{
     f16_disabled_by_env, list_adapters, AdapterReport, GpuOptions, LimitsMode, Precision,
 };

@@ -3,7 +3,9 @@
 //! submission and one readback — the pairs' loss terms, summed on the host in
 //! the CPU trainer's order. Weights, Adam's moments, activations and
 //! gradients stay on the device between steps; [`GpuTrainer::model`] reads
-//! the weights back.
+//! the weights back. With [`GpuTrainer::with_checkpoints`] (`--backend
+//! auto`) the step's readback also carries the weights and moments, so a
+//! lost device loses no completed step.
 //!
 //! The arithmetic is that of [`crate::train::grad::loss_and_grad`] and
 //! [`crate::train::Adam`], kernel for kernel: the forward layers run the
@@ -648,6 +650,10 @@ pub struct GpuTrainer {
     failed: bool,
     config: AdamConfig,
     steps: u32,
+    /// Whether each step also reads back the weights and moments.
+    keep_checkpoints: bool,
+    /// The state after the last step, with `keep_checkpoints`.
+    checkpoint: Option<TrainerState>,
 }
 
 impl std::fmt::Debug for GpuTrainer {
@@ -679,7 +685,34 @@ impl GpuTrainer {
             failed: false,
             config: AdamConfig::default(),
             steps: 0,
+            keep_checkpoints: false,
+            checkpoint: None,
         }
+    }
+
+    /// Makes every step's readback also carry the weights and Adam's
+    /// moments after the update (three times the weights' bytes, in the
+    /// same readback as the loss), kept as [`GpuTrainer::checkpoint`]: what
+    /// going on elsewhere after a device loss needs, since the device's
+    /// memory is gone with it. Before the first step.
+    pub fn with_checkpoints(mut self) -> Self {
+        self.keep_checkpoints = true;
+        if self.steps == 0 {
+            let zeros = crate::train::grad::zeros_like(&self.template);
+            self.checkpoint = Some(TrainerState {
+                model: self.template.clone(),
+                first_moment: zeros.clone(),
+                second_moment: zeros,
+                steps: 0,
+            });
+        }
+        self
+    }
+
+    /// With [`GpuTrainer::with_checkpoints`]: the state after the last
+    /// completed step (the starting one before the first step).
+    pub fn checkpoint(&self) -> Option<&TrainerState> {
+        self.checkpoint.as_ref()
     }
 
     /// Uses Adam's constants `config` (before the first step).
@@ -764,8 +797,26 @@ impl GpuTrainer {
             Some((&self.config, lr, t)),
             false,
         )?;
+        let state_at: Option<Vec<u64>> = self.keep_checkpoints.then(|| {
+            [MODEL, ADAM_M, ADAM_V]
+                .iter()
+                .map(|&slot| program.readback(slot, 0, self.layout.len * 4))
+                .collect()
+        });
         let bytes = self.run(&program)?;
         self.steps = t;
+        if let Some(state_at) = state_at {
+            let [model, first_moment, second_moment] = [0, 1, 2].map(|i| {
+                let data = forward::from_act(&bytes, state_at[i], self.layout.len, Elem::F32);
+                unpack(&self.layout, &data, &self.template)
+            });
+            self.checkpoint = Some(TrainerState {
+                model,
+                first_moment,
+                second_moment,
+                steps: t,
+            });
+        }
         Ok(loss_of(&bytes, &at))
     }
 
