@@ -152,7 +152,12 @@ fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
             "--model",
             model.to_str().unwrap(),
         ],
-        &["--tile-size", "60", "--outputs", "transcripts,cells,polygons"],
+        &[
+            "--tile-size",
+            "60",
+            "--outputs",
+            "transcripts,cells,polygons",
+        ],
         10,
     );
 }
@@ -173,7 +178,12 @@ fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
             "--model",
             model.to_str().unwrap(),
         ],
-        &["--tile-size", "60", "--outputs", "transcripts,cells,polygons"],
+        &[
+            "--tile-size",
+            "60",
+            "--outputs",
+            "transcripts,cells,polygons",
+        ],
         50,
     );
 }
