@@ -27,14 +27,20 @@ use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
 use crate::tiles::{self, Cell, TileGrid};
 
-/// Bytes a loaded record costs while its bucket is processed (the record,
-/// its tile graphs, embeddings and neighbour lists), a deliberately high
-/// estimate used to size the buckets from `--max-memory`.
-pub const BYTES_PER_LOADED_RECORD: f64 = 2048.0;
+/// Bytes a transcript of a tile (core and margin) costs while the tile is
+/// scored: its graphs, embeddings and attention (measured about 1.8 KB at
+/// the demo model's sizes; rounded up).
+pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
 
-/// Share of `--max-memory` given to the bucket being processed; the rest
-/// holds what this path still keeps in memory (the input rows, per-row results).
-const BUCKET_SHARE: f64 = 0.5;
+/// Bytes a record loaded for a bucket costs (the record, its columns and
+/// its tile index).
+pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
+
+/// Share of `--max-memory` given to the tile being scored and to the
+/// records of its bucket; the rest holds what this path still keeps in
+/// memory (the input rows, the per-row results).
+const TILE_SHARE: f64 = 0.5;
+const BUCKET_SHARE: f64 = 0.25;
 
 /// Environment variable (builds with the `testing` feature only): abort the
 /// process after this many finished bucket steps, as a kill would.
@@ -310,7 +316,8 @@ fn test_abort(steps: usize) {
 fn test_abort(_steps: usize) {}
 
 /// Tiles per bucket side for `budget` bytes: the largest block whose
-/// records with the margin fit, at the density of the fullest tile.
+/// records with the margin fit its share, at the density of the fullest
+/// tile; an error when the fullest tile with its margin does not fit its share.
 fn bucket_side(prepared: &Prepared, budget: u64) -> Result<u64> {
     let grid = &prepared.grid;
     let whole = grid.cols.max(grid.rows);
@@ -323,18 +330,18 @@ fn bucket_side(prepared: &Prepared, budget: u64) -> Result<u64> {
         *per_tile.entry(grid.owner(p)).or_default() += 1;
     }
     let fullest = per_tile.values().copied().max().unwrap_or(1) as f64;
-    let records = budget as f64 * BUCKET_SHARE / BYTES_PER_LOADED_RECORD;
     let (size, margin) = (grid.size, prepared.margin);
-    // fullest · ((side·size + 2·margin) / size)² ≤ records
-    let side = ((records / fullest).sqrt() * size - 2.0 * margin) / size;
-    if side < 1.0 {
-        let one = fullest * ((size + 2.0 * margin) / size).powi(2);
+    let tile = fullest * ((size + 2.0 * margin) / size).powi(2);
+    if tile * TILE_BYTES_PER_TRANSCRIPT > budget as f64 * TILE_SHARE {
         bail!(
-            "--max-memory {budget} bytes is too small: one tile of {size} µm with its {margin:.1} µm margin holds up to about {one:.0} transcripts here, about {} MB to process (half of --max-memory is for that); use a larger --max-memory or a smaller --tile-size",
-            (one * BYTES_PER_LOADED_RECORD / 1e6).ceil()
+            "--max-memory {budget} bytes is too small: the fullest tile of {size} µm with its {margin:.1} µm margin holds about {tile:.0} transcripts here, about {} MB to score (half of --max-memory is for that); use a larger --max-memory or a smaller --tile-size",
+            (tile * TILE_BYTES_PER_TRANSCRIPT / 1e6).ceil()
         );
     }
-    Ok((side.floor() as u64).min(whole))
+    // fullest · ((side·size + 2·margin) / size)² ≤ records
+    let records = budget as f64 * BUCKET_SHARE / BUCKET_BYTES_PER_RECORD;
+    let side = ((records / fullest).sqrt() * size - 2.0 * margin) / size;
+    Ok((side.floor().max(1.0) as u64).min(whole))
 }
 
 /// Segments one sample on the bucketed path; the same results as
