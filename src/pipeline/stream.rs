@@ -358,6 +358,9 @@ pub fn segment(
     let mut seconds = Vec::new();
     let clock = Instant::now();
     let mut prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
+    // Membership and z are settled (in the records from here on); no output reads them.
+    transcripts.nuclear_cell = None;
+    transcripts.z = Vec::new();
     let grid = prepared.grid.clone();
     let side = match settings.bucket_tiles {
         Some(side) => side.max(1),
