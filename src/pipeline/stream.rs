@@ -116,8 +116,13 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 /// The peak resident memory of this process so far, in bytes (Linux; `None` elsewhere).
 pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// A memory line of `/proc/self/status` in bytes (Linux; `None` elsewhere).
+fn status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -376,6 +381,16 @@ pub fn segment(
     prepared.tokens = Vec::new();
     prepared.member = Vec::new();
     seconds.push(("spill", clock.elapsed().as_secs_f64()));
+    let held = status_bytes("VmRSS:").unwrap_or(0);
+    let left = settings.max_memory as f64 * (1.0 - TILE_SHARE - BUCKET_SHARE);
+    if held as f64 > left {
+        log::warn!(
+            "--max-memory {} bytes: this path still holds the input rows in memory ({} MB now), more than the {:.0} MB the budget leaves for them; the peak will exceed --max-memory (docs/streaming.md)",
+            settings.max_memory,
+            held / 1_000_000,
+            left / 1e6
+        );
+    }
 
     let n_kept = prepared.kept.len();
     let mut steps = 0usize;
