@@ -246,15 +246,29 @@ pub fn write_table(
     }
 }
 
-/// Writes `segger_transcripts.parquet` (or `.csv`): the passthrough
-/// columns, then `segger_cell_id`, `score`, `assignment` and `filter_reason`.
+/// Writes `segger_transcripts.parquet` (or `.csv`). Parquet is written one
+/// row group at a time, the result columns made per row group, so that
+/// they never exist for all rows at once (the same bytes as writing the
+/// whole columns in [`ROW_GROUP`] slices).
 pub fn write_transcripts(
     path: &Path,
     passthrough: &[(String, ArrayRef)],
     result: &Segmentation,
     format: TableFormat,
 ) -> Result<()> {
-    write_table(path, transcript_columns(passthrough, result), format)
+    match format {
+        TableFormat::Parquet => {
+            let schema = schema_of(&transcript_columns_of(passthrough, result, 0..0));
+            write_parquet_batches(path, schema.clone(), result.len(), ROW_GROUP, |range| {
+                let columns = transcript_columns_of(passthrough, result, range);
+                Ok(RecordBatch::try_new(
+                    schema.clone(),
+                    columns.into_iter().map(|(_, a)| a).collect(),
+                )?)
+            })
+        }
+        TableFormat::Csv => write_csv(path, transcript_columns(passthrough, result)),
+    }
 }
 
 /// The columns of `segger_transcripts.parquet`.
@@ -262,8 +276,19 @@ pub fn transcript_columns(
     passthrough: &[(String, ArrayRef)],
     result: &Segmentation,
 ) -> Vec<(String, ArrayRef)> {
-    let rows = 0..result.len();
-    let mut columns: Vec<(String, ArrayRef)> = passthrough.to_vec();
+    transcript_columns_of(passthrough, result, 0..result.len())
+}
+
+/// The columns of `segger_transcripts.parquet` for the input rows `rows`.
+fn transcript_columns_of(
+    passthrough: &[(String, ArrayRef)],
+    result: &Segmentation,
+    rows: Range<usize>,
+) -> Vec<(String, ArrayRef)> {
+    let mut columns: Vec<(String, ArrayRef)> = passthrough
+        .iter()
+        .map(|(name, a)| (name.clone(), a.slice(rows.start, rows.len())))
+        .collect();
     columns.push((
         "segger_cell_id".into(),
         Arc::new(StringArray::from_iter_values(
@@ -272,19 +297,20 @@ pub fn transcript_columns(
     ));
     columns.push((
         "score".into(),
-        Arc::new(Float32Array::from_iter(rows.map(|r| result.score(r)))),
+        Arc::new(Float32Array::from_iter(
+            rows.clone().map(|r| result.score(r)),
+        )),
     ));
     columns.push((
         "assignment".into(),
         Arc::new(StringArray::from_iter_values(
-            result.assignment.iter().map(|a| a.as_str()),
+            result.assignment[rows.clone()].iter().map(|a| a.as_str()),
         )),
     ));
     columns.push((
         "filter_reason".into(),
         Arc::new(StringArray::from_iter(
-            result
-                .filter_reason
+            result.filter_reason[rows]
                 .iter()
                 .map(|f| f.map(FilterReason::as_str)),
         )),

@@ -140,15 +140,53 @@ pub fn run(
         kept_edges(&neighbors, k, &scored.similarity, threshold, &candidate_of);
     let labels = backend.components(candidates.len(), &edges)?;
 
+    let (fragment_of, ids) = name_components(
+        &labels,
+        &candidates,
+        &prepared.kept,
+        id_key,
+        params.min_transcripts,
+    );
+    let summary = FragmentSummary {
+        candidates: candidates.len(),
+        neighbour_edges: neighbors.iter().filter(|&&j| j >= 0).count(),
+        candidate_edges,
+        median_similarity: median,
+        threshold,
+        kept_edges: edges.len(),
+        fragments: ids.len(),
+        fragment_transcripts: fragment_of.iter().filter(|f| f.is_some()).count(),
+    };
+    Ok(Fragments {
+        fragment_of,
+        ids,
+        summary,
+    })
+}
+
+/// Fragments from the components of the candidates: `labels[c]` is the
+/// component of candidate `c` (kept transcript `candidates[c]`, input row
+/// `kept[candidates[c]]`), any label order-preserving in the smallest
+/// candidate of the component. Components of at least `min_transcripts`
+/// become fragments, named `fragment-<smallest transcript id>` and listed
+/// in that id's order. Returns the fragment of every kept transcript and
+/// the ids.
+pub fn name_components(
+    labels: &[u32],
+    candidates: &[u32],
+    kept: &[u32],
+    id_key: &[TranscriptKey],
+    min_transcripts: usize,
+) -> (Vec<Option<u32>>, Vec<String>) {
     let mut size: HashMap<u32, usize> = HashMap::new();
-    for &l in &labels {
+    for &l in labels {
         *size.entry(l).or_default() += 1;
     }
     // Smallest transcript id of each component, for its deterministic name.
-    let row_of = |c: usize| prepared.kept[candidates[c] as usize] as usize;
+    let row_of = |c: usize| kept[candidates[c] as usize] as usize;
     let mut smallest: HashMap<u32, usize> = HashMap::new();
     for (c, &l) in labels.iter().enumerate() {
-        if size[&l] < params.min_transcripts {
+        if size[&l] < min_transcripts {
             continue;
         }
         let row = row_of(c);
@@ -173,27 +211,13 @@ pub fn run(
         .iter()
         .map(|&(_, row)| format!("fragment-{}", id_key[row]))
         .collect();
-    let mut fragment_of = vec![None; assigned.len()];
+    let mut fragment_of = vec![None; kept.len()];
     for (c, &l) in labels.iter().enumerate() {
         if let Some(&s) = slot.get(&l) {
             fragment_of[candidates[c] as usize] = Some(s);
         }
     }
-    let summary = FragmentSummary {
-        candidates: candidates.len(),
-        neighbour_edges: neighbors.iter().filter(|&&j| j >= 0).count(),
-        candidate_edges,
-        median_similarity: median,
-        threshold,
-        kept_edges: edges.len(),
-        fragments: ids.len(),
-        fragment_transcripts: fragment_of.iter().filter(|f| f.is_some()).count(),
-    };
-    Ok(Fragments {
-        fragment_of,
-        ids,
-        summary,
-    })
+    (fragment_of, ids)
 }
 
 #[cfg(test)]

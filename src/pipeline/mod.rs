@@ -20,6 +20,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod score_tiles;
+pub mod stream;
 
 use fragments::FragmentParams;
 use progress::Progress;

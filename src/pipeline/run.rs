@@ -80,6 +80,22 @@ pub struct SegmentArgs {
     /// Tile margin in µm; smaller than the exact margin is an approximation [default: exact].
     #[arg(long, allow_negative_numbers = true)]
     pub margin: Option<f64>,
+    /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
+    /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
+    /// bucket by bucket, with the same outputs as the in-memory default (docs/streaming.md).
+    #[arg(long, value_parser = super::stream::parse_size)]
+    pub max_memory: Option<u64>,
+    /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
+    /// the end of the run; a killed run leaves it for --resume.
+    #[arg(long, requires = "max_memory")]
+    pub tmp_dir: Option<PathBuf>,
+    /// Reuse the finished buckets a killed --max-memory run left in --tmp-dir (the same
+    /// input, model and settings); otherwise starts over.
+    #[arg(long, requires = "max_memory")]
+    pub resume: bool,
+    /// Tiles per bucket side with --max-memory [default: the most the budget allows].
+    #[arg(long, requires = "max_memory", value_parser = clap::value_parser!(u64).range(1..))]
+    pub bucket_tiles: Option<u64>,
     /// Train a model on this slide first (`seggpu train`; flags under "Training"), write it to
     /// OUT/model.safetensors with OUT/training_log.json, and segment with it.
     #[arg(long, conflicts_with_all = ["model", "demo"])]
@@ -172,6 +188,11 @@ struct SegmentationLog<'a> {
     outputs: OutputFacts,
     seconds: std::collections::BTreeMap<&'static str, f64>,
     seconds_total: f64,
+    /// Peak resident memory of the process, bytes (Linux).
+    peak_rss_bytes: Option<u64>,
+    /// The bucketed path's facts (`--max-memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streaming: Option<super::stream::StreamFacts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     demo_accuracy: Option<serde_json::Value>,
 }
@@ -287,8 +308,32 @@ pub fn run(
     };
     stages.push(("read", clock.elapsed().as_secs_f64()));
 
-    let (result, transcripts) =
-        super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
+    let (result, transcripts, streaming) = match args.max_memory {
+        Some(max_memory) => {
+            let settings = super::stream::StreamSettings {
+                max_memory,
+                tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+                out: args.out.clone(),
+                resume: args.resume,
+                bucket_tiles: args.bucket_tiles,
+            };
+            let (result, transcripts, facts) = super::stream::segment(
+                transcripts,
+                &nuclei,
+                &model,
+                &params,
+                backend,
+                &progress,
+                &settings,
+            )?;
+            (result, transcripts, Some(facts))
+        }
+        None => {
+            let (result, transcripts) =
+                super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
+            (result, transcripts, None)
+        }
+    };
     stages.extend(result.stage_seconds.iter().copied());
     let demo_accuracy = if args.demo {
         Some(crate::demo::demo_accuracy(
@@ -481,6 +526,8 @@ pub fn run(
         outputs,
         seconds: stages.iter().copied().collect(),
         seconds_total: started.elapsed().as_secs_f64(),
+        peak_rss_bytes: super::stream::peak_rss_bytes(),
+        streaming,
         demo_accuracy: demo_accuracy.as_ref().map(|a| a.to_json()),
     };
     let log_path = out.staged(output::LOG_FILE)?;

@@ -31,6 +31,7 @@ mod reliability;
 mod report_html;
 mod segment_cli;
 mod simulate;
+mod streaming;
 mod train_cli;
 mod train_grad;
 mod weights_errors;

@@ -1,0 +1,963 @@
+//! The bucketed path of `segment` (`--max-memory`, docs/streaming.md): the
+//! kept transcripts are spilled as compact records into spatial buckets on
+//! disk (blocks of whole tiles), and the score and fragment stages visit
+//! one bucket at a time with the records of its neighbours within the
+//! exact margin, so that every result equals the in-memory path's. Finished
+//! buckets are kept as files, so that `--resume` reuses them after a kill.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::assign;
+use super::fragments::{self, FragmentSummary, Fragments};
+use super::prepare::{self, Prepared};
+use super::progress::Progress;
+use super::report;
+use super::score_tiles::{self, OwnedBest, ScoreClock, TileScores, TileSource};
+use super::{SegmentParams, Segmentation};
+use crate::backend::{Backend, FragmentSlots};
+use crate::io::{Nuclei, Transcripts};
+use crate::kernels::edge_similarity::HISTOGRAM_BINS;
+use crate::model::Model;
+use crate::tiles::{self, Cell, TileGrid};
+
+/// Bytes a transcript of a tile (core and margin) costs while the tile is
+/// scored: its graphs, embeddings and attention (measured about 1.8 KB at
+/// the demo model's sizes; rounded up).
+pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
+
+/// Bytes a record loaded for a bucket costs (the record, its columns and
+/// its tile index).
+pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
+
+/// Share of `--max-memory` given to the tile being scored and to the
+/// records of its bucket; the rest holds what this path still keeps in
+/// memory (the input rows, the per-row results).
+const TILE_SHARE: f64 = 0.5;
+const BUCKET_SHARE: f64 = 0.25;
+
+/// Environment variable (builds with the `testing` feature only): abort the
+/// process after this many finished bucket steps, as a kill would.
+#[cfg(feature = "testing")]
+pub const ABORT_AFTER_ENV: &str = "SEGGPU_TEST_ABORT_AFTER_BUCKETS";
+
+/// Bytes of one spilled record: kept index, x, y, z, token, nucleus.
+const RECORD_BYTES: usize = 4 + 3 * 8 + 4 + 4;
+
+/// How the bucketed path runs.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// Memory budget in bytes (`--max-memory`).
+    pub max_memory: u64,
+    /// Folder the spill folder is made in (`--tmp-dir`, default the output folder).
+    pub tmp_dir: PathBuf,
+    /// Output folder, naming the spill folder.
+    pub out: PathBuf,
+    /// Reuse the finished buckets of a killed run (`--resume`).
+    pub resume: bool,
+    /// Tiles per bucket side, instead of the choice from the budget (`--bucket-tiles`).
+    pub bucket_tiles: Option<u64>,
+}
+
+/// Facts of a bucketed run, for the log (`streaming`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamFacts {
+    /// The budget, bytes.
+    pub max_memory: u64,
+    /// Where the buckets were spilled (removed at the end).
+    pub spill_dir: String,
+    /// Tiles per bucket side.
+    pub bucket_tiles: u64,
+    /// Occupied buckets.
+    pub buckets: usize,
+    /// Bucket steps (score and fragment) taken from a killed run by `--resume`.
+    pub bucket_steps_reused: usize,
+    /// Bytes of records spilled.
+    pub spilled_bytes: u64,
+    /// Most records loaded for one bucket (its own and its margin's).
+    pub largest_bucket_records: usize,
+    /// Transcripts gathered by the tiles (core and margin) per kept
+    /// transcript scored: the recompute factor of the tiles.
+    pub recompute_factor: f64,
+    /// Records loaded by the score stage per record owned: the
+    /// recompute factor of the buckets.
+    pub bucket_load_factor: f64,
+}
+
+/// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
+/// K, M, G, T are powers of 1024.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024f64.powi(2),
+        "G" | "GB" | "GIB" => 1024f64.powi(3),
+        "T" | "TB" | "TIB" => 1024f64.powi(4),
+        _ => return Err(format!("`{text}` is not a size: expected a number with an optional unit K, M, G or T (e.g. 4G)")),
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() && v * scale >= 1.0 && v * scale < 1.8e19 => Ok((v * scale) as u64),
+        _ => Err(format!(
+            "`{text}` is not a size: expected a positive number with an optional unit K, M, G or T (e.g. 4G)"
+        )),
+    }
+}
+
+/// The peak resident memory of this process so far, in bytes (Linux; `None` elsewhere).
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM:")
+}
+
+/// A memory line of `/proc/self/status` in bytes (Linux; `None` elsewhere).
+fn status_bytes(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// One spilled record, as loaded.
+#[derive(Clone, Copy)]
+struct Record {
+    kept: u32,
+    pos: [f64; 3],
+    token: u32,
+    member: i32,
+}
+
+impl Record {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.kept.to_le_bytes());
+        for v in self.pos {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.token.to_le_bytes());
+        out.extend_from_slice(&self.member.to_le_bytes());
+    }
+
+    fn read(b: &[u8]) -> Self {
+        let u = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let f = |at: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&b[at..at + 8]);
+            f64::from_le_bytes(v)
+        };
+        Record {
+            kept: u(0),
+            pos: [f(4), f(12), f(20)],
+            token: u(28),
+            member: u(32) as i32,
+        }
+    }
+}
+
+/// The buckets: blocks of `side × side` tile cores, aligned with the grid.
+struct BucketPlan {
+    side: u64,
+    /// Occupied buckets `[row, column]` (in bucket units), ascending.
+    cells: Vec<Cell>,
+    /// Tiles of every occupied bucket, ascending.
+    tiles: Vec<Vec<Cell>>,
+}
+
+impl BucketPlan {
+    fn new(grid: &TileGrid, side: u64) -> Self {
+        let mut cells: Vec<Cell> = Vec::new();
+        let mut tiles: Vec<Vec<Cell>> = Vec::new();
+        let mut by_cell: HashMap<Cell, usize> = HashMap::new();
+        for t in 0..grid.len() {
+            let tile = grid.tile(t);
+            let bucket = [tile[0] / side, tile[1] / side];
+            let at = *by_cell.entry(bucket).or_insert_with(|| {
+                cells.push(bucket);
+                tiles.push(Vec::new());
+                cells.len() - 1
+            });
+            tiles[at].push(tile);
+        }
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by_key(|&i| cells[i]);
+        BucketPlan {
+            side,
+            cells: order.iter().map(|&i| cells[i]).collect(),
+            tiles: order
+                .iter()
+                .map(|&i| std::mem::take(&mut tiles[i]))
+                .collect(),
+        }
+    }
+
+    fn index_of(&self, tile: Cell) -> usize {
+        let bucket = [tile[0] / self.side, tile[1] / self.side];
+        self.cells
+            .binary_search(&bucket)
+            .expect("every tile lies in an occupied bucket")
+    }
+
+    /// Bounds `[x0, y0, x1, y1]` of bucket `b` extended by `reach` µm, each
+    /// side unbounded at the border of the grid (as tiles are).
+    fn reach(&self, grid: &TileGrid, b: usize, reach: f64) -> [f64; 4] {
+        let [row, col] = self.cells[b];
+        let first = [row * self.side, col * self.side];
+        let last = [
+            (first[0] + self.side).min(grid.rows) - 1,
+            (first[1] + self.side).min(grid.cols) - 1,
+        ];
+        let lo = grid.core(first);
+        let hi = grid.core(last);
+        let side = |at_border: bool, v: f64| if at_border { None } else { Some(v) };
+        [
+            side(first[1] == 0, lo[0] - reach).unwrap_or(f64::NEG_INFINITY),
+            side(first[0] == 0, lo[1] - reach).unwrap_or(f64::NEG_INFINITY),
+            side(last[1] + 1 == grid.cols, hi[2] + reach).unwrap_or(f64::INFINITY),
+            side(last[0] + 1 == grid.rows, hi[3] + reach).unwrap_or(f64::INFINITY),
+        ]
+    }
+
+    /// Occupied buckets whose records may lie within `reach` µm of bucket `b`.
+    fn near(&self, grid: &TileGrid, b: usize, reach: f64) -> Vec<usize> {
+        let span = (self.side as f64) * grid.size;
+        let rings = (reach / span).ceil();
+        let rings = if rings.is_finite() {
+            rings.max(0.0) as u64
+        } else {
+            u64::MAX
+        };
+        let [row, col] = self.cells[b];
+        (0..self.cells.len())
+            .filter(|&o| {
+                let [r, c] = self.cells[o];
+                r.abs_diff(row) <= rings && c.abs_diff(col) <= rings
+            })
+            .collect()
+    }
+}
+
+/// The spill folder: removed when dropped unless the process dies first
+/// (a kill leaves it for `--resume`).
+struct SpillDir {
+    path: PathBuf,
+}
+
+impl SpillDir {
+    fn file(&self, kind: &str, b: usize) -> PathBuf {
+        self.path.join(kind).join(format!("b{b}.bin"))
+    }
+
+    /// Writes `bytes` to `path` under a temporary name, then renames it, so
+    /// that a file present is complete.
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let part = path.with_extension("part");
+        let written = std::fs::File::create(&part)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.flush()))
+            .and_then(|()| std::fs::rename(&part, path));
+        written.with_context(|| {
+            format!(
+                "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+                path.display(),
+                self.path.parent().unwrap_or(&self.path).display()
+            )
+        })
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("cannot read spill file {}", path.display()))
+    }
+}
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Records of the buckets `near`, within `bounds`, sorted by kept index;
+/// with whether each is owned by bucket `own`.
+fn load(
+    spill: &SpillDir,
+    near: &[usize],
+    own: usize,
+    bounds: [f64; 4],
+) -> Result<(Vec<Record>, Vec<bool>)> {
+    let mut records: Vec<(Record, bool)> = Vec::new();
+    for &o in near {
+        let bytes = spill.read(&spill.file("records", o))?;
+        for chunk in bytes.chunks_exact(RECORD_BYTES) {
+            let r = Record::read(chunk);
+            let [x, y, _] = r.pos;
+            if o == own || (x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]) {
+                records.push((r, o == own));
+            }
+        }
+    }
+    records.sort_unstable_by_key(|(r, _)| r.kept);
+    Ok(records.into_iter().unzip())
+}
+
+/// Aborts after `steps` finished bucket steps when the test hook asks for it.
+#[cfg(feature = "testing")]
+fn test_abort(steps: usize) {
+    if std::env::var(ABORT_AFTER_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| steps >= n)
+    {
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "testing"))]
+fn test_abort(_steps: usize) {}
+
+/// Tiles per bucket side for `budget` bytes: the largest block whose
+/// records with the margin fit its share, at the density of the fullest
+/// tile; an error when the fullest tile with its margin does not fit its share.
+fn bucket_side(prepared: &Prepared, budget: u64) -> Result<u64> {
+    let grid = &prepared.grid;
+    let whole = grid.cols.max(grid.rows);
+    if !prepared.margin.is_finite() {
+        // One tile holds everything: there is nothing to bound.
+        return Ok(whole);
+    }
+    let mut per_tile: HashMap<Cell, u64> = HashMap::with_capacity(grid.len());
+    for &p in &prepared.flat {
+        *per_tile.entry(grid.owner(p)).or_default() += 1;
+    }
+    let fullest = per_tile.values().copied().max().unwrap_or(1) as f64;
+    let (size, margin) = (grid.size, prepared.margin);
+    let tile = fullest * ((size + 2.0 * margin) / size).powi(2);
+    if tile * TILE_BYTES_PER_TRANSCRIPT > budget as f64 * TILE_SHARE {
+        bail!(
+            "--max-memory {budget} bytes is too small: the fullest tile of {size} µm with its {margin:.1} µm margin holds about {tile:.0} transcripts here, about {} MB to score (half of --max-memory is for that); use a larger --max-memory or a smaller --tile-size",
+            (tile * TILE_BYTES_PER_TRANSCRIPT / 1e6).ceil()
+        );
+    }
+    // fullest · ((side·size + 2·margin) / size)² ≤ records
+    let records = budget as f64 * BUCKET_SHARE / BUCKET_BYTES_PER_RECORD;
+    let side = ((records / fullest).sqrt() * size - 2.0 * margin) / size;
+    Ok((side.floor().max(1.0) as u64).min(whole))
+}
+
+/// Segments one sample on the bucketed path; the same results as
+/// [`super::segment`], with the facts of the buckets.
+pub fn segment(
+    mut transcripts: Transcripts,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+    backend: &mut dyn Backend,
+    progress: &Progress,
+    settings: &StreamSettings,
+) -> Result<(Segmentation, Transcripts, StreamFacts)> {
+    let mut seconds = Vec::new();
+    let clock = Instant::now();
+    let mut prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
+    // Membership and z are settled (in the records from here on); no output reads them.
+    transcripts.nuclear_cell = None;
+    transcripts.z = Vec::new();
+    let grid = prepared.grid.clone();
+    let side = match settings.bucket_tiles {
+        Some(side) => side.max(1),
+        None => bucket_side(&prepared, settings.max_memory)?,
+    };
+    let plan = BucketPlan::new(&grid, side);
+    seconds.push(("prepare", clock.elapsed().as_secs_f64()));
+
+    let clock = Instant::now();
+    let (spill, reuse, spilled_bytes) = spill(&prepared, &plan, params, model, settings)?;
+    // The spilled columns are read back per bucket from here on.
+    prepared.flat = Vec::new();
+    prepared.tokens = Vec::new();
+    prepared.member = Vec::new();
+    seconds.push(("spill", clock.elapsed().as_secs_f64()));
+    let held = status_bytes("VmRSS:").unwrap_or(0);
+    let left = settings.max_memory as f64 * (1.0 - TILE_SHARE - BUCKET_SHARE);
+    if held as f64 > left {
+        log::warn!(
+            "--max-memory {} bytes: this path still holds the input rows in memory ({} MB now), more than the {:.0} MB the budget leaves for them; the peak will exceed --max-memory (docs/streaming.md)",
+            settings.max_memory,
+            held / 1_000_000,
+            left / 1e6
+        );
+    }
+
+    let n_kept = prepared.kept.len();
+    let mut steps = 0usize;
+    let mut reused = 0usize;
+    let bd_members = tiles::bucket(&grid, &nuclei.centroid);
+    let mut scores = TileScores {
+        best_score: vec![f32::NAN; n_kept],
+        best_index: vec![-1; n_kept],
+        graph_seconds: 0.0,
+        model_seconds: 0.0,
+    };
+    let mut work = ScoreClock::default();
+    let (mut loaded, mut largest) = (0u64, 0usize);
+    let bar = progress.bar("buckets", plan.cells.len() as u64);
+    for b in 0..plan.cells.len() {
+        bar.inc(1);
+        let path = spill.file("scores", b);
+        let found: Vec<(u32, f32, i32)> = if reuse && path.exists() {
+            reused += 1;
+            spill
+                .read(&path)?
+                .chunks_exact(12)
+                .map(|c| {
+                    let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
+                    (
+                        u32::from_le_bytes(w(0)),
+                        f32::from_le_bytes(w(4)),
+                        i32::from_le_bytes(w(8)),
+                    )
+                })
+                .collect()
+        } else {
+            let near = plan.near(&grid, b, prepared.margin);
+            let bounds = plan.reach(&grid, b, prepared.margin);
+            let (records, _) = load(&spill, &near, b, bounds)?;
+            loaded += records.len() as u64;
+            largest = largest.max(records.len());
+            let found = score_bucket(
+                &records,
+                &grid,
+                &plan.tiles[b],
+                &bd_members,
+                nuclei,
+                model,
+                params,
+                backend,
+                &mut work,
+            )?;
+            let mut bytes = Vec::with_capacity(found.len() * 12);
+            for &(k, s, n) in &found {
+                bytes.extend_from_slice(&k.to_le_bytes());
+                bytes.extend_from_slice(&s.to_le_bytes());
+                bytes.extend_from_slice(&n.to_le_bytes());
+            }
+            spill.write(&path, &bytes)?;
+            found
+        };
+        for (k, s, n) in found {
+            scores.best_score[k as usize] = s;
+            scores.best_index[k as usize] = n;
+        }
+        steps += 1;
+        test_abort(steps);
+    }
+    bar.finish_and_clear();
+    scores.graph_seconds = work.graph;
+    scores.model_seconds = work.model;
+    seconds.push(("graphs", work.graph));
+    seconds.push(("model+score", work.model));
+
+    let clock = Instant::now();
+    let assigned = assign::run(&scores, params.score_cut);
+    let fragments = match params.fragments {
+        Some(settings) => Some(bucketed_fragments(
+            &spill,
+            &plan,
+            &grid,
+            &prepared,
+            &assigned.assigned,
+            &transcripts.id_key,
+            model,
+            &fragments::FragmentParams {
+                k_tx: params.graph.k_tx,
+                dist_tx: params.graph.dist_tx,
+                cut: settings.cut.unwrap_or(assigned.cut),
+                min_transcripts: settings.min_transcripts,
+            },
+            backend,
+            reuse,
+            &mut steps,
+            &mut reused,
+        )?),
+        None => None,
+    };
+    seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
+
+    let facts = StreamFacts {
+        max_memory: settings.max_memory,
+        spill_dir: spill.path.display().to_string(),
+        bucket_tiles: side,
+        buckets: plan.cells.len(),
+        bucket_steps_reused: reused,
+        spilled_bytes,
+        largest_bucket_records: largest,
+        recompute_factor: ratio(work.gathered, n_kept as u64),
+        bucket_load_factor: ratio(loaded, n_kept as u64),
+    };
+    drop(spill);
+    let mut result = report::run(report::Stages {
+        filter: std::mem::take(&mut transcripts.filter),
+        nuclei,
+        prepared: &prepared,
+        scores: &scores,
+        assigned: &assigned,
+        fragments,
+        score_cut: params.score_cut,
+        tile_size: params.tile_size,
+        backend: backend.describe(),
+    });
+    result.stage_seconds = seconds;
+    Ok((result, transcripts, facts))
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Writes the records of every bucket and the manifest; returns the spill
+/// folder, whether its finished buckets may be reused, and the bytes spilled.
+fn spill(
+    prepared: &Prepared,
+    plan: &BucketPlan,
+    params: &SegmentParams,
+    model: &Model,
+    settings: &StreamSettings,
+) -> Result<(SpillDir, bool, u64)> {
+    let out = std::path::absolute(&settings.out).unwrap_or_else(|_| settings.out.clone());
+    let name = format!(
+        ".seggpu-spill-{}",
+        &hex(&Sha256::digest(out.to_string_lossy().as_bytes()))[..16]
+    );
+    let path = settings.tmp_dir.join(name);
+    let manifest = path.join("manifest.json");
+    let previous = std::fs::read_to_string(&manifest).ok();
+    if !settings.resume && path.exists() {
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("cannot remove the old spill folder {}", path.display()))?;
+    }
+    for kind in ["records", "scores", "fragments"] {
+        std::fs::create_dir_all(path.join(kind)).with_context(|| {
+            format!(
+                "cannot create the spill folder {} (--tmp-dir {})",
+                path.display(),
+                settings.tmp_dir.display()
+            )
+        })?;
+    }
+    let spill = SpillDir { path };
+
+    // Records grouped by bucket, each group in kept order.
+    let bucket_of: Vec<u32> = prepared
+        .flat
+        .iter()
+        .map(|&p| plan.index_of(prepared.grid.owner(p)) as u32)
+        .collect();
+    let mut starts = vec![0usize; plan.cells.len() + 1];
+    for &b in &bucket_of {
+        starts[b as usize + 1] += 1;
+    }
+    for b in 0..plan.cells.len() {
+        starts[b + 1] += starts[b];
+    }
+    let mut order = vec![0u32; bucket_of.len()];
+    let mut next = starts.clone();
+    for (i, &b) in bucket_of.iter().enumerate() {
+        order[next[b as usize]] = i as u32;
+        next[b as usize] += 1;
+    }
+    drop(bucket_of);
+    // The key of the run: what the buckets' results depend on.
+    let mut key = Sha256::new();
+    key.update(env!("CARGO_PKG_VERSION").as_bytes());
+    key.update(serde_json::to_string(params)?.as_bytes());
+    key.update(model.sha256.as_bytes());
+    key.update(plan.side.to_le_bytes());
+    key.update(prepared.grid.size.to_le_bytes());
+    let mut bytes = Vec::new();
+    let mut total = 0u64;
+    for b in 0..plan.cells.len() {
+        bytes.clear();
+        for &i in &order[starts[b]..starts[b + 1]] {
+            let i = i as usize;
+            Record {
+                kept: i as u32,
+                pos: prepared.pos[i],
+                token: prepared.tokens[i],
+                member: prepared.member[i],
+            }
+            .write(&mut bytes);
+        }
+        key.update(&bytes);
+        total += bytes.len() as u64;
+        spill.write(&spill.file("records", b), &bytes)?;
+    }
+    let key = hex(&key.finalize());
+    let reuse = settings.resume && previous.as_deref() == Some(key.as_str());
+    if settings.resume && !reuse {
+        log::warn!(
+            "--resume: no finished buckets of this run under {} (another sample, model or setting, or none left); starting over",
+            spill.path.display()
+        );
+        for kind in ["scores", "fragments"] {
+            let dir = spill.path.join(kind);
+            std::fs::remove_dir_all(&dir)
+                .and_then(|()| std::fs::create_dir_all(&dir))
+                .with_context(|| format!("cannot empty the spill folder {}", dir.display()))?;
+        }
+    }
+    spill.write(&manifest, key.as_bytes())?;
+    Ok((spill, reuse, total))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Scores the tiles of one bucket from its records (its own and its
+/// margin's); returns (kept index, score, nucleus) of the owned transcripts
+/// with a candidate.
+#[allow(clippy::too_many_arguments)]
+fn score_bucket(
+    records: &[Record],
+    grid: &TileGrid,
+    bucket_tiles: &[Cell],
+    bd_members: &tiles::Buckets,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+    backend: &mut dyn Backend,
+    work: &mut ScoreClock,
+) -> Result<Vec<(u32, f32, i32)>> {
+    let flat: Vec<[f64; 2]> = records.iter().map(|r| [r.pos[0], r.pos[1]]).collect();
+    let pos: Vec<[f64; 3]> = records.iter().map(|r| r.pos).collect();
+    let tokens: Vec<u32> = records.iter().map(|r| r.token).collect();
+    let member: Vec<i32> = records.iter().map(|r| r.member).collect();
+    let members = tiles::bucket(grid, &flat);
+    let source = TileSource {
+        grid,
+        members: &members,
+        flat: &flat,
+        pos: &pos,
+        tokens: &tokens,
+        member: &member,
+        bd_members,
+    };
+    let mut found: Vec<OwnedBest> = Vec::new();
+    for &tile in bucket_tiles {
+        score_tiles::score_tile(
+            &source,
+            tile,
+            nuclei,
+            model,
+            &params.graph,
+            backend,
+            work,
+            &mut found,
+        )?;
+    }
+    Ok(found
+        .into_iter()
+        .map(|(local, s, n)| (records[local as usize].kept, s, n))
+        .collect())
+}
+
+/// Union–find over kept transcripts whose roots are the smallest member.
+struct Components {
+    parent: Vec<u32>,
+}
+
+impl Components {
+    fn new(n: usize) -> Self {
+        Components {
+            parent: (0..n as u32).collect(),
+        }
+    }
+
+    fn find(&mut self, mut a: u32) -> u32 {
+        while self.parent[a as usize] != a {
+            let up = self.parent[self.parent[a as usize] as usize];
+            self.parent[a as usize] = up;
+            a = up;
+        }
+        a
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+        self.parent[hi as usize] = lo;
+    }
+}
+
+/// A fragment bucket file: the histogram as (bin, count) pairs, the two
+/// edge counts, then the candidate edges at or above the cut.
+struct FragmentBucket {
+    histogram: Vec<(u32, u32)>,
+    neighbour_edges: u64,
+    candidate_edges: u64,
+    edges: Vec<(u32, u32, f32)>,
+}
+
+impl FragmentBucket {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.histogram.len() as u64).to_le_bytes());
+        for &(bin, count) in &self.histogram {
+            out.extend_from_slice(&bin.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out.extend_from_slice(&self.neighbour_edges.to_le_bytes());
+        out.extend_from_slice(&self.candidate_edges.to_le_bytes());
+        for &(a, b, s) in &self.edges {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&b.to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let broken = || anyhow::anyhow!("spill file {} is damaged", path.display());
+        let u64_at = |at: usize| -> Result<u64> {
+            let b = bytes.get(at..at + 8).ok_or_else(broken)?;
+            Ok(u64::from_le_bytes(b.try_into()?))
+        };
+        let u32_at = |at: usize| -> Result<u32> {
+            let b = bytes.get(at..at + 4).ok_or_else(broken)?;
+            Ok(u32::from_le_bytes(b.try_into()?))
+        };
+        let bins = u64_at(0)? as usize;
+        let mut histogram = Vec::with_capacity(bins);
+        let mut at = 8;
+        for _ in 0..bins {
+            histogram.push((u32_at(at)?, u32_at(at + 4)?));
+            at += 8;
+        }
+        let neighbour_edges = u64_at(at)?;
+        let candidate_edges = u64_at(at + 8)?;
+        at += 16;
+        let rest = bytes.get(at..).ok_or_else(broken)?;
+        if rest.len() % 12 != 0 {
+            return Err(broken());
+        }
+        let edges = rest
+            .chunks_exact(12)
+            .map(|c| {
+                let w = |o: usize| [c[o], c[o + 1], c[o + 2], c[o + 3]];
+                (
+                    u32::from_le_bytes(w(0)),
+                    u32::from_le_bytes(w(4)),
+                    f32::from_le_bytes(w(8)),
+                )
+            })
+            .collect();
+        Ok(FragmentBucket {
+            histogram,
+            neighbour_edges,
+            candidate_edges,
+            edges,
+        })
+    }
+}
+
+/// The fragment stage (docs/contract.md §9) bucket by bucket: neighbour
+/// lists and similarities of each bucket's own transcripts (its records
+/// within `dist_tx` around it suffice), the sample-wide histogram merged,
+/// then components over the spilled candidate edges.
+#[allow(clippy::too_many_arguments)]
+fn bucketed_fragments(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    grid: &TileGrid,
+    prepared: &Prepared,
+    assigned: &[bool],
+    id_key: &[crate::io::TranscriptKey],
+    model: &Model,
+    params: &fragments::FragmentParams,
+    backend: &mut dyn Backend,
+    reuse: bool,
+    steps: &mut usize,
+    reused: &mut usize,
+) -> Result<Fragments> {
+    let dim = model.arch.emb;
+    let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
+    let k = params.k_tx;
+    // Neighbours lie within dist_tx (inclusive, in 3-D, so also in x–y);
+    // the slack only loads a few more records, which cannot change them.
+    let reach = params
+        .dist_tx
+        .map_or(f64::INFINITY, |d| d + 1e-6 * (1.0 + d));
+    let mut histogram = vec![0u32; HISTOGRAM_BINS];
+    let (mut neighbour_edges, mut candidate_edges) = (0u64, 0u64);
+    for b in 0..plan.cells.len() {
+        let path = spill.file("fragments", b);
+        let bucket = if reuse && path.exists() {
+            *reused += 1;
+            FragmentBucket::from_bytes(&spill.read(&path)?, &path)?
+        } else {
+            let near = plan.near(grid, b, reach);
+            let (records, own) = load(spill, &near, b, plan.reach(grid, b, reach))?;
+            let pos: Vec<[f64; 3]> = records.iter().map(|r| r.pos).collect();
+            let tokens: Vec<u32> = records.iter().map(|r| r.token).collect();
+            let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
+            // Only the bucket's own transcripts count here; the others are
+            // counted by their own buckets.
+            for (row, &mine) in neighbors.chunks_mut(k.max(1)).zip(&own) {
+                if !mine {
+                    row.fill(-1);
+                }
+            }
+            let scored = backend.fragment_similarity(FragmentSlots {
+                neighbors: &neighbors,
+                k,
+                tokens: &tokens,
+                unit: &unit,
+                dim,
+            })?;
+            let mut bucket = FragmentBucket {
+                histogram: scored
+                    .histogram
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(|(bin, &c)| (bin as u32, c))
+                    .collect(),
+                neighbour_edges: 0,
+                candidate_edges: 0,
+                edges: Vec::new(),
+            };
+            for (e, (&j, &s)) in neighbors.iter().zip(&scored.similarity).enumerate() {
+                if j < 0 {
+                    continue;
+                }
+                bucket.neighbour_edges += 1;
+                let (a, b) = (records[e / k].kept, records[j as usize].kept);
+                if assigned[a as usize] || assigned[b as usize] {
+                    continue;
+                }
+                bucket.candidate_edges += 1;
+                // The threshold is at least the cut, so lower edges never count.
+                if s >= params.cut {
+                    bucket.edges.push((a, b, s));
+                }
+            }
+            spill.write(&path, &bucket.to_bytes())?;
+            bucket
+        };
+        for &(bin, count) in &bucket.histogram {
+            histogram[bin as usize] += count;
+        }
+        neighbour_edges += bucket.neighbour_edges;
+        candidate_edges += bucket.candidate_edges;
+        *steps += 1;
+        test_abort(*steps);
+    }
+    let median = fragments::histogram_median(&histogram);
+    let threshold = median.map_or(params.cut, |m| m.max(params.cut));
+
+    let mut components = Components::new(prepared.kept.len());
+    let mut kept_edges = 0usize;
+    for b in 0..plan.cells.len() {
+        let path = spill.file("fragments", b);
+        let bucket = FragmentBucket::from_bytes(&spill.read(&path)?, &path)?;
+        for (a, b, s) in bucket.edges {
+            if s >= threshold {
+                kept_edges += 1;
+                components.union(a, b);
+            }
+        }
+    }
+    let candidates: Vec<u32> = (0..assigned.len() as u32)
+        .filter(|&i| !assigned[i as usize])
+        .collect();
+    // The smallest kept index of a component orders components as the
+    // smallest candidate index does (the backend's labels).
+    let labels: Vec<u32> = candidates.iter().map(|&c| components.find(c)).collect();
+    let (fragment_of, ids) = fragments::name_components(
+        &labels,
+        &candidates,
+        &prepared.kept,
+        id_key,
+        params.min_transcripts,
+    );
+    let summary = FragmentSummary {
+        candidates: candidates.len(),
+        neighbour_edges: neighbour_edges as usize,
+        candidate_edges: candidate_edges as usize,
+        median_similarity: median,
+        threshold,
+        kept_edges,
+        fragments: ids.len(),
+        fragment_transcripts: fragment_of.iter().filter(|f| f.is_some()).count(),
+    };
+    Ok(Fragments {
+        fragment_of,
+        ids,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        for bad in ["", "G", "-1G", "4X", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn components_are_labelled_by_their_smallest_member() {
+        let mut c = Components::new(6);
+        c.union(4, 2);
+        c.union(5, 4);
+        c.union(1, 3);
+        let labels: Vec<u32> = (0..6).map(|i| c.find(i)).collect();
+        assert_eq!(labels, vec![0, 1, 2, 1, 2, 2]);
+    }
+
+    #[test]
+    fn records_and_fragment_buckets_read_back_as_written() {
+        let r = Record {
+            kept: 7,
+            pos: [1.5, -2.25, 3e9],
+            token: 11,
+            member: -1,
+        };
+        let mut bytes = Vec::new();
+        r.write(&mut bytes);
+        assert_eq!(bytes.len(), RECORD_BYTES);
+        let back = Record::read(&bytes);
+        assert_eq!(
+            (back.kept, back.pos, back.token, back.member),
+            (7, r.pos, 11, -1)
+        );
+        let bucket = FragmentBucket {
+            histogram: vec![(3, 4), (65535, 1)],
+            neighbour_edges: 9,
+            candidate_edges: 5,
+            edges: vec![(1, 2, 0.5), (2, 1, -0.25)],
+        };
+        let path = Path::new("b0.bin");
+        let back = FragmentBucket::from_bytes(&bucket.to_bytes(), path).unwrap();
+        assert_eq!(back.histogram, bucket.histogram);
+        assert_eq!((back.neighbour_edges, back.candidate_edges), (9, 5));
+        assert_eq!(back.edges, bucket.edges);
+        let short = &bucket.to_bytes()[..20];
+        assert!(FragmentBucket::from_bytes(short, path).is_err());
+    }
+}

@@ -1,0 +1,337 @@
+//! The bucketed path (`--max-memory`, docs/streaming.md): the same output
+//! files as the in-memory path, byte for byte, with several buckets and
+//! their borders; `--resume` after a kill; a full `--tmp-dir`.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
+
+/// Outputs whose bytes do not depend on the command line (the AnnData and
+/// SpatialData stores record it under `uns/seggpu/command_line`, the report
+/// and the log the timings too).
+const SAME_FILES: &[&str] = &[
+    "segger_transcripts.parquet",
+    "cells.parquet",
+    "cell_boundaries.parquet",
+    "cell_boundaries.geojson",
+];
+
+/// The store folders, compared file by file except the command line.
+const SAME_STORES: &[&str] = &["cells.anndata.zarr", "segmentation.zarr"];
+
+fn run(args: &[&str], out: &Path, extra: &[&str]) -> Output {
+    seggpu()
+        .arg("segment")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(extra)
+        .output()
+        .expect("run seggpu")
+}
+
+fn log(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap()
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts that the outputs of `a` and `b` are the same bytes.
+fn assert_same_outputs(a: &Path, b: &Path) {
+    let mut compared = 0;
+    for name in SAME_FILES {
+        let (x, y) = (a.join(name), b.join(name));
+        if !x.exists() {
+            continue;
+        }
+        assert!(
+            std::fs::read(&x).unwrap() == std::fs::read(&y).unwrap(),
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+        compared += 1;
+    }
+    for store in SAME_STORES {
+        let (x, y) = (a.join(store), b.join(store));
+        if !x.exists() {
+            continue;
+        }
+        let files = files_under(&x);
+        assert_eq!(files, files_under(&y), "{store} holds other files");
+        for f in files {
+            if f.to_string_lossy().contains("command_line") {
+                continue;
+            }
+            assert!(
+                std::fs::read(x.join(&f)).unwrap() == std::fs::read(y.join(&f)).unwrap(),
+                "{store}/{} differs",
+                f.display()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2, "nothing was compared under {}", a.display());
+}
+
+/// Whether any spill folder is left in `dir`.
+fn spill_left(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| {
+        d.any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".seggpu-spill-")
+        })
+    })
+}
+
+/// Runs `input` in memory and bucketed (one tile per bucket) and compares.
+fn in_memory_and_bucketed_agree(input: &[&str], extra: &[&str], least_buckets: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let memory = tmp.path().join("memory");
+    assert_success(&run(input, &memory, extra));
+    let bucketed = tmp.path().join("bucketed");
+    let mut flags = extra.to_vec();
+    flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
+    assert_success(&run(input, &bucketed, &flags));
+    assert_same_outputs(&memory, &bucketed);
+    let facts = &log(&bucketed)["streaming"];
+    println!("{facts}");
+    assert!(
+        facts["buckets"].as_u64().unwrap() >= least_buckets,
+        "{facts}"
+    );
+    assert!(facts["recompute_factor"].as_f64().unwrap() > 1.0, "{facts}");
+    assert_eq!(
+        log(&bucketed)["result"]["counts"],
+        log(&memory)["result"]["counts"]
+    );
+    assert!(log(&bucketed)["peak_rss_bytes"].as_u64().unwrap_or(1) > 0);
+    assert!(!spill_left(&bucketed), "the spill folder is removed");
+}
+
+#[test]
+fn the_demo_gives_the_same_outputs_bucketed() {
+    in_memory_and_bucketed_agree(
+        &["--demo", "--demo-cells", "300"],
+        &["--tile-size", "100"],
+        6,
+    );
+}
+
+#[test]
+fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
+    let points = data_path("xenium_breast_spatialdata/points.parquet");
+    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
+    let model = data_path("xenium_breast_model.safetensors");
+    in_memory_and_bucketed_agree(
+        &[
+            "--transcripts",
+            points.to_str().unwrap(),
+            "--boundaries",
+            nuclei.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        &[
+            "--tile-size",
+            "60",
+            "--outputs",
+            "transcripts,cells,polygons",
+        ],
+        10,
+    );
+}
+
+#[test]
+fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
+    let points = data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz");
+    let nuclei = data_path("merscope_mouse_brain_mini/z0_polygons.gz");
+    let model = data_path("merscope_mouse_brain_model.safetensors");
+    in_memory_and_bucketed_agree(
+        &[
+            "--transcripts",
+            points.to_str().unwrap(),
+            "--boundaries",
+            nuclei.to_str().unwrap(),
+            "--boundary-y-scale",
+            "-1",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        &[
+            "--tile-size",
+            "60",
+            "--outputs",
+            "transcripts,cells,polygons",
+        ],
+        50,
+    );
+}
+
+/// A simulated Xenium folder for the runs below.
+fn simulated(dir: &Path) -> PathBuf {
+    crate::common::simulated_xenium(dir, "input", 150)
+}
+
+fn xenium_args(input: &Path, model: &Path) -> Vec<String> {
+    vec![
+        "--xenium".into(),
+        input.to_str().unwrap().into(),
+        "--model".into(),
+        model.to_str().unwrap().into(),
+    ]
+}
+
+#[test]
+fn a_run_killed_half_way_resumes_to_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path());
+    let model = demo_model();
+    let args = xenium_args(&input, &model);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flags = [
+        "--tile-size",
+        "100",
+        "--max-memory",
+        "2G",
+        "--bucket-tiles",
+        "1",
+        "--outputs",
+        "transcripts,cells,polygons",
+    ];
+    let whole = tmp.path().join("whole");
+    assert_success(&run(&args, &whole, &flags));
+    let buckets = log(&whole)["streaming"]["buckets"].as_u64().unwrap();
+    assert!(buckets >= 4, "{buckets} buckets");
+    // Score and fragment steps are one per bucket each; stop half way.
+    let half = buckets.to_string();
+    let out = tmp.path().join("resumed");
+    let killed = seggpu()
+        .arg("segment")
+        .args(&args)
+        .arg("--out")
+        .arg(&out)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(flags)
+        .env(seggpu::pipeline::stream::ABORT_AFTER_ENV, &half)
+        .output()
+        .expect("run seggpu");
+    assert!(!killed.status.success(), "the hook stops the run");
+    assert!(
+        !out.join("segger_transcripts.parquet").exists(),
+        "no output of the killed run"
+    );
+    assert!(spill_left(&out), "the killed run leaves its buckets");
+    let mut resume = flags.to_vec();
+    resume.push("--resume");
+    assert_success(&run(&args, &out, &resume));
+    let reused = log(&out)["streaming"]["bucket_steps_reused"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(reused, buckets, "the finished score buckets are reused");
+    assert_same_outputs(&whole, &out);
+    assert!(!spill_left(&out));
+
+    // Without --resume the leftovers of a killed run are not reused.
+    let fresh = tmp.path().join("fresh");
+    let killed = seggpu()
+        .arg("segment")
+        .args(&args)
+        .arg("--out")
+        .arg(&fresh)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(flags)
+        .env(seggpu::pipeline::stream::ABORT_AFTER_ENV, "1")
+        .output()
+        .expect("run seggpu");
+    assert!(!killed.status.success());
+    assert_success(&run(&args, &fresh, &flags));
+    assert_eq!(log(&fresh)["streaming"]["bucket_steps_reused"], 0);
+    assert_same_outputs(&whole, &fresh);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path());
+    let out = tmp.path().join("out");
+    let spill = tmp.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    // A file size limit makes the first large spill write fail (EFBIG) as
+    // a full disk would; SIGXFSZ is ignored so that the write returns it.
+    let run = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f 16; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_seggpu"))
+        .args(["segment", "--xenium"])
+        .arg(&input)
+        .arg("--model")
+        .arg(demo_model())
+        .arg("--out")
+        .arg(&out)
+        .arg("--tmp-dir")
+        .arg(&spill)
+        .args(["--max-memory", "2G", "--backend", "cpu", "--quiet"])
+        .output()
+        .expect("run seggpu under sh");
+    assert_failure(&run, "cannot write spill file");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("--tmp-dir"), "{stderr}");
+    assert!(!spill_left(&spill), "the spill folder is removed");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| n.to_string_lossy().starts_with(".seggpu")),
+        "outputs left: {left:?}"
+    );
+}
+
+#[test]
+fn a_budget_too_small_for_one_tile_is_refused_before_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = run(
+        &["--demo", "--demo-cells", "60"],
+        &out,
+        &["--max-memory", "1M"],
+    );
+    assert_failure(&run, "--max-memory");
+    assert!(!out.join("segger_transcripts.parquet").exists());
+    let bad = seggpu()
+        .args(["segment", "--demo", "--out"])
+        .arg(tmp.path().join("bad"))
+        .args(["--max-memory", "lots"])
+        .output()
+        .unwrap();
+    assert_failure(&bad, "not a size");
+    let alone = seggpu()
+        .args(["segment", "--demo", "--out"])
+        .arg(tmp.path().join("alone"))
+        .args(["--resume"])
+        .output()
+        .unwrap();
+    assert_failure(&alone, "--max-memory");
+}
