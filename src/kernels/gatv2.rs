@@ -155,6 +155,10 @@ pub fn gatv2(gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, out: &mut [f32]) {
         .enumerate()
         .with_min_len(64)
         .for_each(|(dst, row)| {
+            #[cfg(target_arch = "x86_64")]
+            if dst + PREFETCH_AHEAD < csr.n_dst() {
+                x86::prefetch_sources(xl, hc, csr, dst + PREFETCH_AHEAD);
+            }
             for (head, head_out) in row.chunks_mut(gat.channels).enumerate() {
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
@@ -168,6 +172,12 @@ pub fn gatv2(gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, out: &mut [f32]) {
         });
 }
 
+/// Destinations ahead of the current one whose message rows are prefetched:
+/// the rows are gathered from all over `xl`, so without it most loads wait
+/// for memory.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_AHEAD: usize = 4;
+
 /// [`gatv2_at`] with the logits of a batch computed in one AVX2 register,
 /// lane `b` holding edge `b`: the same operations in the same order per
 /// logit (each a sum over c in increasing order of `att[c] · leaky_relu(…)`,
@@ -178,6 +188,20 @@ mod x86 {
 
     use super::{Gat, OnlineSoftmax, EDGE_BATCH, NEGATIVE_SLOPE};
     use crate::graph::Csr;
+
+    /// Asks for the message rows (all heads) of `dst`'s sources to be
+    /// brought into cache; no effect on results.
+    #[inline]
+    pub(super) fn prefetch_sources(xl: &[f32], hc: usize, csr: &Csr, dst: usize) {
+        const LINE: usize = 16;
+        for &s in csr.sources_of(dst) {
+            let row = &xl[s as usize * hc..(s as usize + 1) * hc];
+            for line in row.chunks(LINE) {
+                // SAFETY: prefetching has no memory effects; the pointer is in `xl`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+            }
+        }
+    }
 
     /// Transposes 8 rows of 8 floats: lane `b` of result `c` is `rows[b][c]`.
     #[inline]
