@@ -5,6 +5,8 @@
 
 use serde::Serialize;
 
+use crate::graph::build::GraphParams;
+
 /// Declares each built-in default once: its constant, and the help text of
 /// its flag with the value spelled from the same literal.
 macro_rules! builtin_defaults {
@@ -93,6 +95,51 @@ pub fn check_score_cut(name: &str, v: f32) -> Result<(), String> {
     }
 }
 
+/// The graph flags of `segment` and `train`, resolved against a model's
+/// stored defaults the same way by both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GraphFlags {
+    #[arg(long, help = K_TX_HELP)]
+    pub k_tx: Option<usize>,
+    #[arg(long, help = DIST_TX_HELP, allow_negative_numbers = true)]
+    pub dist_tx: Option<f64>,
+    /// No distance cap for transcript neighbours (segger_dev's stored graphs had none). `seggpu
+    /// train` stores it in the model's defaults; --dist-tx turns the cap back on [model
+    /// default, else off].
+    #[arg(long)]
+    pub no_dist_cap: bool,
+    #[arg(long, help = K_BD_HELP)]
+    pub k_bd: Option<usize>,
+    #[arg(long, help = DIST_BD_HELP, allow_negative_numbers = true)]
+    pub dist_bd: Option<f64>,
+}
+
+impl GraphFlags {
+    /// The graph parameters: each flag over the model's `stored` default
+    /// over the built-in one, checked as the stored defaults are. A given
+    /// --dist-tx caps the distance even where the model stores
+    /// `no_dist_cap`; --no-dist-cap wins over both.
+    pub fn resolve(&self, stored: &StoredDefaults) -> anyhow::Result<GraphParams> {
+        let k_tx = self.k_tx.or(stored.k_tx).unwrap_or(K_TX);
+        let dist_tx = self.dist_tx.or(stored.dist_tx).unwrap_or(DIST_TX);
+        let k_bd = self.k_bd.or(stored.k_bd).unwrap_or(K_BD);
+        let dist_bd = self.dist_bd.or(stored.dist_bd).unwrap_or(DIST_BD);
+        let check = |r: Result<(), String>| r.map_err(anyhow::Error::msg);
+        check(check_count("--k-tx", k_tx))?;
+        check(check_count("--k-bd", k_bd))?;
+        check(check_distance("--dist-tx", dist_tx))?;
+        check(check_distance("--dist-bd", dist_bd))?;
+        let uncapped =
+            self.no_dist_cap || (self.dist_tx.is_none() && stored.no_dist_cap == Some(true));
+        Ok(GraphParams {
+            k_tx,
+            dist_tx: (!uncapped).then_some(dist_tx),
+            k_bd,
+            dist_bd,
+        })
+    }
+}
+
 /// The defaults a model was trained for (`seggpu.defaults`, a JSON object).
 /// Every key is optional; an unknown key or a value of the wrong type is an
 /// error, so a typo in a weights file cannot silently fall back to the
@@ -115,6 +162,9 @@ pub struct StoredDefaults {
     /// Smallest fragment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_transcripts: Option<usize>,
+    /// `true`: no distance cap for transcript neighbours (`--no-dist-cap`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_dist_cap: Option<bool>,
     /// Assignment threshold in [0, 1].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_cut: Option<f32>,
@@ -146,9 +196,16 @@ impl StoredDefaults {
                 "k_tx" => parsed.k_tx = Some(count()?),
                 "min_transcripts" => parsed.min_transcripts = Some(count()?),
                 "score_cut" => parsed.score_cut = Some(number()? as f32),
+                "no_dist_cap" => {
+                    parsed.no_dist_cap = Some(
+                        value
+                            .as_bool()
+                            .ok_or_else(|| format!("`{key}` is {value}, expected true or false"))?,
+                    )
+                }
                 _ => {
                     return Err(format!(
-                        "unknown key `{key}`; expected any of {}",
+                        "unknown key `{key}`; expected any of {}, no_dist_cap",
                         BUILTIN
                             .iter()
                             .map(|(key, _)| *key)
@@ -247,5 +304,45 @@ mod tests {
             "`dist_tx` is -2, expected a positive finite distance in µm"
         );
         assert!(StoredDefaults::parse("[1, 2]").is_err());
+        let e = StoredDefaults::parse(r#"{"no_dist_cap": 1}"#).unwrap_err();
+        assert_eq!(e, "`no_dist_cap` is 1, expected true or false");
+    }
+
+    #[test]
+    fn a_stored_no_dist_cap_is_kept_unless_a_flag_caps() {
+        let stored = StoredDefaults::parse(r#"{"dist_tx": 3, "no_dist_cap": true}"#).unwrap();
+        assert_eq!(stored.to_json(), r#"{"dist_tx":3.0,"no_dist_cap":true}"#);
+        let plain = GraphFlags::default();
+        assert_eq!(plain.resolve(&stored).unwrap().dist_tx, None);
+        let capped = GraphFlags {
+            dist_tx: Some(4.0),
+            ..GraphFlags::default()
+        };
+        assert_eq!(capped.resolve(&stored).unwrap().dist_tx, Some(4.0));
+        assert_eq!(
+            plain.resolve(&StoredDefaults::default()).unwrap().dist_tx,
+            Some(DIST_TX)
+        );
+        let uncapped = GraphFlags {
+            no_dist_cap: true,
+            ..capped
+        };
+        assert_eq!(
+            uncapped
+                .resolve(&StoredDefaults::default())
+                .unwrap()
+                .dist_tx,
+            None
+        );
+        let e = GraphFlags {
+            k_tx: Some(300),
+            ..GraphFlags::default()
+        }
+        .resolve(&stored)
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--k-tx is 300, expected at least 1 and at most 256"
+        );
     }
 }

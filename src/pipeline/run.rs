@@ -11,7 +11,6 @@ use super::progress::Progress;
 use super::{FragmentSettings, ScoreCut, SegmentParams, Segmentation, Summary, UnknownGenes};
 use crate::backend::Backend;
 use crate::defaults;
-use crate::graph::build::GraphParams;
 use crate::logging::Verbosity;
 use crate::model::{Architecture, BdFeatureMode, Model};
 use crate::output::{self, OutputDir};
@@ -50,17 +49,9 @@ pub struct SegmentArgs {
     /// Seed of the --demo sample (the demo model was trained on other seeds).
     #[arg(long, default_value_t = 2026)]
     pub demo_seed: u64,
-    #[arg(long, help = defaults::K_TX_HELP)]
-    pub k_tx: Option<usize>,
-    #[arg(long, help = defaults::DIST_TX_HELP, allow_negative_numbers = true)]
-    pub dist_tx: Option<f64>,
-    /// No distance cap for transcript neighbours (segger_dev's stored graphs had none).
-    #[arg(long)]
-    pub no_dist_cap: bool,
-    #[arg(long, help = defaults::K_BD_HELP)]
-    pub k_bd: Option<usize>,
-    #[arg(long, help = defaults::DIST_BD_HELP, allow_negative_numbers = true)]
-    pub dist_bd: Option<f64>,
+    /// Graph flags.
+    #[command(flatten)]
+    pub graph: defaults::GraphFlags,
     #[arg(long, help = defaults::SCORE_CUT_HELP)]
     pub score_cut: Option<ScoreCut>,
     /// Fragment similarity cut [default: the score cut].
@@ -117,10 +108,7 @@ impl SegmentArgs {
     /// defaults ([`crate::defaults`]).
     pub fn params(&self, model: &Model) -> Result<SegmentParams> {
         let stored = model.defaults.clone().unwrap_or_default();
-        let k_tx = self.k_tx.or(stored.k_tx).unwrap_or(defaults::K_TX);
-        let dist_tx = self.dist_tx.or(stored.dist_tx).unwrap_or(defaults::DIST_TX);
-        let k_bd = self.k_bd.or(stored.k_bd).unwrap_or(defaults::K_BD);
-        let dist_bd = self.dist_bd.or(stored.dist_bd).unwrap_or(defaults::DIST_BD);
+        let graph = self.graph.resolve(&stored)?;
         let score_cut = self
             .score_cut
             .or(stored.score_cut.map(ScoreCut::Fixed))
@@ -128,10 +116,6 @@ impl SegmentArgs {
         let min_transcripts = self.min_transcripts(model);
         // The same checks as a model's stored defaults (crate::defaults).
         let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
-        check(defaults::check_count("--k-tx", k_tx))?;
-        check(defaults::check_count("--k-bd", k_bd))?;
-        check(defaults::check_distance("--dist-tx", dist_tx))?;
-        check(defaults::check_distance("--dist-bd", dist_bd))?;
         check(defaults::check_distance("--tile-size", self.tile_size))?;
         if let Some(margin) = self.margin {
             anyhow::ensure!(
@@ -143,12 +127,7 @@ impl SegmentArgs {
             check(defaults::check_score_cut("--fragment-cut", cut))?;
         }
         Ok(SegmentParams {
-            graph: GraphParams {
-                k_tx,
-                dist_tx: (!self.no_dist_cap).then_some(dist_tx),
-                k_bd,
-                dist_bd,
-            },
+            graph,
             score_cut,
             fragments: (!self.no_fragments).then_some(FragmentSettings {
                 cut: self.fragment_cut,

@@ -18,7 +18,6 @@ use super::weights;
 use crate::backend::cpu::CpuBackend;
 use crate::cli::BackendArgs;
 use crate::defaults::{self, StoredDefaults};
-use crate::graph::build::GraphParams;
 use crate::io::{InputArgs, InputSpec, Nuclei, Transcripts};
 use crate::logging::Verbosity;
 use crate::model::{Architecture, BdFeatureMode, Model, StorageDtype};
@@ -145,18 +144,9 @@ pub struct TrainArgs {
     /// it, the extension replaced by `.training.json`.
     #[arg(long, value_name = "MODEL")]
     pub out: PathBuf,
-    #[arg(long, help = defaults::K_TX_HELP)]
-    pub k_tx: Option<usize>,
-    #[arg(long, help = defaults::DIST_TX_HELP, allow_negative_numbers = true)]
-    pub dist_tx: Option<f64>,
-    /// No distance cap for transcript neighbours (not stored in the model: segment with
-    /// --no-dist-cap too).
-    #[arg(long)]
-    pub no_dist_cap: bool,
-    #[arg(long, help = defaults::K_BD_HELP)]
-    pub k_bd: Option<usize>,
-    #[arg(long, help = defaults::DIST_BD_HELP, allow_negative_numbers = true)]
-    pub dist_bd: Option<f64>,
+    /// Graph flags, stored in the model's defaults.
+    #[command(flatten)]
+    pub graph: defaults::GraphFlags,
     /// Score cut of the validation accuracy, stored in the model's defaults [--init model's,
     /// else 0.5].
     #[arg(long, allow_negative_numbers = true)]
@@ -171,28 +161,15 @@ impl TrainArgs {
     /// stored defaults over the built-in ones (as `segment` resolves them).
     pub fn params(&self, model: &Model) -> Result<SegmentParams> {
         let stored = model.defaults.clone().unwrap_or_default();
-        let k_tx = self.k_tx.or(stored.k_tx).unwrap_or(defaults::K_TX);
-        let dist_tx = self.dist_tx.or(stored.dist_tx).unwrap_or(defaults::DIST_TX);
-        let k_bd = self.k_bd.or(stored.k_bd).unwrap_or(defaults::K_BD);
-        let dist_bd = self.dist_bd.or(stored.dist_bd).unwrap_or(defaults::DIST_BD);
+        let graph = self.graph.resolve(&stored)?;
         let score_cut = self
             .score_cut
             .or(stored.score_cut)
             .unwrap_or(defaults::SCORE_CUT);
-        // The checks `segment` and a model's stored defaults use.
-        let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
-        check(defaults::check_count("--k-tx", k_tx))?;
-        check(defaults::check_count("--k-bd", k_bd))?;
-        check(defaults::check_distance("--dist-tx", dist_tx))?;
-        check(defaults::check_distance("--dist-bd", dist_bd))?;
-        check(defaults::check_score_cut("--score-cut", score_cut))?;
+        // The check `segment` and a model's stored defaults use.
+        defaults::check_score_cut("--score-cut", score_cut).map_err(anyhow::Error::msg)?;
         Ok(SegmentParams {
-            graph: GraphParams {
-                k_tx,
-                dist_tx: (!self.no_dist_cap).then_some(dist_tx),
-                k_bd,
-                dist_bd,
-            },
+            graph,
             score_cut: ScoreCut::Fixed(score_cut),
             fragments: None,
             unknown_genes: UnknownGenes::Error,
@@ -513,6 +490,7 @@ fn train_slide(
         k_bd: Some(params.graph.k_bd),
         k_tx: Some(params.graph.k_tx),
         min_transcripts: None,
+        no_dist_cap: params.graph.dist_tx.is_none().then_some(true),
         score_cut: matches!(params.score_cut, ScoreCut::Fixed(_)).then_some(score_cut),
     });
     let prepared = prepare::run(&mut slide.transcripts, &slide.nuclei, &model, &params)?;

@@ -18,7 +18,7 @@ use crate::common::{demo_model, fixture_path};
 
 /// The demo model the references were computed with (tests/fixtures/sim/README.md).
 const REFERENCE_MODEL_SHA256: &str =
-    "3212995af10783cc47a5e2782bf12110a225830d2e0628e9c3b422353b12980c";
+    "901e62f87699180ed77c5249dc674a795c51b4d99ce4b161f9d3f63ea9e136dd";
 
 #[derive(Parser)]
 struct Args {

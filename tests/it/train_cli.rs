@@ -134,14 +134,17 @@ fn train_writes_a_deterministic_weights_file_with_provenance_and_a_log() {
     );
 }
 
-/// Continuing from a model: --init with the same vocabulary works and
-/// records the starting model.
+/// Continuing from a model: --init with the same vocabulary works, records
+/// the starting model and keeps its stored graph defaults (--no-dist-cap
+/// included).
 #[test]
 fn train_continues_from_an_init_model() {
     let dir = tempfile::tempdir().unwrap();
     let input = simulated(dir.path(), 60);
     let first = dir.path().join("first.safetensors");
-    assert_success(&train(&input, &first, &[]));
+    assert_success(&train(&input, &first, &["--no-dist-cap"]));
+    let stored = Model::load(&first).unwrap().defaults.unwrap();
+    assert_eq!((stored.no_dist_cap, stored.dist_tx), (Some(true), None));
     let second = dir.path().join("second.safetensors");
     // Architecture flags may repeat the model's own values.
     assert_success(&train(
@@ -154,6 +157,17 @@ fn train_continues_from_an_init_model() {
     assert_eq!(
         provenance["init_sha256"],
         Model::load(&first).unwrap().sha256.as_str()
+    );
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("second.training.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        log["parameters"]["graph"]["dist_tx"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        Model::load(&second).unwrap().defaults.unwrap().no_dist_cap,
+        Some(true)
     );
 }
 

@@ -49,7 +49,13 @@ def main(argv=None):
     for path in sorted(glob.glob(os.path.join(a.dir, "batch_*.safetensors"))):
         g = load_graph(path)
         batches.append(g)
+    # The sizes `cargo bench --bench train` prints too: the same windows.
     n_tx = sum(int(g["tx_token"].shape[0]) for g in batches)
+    counts = {
+        "edges_tx_tx": sum(int(g["edge_tx_tx"].shape[1]) for g in batches),
+        "edges_tx_bd": sum(int(g["edge_tx_bd"].shape[1]) for g in batches),
+        "pairs": sum(int(g["pos_pairs"].shape[1] + g["neg_pairs"].shape[1]) for g in batches),
+    }
 
     def step(g):
         out = model({"tx": g["tx_token"].long(), "bd": g["bd_x"].float()},
@@ -77,6 +83,7 @@ def main(argv=None):
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     print(json.dumps({"impl": "pytorch+pyg", "windows": len(batches), "window_tx": n_tx,
+                      **counts,
                       "seconds_per_pass": round(median, 4),
                       "steps_per_s": round(len(batches) / median, 2),
                       "tx_per_s": round(n_tx / median), "threads": a.threads,
