@@ -235,7 +235,7 @@ pub fn run(
     };
     let mut out = OutputDir::create(&args.out)?;
     let mut input = input.clone();
-    let model = if args.demo {
+    let demo_model = if args.demo {
         let dir = args.out.join("demo_input");
         let summary = crate::simulate::simulate(
             &dir,
@@ -247,28 +247,34 @@ pub fn run(
         )?;
         log::info!("demo: {summary}");
         input.xenium = Some(dir);
-        crate::demo::demo_model()?
-    } else if args.train {
-        crate::train::command::for_segment(
+        Some(crate::demo::demo_model()?)
+    } else {
+        None
+    };
+    let spec = input.resolve()?;
+    // Before training, so a wrong input fails at once.
+    if args.xenium_ranger {
+        output::xenium_ranger::check_preset(spec.preset)?;
+    }
+    let model = match demo_model {
+        Some(model) => model,
+        None if args.train => crate::train::command::for_segment(
             args,
             &args.training,
             &input,
             backend_args,
             &mut out,
             verbosity,
-        )?
-    } else {
-        let path = args
-            .model
-            .as_ref()
-            .context("--model is required (or use --demo for the built-in demo)")?;
-        Model::load(path)?
+        )?,
+        None => {
+            let path = args
+                .model
+                .as_ref()
+                .context("--model is required (or use --demo for the built-in demo)")?;
+            Model::load(path)?
+        }
     };
     let params = args.params(&model)?;
-    let spec = input.resolve()?;
-    if args.xenium_ranger {
-        output::xenium_ranger::check_preset(spec.preset)?;
-    }
 
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     let clock = Instant::now();

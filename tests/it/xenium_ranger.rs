@@ -403,6 +403,21 @@ fn inputs_without_xenium_transcript_ids_are_refused() {
         &[],
         "--preset merscope",
     );
+    // Refused before training: were training first, the missing --init
+    // model would be the error instead.
+    refused(
+        "merscope_train",
+        vec![
+            "--preset".into(),
+            "merscope".into(),
+            "--transcripts".into(),
+            s(data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz")),
+            "--boundaries".into(),
+            s(data_path("merscope_mouse_brain_mini/z0_polygons.gz")),
+        ],
+        &["--train", "--init", "/nonexistent/init.safetensors"],
+        "--preset merscope",
+    );
     refused(
         "row_index",
         xenium_crop_input(),
