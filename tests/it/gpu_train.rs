@@ -34,7 +34,7 @@ use crate::common::train_fixture::{batch, load, GRAPHS};
 use seggpu::tensorfile::TensorFile;
 
 use crate::common::{
-    all_close, assert_close, assert_success, seggpu, Fixture, Tolerance, XorShift,
+    all_close, assert_close, assert_success, seggpu, Fixture, Tolerance, XorShift, QUICK_TRAIN,
 };
 
 /// The kernels' tolerance: 1e-5 + 1e-4·|x|.
@@ -1306,24 +1306,6 @@ fn train_backend_gpu_on_the_command_line() {
         },
     )
     .unwrap();
-    let quick = [
-        "--steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--emb",
-        "8",
-        "--hidden",
-        "8",
-        "--heads",
-        "2",
-        "--mid-layers",
-        "1",
-        "--out-channels",
-        "8",
-        "--window",
-        "50",
-    ];
     let train = |name: &str, backend: &str| {
         let out = dir.path().join(name);
         let mut args = vec![
@@ -1335,7 +1317,7 @@ fn train_backend_gpu_on_the_command_line() {
             "--backend",
             backend,
         ];
-        args.extend_from_slice(&quick);
+        args.extend_from_slice(QUICK_TRAIN);
         assert_success(&seggpu().args(&args).output().unwrap());
         let provenance: serde_json::Value =
             serde_json::from_str(&TensorFile::open(&out).unwrap().metadata()["seggpu.training"])
@@ -1371,7 +1353,7 @@ fn train_backend_gpu_on_the_command_line() {
         "gpu",
         "-q",
     ];
-    args.extend_from_slice(&quick);
+    args.extend_from_slice(QUICK_TRAIN);
     assert_success(&seggpu().args(&args).output().unwrap());
     let log: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("training_log.json")).unwrap()).unwrap();

@@ -9,6 +9,8 @@ use std::process::Output;
 use seggpu::io::{check_membership, read_nuclei, read_transcripts, Preset};
 use seggpu::model::BdFeatureMode;
 
+#[cfg(unix)]
+use crate::common::seggpu_with_file_limit;
 use crate::common::{assert_success, demo_model, input_spec, seggpu, simulated_xenium, write_file};
 
 #[test]
@@ -445,12 +447,7 @@ fn a_run_whose_outputs_cannot_be_written_fails_naming_the_file_and_leaves_nothin
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated_xenium(tmp.path(), "input", 10);
     let out = tmp.path().join("out");
-    // A file size limit makes the first large write fail (EFBIG) as a full
-    // disk would; SIGXFSZ is ignored so that the write returns the error.
-    let run = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"trap '' XFSZ; ulimit -f 16; exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_seggpu"))
+    let run = seggpu_with_file_limit(16)
         .args(["segment", "--xenium"])
         .arg(&input)
         .arg("--model")
@@ -459,7 +456,7 @@ fn a_run_whose_outputs_cannot_be_written_fails_naming_the_file_and_leaves_nothin
         .arg(&out)
         .args(["--backend", "cpu", "--quiet"])
         .output()
-        .expect("run seggpu under sh");
+        .expect("run seggpu under a file size limit");
     let stderr = String::from_utf8_lossy(&run.stderr);
     println!("{stderr}");
     assert_eq!(run.status.code(), Some(1), "{stderr}");

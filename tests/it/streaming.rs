@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+#[cfg(unix)]
+use crate::common::seggpu_with_file_limit;
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
 
 /// Outputs whose bytes do not depend on the command line (the AnnData and
@@ -278,12 +280,7 @@ fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
     let out = tmp.path().join("out");
     let spill = tmp.path().join("spill");
     std::fs::create_dir(&spill).unwrap();
-    // A file size limit makes the first large spill write fail (EFBIG) as
-    // a full disk would; SIGXFSZ is ignored so that the write returns it.
-    let run = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(r#"trap '' XFSZ; ulimit -f 16; exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_seggpu"))
+    let run = seggpu_with_file_limit(16)
         .args(["segment", "--xenium"])
         .arg(&input)
         .arg("--model")
@@ -294,7 +291,7 @@ fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
         .arg(&spill)
         .args(["--max-memory", "2G", "--backend", "cpu", "--quiet"])
         .output()
-        .expect("run seggpu under sh");
+        .expect("run seggpu under a file size limit");
     assert_failure(&run, "cannot write spill file");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("--tmp-dir"), "{stderr}");

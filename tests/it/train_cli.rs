@@ -8,7 +8,7 @@ use std::process::Output;
 use seggpu::model::Model;
 use seggpu::tensorfile::TensorFile;
 
-use crate::common::{assert_failure, assert_success, demo_model, seggpu, write_file};
+use crate::common::{assert_failure, assert_success, demo_model, seggpu, write_file, QUICK_TRAIN};
 
 fn run(args: &[&str]) -> Output {
     seggpu().args(args).output().expect("run seggpu")
@@ -29,26 +29,6 @@ fn simulated(dir: &Path, cells: usize) -> PathBuf {
     input
 }
 
-/// Small and quick: a small architecture, few steps.
-const QUICK: &[&str] = &[
-    "--steps",
-    "6",
-    "--eval-every",
-    "3",
-    "--emb",
-    "8",
-    "--hidden",
-    "8",
-    "--heads",
-    "2",
-    "--mid-layers",
-    "1",
-    "--out-channels",
-    "8",
-    "--window",
-    "60",
-];
-
 fn train(input: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "train",
@@ -57,7 +37,7 @@ fn train(input: &Path, out: &Path, extra: &[&str]) -> Output {
         "--out",
         out.to_str().unwrap(),
     ];
-    args.extend_from_slice(QUICK);
+    args.extend_from_slice(QUICK_TRAIN);
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -320,7 +300,7 @@ fn segment_train_trains_then_segments_with_that_model() {
         "cpu",
         "-q",
     ];
-    args.extend_from_slice(QUICK);
+    args.extend_from_slice(QUICK_TRAIN);
     assert_success(&run(&args));
     for name in [
         "segger_transcripts.parquet",

@@ -104,6 +104,21 @@ pub fn seggpu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_seggpu"))
 }
 
+/// The seggpu binary under a file size limit of `blocks` 512-byte blocks
+/// (`ulimit -f`), so that the first large write fails (EFBIG) as on a full
+/// disk; SIGXFSZ is ignored so that the write returns the error.
+#[cfg(unix)]
+pub fn seggpu_with_file_limit(blocks: u32) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            r#"trap '' XFSZ; ulimit -f {blocks}; exec "$0" "$@""#
+        ))
+        .arg(env!("CARGO_BIN_EXE_seggpu"));
+    command
+}
+
 /// Asserts that a run succeeded, showing its stderr where it did not;
 /// returns the stderr.
 pub fn assert_success(run: &Output) -> String {
@@ -379,3 +394,23 @@ impl XorShift {
         p
     }
 }
+
+/// `train` flags for tests: a small architecture, few steps.
+pub const QUICK_TRAIN: &[&str] = &[
+    "--steps",
+    "6",
+    "--eval-every",
+    "3",
+    "--emb",
+    "8",
+    "--hidden",
+    "8",
+    "--heads",
+    "2",
+    "--mid-layers",
+    "1",
+    "--out-channels",
+    "8",
+    "--window",
+    "60",
+];
