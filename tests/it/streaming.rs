@@ -3,10 +3,10 @@
 //! their borders; `--resume` after a kill; a full `--tmp-dir`.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 #[cfg(unix)]
 use crate::common::seggpu_with_file_limit;
+use crate::common::segment::segment_cpu;
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
 
 /// Outputs whose bytes do not depend on the command line (the AnnData and
@@ -21,18 +21,6 @@ const SAME_FILES: &[&str] = &[
 
 /// The store folders, compared file by file except the command line.
 const SAME_STORES: &[&str] = &["cells.anndata.zarr", "segmentation.zarr"];
-
-fn run(args: &[&str], out: &Path, extra: &[&str]) -> Output {
-    seggpu()
-        .arg("segment")
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .args(["--backend", "cpu", "--quiet"])
-        .args(extra)
-        .output()
-        .expect("run seggpu")
-}
 
 fn log(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap()).unwrap()
@@ -110,11 +98,11 @@ fn spill_left(dir: &Path) -> bool {
 fn in_memory_and_bucketed_agree(input: &[&str], extra: &[&str], least_buckets: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let memory = tmp.path().join("memory");
-    assert_success(&run(input, &memory, extra));
+    assert_success(&segment_cpu(input, &memory, extra));
     let bucketed = tmp.path().join("bucketed");
     let mut flags = extra.to_vec();
     flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
-    assert_success(&run(input, &bucketed, &flags));
+    assert_success(&segment_cpu(input, &bucketed, &flags));
     assert_same_outputs(&memory, &bucketed);
     let facts = &log(&bucketed)["streaming"];
     println!("{facts}");
@@ -222,7 +210,7 @@ fn a_run_killed_half_way_resumes_to_the_same_outputs() {
         "transcripts,cells,polygons",
     ];
     let whole = tmp.path().join("whole");
-    assert_success(&run(&args, &whole, &flags));
+    assert_success(&segment_cpu(&args, &whole, &flags));
     let buckets = log(&whole)["streaming"]["buckets"].as_u64().unwrap();
     assert!(buckets >= 4, "{buckets} buckets");
     // Score and fragment steps are one per bucket each; stop half way.
@@ -246,7 +234,7 @@ fn a_run_killed_half_way_resumes_to_the_same_outputs() {
     assert!(spill_left(&out), "the killed run leaves its buckets");
     let mut resume = flags.to_vec();
     resume.push("--resume");
-    assert_success(&run(&args, &out, &resume));
+    assert_success(&segment_cpu(&args, &out, &resume));
     let reused = log(&out)["streaming"]["bucket_steps_reused"]
         .as_u64()
         .unwrap();
@@ -267,7 +255,7 @@ fn a_run_killed_half_way_resumes_to_the_same_outputs() {
         .output()
         .expect("run seggpu");
     assert!(!killed.status.success());
-    assert_success(&run(&args, &fresh, &flags));
+    assert_success(&segment_cpu(&args, &fresh, &flags));
     assert_eq!(log(&fresh)["streaming"]["bucket_steps_reused"], 0);
     assert_same_outputs(&whole, &fresh);
 }
@@ -310,7 +298,7 @@ fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
 fn a_budget_too_small_for_one_tile_is_refused_before_starting() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = run(
+    let run = segment_cpu(
         &["--demo", "--demo-cells", "60"],
         &out,
         &["--max-memory", "1M"],
