@@ -49,69 +49,115 @@ pub fn check_membership(
             ..MembershipReport::default()
         });
     };
-    let flag_col = column(&transcripts.columns, "nuclear flag");
-    let cell_col = column(&transcripts.columns, "cell id");
-    let flagged: Vec<&str> = flags.iter().flatten().map(String::as_str).collect();
-    if flagged.is_empty() {
-        log::warn!(
-            "{}: the nuclear flag column `{flag_col}` never marks a row `{}` with a cell id \
-             (`{cell_col}`); nuclear membership comes from the polygons (point-in-polygon), as \
-             without the column",
-            spec.transcripts.display(),
-            spec.nuclear_value
-        );
-        transcripts.nuclear_cell = None;
-        return Ok(MembershipReport {
-            source: "point_in_polygon",
-            ..MembershipReport::default()
-        });
+    let mut tally = MembershipTally::new(nuclei);
+    for cell in flags.iter().flatten() {
+        tally.see(cell);
     }
-    let ids: HashSet<&str> = nuclei.ids.iter().map(String::as_str).collect();
-    let mut unmatched = 0;
-    let mut examples: Vec<String> = Vec::new();
-    for cell in &flagged {
-        if !ids.contains(cell) {
-            unmatched += 1;
-            if examples.len() < 5 && !examples.iter().any(|e| e == cell) {
-                examples.push(cell.to_string());
+    let report = tally.finish(nuclei, spec, &transcripts.columns)?;
+    if report.source == "point_in_polygon" {
+        transcripts.nuclear_cell = None;
+    }
+    Ok(report)
+}
+
+/// The flagged rows counted one by one, in row order, for
+/// [`check_membership`] or a file read in batches.
+pub struct MembershipTally<'a> {
+    ids: HashSet<&'a str>,
+    flagged: usize,
+    unmatched: usize,
+    examples: Vec<String>,
+}
+
+impl<'a> MembershipTally<'a> {
+    /// No row seen yet.
+    pub fn new(nuclei: &'a Nuclei) -> Self {
+        MembershipTally {
+            ids: nuclei.ids.iter().map(String::as_str).collect(),
+            flagged: 0,
+            unmatched: 0,
+            examples: Vec::new(),
+        }
+    }
+
+    /// Counts a row flagged nuclear with cell id `cell`.
+    pub fn see(&mut self, cell: &str) {
+        self.flagged += 1;
+        if !self.ids.contains(cell) {
+            self.unmatched += 1;
+            if self.examples.len() < 5 && !self.examples.iter().any(|e| e == cell) {
+                self.examples.push(cell.to_string());
             }
         }
     }
-    let quoted = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("`{s}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if unmatched == flagged.len() {
-        let nucleus_examples: Vec<String> = nuclei.ids.iter().take(5).cloned().collect();
-        bail!(
-            "no nuclear-flagged transcript names a nucleus: the {} rows flagged nuclear in \
-             column `{flag_col}` have cell ids (column `{cell_col}` of {}) such as {}, but the \
-             nucleus ids (column `{}` of {}) are such as {}; choose the matching columns \
-             (--cell-col, --boundary-id-col, --fov-col) or pass --nuclear-col none to place \
-             transcripts by point-in-polygon",
-            flagged.len(),
-            spec.transcripts.display(),
-            quoted(&examples),
-            column(&nuclei.columns, "nucleus id"),
-            spec.boundaries.display(),
-            quoted(&nucleus_examples)
-        );
+
+    /// The verdict (see [`check_membership`]): source `point_in_polygon`
+    /// when no row was flagged (the flags are then to be dropped), an error
+    /// when no flagged row names a nucleus. `columns` are the transcripts'
+    /// (role, name) pairs.
+    pub fn finish(
+        self,
+        nuclei: &Nuclei,
+        spec: &InputSpec,
+        columns: &[(&'static str, String)],
+    ) -> Result<MembershipReport> {
+        let flag_col = column(columns, "nuclear flag");
+        let cell_col = column(columns, "cell id");
+        let MembershipTally {
+            flagged,
+            unmatched,
+            examples,
+            ..
+        } = self;
+        if flagged == 0 {
+            log::warn!(
+                "{}: the nuclear flag column `{flag_col}` never marks a row `{}` with a cell id \
+                 (`{cell_col}`); nuclear membership comes from the polygons (point-in-polygon), as \
+                 without the column",
+                spec.transcripts.display(),
+                spec.nuclear_value
+            );
+            return Ok(MembershipReport {
+                source: "point_in_polygon",
+                ..MembershipReport::default()
+            });
+        }
+        let quoted = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if unmatched == flagged {
+            let nucleus_examples: Vec<String> = nuclei.ids.iter().take(5).cloned().collect();
+            bail!(
+                "no nuclear-flagged transcript names a nucleus: the {} rows flagged nuclear in \
+                 column `{flag_col}` have cell ids (column `{cell_col}` of {}) such as {}, but the \
+                 nucleus ids (column `{}` of {}) are such as {}; choose the matching columns \
+                 (--cell-col, --boundary-id-col, --fov-col) or pass --nuclear-col none to place \
+                 transcripts by point-in-polygon",
+                flagged,
+                spec.transcripts.display(),
+                quoted(&examples),
+                column(&nuclei.columns, "nucleus id"),
+                spec.boundaries.display(),
+                quoted(&nucleus_examples)
+            );
+        }
+        if unmatched > 0 {
+            log::warn!(
+                "{unmatched} of {} nuclear-flagged transcripts name a cell (column `{cell_col}`) with \
+                 no nucleus in {} (e.g. {}): they belong to no nucleus",
+                flagged,
+                spec.boundaries.display(),
+                quoted(&examples)
+            );
+        }
+        Ok(MembershipReport {
+            source: "flag",
+            flagged,
+            unmatched,
+            unmatched_examples: examples,
+        })
     }
-    if unmatched > 0 {
-        log::warn!(
-            "{unmatched} of {} nuclear-flagged transcripts name a cell (column `{cell_col}`) with \
-             no nucleus in {} (e.g. {}): they belong to no nucleus",
-            flagged.len(),
-            spec.boundaries.display(),
-            quoted(&examples)
-        );
-    }
-    Ok(MembershipReport {
-        source: "flag",
-        flagged: flagged.len(),
-        unmatched,
-        unmatched_examples: examples,
-    })
 }

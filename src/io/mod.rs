@@ -14,9 +14,9 @@ pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
-pub use membership::{check_membership, MembershipReport};
+pub use membership::{check_membership, MembershipReport, MembershipTally};
 pub use nuclei::read_nuclei;
-pub use transcripts::read_transcripts;
+pub use transcripts::{read_transcripts, Chunk, IdKind, TranscriptLayout, TranscriptStream};
 
 /// Why a transcript takes no part in segmentation (it still appears in the output).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

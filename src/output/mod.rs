@@ -148,11 +148,7 @@ pub fn write_parquet_batches_with(
 ) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(row_group)
-        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
-        .build();
+    let properties = parquet_properties(row_group, metadata)?;
     let mut writer = ArrowWriter::try_new(BufWriter::new(file), schema, Some(properties))?;
     let cannot_write = || format!("cannot write {}", path.display());
     if rows == 0 {
@@ -172,12 +168,81 @@ pub fn write_parquet_batches_with(
     Ok(())
 }
 
+/// The parquet settings of every output: zstd level 1, `row_group` rows per group.
+fn parquet_properties(row_group: usize, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_max_row_group_size(row_group)
+        .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
+        .build())
+}
+
+/// A table written batch by batch in `format`, with the bytes of
+/// [`write_table`] when the batches hold [`ROW_GROUP`] rows (the last fewer).
+pub struct TableSink {
+    path: PathBuf,
+    writer: SinkWriter,
+}
+
+enum SinkWriter {
+    Parquet(Box<ArrowWriter<BufWriter<std::fs::File>>>),
+    Csv(arrow::csv::Writer<BufWriter<std::fs::File>>),
+}
+
+impl TableSink {
+    /// Creates the file.
+    pub fn create(path: &Path, schema: SchemaRef, format: TableFormat) -> Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let writer = match format {
+            TableFormat::Parquet => SinkWriter::Parquet(Box::new(ArrowWriter::try_new(
+                BufWriter::new(file),
+                schema,
+                Some(parquet_properties(ROW_GROUP, Vec::new())?),
+            )?)),
+            TableFormat::Csv => SinkWriter::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(BufWriter::new(file)),
+            ),
+        };
+        Ok(TableSink {
+            path: path.to_path_buf(),
+            writer,
+        })
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match &mut self.writer {
+            SinkWriter::Parquet(w) => w.write(batch).map_err(anyhow::Error::from),
+            SinkWriter::Csv(w) => w.write(batch).map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Finishes the file.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        match self.writer {
+            SinkWriter::Parquet(w) => w.close().map(|_| ()).map_err(anyhow::Error::from),
+            SinkWriter::Csv(w) => w
+                .into_inner()
+                .into_inner()
+                .map(|_| ())
+                .map_err(|e| e.into_error().into()),
+        }
+        .with_context(|| format!("cannot finish {}", path.display()))
+    }
+}
+
 /// Writes `columns` (all nullable) as one parquet file.
 pub fn write_parquet(path: &Path, columns: Vec<(String, ArrayRef)>) -> Result<()> {
     write_parquet_with(path, columns, Vec::new())
 }
 
-fn schema_of(columns: &[(String, ArrayRef)]) -> SchemaRef {
+/// The schema of `columns` (every field nullable).
+pub fn schema_of(columns: &[(String, ArrayRef)]) -> SchemaRef {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, array)| Field::new(name, array.data_type().clone(), true))
@@ -289,33 +354,40 @@ fn transcript_columns_of(
         .iter()
         .map(|(name, a)| (name.clone(), a.slice(rows.start, rows.len())))
         .collect();
+    push_result_columns(
+        &mut columns,
+        rows.clone().map(|r| result.segger_cell_id(r)),
+        rows.clone().map(|r| result.score(r)),
+        result.assignment[rows.clone()].iter().map(|a| a.as_str()),
+        result.filter_reason[rows]
+            .iter()
+            .map(|f| f.map(FilterReason::as_str)),
+    );
+    columns
+}
+
+/// Appends the result columns of `segger_transcripts.parquet`
+/// (`segger_cell_id`, `score`, `assignment`, `filter_reason`) of some rows.
+pub fn push_result_columns<'a>(
+    columns: &mut Vec<(String, ArrayRef)>,
+    cell_id: impl Iterator<Item = &'a str>,
+    score: impl Iterator<Item = Option<f32>>,
+    assignment: impl Iterator<Item = &'static str>,
+    filter_reason: impl Iterator<Item = Option<&'static str>>,
+) {
     columns.push((
         "segger_cell_id".into(),
-        Arc::new(StringArray::from_iter_values(
-            rows.clone().map(|r| result.segger_cell_id(r)),
-        )),
+        Arc::new(StringArray::from_iter_values(cell_id)),
     ));
-    columns.push((
-        "score".into(),
-        Arc::new(Float32Array::from_iter(
-            rows.clone().map(|r| result.score(r)),
-        )),
-    ));
+    columns.push(("score".into(), Arc::new(Float32Array::from_iter(score))));
     columns.push((
         "assignment".into(),
-        Arc::new(StringArray::from_iter_values(
-            result.assignment[rows.clone()].iter().map(|a| a.as_str()),
-        )),
+        Arc::new(StringArray::from_iter_values(assignment)),
     ));
     columns.push((
         "filter_reason".into(),
-        Arc::new(StringArray::from_iter(
-            result.filter_reason[rows]
-                .iter()
-                .map(|f| f.map(FilterReason::as_str)),
-        )),
+        Arc::new(StringArray::from_iter(filter_reason)),
     ));
-    columns
 }
 
 /// One row of `cells.parquet`.

@@ -73,10 +73,30 @@ pub fn run(
         largest_radius,
     );
     let margin = params.margin.unwrap_or(exact_margin);
+    let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
+    let grid = tile_grid(&flat, params.tile_size, margin)?;
+    Ok(Prepared {
+        kept,
+        pos,
+        tokens,
+        member,
+        grid,
+        flat,
+        margin,
+        exact_margin,
+        largest_radius,
+    })
+}
+
+/// The tile grid of `points` (the kept transcripts, or any points with
+/// their extent and one in every occupied core) with cores of `tile_size`
+/// µm and `margin`: one tile when the margin is unbounded; an error when the
+/// tiles would redo too much work or be too many.
+pub fn tile_grid(points: &[[f64; 2]], tile_size: f64, margin: f64) -> Result<TileGrid> {
     // Without a distance cap the exact margin is unbounded: one tile then
     // covers the sample, as every tile would span all of it anyway.
     let tile_size = if margin.is_finite() {
-        params.tile_size
+        tile_size
     } else {
         f64::INFINITY
     };
@@ -89,8 +109,7 @@ pub fn run(
             2.0 * margin / (MAX_OVERLAP.sqrt() - 1.0)
         );
     }
-    let flat: Vec<[f64; 2]> = pos.iter().map(|p| [p[0], p[1]]).collect();
-    let grid = TileGrid::covering(&flat, tile_size, margin).with_context(|| {
+    let grid = TileGrid::covering(points, tile_size, margin).with_context(|| {
         format!("--tile-size {tile_size} µm is too small for the sample's extent; use a larger --tile-size (or check for transcripts far from the rest)")
     })?;
     // Only occupied cores are tiles, so this holds for any sample of fewer
@@ -101,17 +120,58 @@ pub fn run(
             grid.len()
         );
     }
-    Ok(Prepared {
-        kept,
-        pos,
-        tokens,
-        member,
-        grid,
-        flat,
-        margin,
-        exact_margin,
-        largest_radius,
-    })
+    Ok(grid)
+}
+
+/// The error of genes (among the kept rows) missing from the vocabulary.
+pub fn unknown_genes_error(mut missing: Vec<&str>) -> anyhow::Error {
+    missing.sort_unstable();
+    anyhow::anyhow!(
+        "{} gene(s) of the transcripts are not in the model's vocabulary: {}{} (use --unknown-genes skip to mark them filtered)",
+        missing.len(),
+        missing.iter().take(20).copied().collect::<Vec<_>>().join(", "),
+        if missing.len() > 20 { ", …" } else { "" }
+    )
+}
+
+/// Finds the nucleus a point lies strictly inside (the lowest index when
+/// several do; −1 for none).
+pub struct NucleusLocator<'a> {
+    nuclei: &'a Nuclei,
+    tree: RTree<GeomWithData<Rectangle<[f64; 2]>, i32>>,
+}
+
+impl<'a> NucleusLocator<'a> {
+    /// Indexes the nuclei's bounding boxes.
+    pub fn new(nuclei: &'a Nuclei) -> Self {
+        use geo::BoundingRect;
+        let tree = RTree::bulk_load(
+            nuclei
+                .polygons
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    let r = p.bounding_rect()?;
+                    Some(GeomWithData::new(
+                        Rectangle::from_corners([r.min().x, r.min().y], [r.max().x, r.max().y]),
+                        i as i32,
+                    ))
+                })
+                .collect(),
+        );
+        NucleusLocator { nuclei, tree }
+    }
+
+    /// The nucleus containing `p`, −1 for none.
+    pub fn locate(&self, p: [f64; 2]) -> i32 {
+        use geo::Contains;
+        self.tree
+            .locate_all_at_point(&p)
+            .map(|r| r.data)
+            .filter(|&n| self.nuclei.polygons[n as usize].contains(&geo::Point::new(p[0], p[1])))
+            .min()
+            .unwrap_or(-1)
+    }
 }
 
 /// Maps every row's gene to a model token, applying the unknown-gene policy.
@@ -138,13 +198,7 @@ fn tokens_for(
         }
     }
     if !missing.is_empty() && policy == UnknownGenes::Error {
-        missing.sort_unstable();
-        bail!(
-            "{} gene(s) of the transcripts are not in the model's vocabulary: {}{} (use --unknown-genes skip to mark them filtered)",
-            missing.len(),
-            missing.iter().take(20).copied().collect::<Vec<_>>().join(", "),
-            if missing.len() > 20 { ", …" } else { "" }
-        );
+        return Err(unknown_genes_error(missing));
     }
     let mut tokens = vec![0u32; transcripts.gene.len()];
     for (row, &g) in transcripts.gene.iter().enumerate() {
@@ -179,47 +233,39 @@ fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Vec<
             })
             .collect();
     }
-    use geo::{BoundingRect, Contains};
-    let tree = RTree::bulk_load(
-        nuclei
-            .polygons
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| {
-                let r = p.bounding_rect()?;
-                Some(GeomWithData::new(
-                    Rectangle::from_corners([r.min().x, r.min().y], [r.max().x, r.max().y]),
-                    i as i32,
-                ))
-            })
-            .collect(),
-    );
+    let locator = NucleusLocator::new(nuclei);
     use rayon::prelude::*;
     kept.par_iter()
-        .map(|&row| {
-            let p = [transcripts.x[row as usize], transcripts.y[row as usize]];
-            tree.locate_all_at_point(&p)
-                .map(|r| r.data)
-                .filter(|&n| nuclei.polygons[n as usize].contains(&geo::Point::new(p[0], p[1])))
-                .min()
-                .unwrap_or(-1)
-        })
+        .map(|&row| locator.locate([transcripts.x[row as usize], transcripts.y[row as usize]]))
         .collect()
 }
 
 /// Largest distance from a nucleus centroid to its vertices or members.
 fn largest_radius(nuclei: &Nuclei, pos: &[[f64; 3]], member: &[i32]) -> f64 {
+    let mut r = polygon_radius(nuclei);
+    for (p, &n) in pos.iter().zip(member) {
+        r = r.max(member_radius(nuclei, *p, n));
+    }
+    r
+}
+
+/// Largest distance from a nucleus centroid to its vertices.
+pub fn polygon_radius(nuclei: &Nuclei) -> f64 {
     let mut r: f64 = 0.0;
     for (poly, c) in nuclei.polygons.iter().zip(&nuclei.centroid) {
         for v in poly.exterior().coords() {
             r = r.max(((v.x - c[0]).powi(2) + (v.y - c[1]).powi(2)).sqrt());
         }
     }
-    for (p, &n) in pos.iter().zip(member) {
-        if n >= 0 {
-            let c = nuclei.centroid[n as usize];
-            r = r.max(((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2)).sqrt());
-        }
-    }
     r
+}
+
+/// Distance from the centroid of nucleus `n` to a member at `p` (0 when
+/// `n` is −1).
+pub fn member_radius(nuclei: &Nuclei, p: [f64; 3], n: i32) -> f64 {
+    if n < 0 {
+        return 0.0;
+    }
+    let c = nuclei.centroid[n as usize];
+    ((p[0] - c[0]).powi(2) + (p[1] - c[1]).powi(2)).sqrt()
 }

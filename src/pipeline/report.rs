@@ -225,36 +225,7 @@ pub fn run(stages: Stages) -> Segmentation {
         acc.2 += prepared.pos[i][1];
     }
 
-    let mean = |(n, sx, sy): (u64, f64, f64)| {
-        if n == 0 {
-            (None, None)
-        } else {
-            (Some(sx / n as f64), Some(sy / n as f64))
-        }
-    };
-    let mut cells = Vec::with_capacity(n_nuclei + fragment_ids.len());
-    for (n, id) in nuclei.ids.iter().enumerate() {
-        let (cx, cy) = mean(cell_sum[n]);
-        cells.push(CellRow {
-            id: id.clone(),
-            kind: "cell",
-            n_transcripts: cell_sum[n].0,
-            centroid_x: cx,
-            centroid_y: cy,
-            nucleus_area: Some(polygon_area(&nuclei.polygons[n]) as f32),
-        });
-    }
-    for (f, id) in fragment_ids.iter().enumerate() {
-        let (cx, cy) = mean(fragment_sum[f]);
-        cells.push(CellRow {
-            id: id.clone(),
-            kind: "fragment",
-            n_transcripts: fragment_sum[f].0,
-            centroid_x: cx,
-            centroid_y: cy,
-            nucleus_area: None,
-        });
-    }
+    let cells = cell_rows(nuclei, &fragment_ids, &cell_sum, &fragment_sum);
 
     let count = |kind: Assignment| assignment.iter().filter(|&&a| a == kind).count();
     let mut filtered: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -302,6 +273,47 @@ pub fn run(stages: Stages) -> Segmentation {
         summary,
         stage_seconds: Vec::new(),
     }
+}
+
+/// The rows of `cells.parquet`: every nucleus, then every fragment, from
+/// their (transcripts, Σx, Σy) summed in input row order.
+pub fn cell_rows(
+    nuclei: &Nuclei,
+    fragment_ids: &[String],
+    cell_sum: &[(u64, f64, f64)],
+    fragment_sum: &[(u64, f64, f64)],
+) -> Vec<CellRow> {
+    let mean = |(n, sx, sy): (u64, f64, f64)| {
+        if n == 0 {
+            (None, None)
+        } else {
+            (Some(sx / n as f64), Some(sy / n as f64))
+        }
+    };
+    let mut cells = Vec::with_capacity(nuclei.ids.len() + fragment_ids.len());
+    for (n, id) in nuclei.ids.iter().enumerate() {
+        let (cx, cy) = mean(cell_sum[n]);
+        cells.push(CellRow {
+            id: id.clone(),
+            kind: "cell",
+            n_transcripts: cell_sum[n].0,
+            centroid_x: cx,
+            centroid_y: cy,
+            nucleus_area: Some(polygon_area(&nuclei.polygons[n]) as f32),
+        });
+    }
+    for (f, id) in fragment_ids.iter().enumerate() {
+        let (cx, cy) = mean(fragment_sum[f]);
+        cells.push(CellRow {
+            id: id.clone(),
+            kind: "fragment",
+            n_transcripts: fragment_sum[f].0,
+            centroid_x: cx,
+            centroid_y: cy,
+            nucleus_area: None,
+        });
+    }
+    cells
 }
 
 fn polygon_area(p: &geo::Polygon<f64>) -> f64 {

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::progress::Progress;
-use super::{FragmentSettings, ScoreCut, SegmentParams, Segmentation, Summary, UnknownGenes};
+use super::{FragmentSettings, ScoreCut, SegmentParams, Summary, UnknownGenes};
 use crate::backend::Backend;
 use crate::defaults;
 use crate::logging::Verbosity;
@@ -275,6 +275,26 @@ pub fn run(
         }
     };
     let params = args.params(&model)?;
+    if let (true, Some(max_memory)) = (reads_in_batches(args), args.max_memory) {
+        return run_in_batches(
+            args,
+            &spec,
+            &model,
+            &params,
+            backend,
+            command_line,
+            &progress,
+            out,
+            started,
+            max_memory,
+        );
+    }
+    if args.max_memory.is_some() {
+        log::warn!(
+            "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs transcripts,cells reads and writes in batches; docs/streaming.md)",
+            if args.demo { "--demo's accuracy".to_string() } else { "polygons, anndata, spatialdata, report or --xenium-ranger".to_string() }
+        );
+    }
 
     let mut stages: Vec<(&'static str, f64)> = Vec::new();
     let clock = Instant::now();
@@ -295,13 +315,7 @@ pub fn run(
 
     let (result, transcripts, streaming) = match args.max_memory {
         Some(max_memory) => {
-            let settings = super::stream::StreamSettings {
-                max_memory,
-                tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
-                out: args.out.clone(),
-                resume: args.resume,
-                bucket_tiles: args.bucket_tiles,
-            };
+            let settings = stream_settings(args, max_memory);
             let (result, transcripts, facts) = super::stream::segment(
                 transcripts,
                 &nuclei,
@@ -482,48 +496,26 @@ pub fn run(
         min_transcripts: args.min_transcripts(&model).max(1),
         polygon_sources: cells.as_ref().map(|c| c.polygon_sources()),
     };
-    let log = SegmentationLog {
-        version: env!("CARGO_PKG_VERSION"),
-        command_line,
-        parameters: &params,
-        model: ModelFacts {
-            sha256: &model.sha256,
-            architecture: model.arch,
-            dtype: &model.dtype,
-            vocabulary: model.genes.len(),
-            bd_features: model.bd_features,
+    finish(
+        out,
+        Finish {
+            args,
+            command_line,
+            params: &params,
+            model: &model,
+            spec: &spec,
+            columns,
+            membership,
+            nuclei: &nuclei,
+            summary: &result.summary,
+            outputs,
+            stages,
+            started,
+            streaming,
+            demo_accuracy: demo_accuracy.as_ref().map(|a| a.to_json()),
         },
-        inputs: spec.files(),
-        columns,
-        membership,
-        nuclei_notes: &nuclei.notes,
-        nuclei_skipped: nuclei
-            .skipped
-            .iter()
-            .map(|(id, why)| format!("{id}: {why}"))
-            .collect(),
-        nuclei_altered: nuclei
-            .altered
-            .iter()
-            .map(|(id, what)| format!("{id}: {what}"))
-            .collect(),
-        result: &result.summary,
-        outputs,
-        seconds: stages.iter().copied().collect(),
-        seconds_total: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: super::stream::peak_rss_bytes(),
-        streaming,
-        demo_accuracy: demo_accuracy.as_ref().map(|a| a.to_json()),
-    };
-    let log_path = out.staged(output::LOG_FILE)?;
-    std::fs::write(&log_path, serde_json::to_vec_pretty(&log)?)
-        .with_context(|| format!("cannot write {}", args.out.join(output::LOG_FILE).display()))?;
-    out.commit()?;
+    )?;
     spinner.finish_and_clear();
-    for (stage, s) in &stages {
-        log::debug!("{stage:>18}: {s:8.2} s");
-    }
-    report_result(&result, &args.out, started.elapsed().as_secs_f64());
     if let Some(acc) = &demo_accuracy {
         log::info!(
             "demo accuracy: {} of {} kept transcripts that a cell generated were assigned to that cell ({:.1}%; {:.1}% of all {} rows a cell generated, filtered ones counted as misses); precision of the cell assignments {:.1}%",
@@ -538,9 +530,184 @@ pub fn run(
     Ok(())
 }
 
+/// Everything the log of a run is made from.
+struct Finish<'a> {
+    args: &'a SegmentArgs,
+    command_line: &'a [String],
+    params: &'a SegmentParams,
+    model: &'a Model,
+    spec: &'a crate::io::InputSpec,
+    columns: InputColumns,
+    membership: crate::io::MembershipReport,
+    nuclei: &'a crate::io::Nuclei,
+    summary: &'a Summary,
+    outputs: OutputFacts,
+    stages: Vec<(&'static str, f64)>,
+    started: Instant,
+    streaming: Option<super::stream::StreamFacts>,
+    demo_accuracy: Option<serde_json::Value>,
+}
+
+/// Writes `segmentation_log.json`, moves every output to its final name and
+/// prints the result line.
+fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
+    let log = SegmentationLog {
+        version: env!("CARGO_PKG_VERSION"),
+        command_line: f.command_line,
+        parameters: f.params,
+        model: ModelFacts {
+            sha256: &f.model.sha256,
+            architecture: f.model.arch,
+            dtype: &f.model.dtype,
+            vocabulary: f.model.genes.len(),
+            bd_features: f.model.bd_features,
+        },
+        inputs: f.spec.files(),
+        columns: f.columns,
+        membership: f.membership,
+        nuclei_notes: &f.nuclei.notes,
+        nuclei_skipped: f
+            .nuclei
+            .skipped
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect(),
+        nuclei_altered: f
+            .nuclei
+            .altered
+            .iter()
+            .map(|(id, what)| format!("{id}: {what}"))
+            .collect(),
+        result: f.summary,
+        outputs: f.outputs,
+        seconds: f.stages.iter().copied().collect(),
+        seconds_total: f.started.elapsed().as_secs_f64(),
+        peak_rss_bytes: super::stream::peak_rss_bytes(),
+        streaming: f.streaming,
+        demo_accuracy: f.demo_accuracy,
+    };
+    let log_path = out.staged(output::LOG_FILE)?;
+    std::fs::write(&log_path, serde_json::to_vec_pretty(&log)?).with_context(|| {
+        format!(
+            "cannot write {}",
+            f.args.out.join(output::LOG_FILE).display()
+        )
+    })?;
+    out.commit()?;
+    for (stage, s) in &f.stages {
+        log::debug!("{stage:>18}: {s:8.2} s");
+    }
+    report_result(f.summary, &f.args.out, f.started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Whether `--max-memory` runs the path that reads and writes in batches:
+/// only the transcripts and cells tables are written that way; the other
+/// outputs (and `--demo`'s accuracy) need every row's result in memory.
+fn reads_in_batches(args: &SegmentArgs) -> bool {
+    args.max_memory.is_some()
+        && !args.demo
+        && !args.xenium_ranger
+        && args.outputs.iter().all(|k| {
+            matches!(
+                k,
+                output::OutputKind::Transcripts | output::OutputKind::Cells
+            )
+        })
+}
+
+/// `segment --max-memory` with only the transcripts and cells tables: the
+/// input is read and the tables written in batches ([`super::stream::segment_file`]).
+#[allow(clippy::too_many_arguments)]
+fn run_in_batches(
+    args: &SegmentArgs,
+    spec: &crate::io::InputSpec,
+    model: &Model,
+    params: &SegmentParams,
+    backend: &mut dyn Backend,
+    command_line: &[String],
+    progress: &Progress,
+    mut out: OutputDir,
+    started: Instant,
+    max_memory: u64,
+) -> Result<()> {
+    let clock = Instant::now();
+    let spinner = progress.spinner("reading");
+    let layout = crate::io::TranscriptLayout::open(spec)?;
+    let id_kind = layout.check_ids()?;
+    let nuclei = crate::io::read_nuclei(spec, model.bd_features)?;
+    spinner.finish_and_clear();
+    report_nuclei(&nuclei, spec);
+    let columns = InputColumns {
+        transcripts: layout.columns().into_iter().collect(),
+        boundaries: nuclei.columns.iter().cloned().collect(),
+    };
+    let mut stages = vec![("read", clock.elapsed().as_secs_f64())];
+    let wants = |k: output::OutputKind| args.outputs.contains(&k);
+    let format = args.table_format;
+    let mut written = Vec::new();
+    let mut staged = |kind: output::OutputKind, file: &str| -> Result<Option<PathBuf>> {
+        if !wants(kind) {
+            return Ok(None);
+        }
+        let name = format.file_name(file);
+        let path = out.staged(&name)?;
+        written.push(name);
+        Ok(Some(path))
+    };
+    let outputs = super::stream::FileOutputs {
+        transcripts: staged(output::OutputKind::Transcripts, output::TRANSCRIPTS_FILE)?,
+        cells: staged(output::OutputKind::Cells, output::CELLS_FILE)?,
+        format,
+    };
+    let settings = stream_settings(args, max_memory);
+    let run = super::stream::segment_file(
+        &layout, id_kind, spec, &nuclei, model, params, backend, progress, &settings, &outputs,
+    )?;
+    stages.extend(run.stage_seconds.iter().copied());
+    let spinner = progress.spinner("writing");
+    finish(
+        out,
+        Finish {
+            args,
+            command_line,
+            params,
+            model,
+            spec,
+            columns,
+            membership: run.membership,
+            nuclei: &nuclei,
+            summary: &run.summary,
+            outputs: OutputFacts {
+                written,
+                table_format: format,
+                cells: 0,
+                min_transcripts: args.min_transcripts(model).max(1),
+                polygon_sources: None,
+            },
+            stages,
+            started,
+            streaming: Some(run.facts),
+            demo_accuracy: None,
+        },
+    )?;
+    spinner.finish_and_clear();
+    Ok(())
+}
+
+fn stream_settings(args: &SegmentArgs, max_memory: u64) -> super::stream::StreamSettings {
+    super::stream::StreamSettings {
+        max_memory,
+        tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+        out: args.out.clone(),
+        resume: args.resume,
+        bucket_tiles: args.bucket_tiles,
+    }
+}
+
 /// The one-line result of a run.
-fn report_result(result: &Segmentation, out: &std::path::Path, seconds: f64) {
-    let c = &result.summary.counts;
+fn report_result(summary: &Summary, out: &std::path::Path, seconds: f64) {
+    let c = &summary.counts;
     log::info!(
         "seggpu segment: {} transcripts read, {} assigned to {} cells, {} in {} fragments, {} unassigned, {} filtered → {} ({seconds:.1} s)",
         c.read,

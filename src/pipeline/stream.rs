@@ -19,13 +19,19 @@ use super::fragments::{self, FragmentSummary, Fragments};
 use super::prepare::{self, Prepared};
 use super::progress::Progress;
 use super::report;
+use super::report::Assignment;
 use super::score_tiles::{self, OwnedBest, ScoreClock, TileScores, TileSource};
-use super::{SegmentParams, Segmentation};
+use super::{SegmentParams, Segmentation, Summary, UnknownGenes};
 use crate::backend::{Backend, FragmentSlots};
-use crate::io::{Nuclei, Transcripts};
+use crate::io::{
+    FilterReason, IdKind, InputSpec, MembershipReport, MembershipTally, Nuclei, TranscriptLayout,
+    Transcripts,
+};
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
+use crate::output::{TableFormat, TableSink};
 use crate::tiles::{self, Cell, TileGrid};
+use arrow::array::RecordBatch;
 
 /// Bytes a transcript of a tile (core and margin) costs while the tile is
 /// scored: its graphs, embeddings and attention (measured about 1.8 KB at
@@ -88,6 +94,11 @@ pub struct StreamFacts {
     /// Records loaded by the score stage per record owned: the
     /// recompute factor of the buckets.
     pub bucket_load_factor: f64,
+    /// Most input rows decoded and held at once: a batch of the reader and
+    /// the rows waiting to be written (the path that reads and writes in
+    /// batches; absent where the input rows are held whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_rows_held: Option<usize>,
 }
 
 /// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
@@ -320,22 +331,27 @@ fn test_abort(steps: usize) {
 #[cfg(not(feature = "testing"))]
 fn test_abort(_steps: usize) {}
 
+/// Transcripts owned by the fullest tile of `grid` among `points`.
+fn fullest_tile(grid: &TileGrid, points: &[[f64; 2]]) -> u64 {
+    let mut per_tile: HashMap<Cell, u64> = HashMap::with_capacity(grid.len());
+    for &p in points {
+        *per_tile.entry(grid.owner(p)).or_default() += 1;
+    }
+    per_tile.values().copied().max().unwrap_or(1)
+}
+
 /// Tiles per bucket side for `budget` bytes: the largest block whose
 /// records with the margin fit its share, at the density of the fullest
-/// tile; an error when the fullest tile with its margin does not fit its share.
-fn bucket_side(prepared: &Prepared, budget: u64) -> Result<u64> {
-    let grid = &prepared.grid;
+/// tile (`fullest` transcripts); an error when the fullest tile with its
+/// margin does not fit its share.
+fn bucket_side(grid: &TileGrid, margin: f64, fullest: u64, budget: u64) -> Result<u64> {
     let whole = grid.cols.max(grid.rows);
-    if !prepared.margin.is_finite() {
+    if !margin.is_finite() {
         // One tile holds everything: there is nothing to bound.
         return Ok(whole);
     }
-    let mut per_tile: HashMap<Cell, u64> = HashMap::with_capacity(grid.len());
-    for &p in &prepared.flat {
-        *per_tile.entry(grid.owner(p)).or_default() += 1;
-    }
-    let fullest = per_tile.values().copied().max().unwrap_or(1) as f64;
-    let (size, margin) = (grid.size, prepared.margin);
+    let fullest = fullest.max(1) as f64;
+    let size = grid.size;
     let tile = fullest * ((size + 2.0 * margin) / size).powi(2);
     if tile * TILE_BYTES_PER_TRANSCRIPT > budget as f64 * TILE_SHARE {
         bail!(
@@ -350,7 +366,9 @@ fn bucket_side(prepared: &Prepared, budget: u64) -> Result<u64> {
 }
 
 /// Segments one sample on the bucketed path; the same results as
-/// [`super::segment`], with the facts of the buckets.
+/// [`super::segment`], with the facts of the buckets. The input rows and
+/// the per-row results are held in memory (the outputs that need them);
+/// [`segment_file`] is the path that holds neither.
 pub fn segment(
     mut transcripts: Transcripts,
     nuclei: &Nuclei,
@@ -369,7 +387,12 @@ pub fn segment(
     let grid = prepared.grid.clone();
     let side = match settings.bucket_tiles {
         Some(side) => side.max(1),
-        None => bucket_side(&prepared, settings.max_memory)?,
+        None => bucket_side(
+            &grid,
+            prepared.margin,
+            fullest_tile(&grid, &prepared.flat),
+            settings.max_memory,
+        )?,
     };
     let plan = BucketPlan::new(&grid, side);
     seconds.push(("prepare", clock.elapsed().as_secs_f64()));
@@ -385,7 +408,7 @@ pub fn segment(
     let left = settings.max_memory as f64 * (1.0 - TILE_SHARE - BUCKET_SHARE);
     if held as f64 > left {
         log::warn!(
-            "--max-memory {} bytes: this path still holds the input rows in memory ({} MB now), more than the {:.0} MB the budget leaves for them; the peak will exceed --max-memory (docs/streaming.md)",
+            "--max-memory {} bytes: this path holds the input rows in memory for the outputs asked for ({} MB now), more than the {:.0} MB the budget leaves for them; the peak will exceed --max-memory (docs/streaming.md)",
             settings.max_memory,
             held / 1_000_000,
             left / 1e6
@@ -393,111 +416,63 @@ pub fn segment(
     }
 
     let n_kept = prepared.kept.len();
-    let mut steps = 0usize;
-    let mut reused = 0usize;
-    let bd_members = tiles::bucket(&grid, &nuclei.centroid);
-    let mut scores = TileScores {
-        best_score: vec![f32::NAN; n_kept],
-        best_index: vec![-1; n_kept],
-        graph_seconds: 0.0,
-        model_seconds: 0.0,
-    };
-    let mut work = ScoreClock::default();
-    let (mut loaded, mut largest) = (0u64, 0usize);
-    let bar = progress.bar("buckets", plan.cells.len() as u64);
-    for b in 0..plan.cells.len() {
-        bar.inc(1);
-        let path = spill.file("scores", b);
-        let found: Vec<(u32, f32, i32)> = if reuse && path.exists() {
-            reused += 1;
-            spill
-                .read(&path)?
-                .chunks_exact(12)
-                .map(|c| {
-                    let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
-                    (
-                        u32::from_le_bytes(w(0)),
-                        f32::from_le_bytes(w(4)),
-                        i32::from_le_bytes(w(8)),
-                    )
-                })
-                .collect()
-        } else {
-            let near = plan.near(&grid, b, prepared.margin);
-            let bounds = plan.reach(&grid, b, prepared.margin);
-            let (records, _) = load(&spill, &near, b, bounds)?;
-            loaded += records.len() as u64;
-            largest = largest.max(records.len());
-            let found = score_bucket(
-                &records,
-                &grid,
-                &plan.tiles[b],
-                &bd_members,
-                nuclei,
-                model,
-                params,
-                backend,
-                &mut work,
-            )?;
-            let mut bytes = Vec::with_capacity(found.len() * 12);
-            for &(k, s, n) in &found {
-                bytes.extend_from_slice(&k.to_le_bytes());
-                bytes.extend_from_slice(&s.to_le_bytes());
-                bytes.extend_from_slice(&n.to_le_bytes());
-            }
-            spill.write(&path, &bytes)?;
-            found
-        };
-        for (k, s, n) in found {
-            scores.best_score[k as usize] = s;
-            scores.best_index[k as usize] = n;
-        }
-        steps += 1;
-        test_abort(steps);
-    }
-    bar.finish_and_clear();
-    scores.graph_seconds = work.graph;
-    scores.model_seconds = work.model;
-    seconds.push(("graphs", work.graph));
-    seconds.push(("model+score", work.model));
+    let mut work = Work::default();
+    let scores = score_stage(
+        &spill,
+        &plan,
+        &grid,
+        prepared.margin,
+        n_kept,
+        nuclei,
+        model,
+        params,
+        backend,
+        progress,
+        reuse,
+        &mut work,
+    )?;
+    seconds.push(("graphs", work.clock.graph));
+    seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
     let assigned = assign::run(&scores, params.score_cut);
     let fragments = match params.fragments {
-        Some(settings) => Some(bucketed_fragments(
-            &spill,
-            &plan,
-            &grid,
-            &prepared,
-            &assigned.assigned,
-            &transcripts.id_key,
-            model,
-            &fragments::FragmentParams {
-                k_tx: params.graph.k_tx,
-                dist_tx: params.graph.dist_tx,
-                cut: settings.cut.unwrap_or(assigned.cut),
-                min_transcripts: settings.min_transcripts,
-            },
-            backend,
-            reuse,
-            &mut steps,
-            &mut reused,
-        )?),
+        Some(fragment_settings) => {
+            let fragment_params = fragment_params(params, fragment_settings, assigned.cut);
+            Some(bucketed_fragments(
+                &spill,
+                &plan,
+                &grid,
+                n_kept,
+                &assigned.assigned,
+                model,
+                &fragment_params,
+                backend,
+                reuse,
+                &mut work,
+                |labels, candidates| {
+                    Ok(fragments::name_components(
+                        labels,
+                        candidates,
+                        &prepared.kept,
+                        &transcripts.id_key,
+                        fragment_params.min_transcripts,
+                    ))
+                },
+            )?)
+        }
         None => None,
     };
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
 
-    let facts = StreamFacts {
-        max_memory: settings.max_memory,
-        spill_dir: spill.path.display().to_string(),
-        bucket_tiles: side,
-        buckets: plan.cells.len(),
-        bucket_steps_reused: reused,
+    let facts = work.facts(
+        settings,
+        &spill,
+        side,
+        plan.cells.len(),
         spilled_bytes,
-        largest_bucket_records: largest,
-        recompute_factor: ratio(work.gathered, n_kept as u64),
-        bucket_load_factor: ratio(loaded, n_kept as u64),
-    };
+        n_kept,
+    );
     drop(spill);
     let mut result = report::run(report::Stages {
         filter: std::mem::take(&mut transcripts.filter),
@@ -514,6 +489,146 @@ pub fn segment(
     Ok((result, transcripts, facts))
 }
 
+fn fragment_params(
+    params: &SegmentParams,
+    settings: super::FragmentSettings,
+    score_cut: f32,
+) -> fragments::FragmentParams {
+    fragments::FragmentParams {
+        k_tx: params.graph.k_tx,
+        dist_tx: params.graph.dist_tx,
+        cut: settings.cut.unwrap_or(score_cut),
+        min_transcripts: settings.min_transcripts,
+    }
+}
+
+/// Work counted over the bucket steps, for the log.
+#[derive(Default)]
+struct Work {
+    clock: ScoreClock,
+    /// Bucket steps finished (score and fragment).
+    steps: usize,
+    /// Bucket steps taken from a killed run.
+    reused: usize,
+    /// Records loaded by the score stage.
+    loaded: u64,
+    /// Most records loaded for one bucket.
+    largest: usize,
+    /// Most input rows decoded and held at once (the bounded path).
+    rows_held: usize,
+}
+
+impl Work {
+    fn step(&mut self) {
+        self.steps += 1;
+        test_abort(self.steps);
+    }
+
+    fn facts(
+        &self,
+        settings: &StreamSettings,
+        spill: &SpillDir,
+        side: u64,
+        buckets: usize,
+        spilled_bytes: u64,
+        n_kept: usize,
+    ) -> StreamFacts {
+        StreamFacts {
+            max_memory: settings.max_memory,
+            spill_dir: spill.path.display().to_string(),
+            bucket_tiles: side,
+            buckets,
+            bucket_steps_reused: self.reused,
+            spilled_bytes,
+            largest_bucket_records: self.largest,
+            largest_rows_held: (self.rows_held > 0).then_some(self.rows_held),
+            recompute_factor: ratio(self.clock.gathered, n_kept as u64),
+            bucket_load_factor: ratio(self.loaded, n_kept as u64),
+        }
+    }
+}
+
+/// The score stage bucket by bucket: every bucket's tiles from its records
+/// and those of its neighbours within `margin`; the best match of every
+/// kept transcript.
+#[allow(clippy::too_many_arguments)]
+fn score_stage(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    grid: &TileGrid,
+    margin: f64,
+    n_kept: usize,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+    backend: &mut dyn Backend,
+    progress: &Progress,
+    reuse: bool,
+    work: &mut Work,
+) -> Result<TileScores> {
+    let bd_members = tiles::bucket(grid, &nuclei.centroid);
+    let mut scores = TileScores {
+        best_score: vec![f32::NAN; n_kept],
+        best_index: vec![-1; n_kept],
+        graph_seconds: 0.0,
+        model_seconds: 0.0,
+    };
+    let bar = progress.bar("buckets", plan.cells.len() as u64);
+    for b in 0..plan.cells.len() {
+        bar.inc(1);
+        let path = spill.file("scores", b);
+        let found: Vec<(u32, f32, i32)> = if reuse && path.exists() {
+            work.reused += 1;
+            spill
+                .read(&path)?
+                .chunks_exact(12)
+                .map(|c| {
+                    let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
+                    (
+                        u32::from_le_bytes(w(0)),
+                        f32::from_le_bytes(w(4)),
+                        i32::from_le_bytes(w(8)),
+                    )
+                })
+                .collect()
+        } else {
+            let near = plan.near(grid, b, margin);
+            let bounds = plan.reach(grid, b, margin);
+            let (records, _) = load(spill, &near, b, bounds)?;
+            work.loaded += records.len() as u64;
+            work.largest = work.largest.max(records.len());
+            let found = score_bucket(
+                &records,
+                grid,
+                &plan.tiles[b],
+                &bd_members,
+                nuclei,
+                model,
+                params,
+                backend,
+                &mut work.clock,
+            )?;
+            let mut bytes = Vec::with_capacity(found.len() * 12);
+            for &(k, s, n) in &found {
+                bytes.extend_from_slice(&k.to_le_bytes());
+                bytes.extend_from_slice(&s.to_le_bytes());
+                bytes.extend_from_slice(&n.to_le_bytes());
+            }
+            spill.write(&path, &bytes)?;
+            found
+        };
+        for (k, s, n) in found {
+            scores.best_score[k as usize] = s;
+            scores.best_index[k as usize] = n;
+        }
+        work.step();
+    }
+    bar.finish_and_clear();
+    scores.graph_seconds = work.clock.graph;
+    scores.model_seconds = work.clock.model;
+    Ok(scores)
+}
+
 fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 {
         0.0
@@ -522,23 +637,16 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-/// Writes the records of every bucket and the manifest; returns the spill
-/// folder, whether its finished buckets may be reused, and the bytes spilled.
-fn spill(
-    prepared: &Prepared,
-    plan: &BucketPlan,
-    params: &SegmentParams,
-    model: &Model,
-    settings: &StreamSettings,
-) -> Result<(SpillDir, bool, u64)> {
+/// Makes the spill folder (a run without `--resume` removes a stale one
+/// first); returns it and the key of the run that left it, if any.
+fn open_spill(settings: &StreamSettings) -> Result<(SpillDir, Option<String>)> {
     let out = std::path::absolute(&settings.out).unwrap_or_else(|_| settings.out.clone());
     let name = format!(
         ".seggpu-spill-{}",
         &hex(&Sha256::digest(out.to_string_lossy().as_bytes()))[..16]
     );
     let path = settings.tmp_dir.join(name);
-    let manifest = path.join("manifest.json");
-    let previous = std::fs::read_to_string(&manifest).ok();
+    let previous = std::fs::read_to_string(path.join(MANIFEST)).ok();
     if !settings.resume && path.exists() {
         std::fs::remove_dir_all(&path)
             .with_context(|| format!("cannot remove the old spill folder {}", path.display()))?;
@@ -552,8 +660,61 @@ fn spill(
             )
         })?;
     }
-    let spill = SpillDir { path };
+    Ok((SpillDir { path }, previous))
+}
 
+/// File of the spill folder naming the key of the run that wrote it.
+const MANIFEST: &str = "manifest.json";
+
+/// The key of a run: what the buckets' results depend on, with the records
+/// hashed into `key` by the caller.
+fn start_key(params: &SegmentParams, model: &Model, side: u64, tile_size: f64) -> Result<Sha256> {
+    let mut key = Sha256::new();
+    key.update(env!("CARGO_PKG_VERSION").as_bytes());
+    key.update(serde_json::to_string(params)?.as_bytes());
+    key.update(model.sha256.as_bytes());
+    key.update(side.to_le_bytes());
+    key.update(tile_size.to_le_bytes());
+    Ok(key)
+}
+
+/// Writes the key; whether the finished buckets of the run that left the
+/// folder may be reused (`--resume` and the same key). Otherwise they are
+/// removed.
+fn settle_key(
+    spill: &SpillDir,
+    key: Sha256,
+    previous: Option<String>,
+    settings: &StreamSettings,
+) -> Result<bool> {
+    let key = hex(&key.finalize());
+    let reuse = settings.resume && previous.as_deref() == Some(key.as_str());
+    if settings.resume && !reuse {
+        log::warn!(
+            "--resume: no finished buckets of this run under {} (another sample, model or setting, or none left); starting over",
+            spill.path.display()
+        );
+        for kind in ["scores", "fragments"] {
+            let dir = spill.path.join(kind);
+            std::fs::remove_dir_all(&dir)
+                .and_then(|()| std::fs::create_dir_all(&dir))
+                .with_context(|| format!("cannot empty the spill folder {}", dir.display()))?;
+        }
+    }
+    spill.write(&spill.path.join(MANIFEST), key.as_bytes())?;
+    Ok(reuse)
+}
+
+/// Writes the records of every bucket and the manifest; returns the spill
+/// folder, whether its finished buckets may be reused, and the bytes spilled.
+fn spill(
+    prepared: &Prepared,
+    plan: &BucketPlan,
+    params: &SegmentParams,
+    model: &Model,
+    settings: &StreamSettings,
+) -> Result<(SpillDir, bool, u64)> {
+    let (spill, previous) = open_spill(settings)?;
     // Records grouped by bucket, each group in kept order.
     let bucket_of: Vec<u32> = prepared
         .flat
@@ -574,13 +735,7 @@ fn spill(
         next[b as usize] += 1;
     }
     drop(bucket_of);
-    // The key of the run: what the buckets' results depend on.
-    let mut key = Sha256::new();
-    key.update(env!("CARGO_PKG_VERSION").as_bytes());
-    key.update(serde_json::to_string(params)?.as_bytes());
-    key.update(model.sha256.as_bytes());
-    key.update(plan.side.to_le_bytes());
-    key.update(prepared.grid.size.to_le_bytes());
+    let mut key = start_key(params, model, plan.side, prepared.grid.size)?;
     let mut bytes = Vec::new();
     let mut total = 0u64;
     for b in 0..plan.cells.len() {
@@ -599,21 +754,7 @@ fn spill(
         total += bytes.len() as u64;
         spill.write(&spill.file("records", b), &bytes)?;
     }
-    let key = hex(&key.finalize());
-    let reuse = settings.resume && previous.as_deref() == Some(key.as_str());
-    if settings.resume && !reuse {
-        log::warn!(
-            "--resume: no finished buckets of this run under {} (another sample, model or setting, or none left); starting over",
-            spill.path.display()
-        );
-        for kind in ["scores", "fragments"] {
-            let dir = spill.path.join(kind);
-            std::fs::remove_dir_all(&dir)
-                .and_then(|()| std::fs::create_dir_all(&dir))
-                .with_context(|| format!("cannot empty the spill folder {}", dir.display()))?;
-        }
-    }
-    spill.write(&manifest, key.as_bytes())?;
+    let reuse = settle_key(&spill, key, previous, settings)?;
     Ok((spill, reuse, total))
 }
 
@@ -777,15 +918,14 @@ fn bucketed_fragments(
     spill: &SpillDir,
     plan: &BucketPlan,
     grid: &TileGrid,
-    prepared: &Prepared,
+    n_kept: usize,
     assigned: &[bool],
-    id_key: &[crate::io::TranscriptKey],
     model: &Model,
     params: &fragments::FragmentParams,
     backend: &mut dyn Backend,
     reuse: bool,
-    steps: &mut usize,
-    reused: &mut usize,
+    work: &mut Work,
+    name: impl FnOnce(&[u32], &[u32]) -> Result<(Vec<Option<u32>>, Vec<String>)>,
 ) -> Result<Fragments> {
     let dim = model.arch.emb;
     let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
@@ -800,7 +940,7 @@ fn bucketed_fragments(
     for b in 0..plan.cells.len() {
         let path = spill.file("fragments", b);
         let bucket = if reuse && path.exists() {
-            *reused += 1;
+            work.reused += 1;
             FragmentBucket::from_bytes(&spill.read(&path)?, &path)?
         } else {
             let near = plan.near(grid, b, reach);
@@ -857,13 +997,12 @@ fn bucketed_fragments(
         }
         neighbour_edges += bucket.neighbour_edges;
         candidate_edges += bucket.candidate_edges;
-        *steps += 1;
-        test_abort(*steps);
+        work.step();
     }
     let median = fragments::histogram_median(&histogram);
     let threshold = median.map_or(params.cut, |m| m.max(params.cut));
 
-    let mut components = Components::new(prepared.kept.len());
+    let mut components = Components::new(n_kept);
     let mut kept_edges = 0usize;
     for b in 0..plan.cells.len() {
         let path = spill.file("fragments", b);
@@ -881,13 +1020,8 @@ fn bucketed_fragments(
     // The smallest kept index of a component orders components as the
     // smallest candidate index does (the backend's labels).
     let labels: Vec<u32> = candidates.iter().map(|&c| components.find(c)).collect();
-    let (fragment_of, ids) = fragments::name_components(
-        &labels,
-        &candidates,
-        &prepared.kept,
-        id_key,
-        params.min_transcripts,
-    );
+    drop(components);
+    let (fragment_of, ids) = name(&labels, &candidates)?;
     let summary = FragmentSummary {
         candidates: candidates.len(),
         neighbour_edges: neighbour_edges as usize,
@@ -903,6 +1037,793 @@ fn bucketed_fragments(
         ids,
         summary,
     })
+}
+
+/// Where the path that reads and writes in batches writes its tables.
+pub struct FileOutputs {
+    /// Staged path of `segger_transcripts.parquet` (or `.csv`), when asked for.
+    pub transcripts: Option<PathBuf>,
+    /// Staged path of `cells.parquet` (or `.csv`), when asked for.
+    pub cells: Option<PathBuf>,
+    /// Format of both.
+    pub format: TableFormat,
+}
+
+/// What [`segment_file`] found, for the log.
+pub struct FileRun {
+    /// The `result` object of the log.
+    pub summary: Summary,
+    /// Seconds per stage.
+    pub stage_seconds: Vec<(&'static str, f64)>,
+    /// Nuclear membership as checked.
+    pub membership: MembershipReport,
+    /// The buckets.
+    pub facts: StreamFacts,
+}
+
+/// Rows per batch written to the output tables: a multiple of the parquet
+/// writer's 1024-row mini-batches that divides [`crate::output::ROW_GROUP`],
+/// so that the pages are those of writing a whole row group at once.
+const WRITE_ROWS: usize = 64 * 1024;
+
+/// Environment variable (builds with the `testing` feature only): rows per
+/// written batch instead of [`WRITE_ROWS`] (a multiple of 1024).
+#[cfg(feature = "testing")]
+pub const WRITE_ROWS_ENV: &str = "SEGGPU_TEST_WRITE_ROWS";
+
+fn write_rows() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var(WRITE_ROWS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(1024) / 1024 * 1024;
+    }
+    WRITE_ROWS
+}
+
+/// A spill file written record by record under a temporary name.
+struct SpillWriter {
+    path: PathBuf,
+    part: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    tmp_dir: PathBuf,
+}
+
+impl SpillWriter {
+    fn create(spill: &SpillDir, path: PathBuf) -> Result<Self> {
+        let part = path.with_extension("part");
+        let tmp_dir = spill.path.parent().unwrap_or(&spill.path).to_path_buf();
+        let file = std::fs::File::create(&part)
+            .map_err(anyhow::Error::from)
+            .with_context(|| spill_error(&path, &tmp_dir))?;
+        Ok(SpillWriter {
+            path,
+            part,
+            file: std::io::BufWriter::with_capacity(1 << 16, file),
+            tmp_dir,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| spill_error(&self.path, &self.tmp_dir))
+    }
+
+    fn finish(mut self) -> Result<()> {
+        self.file
+            .flush()
+            .and_then(|()| std::fs::rename(&self.part, &self.path))
+            .map_err(anyhow::Error::from)
+            .with_context(|| spill_error(&self.path, &self.tmp_dir))
+    }
+}
+
+fn spill_error(path: &Path, tmp_dir: &Path) -> String {
+    format!(
+        "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+        path.display(),
+        tmp_dir.display()
+    )
+}
+
+/// The records of a spill file, read in blocks.
+fn each_record(path: &Path, mut f: impl FnMut(Record) -> Result<()>) -> Result<()> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read spill file {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut block = vec![0u8; RECORD_BYTES * 4096];
+    loop {
+        let mut filled = 0;
+        while filled < block.len() {
+            let n = reader
+                .read(&mut block[filled..])
+                .with_context(|| format!("cannot read spill file {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled % RECORD_BYTES != 0 {
+            bail!("spill file {} is damaged", path.display());
+        }
+        for chunk in block[..filled].chunks_exact(RECORD_BYTES) {
+            f(Record::read(chunk))?;
+        }
+        if filled < block.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// The kept transcripts as pass 1 leaves them: every one a record in
+/// `kept.bin`, in input order.
+struct Kept {
+    /// Filter of every input row.
+    filter: Vec<Option<FilterReason>>,
+    /// Input row of every kept transcript.
+    rows: Vec<u32>,
+    membership: MembershipReport,
+    largest_radius: f64,
+    /// Kept points with the least and largest x and y: the extent.
+    extremes: Vec<[f64; 2]>,
+}
+
+/// Pass 1: reads the transcripts batch by batch, decides every row's
+/// filter, token and membership as [`prepare::run`] does, and writes the
+/// kept ones as records to `path`, in input order.
+#[allow(clippy::too_many_arguments)]
+fn read_pass(
+    layout: &TranscriptLayout,
+    spec: &InputSpec,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+    spill: &SpillDir,
+    path: &Path,
+    work: &mut Work,
+) -> Result<Kept> {
+    use rayon::prelude::*;
+    let index = model.gene_index();
+    let by_id: HashMap<&str, i32> = nuclei
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i as i32))
+        .collect();
+    let locator = prepare::NucleusLocator::new(nuclei);
+    let mut tally = MembershipTally::new(nuclei);
+    let mut stream = layout.stream(spec)?;
+    let mut token_of: Vec<Option<u32>> = Vec::new();
+    let mut missing_seen: Vec<bool> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let mut filter: Vec<Option<FilterReason>> = Vec::new();
+    let mut rows: Vec<u32> = Vec::new();
+    let mut radius = prepare::polygon_radius(nuclei);
+    let mut lo = [[f64::INFINITY; 2]; 2];
+    let mut hi = [[f64::NEG_INFINITY; 2]; 2];
+    let mut out = SpillWriter::create(spill, path.to_path_buf())?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next_chunk()? {
+        let n = chunk.x.len();
+        work.rows_held = work.rows_held.max(n);
+        while token_of.len() < stream.genes() {
+            let name = stream.gene_name(token_of.len() as u32);
+            token_of.push(index.get(name).copied());
+            missing_seen.push(false);
+        }
+        if let Some(cells) = &chunk.nuclear_cell {
+            for cell in cells.iter().flatten() {
+                tally.see(cell);
+            }
+        }
+        let mut chunk_filter = chunk.filter;
+        let mut kept_here: Vec<usize> = Vec::new();
+        for (i, f) in chunk_filter.iter_mut().enumerate() {
+            if f.is_some() {
+                continue;
+            }
+            let g = chunk.gene[i] as usize;
+            match token_of[g] {
+                Some(_) => kept_here.push(i),
+                None if params.unknown_genes == UnknownGenes::Skip => {
+                    *f = Some(FilterReason::UnknownGene)
+                }
+                None => {
+                    if !missing_seen[g] {
+                        missing_seen[g] = true;
+                        missing.push(stream.gene_name(g as u32).to_string());
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            // The run stops after reading (the names of every missing gene).
+            kept_here.clear();
+        }
+        let member: Vec<i32> = match &chunk.nuclear_cell {
+            Some(cells) => kept_here
+                .iter()
+                .map(|&i| {
+                    cells[i]
+                        .as_deref()
+                        .and_then(|cell| by_id.get(cell).copied())
+                        .unwrap_or(-1)
+                })
+                .collect(),
+            None => kept_here
+                .par_iter()
+                .map(|&i| locator.locate([chunk.x[i], chunk.y[i]]))
+                .collect(),
+        };
+        bytes.clear();
+        for (&i, &m) in kept_here.iter().zip(&member) {
+            let pos = [chunk.x[i], chunk.y[i], chunk.z[i]];
+            radius = radius.max(prepare::member_radius(nuclei, pos, m));
+            for a in 0..2 {
+                if pos[a] < lo[a][a] {
+                    lo[a] = [pos[0], pos[1]];
+                }
+                if pos[a] > hi[a][a] {
+                    hi[a] = [pos[0], pos[1]];
+                }
+            }
+            Record {
+                kept: rows.len() as u32,
+                pos,
+                token: token_of[chunk.gene[i] as usize].unwrap_or(0),
+                member: m,
+            }
+            .write(&mut bytes);
+            rows.push((chunk.row0 + i) as u32);
+        }
+        out.write(&bytes)?;
+        filter.extend(chunk_filter);
+    }
+    out.finish()?;
+    let n_rows = stream.rows();
+    if n_rows == 0 {
+        return Err(layout.no_rows_error());
+    }
+    let membership = tally.finish(nuclei, spec, &layout.columns())?;
+    if !missing.is_empty() {
+        return Err(prepare::unknown_genes_error(
+            missing.iter().map(String::as_str).collect(),
+        ));
+    }
+    if rows.is_empty() {
+        bail!("no transcript is left after filtering ({n_rows} rows read); check --qv-min, the control prefixes and the gene vocabulary");
+    }
+    if layout.has_membership() && membership.source == "point_in_polygon" {
+        // The flag column never marks a row: membership by the polygons.
+        radius = relocate(spill, path, nuclei, &locator)?;
+    }
+    Ok(Kept {
+        filter,
+        rows,
+        membership,
+        largest_radius: radius,
+        extremes: vec![lo[0], lo[1], hi[0], hi[1]],
+    })
+}
+
+/// Rewrites the records of `path` with the membership by point-in-polygon;
+/// returns the largest radius.
+fn relocate(
+    spill: &SpillDir,
+    path: &Path,
+    nuclei: &Nuclei,
+    locator: &prepare::NucleusLocator,
+) -> Result<f64> {
+    let mut radius = prepare::polygon_radius(nuclei);
+    let located = path.with_extension("located");
+    let mut out = SpillWriter::create(spill, located.clone())?;
+    let mut bytes = Vec::new();
+    each_record(path, |mut r| {
+        r.member = locator.locate([r.pos[0], r.pos[1]]);
+        radius = radius.max(prepare::member_radius(nuclei, r.pos, r.member));
+        bytes.clear();
+        r.write(&mut bytes);
+        out.write(&bytes)
+    })?;
+    out.finish()?;
+    std::fs::rename(&located, path)
+        .with_context(|| spill_error(path, spill.path.parent().unwrap_or(&spill.path)))?;
+    Ok(radius)
+}
+
+/// Segments the sample of `spec` on the bucketed path reading and writing in
+/// batches: the transcripts file is read batch by batch into records
+/// spilled by bucket (never all rows at once), the buckets are scored and
+/// fragmented as by [`segment`], and a last pass reads the file again to
+/// write the transcripts and cells tables, row group by row group, with
+/// the bytes of the in-memory path. Held per row meanwhile: the filter
+/// (1 byte), and per kept transcript its row, best score and nucleus
+/// (12 bytes) and the fragment stage's labels.
+#[allow(clippy::too_many_arguments)]
+pub fn segment_file(
+    layout: &TranscriptLayout,
+    id_kind: Option<IdKind>,
+    spec: &InputSpec,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &SegmentParams,
+    backend: &mut dyn Backend,
+    progress: &Progress,
+    settings: &StreamSettings,
+    outputs: &FileOutputs,
+) -> Result<FileRun> {
+    let mut seconds = Vec::new();
+    let mut work = Work::default();
+    let clock = Instant::now();
+    let (spill, previous) = open_spill(settings)?;
+    let kept_path = spill.path.join("kept.bin");
+    let kept = read_pass(
+        layout, spec, nuclei, model, params, &spill, &kept_path, &mut work,
+    )?;
+    let n_kept = kept.rows.len();
+    let exact_margin = tiles::exact_margin(
+        model.arch.layers(),
+        params.graph.dist_tx.unwrap_or(f64::INFINITY),
+        params.graph.dist_bd,
+        kept.largest_radius,
+    );
+    let margin = params.margin.unwrap_or(exact_margin);
+    // The extent first, then one point of every occupied core: the grid of
+    // the in-memory path.
+    let extent = prepare::tile_grid(&kept.extremes, params.tile_size, margin)?;
+    let mut per_tile: HashMap<Cell, (u64, [f64; 2])> = HashMap::new();
+    each_record(&kept_path, |r| {
+        let p = [r.pos[0], r.pos[1]];
+        per_tile.entry(extent.owner(p)).or_insert((0, p)).0 += 1;
+        Ok(())
+    })?;
+    let fullest = per_tile.values().map(|v| v.0).max().unwrap_or(1);
+    let mut points = kept.extremes.clone();
+    points.extend(per_tile.values().map(|v| v.1));
+    drop(per_tile);
+    let grid = prepare::tile_grid(&points, params.tile_size, margin)?;
+    let side = match settings.bucket_tiles {
+        Some(side) => side.max(1),
+        None => bucket_side(&grid, margin, fullest, settings.max_memory)?,
+    };
+    let plan = BucketPlan::new(&grid, side);
+
+    // Records by bucket, each file in kept order; a bounded number of
+    // files open at once.
+    let mut key = start_key(params, model, plan.side, grid.size)?;
+    let mut spilled_bytes = 0u64;
+    let buckets: Vec<usize> = (0..plan.cells.len()).collect();
+    for (sweep, group) in buckets.chunks(OPEN_SPILL_FILES).enumerate() {
+        let mut writers = group
+            .iter()
+            .map(|&b| SpillWriter::create(&spill, spill.file("records", b)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut bytes = Vec::with_capacity(RECORD_BYTES);
+        each_record(&kept_path, |r| {
+            bytes.clear();
+            r.write(&mut bytes);
+            if sweep == 0 {
+                key.update(&bytes);
+            }
+            let b = plan.index_of(grid.owner([r.pos[0], r.pos[1]]));
+            if b >= group[0] && b < group[0] + group.len() {
+                spilled_bytes += RECORD_BYTES as u64;
+                writers[b - group[0]].write(&bytes)?;
+            }
+            Ok(())
+        })?;
+        for w in writers {
+            w.finish()?;
+        }
+    }
+    std::fs::remove_file(&kept_path)
+        .with_context(|| format!("cannot remove spill file {}", kept_path.display()))?;
+    let reuse = settle_key(&spill, key, previous, settings)?;
+    seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
+
+    let scores = score_stage(
+        &spill, &plan, &grid, margin, n_kept, nuclei, model, params, backend, progress, reuse,
+        &mut work,
+    )?;
+    seconds.push(("graphs", work.clock.graph));
+    seconds.push(("model+score", work.clock.model));
+
+    let clock = Instant::now();
+    let assigned = assign::run(&scores, params.score_cut);
+    let fragments = match params.fragments {
+        Some(fragment_settings) => {
+            let fragment_params = fragment_params(params, fragment_settings, assigned.cut);
+            let min_transcripts = fragment_params.min_transcripts;
+            Some(bucketed_fragments(
+                &spill,
+                &plan,
+                &grid,
+                n_kept,
+                &assigned.assigned,
+                model,
+                &fragment_params,
+                backend,
+                reuse,
+                &mut work,
+                |labels, candidates| {
+                    name_fragments(
+                        layout,
+                        id_kind,
+                        &kept.rows,
+                        labels,
+                        candidates,
+                        min_transcripts,
+                    )
+                },
+            )?)
+        }
+        None => None,
+    };
+    seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
+    let facts_spill = work.facts(
+        settings,
+        &spill,
+        side,
+        plan.cells.len(),
+        spilled_bytes,
+        n_kept,
+    );
+    drop(spill);
+
+    // Per kept transcript: its cell (nucleus, then fragment) and score.
+    let n_nuclei = nuclei.ids.len();
+    let (fragment_of, fragment_ids, fragment_summary) = match fragments {
+        Some(f) => (Some(f.fragment_of), f.ids, Some(f.summary)),
+        None => (None, Vec::new(), None),
+    };
+    let kept_cell: Vec<u32> = (0..n_kept)
+        .map(|i| {
+            let fragment = fragment_of.as_ref().and_then(|f| f[i]);
+            cell_of(&scores, &assigned.assigned, fragment, i, n_nuclei)
+        })
+        .collect();
+    drop(fragment_of);
+    let kept_score: Vec<f32> = scores
+        .best_score
+        .iter()
+        .zip(&scores.best_index)
+        .map(|(&s, &n)| if n >= 0 { s } else { f32::NAN })
+        .collect();
+    let stats = assigned.stats.clone();
+    let cut = assigned.cut;
+    drop(assigned);
+    drop(scores);
+
+    let clock = Instant::now();
+    let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
+    cell_ids.extend(fragment_ids.iter().map(String::as_str));
+    let written = write_pass(
+        layout,
+        id_kind,
+        spec,
+        &kept.filter,
+        &kept_cell,
+        &kept_score,
+        &cell_ids,
+        n_nuclei,
+        outputs,
+        &mut work,
+    )?;
+    let cells = report::cell_rows(
+        nuclei,
+        &fragment_ids,
+        &written.sums[..n_nuclei],
+        &written.sums[n_nuclei..],
+    );
+    if let Some(path) = &outputs.cells {
+        crate::output::write_cells(path, &cells, outputs.format)?;
+    }
+    seconds.push(("write", clock.elapsed().as_secs_f64()));
+
+    let mut filtered: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    for reason in kept.filter.iter().flatten() {
+        *filtered.entry(reason.as_str()).or_default() += 1;
+    }
+    let summary = Summary {
+        counts: report::Counts {
+            read: kept.filter.len(),
+            filtered,
+            kept: n_kept,
+            assigned: written.counts[0],
+            fragment: written.counts[1],
+            unassigned: written.counts[2],
+            nuclei: n_nuclei,
+            nuclei_skipped: nuclei.skipped.len(),
+            cells_with_transcripts: written.sums[..n_nuclei].iter().filter(|c| c.0 > 0).count(),
+            fragments: fragment_ids.len(),
+        },
+        score_cut: cut,
+        score_cut_mode: match params.score_cut {
+            super::ScoreCut::Auto => "auto",
+            super::ScoreCut::Fixed(_) => "fixed",
+        },
+        scores: stats,
+        tiles: report::TileSummary {
+            size: params.tile_size,
+            count: grid.len(),
+            margin,
+            exact_margin,
+            largest_nucleus_radius: kept.largest_radius,
+        },
+        fragments: fragment_summary,
+        backend: backend.describe(),
+    };
+    let mut facts = facts_spill;
+    facts.largest_rows_held = Some(work.rows_held);
+    Ok(FileRun {
+        summary,
+        stage_seconds: seconds,
+        membership: kept.membership,
+        facts,
+    })
+}
+
+/// Spill files written at once while records are sorted into buckets.
+const OPEN_SPILL_FILES: usize = 256;
+
+/// The cell of kept transcript `i`: its nucleus when assigned, else its
+/// fragment (after the nuclei), else none.
+fn cell_of(
+    scores: &TileScores,
+    assigned: &[bool],
+    fragment: Option<u32>,
+    i: usize,
+    n_nuclei: usize,
+) -> u32 {
+    if assigned[i] {
+        scores.best_index[i] as u32
+    } else if let Some(f) = fragment {
+        (n_nuclei + f as usize) as u32
+    } else {
+        Segmentation::NO_CELL
+    }
+}
+
+/// Names the fragments as [`fragments::name_components`] does, reading
+/// the ids of the transcripts in large enough components from the file.
+fn name_fragments(
+    layout: &TranscriptLayout,
+    id_kind: Option<IdKind>,
+    rows: &[u32],
+    labels: &[u32],
+    candidates: &[u32],
+    min_transcripts: usize,
+) -> Result<(Vec<Option<u32>>, Vec<String>)> {
+    let mut size: HashMap<u32, usize> = HashMap::new();
+    for &l in labels {
+        *size.entry(l).or_default() += 1;
+    }
+    let needed: Vec<u32> = labels
+        .iter()
+        .zip(candidates)
+        .filter(|(l, _)| size[l] >= min_transcripts)
+        .map(|(_, &c)| c)
+        .collect();
+    let needed_rows: Vec<usize> = needed.iter().map(|&k| rows[k as usize] as usize).collect();
+    let keys = layout.keys_of_rows(id_kind, &needed_rows)?;
+    // name_components looks a key up by kept index: map the needed ones to
+    // their place in `keys`.
+    let mut slot = vec![0u32; rows.len()];
+    for (s, &k) in needed.iter().enumerate() {
+        slot[k as usize] = s as u32;
+    }
+    Ok(fragments::name_components(
+        labels,
+        candidates,
+        &slot,
+        &keys,
+        min_transcripts,
+    ))
+}
+
+/// What the last pass counted.
+struct Written {
+    /// (transcripts, Σx, Σy) of every nucleus, then every fragment, summed in input order.
+    sums: Vec<(u64, f64, f64)>,
+    /// Rows assigned to a cell, to a fragment, unassigned.
+    counts: [usize; 3],
+}
+
+/// Rows read but not yet written, with their results.
+#[derive(Default)]
+struct Pending {
+    row0: usize,
+    batches: Vec<RecordBatch>,
+    x: Vec<f64>,
+    y: Vec<f64>,
+    gene: Vec<u32>,
+    cell: Vec<u32>,
+    score: Vec<f32>,
+    assignment: Vec<Assignment>,
+    filter: Vec<Option<FilterReason>>,
+}
+
+/// The last pass: reads the transcripts again batch by batch, joins every
+/// row's result and writes the transcripts table in batches of
+/// [`write_rows`] rows; sums the cells' positions in input order.
+#[allow(clippy::too_many_arguments)]
+fn write_pass(
+    layout: &TranscriptLayout,
+    id_kind: Option<IdKind>,
+    spec: &InputSpec,
+    filter: &[Option<FilterReason>],
+    kept_cell: &[u32],
+    kept_score: &[f32],
+    cell_ids: &[&str],
+    n_nuclei: usize,
+    outputs: &FileOutputs,
+    work: &mut Work,
+) -> Result<Written> {
+    let mut sums = vec![(0u64, 0.0f64, 0.0f64); cell_ids.len()];
+    let mut counts = [0usize; 3];
+    let mut stream = layout.stream(spec)?;
+    let mut sink: Option<(TableSink, arrow::datatypes::SchemaRef)> = None;
+    let mut pending = Pending::default();
+    let mut next_kept = 0usize;
+    let batch_rows = write_rows();
+    let write = outputs.transcripts.is_some();
+    while let Some(chunk) = stream.next_chunk()? {
+        let n = chunk.x.len();
+        anyhow::ensure!(
+            chunk.row0 + n <= filter.len(),
+            "{}: the file holds more rows than when it was first read",
+            layout.path().display()
+        );
+        work.rows_held = work.rows_held.max(n + pending.x.len());
+        let mut at = 0;
+        while at < n {
+            let take = if write {
+                (batch_rows - pending.x.len()).min(n - at)
+            } else {
+                n - at
+            };
+            for i in at..at + take {
+                let row = chunk.row0 + i;
+                let (cell, score, assignment) = match filter[row] {
+                    Some(_) => (Segmentation::NO_CELL, f32::NAN, Assignment::Filtered),
+                    None => {
+                        let k = next_kept;
+                        next_kept += 1;
+                        let cell = kept_cell[k];
+                        let assignment = if cell == Segmentation::NO_CELL {
+                            counts[2] += 1;
+                            Assignment::Unassigned
+                        } else {
+                            let acc = &mut sums[cell as usize];
+                            acc.0 += 1;
+                            acc.1 += chunk.x[i];
+                            acc.2 += chunk.y[i];
+                            if (cell as usize) < n_nuclei {
+                                counts[0] += 1;
+                                Assignment::Cell
+                            } else {
+                                counts[1] += 1;
+                                Assignment::Fragment
+                            }
+                        };
+                        (cell, kept_score[k], assignment)
+                    }
+                };
+                if write {
+                    pending.cell.push(cell);
+                    pending.score.push(score);
+                    pending.assignment.push(assignment);
+                    pending.filter.push(filter[row]);
+                }
+            }
+            if write {
+                if pending.x.is_empty() {
+                    pending.row0 = chunk.row0 + at;
+                }
+                pending.batches.push(chunk.batch.slice(at, take));
+                pending.x.extend_from_slice(&chunk.x[at..at + take]);
+                pending.y.extend_from_slice(&chunk.y[at..at + take]);
+                pending.gene.extend_from_slice(&chunk.gene[at..at + take]);
+                if pending.x.len() == batch_rows {
+                    flush(
+                        layout,
+                        id_kind,
+                        spec,
+                        &stream,
+                        &mut pending,
+                        cell_ids,
+                        outputs,
+                        &mut sink,
+                    )?;
+                }
+            }
+            at += take;
+        }
+    }
+    anyhow::ensure!(
+        stream.rows() == filter.len() && next_kept == kept_cell.len(),
+        "{}: the file holds fewer rows than when it was first read",
+        layout.path().display()
+    );
+    if write {
+        if !pending.x.is_empty() {
+            flush(
+                layout,
+                id_kind,
+                spec,
+                &stream,
+                &mut pending,
+                cell_ids,
+                outputs,
+                &mut sink,
+            )?;
+        }
+        if let Some((sink, _)) = sink {
+            sink.finish()?;
+        }
+    }
+    Ok(Written { sums, counts })
+}
+
+/// Writes the pending rows as one batch of the transcripts table.
+#[allow(clippy::too_many_arguments)]
+fn flush(
+    layout: &TranscriptLayout,
+    id_kind: Option<IdKind>,
+    spec: &InputSpec,
+    stream: &crate::io::TranscriptStream,
+    pending: &mut Pending,
+    cell_ids: &[&str],
+    outputs: &FileOutputs,
+    sink: &mut Option<(TableSink, arrow::datatypes::SchemaRef)>,
+) -> Result<()> {
+    let Some(path) = &outputs.transcripts else {
+        return Ok(());
+    };
+    let p = std::mem::take(pending);
+    let mut genes = arrow::array::StringBuilder::with_capacity(p.gene.len(), p.gene.len() * 8);
+    for &g in &p.gene {
+        genes.append_value(stream.gene_name(g));
+    }
+    let mut columns = layout.output_columns(
+        spec,
+        &p.batches,
+        p.row0,
+        &p.x,
+        &p.y,
+        std::sync::Arc::new(genes.finish()),
+        id_kind,
+    )?;
+    crate::output::push_result_columns(
+        &mut columns,
+        p.cell.iter().map(|&c| match c {
+            Segmentation::NO_CELL => report::UNASSIGNED_ID,
+            c => cell_ids[c as usize],
+        }),
+        p.score.iter().map(|&s| (!s.is_nan()).then_some(s)),
+        p.assignment.iter().map(|a| a.as_str()),
+        p.filter.iter().map(|f| f.map(FilterReason::as_str)),
+    );
+    if sink.is_none() {
+        let schema = crate::output::schema_of(&columns);
+        *sink = Some((
+            TableSink::create(path, schema.clone(), outputs.format)?,
+            schema,
+        ));
+    }
+    let Some((sink, schema)) = sink.as_mut() else {
+        bail!("internal: no transcripts table to write");
+    };
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .with_context(|| format!("cannot assemble a batch of {}", path.display()))?;
+    sink.write(&batch)
 }
 
 #[cfg(test)]
