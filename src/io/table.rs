@@ -20,6 +20,23 @@ use super::args::ColumnChoice;
 /// Rows per record batch.
 const BATCH_ROWS: usize = 64 * 1024;
 
+/// Environment variable (builds with the `testing` feature only): rows per
+/// record batch instead of 64 Ki, so that small files are read in several
+/// batches.
+#[cfg(feature = "testing")]
+pub const BATCH_ROWS_ENV: &str = "SEGGPU_TEST_BATCH_ROWS";
+
+fn batch_rows() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var(BATCH_ROWS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(1);
+    }
+    BATCH_ROWS
+}
+
 /// How a table is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -314,7 +331,7 @@ impl Table {
                 let mut reader = guarded(&path, || {
                     builder
                         .with_projection(mask)
-                        .with_batch_size(BATCH_ROWS)
+                        .with_batch_size(batch_rows())
                         .build()
                         .with_context(|| format!("{}: cannot read parquet", path.display()))
                 })?;
@@ -359,7 +376,7 @@ impl Table {
                     .with_header(true)
                     .with_delimiter(delimiter)
                     .with_projection(projection)
-                    .with_batch_size(BATCH_ROWS)
+                    .with_batch_size(batch_rows())
                     .build(csv_text(&self.path, gzip)?)
                     .with_context(|| format!("{}: cannot read CSV", path.display()))?;
                 let p = path.clone();

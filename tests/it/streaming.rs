@@ -1,6 +1,8 @@
 //! The bucketed path (`--max-memory`, docs/streaming.md): the same output
 //! files as the in-memory path, byte for byte, with several buckets and
-//! their borders; `--resume` after a kill; a full `--tmp-dir`.
+//! their borders, also when the input is read and the tables written in
+//! batches (`--outputs transcripts,cells`), which must never hold all
+//! rows; `--resume` after a kill; a full `--tmp-dir`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,8 @@ use crate::common::{assert_failure, assert_success, data_path, demo_model, seggp
 const SAME_FILES: &[&str] = &[
     "segger_transcripts.parquet",
     "cells.parquet",
+    "segger_transcripts.csv",
+    "cells.csv",
     "cell_boundaries.parquet",
     "cell_boundaries.geojson",
 ];
@@ -178,6 +182,142 @@ fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
     );
 }
 
+/// Rows per reader batch and per written batch in the runs below, far
+/// fewer than the inputs hold.
+const BATCH_ROWS: usize = 1000;
+const WRITE_ROWS: usize = 2048;
+
+/// Runs `input` in memory and with `--max-memory` reading and writing in
+/// batches (`--outputs transcripts,cells`, one tile per bucket, small
+/// batches) and compares; the batched run must never have held more rows
+/// than a reader batch and a written batch.
+fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut flags = extra.to_vec();
+    flags.extend(["--outputs", "transcripts,cells"]);
+    let memory = tmp.path().join("memory");
+    assert_success(&segment_cpu(input, &memory, &flags));
+    let batched = tmp.path().join("batched");
+    let run = seggpu()
+        .arg("segment")
+        .args(input)
+        .arg("--out")
+        .arg(&batched)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(&flags)
+        .args(["--max-memory", "2G", "--bucket-tiles", "1"])
+        .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
+        .env(
+            seggpu::pipeline::stream::WRITE_ROWS_ENV,
+            WRITE_ROWS.to_string(),
+        )
+        .output()
+        .expect("run seggpu");
+    assert_success(&run);
+    assert_same_outputs(&memory, &batched);
+    let facts = &log(&batched)["streaming"];
+    println!("{facts}");
+    assert!(
+        facts["buckets"].as_u64().unwrap() >= least_buckets,
+        "{facts}"
+    );
+    assert_eq!(
+        log(&batched)["result"]["counts"],
+        log(&memory)["result"]["counts"]
+    );
+    assert_eq!(log(&batched)["membership"], log(&memory)["membership"]);
+    let rows = log(&batched)["result"]["counts"]["read"].as_u64().unwrap();
+    let held = facts["largest_rows_held"].as_u64().unwrap();
+    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    assert!(
+        rows > 2 * bound,
+        "{rows} rows are too few to tell batches from the whole input"
+    );
+    assert!(
+        held <= bound,
+        "{held} rows were held at once, more than a reader batch and a written batch ({bound})"
+    );
+    assert!(!spill_left(&batched), "the spill folder is removed");
+}
+
+#[test]
+fn a_simulated_sample_is_read_and_written_in_batches_with_the_same_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
+    let args = xenium_args(&input, &demo_model());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    in_memory_and_batched_agree(&args, &["--tile-size", "100"], 4);
+}
+
+#[test]
+fn the_real_xenium_crop_is_read_and_written_in_batches_with_the_same_outputs() {
+    let points = data_path("xenium_breast_spatialdata/points.parquet");
+    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
+    let model = data_path("xenium_breast_model.safetensors");
+    in_memory_and_batched_agree(
+        &[
+            "--transcripts",
+            points.to_str().unwrap(),
+            "--boundaries",
+            nuclei.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        &["--tile-size", "60"],
+        10,
+    );
+}
+
+#[test]
+fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outputs() {
+    let points = data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz");
+    let nuclei = data_path("merscope_mouse_brain_mini/z0_polygons.gz");
+    let model = data_path("merscope_mouse_brain_model.safetensors");
+    in_memory_and_batched_agree(
+        &[
+            "--transcripts",
+            points.to_str().unwrap(),
+            "--boundaries",
+            nuclei.to_str().unwrap(),
+            "--boundary-y-scale",
+            "-1",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+        &["--tile-size", "60", "--table-format", "csv"],
+        50,
+    );
+}
+
+#[test]
+fn reading_in_batches_stops_with_the_errors_of_the_in_memory_path() {
+    // The Xenium crop with the MERSCOPE model: genes the model does not know.
+    let points = data_path("xenium_breast_spatialdata/points.parquet");
+    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
+    let model = data_path("merscope_mouse_brain_model.safetensors");
+    let input = [
+        "--transcripts",
+        points.to_str().unwrap(),
+        "--boundaries",
+        nuclei.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = ["--outputs", "transcripts,cells"];
+    let memory = segment_cpu(&input, &tmp.path().join("memory"), &flags);
+    assert_failure(&memory, "not in the model's vocabulary");
+    let mut batched_flags = flags.to_vec();
+    batched_flags.extend(["--max-memory", "2G"]);
+    let batched = segment_cpu(&input, &tmp.path().join("batched"), &batched_flags);
+    assert_failure(&batched, "not in the model's vocabulary");
+    assert_eq!(
+        String::from_utf8_lossy(&memory.stderr),
+        String::from_utf8_lossy(&batched.stderr)
+    );
+    assert!(!spill_left(&tmp.path().join("batched")));
+}
+
 /// A simulated Xenium folder for the runs below.
 fn simulated(dir: &Path) -> PathBuf {
     crate::common::simulated_xenium(dir, "input", 150)
@@ -194,6 +334,15 @@ fn xenium_args(input: &Path, model: &Path) -> Vec<String> {
 
 #[test]
 fn a_run_killed_half_way_resumes_to_the_same_outputs() {
+    killed_half_way_and_resumed("transcripts,cells,polygons");
+}
+
+#[test]
+fn a_run_reading_in_batches_killed_half_way_resumes_to_the_same_outputs() {
+    killed_half_way_and_resumed("transcripts,cells");
+}
+
+fn killed_half_way_and_resumed(outputs: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path());
     let model = demo_model();
@@ -207,7 +356,7 @@ fn a_run_killed_half_way_resumes_to_the_same_outputs() {
         "--bucket-tiles",
         "1",
         "--outputs",
-        "transcripts,cells,polygons",
+        outputs,
     ];
     let whole = tmp.path().join("whole");
     assert_success(&segment_cpu(&args, &whole, &flags));
@@ -263,6 +412,20 @@ fn a_run_killed_half_way_resumes_to_the_same_outputs() {
 #[cfg(unix)]
 #[test]
 fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
+    full_tmp_dir(&[
+        "--outputs",
+        "transcripts,cells,polygons,anndata,spatialdata,report",
+    ]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_full_tmp_dir_reading_in_batches_is_a_clear_error_and_leaves_nothing() {
+    full_tmp_dir(&["--outputs", "transcripts,cells"]);
+}
+
+#[cfg(unix)]
+fn full_tmp_dir(outputs: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path());
     let out = tmp.path().join("out");
@@ -278,6 +441,7 @@ fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
         .arg("--tmp-dir")
         .arg(&spill)
         .args(["--max-memory", "2G", "--backend", "cpu", "--quiet"])
+        .args(outputs)
         .output()
         .expect("run seggpu under a file size limit");
     assert_failure(&run, "cannot write spill file");
