@@ -74,6 +74,8 @@ pub struct SegmentArgs {
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
     /// bucket by bucket, with the same outputs as the in-memory default (docs/streaming.md).
+    /// With --outputs transcripts,cells the input is read and the tables written in batches;
+    /// other outputs hold every row in memory (a warning says so).
     #[arg(long, value_parser = super::stream::parse_size)]
     pub max_memory: Option<u64>,
     /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
