@@ -100,7 +100,15 @@ pub fn segment(
     let prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
     seconds.push(("prepare", clock.elapsed().as_secs_f64()));
 
-    let scores = score_tiles::run(&prepared, nuclei, model, &params.graph, backend, progress)?;
+    let scores = score_tiles::run(
+        &prepared,
+        nuclei,
+        model,
+        &params.graph,
+        backend,
+        progress,
+        score_tiles::Overlap::from_env()?,
+    )?;
     seconds.push(("graphs", scores.graph_seconds));
     seconds.push(("model+score", scores.model_seconds));
 

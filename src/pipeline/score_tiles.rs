@@ -3,12 +3,13 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::prepare::Prepared;
 use super::progress::Progress;
 use crate::backend::Backend;
 use crate::graph::build::{build_tile_graph, GraphParams, TileNodes};
+use crate::graph::TileGraph;
 use crate::io::Nuclei;
 use crate::model::Model;
 use crate::tiles::{self, Buckets, Cell, TileGrid};
@@ -50,34 +51,69 @@ pub type OwnedBest = (u32, f32, i32);
 /// Graph and model time of the tiles scored so far.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ScoreClock {
-    /// Seconds building graphs.
+    /// Seconds the backend waited for graphs: all of graph building when
+    /// tiles are scored one after the other, only the part not hidden behind
+    /// the backend when they overlap ([`score_all`]).
     pub graph: f64,
     /// Seconds in the model and scoring.
     pub model: f64,
     /// Transcripts gathered into tiles (core and margin), for the recompute factor.
     pub gathered: u64,
+    /// Seconds spent building graphs, overlapped or not.
+    pub built: f64,
 }
 
-/// Scores the tile of core `cell`: the best nucleus of every transcript it
-/// owns that has a candidate. Only `source` items within the core's
-/// extended region take part, so a source that holds at least those gives
-/// the result of the whole sample.
-#[allow(clippy::too_many_arguments)]
-pub fn score_tile(
+/// Whether graph building overlaps the backend (`SEGGPU_OVERLAP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// The next tile is built on the rayon pool while the backend scores the current one.
+    On,
+    /// Each tile is built, then scored.
+    Off,
+}
+
+impl Overlap {
+    /// `SEGGPU_OVERLAP` from the environment: `on` (the default when unset) or `off`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("SEGGPU_OVERLAP") {
+            Err(std::env::VarError::NotPresent) => Ok(Overlap::On),
+            Ok(v) if v.eq_ignore_ascii_case("on") => Ok(Overlap::On),
+            Ok(v) if v.eq_ignore_ascii_case("off") => Ok(Overlap::Off),
+            Ok(v) => bail!("SEGGPU_OVERLAP is `{v}`, expected `on` or `off`"),
+            Err(e) => bail!("SEGGPU_OVERLAP: {e}, expected `on` or `off`"),
+        }
+    }
+}
+
+/// One tile ready for the backend: its graphs and what maps its results
+/// back to the source. Built without the backend, so that it can be built
+/// on CPU threads while the backend scores another tile.
+pub struct BuiltTile {
+    /// The tile's core.
+    pub cell: Cell,
+    graph: TileGraph,
+    /// (index into the source, local index) of every transcript the tile owns.
+    owned: Vec<(u32, u32)>,
+    /// Nucleus index of every local nucleus.
+    bd_items: Vec<u32>,
+    /// Transcripts gathered (core and margin).
+    gathered: u64,
+    /// Seconds spent building the graphs.
+    seconds: f64,
+}
+
+/// Builds the graphs of the tile of core `cell`. Only `source` items within
+/// the core's extended region take part, so a source that holds at least
+/// those gives the result of the whole sample.
+pub fn build_tile(
     source: &TileSource,
     cell: Cell,
     nuclei: &Nuclei,
-    model: &Model,
     params: &GraphParams,
-    backend: &mut dyn Backend,
-    clock: &mut ScoreClock,
-    out: &mut Vec<OwnedBest>,
-) -> Result<()> {
+) -> BuiltTile {
     let grid = source.grid;
-    let owned = source.members.get(cell);
     let tx_items = tiles::gather(grid, source.members, source.flat, cell);
     let bd_items = tiles::gather(grid, source.bd_members, &nuclei.centroid, cell);
-    clock.gathered += tx_items.len() as u64;
     let started = Instant::now();
     let tile_pos: Vec<[f64; 3]> = tx_items.iter().map(|&i| source.pos[i as usize]).collect();
     let tile_member: Vec<i32> = tx_items
@@ -119,23 +155,125 @@ pub fn score_tile(
         },
         params,
     );
-    clock.graph += started.elapsed().as_secs_f64();
+    let owned = source
+        .members
+        .get(cell)
+        .iter()
+        .map(|&i| {
+            let local = tx_items
+                .binary_search(&i)
+                .expect("owned items are gathered");
+            (i, local as u32)
+        })
+        .collect();
+    BuiltTile {
+        cell,
+        graph,
+        owned,
+        bd_items,
+        gathered: tx_items.len() as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Scores a built tile: the best nucleus of every transcript it owns that
+/// has a candidate, appended to `out`.
+fn score_built(
+    tile: &BuiltTile,
+    model: &Model,
+    backend: &mut dyn Backend,
+    clock: &mut ScoreClock,
+    out: &mut Vec<OwnedBest>,
+) -> Result<()> {
+    clock.gathered += tile.gathered;
+    clock.built += tile.seconds;
     let started = Instant::now();
     // One call per tile: on a GPU the embeddings stay on the device and
     // only the best score and index come back.
-    let best = backend.score_tile(model, &graph)?;
+    let best = backend.score_tile(model, &tile.graph)?;
     clock.model += started.elapsed().as_secs_f64();
-    for &i in owned {
-        let local = tx_items
-            .binary_search(&i)
-            .expect("owned items are gathered");
+    for &(i, local) in &tile.owned {
+        let local = local as usize;
         if best.index[local] >= 0 {
             out.push((
                 i,
                 best.score[local],
-                bd_items[best.index[local] as usize] as i32,
+                tile.bd_items[best.index[local] as usize] as i32,
             ));
         }
+    }
+    Ok(())
+}
+
+/// Scores the tile of core `cell` (see [`build_tile`]): the best nucleus of
+/// every transcript it owns that has a candidate.
+#[allow(clippy::too_many_arguments)]
+pub fn score_tile(
+    source: &TileSource,
+    cell: Cell,
+    nuclei: &Nuclei,
+    model: &Model,
+    params: &GraphParams,
+    backend: &mut dyn Backend,
+    clock: &mut ScoreClock,
+    out: &mut Vec<OwnedBest>,
+) -> Result<()> {
+    let tile = build_tile(source, cell, nuclei, params);
+    clock.graph += tile.seconds;
+    score_built(&tile, model, backend, clock, out)
+}
+
+/// Scores `tiles` in order and hands each tile's owned best matches to
+/// `merge`, in the same order. With [`Overlap::On`] the next tile is taken
+/// from `tiles` (built, and read where the iterator reads) on the rayon pool
+/// while the backend scores the current one: one tile is held ahead, and
+/// `--threads` bounds the threads, since the backend stays on the calling
+/// thread. The results do not depend on the overlap. The first error, of
+/// `tiles`, the backend or `merge`, stops the loop once the tile being built
+/// is done.
+pub fn score_all<I, M>(
+    mut tiles: I,
+    overlap: Overlap,
+    model: &Model,
+    backend: &mut dyn Backend,
+    clock: &mut ScoreClock,
+    mut merge: M,
+) -> Result<()>
+where
+    I: Iterator<Item = Result<BuiltTile>> + Send,
+    M: FnMut(Cell, &[OwnedBest]) -> Result<()>,
+{
+    let mut found = Vec::new();
+    let mut score = |tile: &BuiltTile, clock: &mut ScoreClock| -> Result<()> {
+        found.clear();
+        score_built(tile, model, backend, clock, &mut found)?;
+        merge(tile.cell, &found)
+    };
+    if overlap == Overlap::Off {
+        for tile in tiles {
+            let tile = tile?;
+            clock.graph += tile.seconds;
+            score(&tile, clock)?;
+        }
+        return Ok(());
+    }
+    let waiting = Instant::now();
+    let mut next = tiles.next();
+    clock.graph += waiting.elapsed().as_secs_f64();
+    while let Some(current) = next.take() {
+        let current = current?;
+        let mut scored = Ok(());
+        let mut done = Instant::now();
+        // The calling thread keeps the backend (it need not be `Send`); the
+        // build runs as a pool task, so no thread beyond the pool computes.
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| next = tiles.next());
+            scored = score(&current, clock);
+            done = Instant::now();
+        });
+        // The backend idled from here until the next tile was built.
+        clock.graph += done.elapsed().as_secs_f64();
+        scored?;
     }
     Ok(())
 }
@@ -148,6 +286,7 @@ pub fn run(
     params: &GraphParams,
     backend: &mut dyn Backend,
     progress: &Progress,
+    overlap: Overlap,
 ) -> Result<TileScores> {
     let grid = &prepared.grid;
     let members = tiles::bucket(grid, &prepared.flat);
@@ -165,28 +304,24 @@ pub fn run(
     let mut best_score = vec![f32::NAN; n];
     let mut best_index = vec![-1i32; n];
     let mut clock = ScoreClock::default();
-    let mut found = Vec::new();
     let bar = progress.bar("tiles", grid.len() as u64);
-    for t in 0..grid.len() {
+    // Every tile owns a transcript (the grid is sparse).
+    let tiles = (0..grid.len()).map(|t| Ok(build_tile(&source, grid.tile(t), nuclei, params)));
+    score_all(tiles, overlap, model, backend, &mut clock, |_, found| {
         bar.inc(1);
-        found.clear();
-        // Every tile owns a transcript (the grid is sparse).
-        score_tile(
-            &source,
-            grid.tile(t),
-            nuclei,
-            model,
-            params,
-            backend,
-            &mut clock,
-            &mut found,
-        )?;
-        for &(i, score, index) in &found {
+        for &(i, score, index) in found {
             best_score[i as usize] = score;
             best_index[i as usize] = index;
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
+    log::info!(
+        "score: graphs built in {:.2} s, the backend waited {:.2} s for them and worked {:.2} s ({overlap:?} overlap)",
+        clock.built,
+        clock.graph,
+        clock.model
+    );
     Ok(TileScores {
         best_score,
         best_index,

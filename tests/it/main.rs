@@ -24,6 +24,7 @@ mod io_formats;
 mod io_perf;
 mod io_real_data;
 mod outputs;
+mod overlap;
 mod parity_cpu;
 mod pipeline_tiling;
 mod reference_parity;
