@@ -212,8 +212,9 @@ fn forward_destination(
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
             let a = alpha_dst[i * heads + head];
-            for c in head * channels..(head + 1) * channels {
-                out[c] = a.mul_add(xl_row[c], out[c]);
+            let span = head * channels..(head + 1) * channels;
+            for (o, &m) in out[span.clone()].iter_mut().zip(&xl_row[span]) {
+                *o = a.mul_add(m, *o);
             }
         }
     }
@@ -353,10 +354,17 @@ fn backward_destination(
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
             let d = d_logit_dst[i * heads + head];
-            for c in head * channels..(head + 1) * channels {
-                let u = xl_row[c] + xr_row[c];
-                datt_row[c] = d.mul_add(u.max(u * NEGATIVE_SLOPE), datt_row[c]);
-                dxr_row[c] = (d * gat.att[c]).mul_add(leaky_relu_slope(u), dxr_row[c]);
+            let span = head * channels..(head + 1) * channels;
+            for ((((datt, dxr), &w), &m), &r) in datt_row[span.clone()]
+                .iter_mut()
+                .zip(&mut dxr_row[span.clone()])
+                .zip(&gat.att[span.clone()])
+                .zip(&xl_row[span.clone()])
+                .zip(&xr_row[span])
+            {
+                let u = m + r;
+                *datt = d.mul_add(u.max(u * NEGATIVE_SLOPE), *datt);
+                *dxr = (d * w).mul_add(leaky_relu_slope(u), *dxr);
             }
         }
     }
@@ -392,10 +400,16 @@ fn backward_source(
         for head in 0..heads {
             let a = alpha[e * heads + head];
             let d = d_logit[e * heads + head];
-            for c in head * channels..(head + 1) * channels {
-                let u = xl_row[c] + xr_row[c];
-                let edge = a.mul_add(g_row[c], (d * gat.att[c]) * leaky_relu_slope(u));
-                row[c] += edge;
+            let span = head * channels..(head + 1) * channels;
+            for ((((out, &w), &m), &r), &grad) in row[span.clone()]
+                .iter_mut()
+                .zip(&gat.att[span.clone()])
+                .zip(&xl_row[span.clone()])
+                .zip(&xr_row[span.clone()])
+                .zip(&g_row[span])
+            {
+                let u = m + r;
+                *out += a.mul_add(grad, (d * w) * leaky_relu_slope(u));
             }
         }
     }
