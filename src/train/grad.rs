@@ -5,7 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, GatGrads};
+use super::fast::{self, GatBackward};
+use super::kernels;
 use crate::backend::cpu::{input_layer, InputLayer};
 use crate::graph::{Csr, TileGraph};
 use crate::kernels::{gatv2::Gat, linear};
@@ -55,6 +56,10 @@ struct Structure {
     neighbors_by_source: Csr,
     /// Belongs edge ids by source row.
     belongs_by_source: Csr,
+    /// Each neighbour edge's destination.
+    neighbors_dst: Vec<u32>,
+    /// Each belongs edge's destination.
+    belongs_dst: Vec<u32>,
 }
 
 impl Structure {
@@ -63,6 +68,8 @@ impl Structure {
         Self {
             neighbors_by_source: kernels::edges_by_source(&graph.neighbors, graph.n_tx()),
             belongs_by_source: kernels::edges_by_source(&belongs, belongs_rows.len()),
+            neighbors_dst: fast::edge_destinations(&graph.neighbors),
+            belongs_dst: fast::edge_destinations(&belongs),
             belongs_rows,
             belongs,
         }
@@ -119,7 +126,7 @@ fn conv_forward(
     let xr = project(dst, None, n_dst, &w.lin_r_wt, &w.lin_r_b, w.in_dim, hc);
     let mut out = vec![0.0; n_dst * hc];
     let mut alpha = vec![0.0; csr.n_edges() * w.heads];
-    kernels::gatv2_forward(&gat_of(w, relu), &xl, &xr, csr, &mut out, &mut alpha);
+    fast::gatv2_forward(&gat_of(w, relu), &xl, &xr, csr, &mut out, &mut alpha);
     (out, ConvCache { xl, xr, alpha })
 }
 
@@ -193,30 +200,31 @@ fn conv_backward(
     dst: &[f32],
     csr: &Csr,
     by_source: &Csr,
+    edge_dst: &[u32],
 ) -> ConvBack {
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
     kernels::column_sums(g, hc, &mut dw.bias);
     let mut dxr = vec![0.0; n_dst * hc];
-    let mut dxl_edge = vec![0.0; csr.n_edges() * hc];
+    let mut dxl = vec![0.0; n_src * hc];
     let mut datt_dst = vec![0.0; n_dst * hc];
-    kernels::gatv2_backward(
+    fast::gatv2_backward(
         &gat_of(w, false),
         &cache.xl,
         &cache.xr,
         csr,
         &cache.alpha,
         g,
-        GatGrads {
+        by_source,
+        edge_dst,
+        GatBackward {
             dxr: &mut dxr,
-            dxl_edge: &mut dxl_edge,
+            dxl: &mut dxl,
             datt_dst: &mut datt_dst,
         },
     );
     kernels::column_sums(&datt_dst, hc, &mut dw.att);
-    let mut dxl = vec![0.0; n_src * hc];
-    kernels::gather_edges(by_source, &dxl_edge, hc, &mut dxl);
-    kernels::linear_weight_grad(
+    fast::linear_weight_grad(
         src,
         src_rows,
         &dxl,
@@ -225,7 +233,7 @@ fn conv_backward(
         &mut dw.lin_l_wt,
         Some(&mut dw.lin_l_b),
     );
-    kernels::linear_weight_grad(
+    fast::linear_weight_grad(
         dst,
         None,
         &dxr,
@@ -235,9 +243,9 @@ fn conv_backward(
         Some(&mut dw.lin_r_b),
     );
     let mut d_src = vec![0.0; n_src * w.in_dim];
-    kernels::linear_input_grad(&dxl, &w.lin_l_wt, w.in_dim, hc, &mut d_src);
+    fast::linear_input_grad(&dxl, &w.lin_l_wt, w.in_dim, hc, &mut d_src);
     let mut d_dst = vec![0.0; n_dst * w.in_dim];
-    kernels::linear_input_grad(&dxr, &w.lin_r_wt, w.in_dim, hc, &mut d_dst);
+    fast::linear_input_grad(&dxr, &w.lin_r_wt, w.in_dim, hc, &mut d_dst);
     ConvBack { d_src, d_dst }
 }
 
@@ -301,6 +309,7 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
             h_tx,
             &graph.neighbors,
             &structure.neighbors_by_source,
+            &structure.neighbors_dst,
         );
         let back_tb = conv_backward(
             &layer.belongs,
@@ -313,6 +322,7 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
             h_bd,
             &structure.belongs,
             &structure.belongs_by_source,
+            &structure.belongs_dst,
         );
         // d h_tx: neighbour sources, then neighbour destinations, then belongs sources.
         let in_dim = layer.neighbors.in_dim;
@@ -337,7 +347,7 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
     kernels::relu_backward(&mut d_bd, &fwd.bd[0]);
     let emb = model.arch.emb;
     kernels::embedding_grad(&graph.tx_token, &d_tx, emb, &mut grads.tx_embedding);
-    kernels::linear_weight_grad(
+    fast::linear_weight_grad(
         &fwd.bd_x,
         None,
         &d_bd,

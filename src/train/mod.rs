@@ -9,6 +9,7 @@
 pub mod command;
 pub mod data;
 pub mod engine;
+pub mod fast;
 pub mod grad;
 pub mod init;
 pub mod kernels;

@@ -1,0 +1,698 @@
+//! The CPU engine's fast training kernels: the same mathematics as the
+//! shader twins in [`super::kernels`] (which stay the GPU's reference),
+//! evaluated in the order a CPU is fast at. Sums over the channels of a head
+//! run in 8 lanes added in a fixed tree, products are fused multiply-adds,
+//! the GATv2 backward sends each source its gradient directly (no per-edge
+//! buffer), and the linear gradients run on the register-blocked kernel of
+//! inference ([`crate::kernels::linear`]). Results differ from the twins by
+//! rounding only (unit tests bound the difference); every reduction still
+//! runs in an order fixed by the graph, never by the thread count, and
+//! `f32::mul_add` rounds the same with or without hardware FMA, so the same
+//! inputs give the same bits on any machine and any number of threads.
+
+// Index loops on purpose: they read like the twins they mirror.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use super::kernels::REDUCE_ROWS;
+use crate::graph::Csr;
+use crate::kernels::gatv2::{Gat, NEGATIVE_SLOPE, SOFTMAX_EPS};
+use crate::kernels::linear::{self, Linear};
+
+/// Lanes of the channel sums: one AVX register.
+const LANES: usize = 8;
+
+type Lanes = [f32; LANES];
+
+#[inline(always)]
+fn lanes(s: &[f32]) -> Lanes {
+    let mut v = [0.0; LANES];
+    v.copy_from_slice(&s[..LANES]);
+    v
+}
+
+/// `Σ_c att[c] · leaky_relu(a[c] + b[c])` over one head's channels (a
+/// multiple of [`LANES`]): lane-wise fused sums, then the lanes in a fixed tree.
+#[inline(always)]
+fn attention_logit(att: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for c0 in (0..att.len()).step_by(LANES) {
+        let (w, x, y) = (lanes(&att[c0..]), lanes(&a[c0..]), lanes(&b[c0..]));
+        for i in 0..LANES {
+            let u = x[i] + y[i];
+            acc[i] = w[i].mul_add(u.max(u * NEGATIVE_SLOPE), acc[i]);
+        }
+    }
+    lane_sum(acc)
+}
+
+/// `Σ_c a[c] · b[c]` over a multiple of [`LANES`] channels, as [`attention_logit`] sums.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for c0 in (0..a.len()).step_by(LANES) {
+        let (x, y) = (lanes(&a[c0..]), lanes(&b[c0..]));
+        for i in 0..LANES {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    lane_sum(acc)
+}
+
+#[inline(always)]
+fn lane_sum(v: Lanes) -> f32 {
+    let q = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+#[inline(always)]
+fn leaky_relu_slope(u: f32) -> f32 {
+    if u > 0.0 {
+        1.0
+    } else {
+        NEGATIVE_SLOPE
+    }
+}
+
+/// Whether the fast GATv2 kernels cover `gat` (channels a multiple of the
+/// lanes); otherwise the twins run.
+fn lanes_fit(gat: &Gat) -> bool {
+    gat.channels % LANES == 0
+}
+
+/// Whether the CPU has AVX2 and FMA, for which the kernels' `*_simd`
+/// copies are compiled. The results are the same either way: `mul_add` is
+/// fused with or without hardware FMA, and no sum is left to the compiler to
+/// reorder.
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `$simd`, `$body` compiled for AVX2 and FMA, and `$dispatch`,
+/// which calls it where the CPU has them and `$body` elsewhere.
+macro_rules! simd_copy {
+    ($dispatch:ident, $simd:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $simd($($arg: $ty),*) {
+            $body($($arg),*)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn $dispatch(simd: bool, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` is `simd_available()`: the features are present.
+                return unsafe { $simd($($arg),*) };
+            }
+            let _ = simd;
+            $body($($arg),*)
+        }
+    };
+}
+
+simd_copy!(forward_destination_dispatch, forward_destination_simd, forward_destination,
+    (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, dst: usize, out: &mut [f32], alpha_dst: &mut [f32]));
+simd_copy!(backward_destination_dispatch, backward_destination_simd, backward_destination,
+    (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, alpha: &[f32], g: &[f32], dst: usize,
+     dxr_row: &mut [f32], datt_row: &mut [f32], d_logit_dst: &mut [f32]));
+simd_copy!(backward_source_dispatch, backward_source_simd, backward_source,
+    (gat: &Gat, xl: &[f32], xr: &[f32], alpha: &[f32], g: &[f32], d_logit: &[f32],
+     by_source: &Csr, edge_dst: &[u32], src: usize, row: &mut [f32]));
+
+/// Splits `flat` into one slice per destination of `csr`, `per_edge` values per edge.
+fn per_destination<'a>(csr: &Csr, per_edge: usize, flat: &'a mut [f32]) -> Vec<&'a mut [f32]> {
+    let mut parts = Vec::with_capacity(csr.n_dst());
+    let mut rest = flat;
+    for d in 0..csr.n_dst() {
+        let n = (csr.offsets[d + 1] - csr.offsets[d]) as usize * per_edge;
+        let (mine, tail) = rest.split_at_mut(n);
+        parts.push(mine);
+        rest = tail;
+    }
+    parts
+}
+
+/// The training forward of one relation, as [`super::kernels::gatv2_forward`]
+/// computes it: `out` `[n_dst, H·C]`, `alpha` `[E, H]`.
+pub fn gatv2_forward(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    out: &mut [f32],
+    alpha: &mut [f32],
+) {
+    if !lanes_fit(gat) {
+        return super::kernels::gatv2_forward(gat, xl, xr, csr, out, alpha);
+    }
+    let hc = gat.heads * gat.channels;
+    let alpha_rows = per_destination(csr, gat.heads, alpha);
+    let simd = simd_available();
+    out.par_chunks_mut(hc)
+        .zip(alpha_rows.into_par_iter())
+        .enumerate()
+        .for_each(|(dst, (row, alpha_dst))| {
+            forward_destination_dispatch(simd, gat, xl, xr, csr, dst, row, alpha_dst)
+        });
+}
+
+/// Every head of destination `dst`: logits, softmax (max subtracted, sum
+/// plus 1e-16, edges in order), then the weighted sum of messages, all
+/// heads of one edge at a time.
+#[inline(always)]
+fn forward_destination(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    dst: usize,
+    out: &mut [f32],
+    alpha_dst: &mut [f32],
+) {
+    let (heads, channels) = (gat.heads, gat.channels);
+    let hc = heads * channels;
+    let xr_row = &xr[dst * hc..(dst + 1) * hc];
+    let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
+    let sources = &csr.sources[begin..end];
+    for (i, &src) in sources.iter().enumerate() {
+        let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
+        for head in 0..heads {
+            let span = head * channels..(head + 1) * channels;
+            alpha_dst[i * heads + head] =
+                attention_logit(&gat.att[span.clone()], &xl_row[span.clone()], &xr_row[span]);
+        }
+    }
+    for head in 0..heads {
+        let mut max = f32::MIN;
+        for i in 0..sources.len() {
+            max = max.max(alpha_dst[i * heads + head]);
+        }
+        let mut denom = 0.0f32;
+        for i in 0..sources.len() {
+            let slot = &mut alpha_dst[i * heads + head];
+            *slot = (*slot - max).exp();
+            denom += *slot;
+        }
+        for i in 0..sources.len() {
+            alpha_dst[i * heads + head] /= denom + SOFTMAX_EPS;
+        }
+    }
+    out.fill(0.0);
+    for (i, &src) in sources.iter().enumerate() {
+        let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
+        for head in 0..heads {
+            let a = alpha_dst[i * heads + head];
+            let span = head * channels..(head + 1) * channels;
+            for (o, &m) in out[span.clone()].iter_mut().zip(&xl_row[span]) {
+                *o = a.mul_add(m, *o);
+            }
+        }
+    }
+    for c in 0..hc {
+        let v = out[c] + gat.bias[c];
+        out[c] = if gat.relu { v.max(0.0) } else { v };
+    }
+}
+
+/// What [`gatv2_backward`] writes.
+pub struct GatBackward<'a> {
+    /// `[n_dst, H·C]` d/d xr.
+    pub dxr: &'a mut [f32],
+    /// `[n_src, H·C]` d/d xl: each source's outgoing edges summed in the
+    /// order of `by_source`.
+    pub dxl: &'a mut [f32],
+    /// `[n_dst, H·C]` each destination's contribution to d/d att.
+    pub datt_dst: &'a mut [f32],
+}
+
+/// The GATv2 backward of one relation, as [`super::kernels::gatv2_backward`]
+/// followed by [`super::kernels::gather_edges`] computes it, without the
+/// per-edge buffer: destinations first (d logit of every edge and head, d xr,
+/// d att), then each source sums `α g + d logit · att · leaky'(u)` over its
+/// outgoing edges (`by_source`: edge ids per source, ascending; `edge_dst`:
+/// each edge's destination). `g` is d loss / d output (ReLU mask applied).
+#[allow(clippy::too_many_arguments)]
+pub fn gatv2_backward(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    alpha: &[f32],
+    g: &[f32],
+    by_source: &Csr,
+    edge_dst: &[u32],
+    grads: GatBackward,
+) {
+    let hc = gat.heads * gat.channels;
+    if !lanes_fit(gat) {
+        let mut dxl_edge = vec![0.0; csr.n_edges() * hc];
+        super::kernels::gatv2_backward(
+            gat,
+            xl,
+            xr,
+            csr,
+            alpha,
+            g,
+            super::kernels::GatGrads {
+                dxr: grads.dxr,
+                dxl_edge: &mut dxl_edge,
+                datt_dst: grads.datt_dst,
+            },
+        );
+        return super::kernels::gather_edges(by_source, &dxl_edge, hc, grads.dxl);
+    }
+    let simd = simd_available();
+    let mut d_logit = vec![0.0f32; csr.n_edges() * gat.heads];
+    let d_logit_rows = per_destination(csr, gat.heads, &mut d_logit);
+    grads
+        .dxr
+        .par_chunks_mut(hc)
+        .zip(grads.datt_dst.par_chunks_mut(hc))
+        .zip(d_logit_rows.into_par_iter())
+        .enumerate()
+        .for_each(|(dst, ((dxr_row, datt_row), d_logit_dst))| {
+            backward_destination_dispatch(
+                simd,
+                gat,
+                xl,
+                xr,
+                csr,
+                alpha,
+                g,
+                dst,
+                dxr_row,
+                datt_row,
+                d_logit_dst,
+            )
+        });
+    grads
+        .dxl
+        .par_chunks_mut(hc)
+        .enumerate()
+        .for_each(|(src, row)| {
+            backward_source_dispatch(
+                simd, gat, xl, xr, alpha, g, &d_logit, by_source, edge_dst, src, row,
+            )
+        });
+}
+
+/// Destination `dst` of [`gatv2_backward`]: per head, dα_e = g · m_e,
+/// d logit_e = α_e (dα_e − Σ_f α_f dα_f) (into `d_logit_dst`); then d xr
+/// and d att over the edges in order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_destination(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    csr: &Csr,
+    alpha: &[f32],
+    g: &[f32],
+    dst: usize,
+    dxr_row: &mut [f32],
+    datt_row: &mut [f32],
+    d_logit_dst: &mut [f32],
+) {
+    let (heads, channels) = (gat.heads, gat.channels);
+    let hc = heads * channels;
+    let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
+    let sources = &csr.sources[begin..end];
+    let g_row = &g[dst * hc..(dst + 1) * hc];
+    let xr_row = &xr[dst * hc..(dst + 1) * hc];
+    for (i, &src) in sources.iter().enumerate() {
+        let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
+        for head in 0..heads {
+            let span = head * channels..(head + 1) * channels;
+            d_logit_dst[i * heads + head] = dot(&g_row[span.clone()], &xl_row[span]);
+        }
+    }
+    for head in 0..heads {
+        let mut weighted = 0.0f32;
+        for i in 0..sources.len() {
+            let a = alpha[(begin + i) * heads + head];
+            weighted = a.mul_add(d_logit_dst[i * heads + head], weighted);
+        }
+        for i in 0..sources.len() {
+            let a = alpha[(begin + i) * heads + head];
+            let slot = &mut d_logit_dst[i * heads + head];
+            *slot = a * (*slot - weighted);
+        }
+    }
+    dxr_row.fill(0.0);
+    datt_row.fill(0.0);
+    for (i, &src) in sources.iter().enumerate() {
+        let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
+        for head in 0..heads {
+            let d = d_logit_dst[i * heads + head];
+            let span = head * channels..(head + 1) * channels;
+            for ((((datt, dxr), &w), &m), &r) in datt_row[span.clone()]
+                .iter_mut()
+                .zip(&mut dxr_row[span.clone()])
+                .zip(&gat.att[span.clone()])
+                .zip(&xl_row[span.clone()])
+                .zip(&xr_row[span])
+            {
+                let u = m + r;
+                *datt = d.mul_add(u.max(u * NEGATIVE_SLOPE), *datt);
+                *dxr = (d * w).mul_add(leaky_relu_slope(u), *dxr);
+            }
+        }
+    }
+}
+
+/// Source `src` of [`gatv2_backward`]: d m = α g + d logit · att · leaky'(u)
+/// summed over its outgoing edges in `by_source` order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn backward_source(
+    gat: &Gat,
+    xl: &[f32],
+    xr: &[f32],
+    alpha: &[f32],
+    g: &[f32],
+    d_logit: &[f32],
+    by_source: &Csr,
+    edge_dst: &[u32],
+    src: usize,
+    row: &mut [f32],
+) {
+    let (heads, channels) = (gat.heads, gat.channels);
+    let hc = heads * channels;
+    let xl_row = &xl[src * hc..(src + 1) * hc];
+    row.fill(0.0);
+    let edges =
+        &by_source.sources[by_source.offsets[src] as usize..by_source.offsets[src + 1] as usize];
+    for &e in edges {
+        let e = e as usize;
+        let dst = edge_dst[e] as usize;
+        let g_row = &g[dst * hc..(dst + 1) * hc];
+        let xr_row = &xr[dst * hc..(dst + 1) * hc];
+        for head in 0..heads {
+            let a = alpha[e * heads + head];
+            let d = d_logit[e * heads + head];
+            let span = head * channels..(head + 1) * channels;
+            for ((((out, &w), &m), &r), &grad) in row[span.clone()]
+                .iter_mut()
+                .zip(&gat.att[span.clone()])
+                .zip(&xl_row[span.clone()])
+                .zip(&xr_row[span.clone()])
+                .zip(&g_row[span])
+            {
+                let u = m + r;
+                *out += a.mul_add(grad, (d * w) * leaky_relu_slope(u));
+            }
+        }
+    }
+}
+
+/// Each edge's destination: `[E]`, from the offsets of `csr`.
+pub fn edge_destinations(csr: &Csr) -> Vec<u32> {
+    let mut out = Vec::with_capacity(csr.n_edges());
+    for d in 0..csr.n_dst() {
+        let n = (csr.offsets[d + 1] - csr.offsets[d]) as usize;
+        out.extend(std::iter::repeat_n(d as u32, n));
+    }
+    out
+}
+
+/// `dx = dy · wtᵀ` (`dy` `[n, out_dim]`, `wt` `[in_dim, out_dim]`, `dx`
+/// `[n, in_dim]`, overwritten): the inference linear kernel on `wt`
+/// transposed, each entry a fused sum over o increasing.
+pub fn linear_input_grad(dy: &[f32], wt: &[f32], in_dim: usize, out_dim: usize, dx: &mut [f32]) {
+    let mut w_by_out = vec![0.0f32; in_dim * out_dim];
+    for k in 0..in_dim {
+        for o in 0..out_dim {
+            w_by_out[o * in_dim + k] = wt[k * out_dim + o];
+        }
+    }
+    let layer = Linear {
+        in_dim: out_dim,
+        out_dim: in_dim,
+        wt: &w_by_out,
+        bias: None,
+        relu: false,
+    };
+    linear::linear(dy, None, &layer, dx);
+}
+
+/// Adds the weight gradient (and the bias gradient, when `db` is given) of
+/// `y = x[rows] · wt + b` to `dwt` and `db`, as
+/// [`super::kernels::linear_weight_grad`] does: partial sums over the same
+/// fixed chunks of [`REDUCE_ROWS`] rows, added in chunk order. Each chunk's
+/// `xᵀ · dy` runs on the inference linear kernel (rows of `xᵀ` against `dy`
+/// as the weight), a fused sum over the chunk's rows in order.
+pub fn linear_weight_grad(
+    x: &[f32],
+    rows: Option<&[u32]>,
+    dy: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    dwt: &mut [f32],
+    db: Option<&mut [f32]>,
+) {
+    let n_rows = dy.len() / out_dim;
+    let weights = in_dim * out_dim;
+    let width = weights + if db.is_some() { out_dim } else { 0 };
+    let mut partials = vec![0.0f32; n_rows.div_ceil(REDUCE_ROWS) * width];
+    partials
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(chunk, partial)| {
+            let (r0, r1) = (chunk * REDUCE_ROWS, ((chunk + 1) * REDUCE_ROWS).min(n_rows));
+            let n = r1 - r0;
+            let mut x_by_column = vec![0.0f32; in_dim * n];
+            for r in r0..r1 {
+                let src = rows.map_or(r, |rows| rows[r] as usize);
+                for k in 0..in_dim {
+                    x_by_column[k * n + r - r0] = x[src * in_dim + k];
+                }
+            }
+            let layer = Linear {
+                in_dim: n,
+                out_dim,
+                wt: &dy[r0 * out_dim..r1 * out_dim],
+                bias: None,
+                relu: false,
+            };
+            let (weight_part, bias_part) = partial.split_at_mut(weights);
+            linear::linear(&x_by_column, None, &layer, weight_part);
+            if !bias_part.is_empty() {
+                for r in r0..r1 {
+                    for o in 0..out_dim {
+                        bias_part[o] += dy[r * out_dim + o];
+                    }
+                }
+            }
+        });
+    for partial in partials.chunks(width) {
+        for (d, p) in dwt.iter_mut().zip(&partial[..weights]) {
+            *d += p;
+        }
+    }
+    if let Some(db) = db {
+        for partial in partials.chunks(width) {
+            for (d, p) in db.iter_mut().zip(&partial[weights..]) {
+                *d += p;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast kernels against their twins in [`super::super::kernels`] on
+    //! random graphs (some destinations and sources without edges, some
+    //! high-degree ones): every output within 1e-5 + 1e-4·|twin| (f32
+    //! rounding of sums over up to a few hundred terms in another order);
+    //! the maximum error and where it occurs are printed.
+    use super::*;
+    use crate::train::kernels;
+    use rand::{Rng, SeedableRng};
+
+    const ATOL: f32 = 1e-5;
+    const RTOL: f32 = 1e-4;
+
+    fn values(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    /// Asserts `fast` within the tolerance of `twin`; prints the maximum error.
+    fn assert_near(what: &str, fast: &[f32], twin: &[f32]) {
+        assert_eq!(fast.len(), twin.len(), "{what}: lengths");
+        let (mut worst, mut at) = (0.0f32, 0);
+        for (i, (&f, &t)) in fast.iter().zip(twin).enumerate() {
+            let err = (f - t).abs();
+            assert!(
+                err <= ATOL + RTOL * t.abs(),
+                "{what}[{i}]: fast {f}, twin {t}, |err| {err:.3e}"
+            );
+            if err > worst {
+                (worst, at) = (err, i);
+            }
+        }
+        println!(
+            "{what}: max |err| {worst:.3e} at [{at}] (twin {:.4e}), {} values",
+            twin.get(at).copied().unwrap_or(0.0),
+            twin.len()
+        );
+    }
+
+    /// `n_dst` destinations with 0..=`max_degree` random sources each;
+    /// destination 0 has none, destination 1 three times the most.
+    fn random_csr(
+        rng: &mut rand::rngs::StdRng,
+        n_src: usize,
+        n_dst: usize,
+        max_degree: usize,
+    ) -> Csr {
+        let mut edges = Vec::new();
+        for d in 0..n_dst {
+            let degree = match d {
+                0 => 0,
+                1 => 3 * max_degree,
+                _ => rng.random_range(0..=max_degree),
+            };
+            for _ in 0..degree {
+                edges.push((rng.random_range(0..n_src as u32), d as u32));
+            }
+        }
+        let csr = Csr::from_edges(n_dst, edges.iter().copied());
+        csr
+    }
+
+    #[test]
+    fn gatv2_forward_and_backward_agree_with_the_twins() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+        for (heads, channels, n_src, n_dst, relu) in [
+            (3, 32, 300, 250, true),
+            (2, 16, 40, 90, false),
+            (1, 8, 5, 7, true),
+        ] {
+            let hc = heads * channels;
+            let csr = random_csr(&mut rng, n_src, n_dst, 12);
+            let (att, bias) = (values(&mut rng, hc, 1.0), values(&mut rng, hc, 0.5));
+            let gat = Gat {
+                heads,
+                channels,
+                att: &att,
+                bias: &bias,
+                relu,
+            };
+            let xl = values(&mut rng, n_src * hc, 2.0);
+            let xr = values(&mut rng, n_dst * hc, 2.0);
+            let label = format!("H {heads} C {channels}, {} edges", csr.n_edges());
+
+            let mut out = vec![f32::NAN; n_dst * hc];
+            let mut alpha = vec![f32::NAN; csr.n_edges() * heads];
+            gatv2_forward(&gat, &xl, &xr, &csr, &mut out, &mut alpha);
+            let mut twin_out = vec![f32::NAN; n_dst * hc];
+            let mut twin_alpha = vec![f32::NAN; csr.n_edges() * heads];
+            kernels::gatv2_forward(&gat, &xl, &xr, &csr, &mut twin_out, &mut twin_alpha);
+            assert_near(&format!("{label}: forward out"), &out, &twin_out);
+            assert_near(&format!("{label}: forward alpha"), &alpha, &twin_alpha);
+
+            let g = values(&mut rng, n_dst * hc, 1.0);
+            let by_source = kernels::edges_by_source(&csr, n_src);
+            let edge_dst = edge_destinations(&csr);
+            let (mut dxr, mut dxl, mut datt) = (
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; n_src * hc],
+                vec![f32::NAN; n_dst * hc],
+            );
+            let grads = GatBackward {
+                dxr: &mut dxr,
+                dxl: &mut dxl,
+                datt_dst: &mut datt,
+            };
+            gatv2_backward(
+                &gat,
+                &xl,
+                &xr,
+                &csr,
+                &twin_alpha,
+                &g,
+                &by_source,
+                &edge_dst,
+                grads,
+            );
+            let (mut twin_dxr, mut dxl_edge, mut twin_datt) = (
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; csr.n_edges() * hc],
+                vec![f32::NAN; n_dst * hc],
+            );
+            let twin_grads = kernels::GatGrads {
+                dxr: &mut twin_dxr,
+                dxl_edge: &mut dxl_edge,
+                datt_dst: &mut twin_datt,
+            };
+            kernels::gatv2_backward(&gat, &xl, &xr, &csr, &twin_alpha, &g, twin_grads);
+            let mut twin_dxl = vec![f32::NAN; n_src * hc];
+            kernels::gather_edges(&by_source, &dxl_edge, hc, &mut twin_dxl);
+            assert_near(&format!("{label}: d xr"), &dxr, &twin_dxr);
+            assert_near(&format!("{label}: d xl"), &dxl, &twin_dxl);
+            assert_near(
+                &format!("{label}: d att per destination"),
+                &datt,
+                &twin_datt,
+            );
+        }
+    }
+
+    #[test]
+    fn linear_gradients_agree_with_the_twins() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (n, in_dim, out_dim, with_rows, with_bias) in [
+            (700, 96, 96, false, true),
+            (300, 16, 96, true, true),
+            (37, 4, 16, false, false),
+            (513, 96, 40, true, false),
+        ] {
+            let label = format!("[{n}, {in_dim}] → {out_dim}");
+            let n_x = n + 9;
+            let x = values(&mut rng, n_x * in_dim, 2.0);
+            let dy = values(&mut rng, n * out_dim, 1.0);
+            let wt = values(&mut rng, in_dim * out_dim, 1.0);
+            let rows: Vec<u32> = (0..n).map(|_| rng.random_range(0..n_x as u32)).collect();
+            let rows = with_rows.then_some(rows.as_slice());
+
+            let (mut dwt, mut db) = (vec![0.25f32; in_dim * out_dim], vec![-0.5f32; out_dim]);
+            let (mut twin_dwt, mut twin_db) = (dwt.clone(), db.clone());
+            linear_weight_grad(
+                &x,
+                rows,
+                &dy,
+                in_dim,
+                out_dim,
+                &mut dwt,
+                with_bias.then_some(db.as_mut_slice()),
+            );
+            kernels::linear_weight_grad(
+                &x,
+                rows,
+                &dy,
+                in_dim,
+                out_dim,
+                &mut twin_dwt,
+                with_bias.then_some(twin_db.as_mut_slice()),
+            );
+            assert_near(&format!("{label}: d weight"), &dwt, &twin_dwt);
+            assert_near(&format!("{label}: d bias"), &db, &twin_db);
+
+            let mut dx = vec![f32::NAN; n * in_dim];
+            linear_input_grad(&dy, &wt, in_dim, out_dim, &mut dx);
+            let mut twin_dx = vec![f32::NAN; n * in_dim];
+            kernels::linear_input_grad(&dy, &wt, in_dim, out_dim, &mut twin_dx);
+            assert_near(&format!("{label}: d x"), &dx, &twin_dx);
+        }
+    }
+}
