@@ -123,6 +123,57 @@ fn train_writes_a_deterministic_weights_file_with_provenance_and_a_log() {
     );
 }
 
+/// Validation never perturbs training: `--eval-every auto`, `0` and `1`
+/// give byte-identical weights files; under `auto` the log records the
+/// chosen interval (a round number ≥ 10) and the curve's steps follow it.
+#[test]
+fn eval_every_changes_the_curve_not_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 60);
+    let quick: Vec<&str> = QUICK_TRAIN
+        .chunks(2)
+        .filter(|flag| flag[0] != "--eval-every" && flag[0] != "--steps")
+        .flatten()
+        .copied()
+        .collect();
+    let mut files = Vec::new();
+    for every in ["auto", "0", "1"] {
+        let out = dir.path().join(format!("every_{every}.safetensors"));
+        let mut args = vec!["train", "--xenium", input.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap(), "--steps", "25"]);
+        args.extend(["--eval-every", every]);
+        args.extend(&quick);
+        assert_success(&run(&args));
+        let log: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("every_{every}.training.json"))).unwrap(),
+        )
+        .unwrap();
+        let steps: Vec<u64> = log["validation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        let interval = log["eval_every"].as_u64().expect("eval_every logged");
+        println!("--eval-every {every}: interval {interval}, validated at {steps:?}");
+        let expected: Vec<u64> = match every {
+            "0" => vec![0, 25],
+            "1" => (0..=25).collect(),
+            _ => {
+                assert!(
+                    [10, 20, 50, 100, 200, 500, 1000].contains(&interval),
+                    "auto chose {interval}"
+                );
+                (0..25).step_by(interval as usize).chain([25]).collect()
+            }
+        };
+        assert_eq!(steps, expected);
+        files.push(std::fs::read(&out).unwrap());
+    }
+    assert!(files[0] == files[1], "--eval-every auto and 0 differ");
+    assert!(files[0] == files[2], "--eval-every auto and 1 differ");
+}
+
 /// Continuing from a model: --init with the same vocabulary works, records
 /// the starting model and keeps its stored graph defaults (--no-dist-cap
 /// included).
@@ -268,6 +319,11 @@ fn train_rejects_bad_numbers() {
         ("--holdout", "1", "--holdout is 1"),
         ("--steps", "0", "--steps must be at least 1"),
         ("--minutes", "0", "--minutes is 0"),
+        (
+            "--eval-every",
+            "often",
+            "'often' is neither 'auto' nor a number of steps",
+        ),
         (
             "--k-tx",
             "100000",
