@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::data::{stream, streams, DataCounts, TrainingData, WindowSettings};
 use super::engine;
 use super::kernels::AdamConfig;
-use super::session::{self, Outcome, Settings, ValidationPoint};
+use super::session::{self, EvalEvery, Outcome, Settings, ValidationPoint};
 use super::validate::{validate, Validation};
 use super::weights;
 use crate::backend::cpu::CpuBackend;
@@ -108,9 +108,12 @@ pub struct TrainFlags {
     /// never positives).
     #[arg(long, default_value_t = 0.2, value_name = "F")]
     pub holdout: f64,
-    /// Validate every this many steps (0: only before and after training).
-    #[arg(long, default_value_t = 100, value_name = "N")]
-    pub eval_every: usize,
+    /// Validate every N steps besides before and after training (0: only then). `auto`: N is
+    /// chosen after the first 10 steps as the smallest of 10, 20, 50, 100, 200, 500, … steps
+    /// over which one validation takes at most 2% of the steps' time (it grows with the
+    /// sample). Validation never changes the weights.
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    pub eval_every: EvalEvery,
     /// Gene embedding size E [default: 16, or the --init model's].
     #[arg(long, value_name = "N")]
     pub emb: Option<usize>,
@@ -418,6 +421,7 @@ struct TrainingLog<'a> {
     stopped_by: &'static str,
     loss: &'a [f32],
     validation: &'a [ValidationPoint],
+    eval_every: Option<usize>,
     validation_stored_weights: Validation,
     model_sha256: &'a str,
     seconds: std::collections::BTreeMap<&'static str, f64>,
@@ -598,6 +602,7 @@ fn train_slide(
         stopped_by: outcome.stopped_by,
         loss: &outcome.losses,
         validation: &outcome.validations,
+        eval_every: outcome.eval_every,
         validation_stored_weights: final_validation,
         model_sha256: &model.sha256,
         seconds,

@@ -96,6 +96,10 @@ pub struct TrainingData {
     /// Validation graph: every kept transcript and nucleus, the training
     /// belongs edges only, and the receptive field.
     pub validation: TileGraph,
+    /// The validation graph with the receptive field of the held-out
+    /// transcripts only (the other rows empty): what validation scores, so
+    /// that the forward pass computes only the rows those scores depend on.
+    pub held_out_graph: TileGraph,
     /// Nucleus centroids.
     bd_centroid: Vec<[f64; 2]>,
     /// Transcripts by grid cell, for window queries.
@@ -174,6 +178,7 @@ impl TrainingData {
             },
             params,
         );
+        let held_out_graph = Self::held_out_graph(&validation, &held);
         let tx_xy: Vec<[f64; 2]> = prepared.pos.iter().map(|p| [p[0], p[1]]).collect();
         let mut extent = [
             f64::INFINITY,
@@ -211,10 +216,25 @@ impl TrainingData {
             held_out: held,
             held_out_nucleus,
             validation,
+            held_out_graph,
             bd_centroid: nuclei.centroid.clone(),
             extent,
             counts,
         })
+    }
+
+    /// `validation` with receptive-field rows only for the `held` transcripts.
+    fn held_out_graph(validation: &TileGraph, held: &[u32]) -> TileGraph {
+        let full = validation.receptive_field.as_ref().expect("built with one");
+        let mut index = vec![-1; full.index.len()];
+        for &t in held {
+            let row = t as usize * full.k..(t as usize + 1) * full.k;
+            index[row.clone()].copy_from_slice(&full.index[row]);
+        }
+        TileGraph {
+            receptive_field: Some(ReceptiveField { k: full.k, index }),
+            ..validation.clone()
+        }
     }
 
     /// Side of the windows: `size`, capped by the larger side of the extent.

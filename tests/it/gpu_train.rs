@@ -27,7 +27,7 @@ use seggpu::train::engine::{CpuEngine, GpuEngine, OnGpuError, TrainEngine};
 use seggpu::train::grad::{loss_and_grad, zeros_like, Pairs};
 use seggpu::train::init::random_model;
 use seggpu::train::kernels::{self as twin, AdamConfig, REDUCE_ROWS};
-use seggpu::train::session::{self, Outcome, Settings};
+use seggpu::train::session::{self, EvalEvery, Outcome, Settings};
 use seggpu::train::{learning_rate, params, Adam};
 
 use crate::common::train_fixture::{batch, load, GRAPHS};
@@ -1121,7 +1121,7 @@ fn train_50(engine: &mut dyn TrainEngine, data: &TrainingData) -> Outcome {
             supervision_fraction: 0.5,
             random_negatives: 1,
         },
-        eval_every: 25,
+        eval_every: EvalEvery::Steps(25),
         score_cut: defaults::SCORE_CUT,
     };
     session::train(

@@ -5,8 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use seggpu::backend::cpu::CpuBackend;
+use seggpu::backend::Backend;
+use seggpu::defaults;
+use seggpu::graph::build::GraphParams;
+use seggpu::io::args::InputArgs;
+use seggpu::io::{check_membership, read_nuclei, read_transcripts};
 use seggpu::model::Model;
+use seggpu::pipeline::{prepare, ScoreCut, SegmentParams, UnknownGenes};
 use seggpu::tensorfile::TensorFile;
+use seggpu::train::data::TrainingData;
+use seggpu::train::validate::{validate, Validation};
 
 use crate::common::{assert_failure, assert_success, demo_model, seggpu, write_file, QUICK_TRAIN};
 
@@ -112,6 +121,57 @@ fn train_writes_a_deterministic_weights_file_with_provenance_and_a_log() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Validation never perturbs training: `--eval-every auto`, `0` and `1`
+/// give byte-identical weights files; under `auto` the log records the
+/// chosen interval (a round number ≥ 10) and the curve's steps follow it.
+#[test]
+fn eval_every_changes_the_curve_not_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 60);
+    let quick: Vec<&str> = QUICK_TRAIN
+        .chunks(2)
+        .filter(|flag| flag[0] != "--eval-every" && flag[0] != "--steps")
+        .flatten()
+        .copied()
+        .collect();
+    let mut files = Vec::new();
+    for every in ["auto", "0", "1"] {
+        let out = dir.path().join(format!("every_{every}.safetensors"));
+        let mut args = vec!["train", "--xenium", input.to_str().unwrap()];
+        args.extend(["--out", out.to_str().unwrap(), "--steps", "25"]);
+        args.extend(["--eval-every", every]);
+        args.extend(&quick);
+        assert_success(&run(&args));
+        let log: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("every_{every}.training.json"))).unwrap(),
+        )
+        .unwrap();
+        let steps: Vec<u64> = log["validation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        let interval = log["eval_every"].as_u64().expect("eval_every logged");
+        println!("--eval-every {every}: interval {interval}, validated at {steps:?}");
+        let expected: Vec<u64> = match every {
+            "0" => vec![0, 25],
+            "1" => (0..=25).collect(),
+            _ => {
+                assert!(
+                    [10, 20, 50, 100, 200, 500, 1000].contains(&interval),
+                    "auto chose {interval}"
+                );
+                (0..25).step_by(interval as usize).chain([25]).collect()
+            }
+        };
+        assert_eq!(steps, expected);
+        files.push(std::fs::read(&out).unwrap());
+    }
+    assert!(files[0] == files[1], "--eval-every auto and 0 differ");
+    assert!(files[0] == files[2], "--eval-every auto and 1 differ");
 }
 
 /// Continuing from a model: --init with the same vocabulary works, records
@@ -260,6 +320,11 @@ fn train_rejects_bad_numbers() {
         ("--steps", "0", "--steps must be at least 1"),
         ("--minutes", "0", "--minutes is 0"),
         (
+            "--eval-every",
+            "often",
+            "'often' is neither 'auto' nor a number of steps",
+        ),
+        (
             "--k-tx",
             "100000",
             "--k-tx is 100000, expected at least 1 and at most 256",
@@ -332,4 +397,70 @@ fn segment_train_trains_then_segments_with_that_model() {
     ]);
     assert_failure(&refused, "--model");
     assert!(!out2.exists());
+}
+
+/// Validation scores only the held-out transcripts (`score_tile` on
+/// `TrainingData::held_out_graph`, which skips the rows their scores do not
+/// depend on). Its figures must be exactly those of the definition, counted
+/// here: the whole forward pass over every transcript and nucleus of the
+/// validation graph, every transcript scored, then the held-out ones
+/// counted. The model is the shipped demo model (a trained one, so that
+/// the figures are far from 0 and 1), on a simulated sample of its panel.
+#[test]
+fn validation_figures_equal_those_of_the_whole_forward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = simulated(dir.path(), 120);
+    let spec = InputArgs {
+        xenium: Some(input),
+        ..InputArgs::default()
+    }
+    .resolve()
+    .unwrap();
+    let model = Model::load(&demo_model()).unwrap();
+    let mut transcripts = read_transcripts(&spec).unwrap();
+    let nuclei = read_nuclei(&spec, model.bd_features).unwrap();
+    check_membership(&mut transcripts, &nuclei, &spec).unwrap();
+    let params = SegmentParams {
+        graph: GraphParams {
+            k_tx: defaults::K_TX,
+            dist_tx: Some(defaults::DIST_TX),
+            k_bd: defaults::K_BD,
+            dist_bd: defaults::DIST_BD,
+        },
+        score_cut: ScoreCut::Fixed(defaults::SCORE_CUT),
+        fragments: None,
+        unknown_genes: UnknownGenes::Error,
+        tile_size: defaults::TILE_SIZE,
+        margin: None,
+    };
+    let prepared = prepare::run(&mut transcripts, &nuclei, &model, &params).unwrap();
+    let data = TrainingData::new(&prepared, &nuclei, &params.graph, 0.2, 7).unwrap();
+    let mut backend = CpuBackend::new();
+
+    let embeddings = backend.forward(&model, &data.validation, false).unwrap();
+    let rf = data.validation.receptive_field.as_ref().unwrap();
+    let best = backend.score(&embeddings, rf).unwrap();
+    let (mut correct, mut own_best, mut reach) = (0, 0, 0);
+    for (&t, &own) in data.held_out.iter().zip(&data.held_out_nucleus) {
+        let t = t as usize;
+        let is_own = best.index[t] == own as i32;
+        own_best += usize::from(is_own);
+        correct += usize::from(is_own && best.score[t] >= defaults::SCORE_CUT);
+        reach += usize::from(rf.index[t * rf.k..(t + 1) * rf.k].contains(&(own as i32)));
+    }
+    let n = data.held_out.len();
+    let expected = Validation {
+        accuracy: correct as f64 / n as f64,
+        best_is_own: own_best as f64 / n as f64,
+        own_in_rf: reach as f64 / n as f64,
+        held_out: n,
+    };
+    let got = validate(&model, &data, defaults::SCORE_CUT, &mut backend).unwrap();
+    println!("validation {got:?}, whole forward pass {expected:?}");
+    assert!(n > 500, "{n} held-out transcripts");
+    assert!(
+        expected.accuracy > 0.5 && expected.accuracy < 1.0,
+        "{expected:?}"
+    );
+    assert_eq!(got, expected);
 }

@@ -273,7 +273,9 @@ def main():
     log = {"args": vars(a), "arch": arch.as_dict(), "data": stats, "evals": []}
     step, ema, start = 0, None, time.time()
     budget = a.minutes * 60
-    print(f"init val {validate(model, s, held, own)}", flush=True)
+    v0 = validate(model, s, held, own)
+    log["init_val_seconds"] = round(time.time() - start, 2)
+    print(f"init val {v0} ({log['init_val_seconds']} s)", flush=True)
     while step < a.steps and time.time() - start < budget:
         x0 = rng.uniform(lo[0] - win / 4, hi[0] - 3 * win / 4)
         y0 = rng.uniform(lo[1] - win / 4, hi[1] - 3 * win / 4)
