@@ -4,6 +4,7 @@
 // driver's own approximation. Twin: src/train/kernels.rs (`portable_exp`).
 // For x ≤ EXP_MAX (callers clamp); results below f32's smallest normal are 0.
 
+// log2(e) rounded to f32 (Rust's f32::consts::LOG2_E).
 const EXP_LOG2E: f32 = 1.442695;
 // ln 2 in two parts; n · EXP_LN2_HI is exact for |n| ≤ 2^15.
 const EXP_LN2_HI: f32 = 0.6933594;
@@ -33,7 +34,7 @@ fn portable_exp(x: f32) -> f32 {
     q = fma(q, r, 8.333452e-3f);
     q = fma(q, r, 4.1665796e-2f);
     q = fma(q, r, 1.6666665e-1f);
-    q = fma(q, r, 5.0000001e-1f);
+    q = fma(q, r, 0.5f);
     let e = fma(q, r2, r) + 1.0;
     // Two exact scalings: 2^n alone overflows its exponent field at n = 128.
     let k = i32(n);

@@ -114,9 +114,9 @@ pub enum OnGpuError {
     ResumeOnCpu,
 }
 
-/// Steps between the checkpoints of [`OnGpuError::ResumeOnCpu`]: at most
-/// this many steps are replayed on the CPU after a lost device, and the
-/// engine keeps that many windows in memory to replay them.
+/// Steps between the checkpoints of [`OnGpuError::ResumeOnCpu`]: fewer
+/// steps than this are replayed on the CPU after a lost device, and the
+/// engine keeps their windows in memory until the next checkpoint.
 pub const CHECKPOINT_EVERY: u32 = 16;
 
 /// [`TrainEngine`] on a GPU: a [`GpuTrainer`] (weights, moments and

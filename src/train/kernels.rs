@@ -41,7 +41,6 @@ fn leaky_relu_slope(v: f32) -> f32 {
 /// are 0, since GPUs may flush subnormals.
 #[inline]
 pub fn portable_exp(x: f32) -> f32 {
-    const LOG2E: f32 = 1.442_695;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MIN: f32 = -87.336_54;
@@ -54,7 +53,7 @@ pub fn portable_exp(x: f32) -> f32 {
     }
     // Every multiply-add is fused (`fma` in the shader): a GPU compiler may
     // fuse a multiply and an add the source keeps apart, never split one.
-    let n = (x * LOG2E).round_ties_even();
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
     let mut r = (-n).mul_add(LN2_HI, x);
     r = (-n).mul_add(LN2_LO, r);
     let r2 = r * r;
@@ -63,7 +62,7 @@ pub fn portable_exp(x: f32) -> f32 {
     q = q.mul_add(r, 8.333_452e-3);
     q = q.mul_add(r, 4.166_579_6e-2);
     q = q.mul_add(r, 1.666_666_5e-1);
-    q = q.mul_add(r, 5.000_000_1e-1);
+    q = q.mul_add(r, 0.5);
     let e = q.mul_add(r2, r) + 1.0;
     let k = n as i32;
     let half = k / 2;
