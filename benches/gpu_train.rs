@@ -13,14 +13,15 @@
 //! (transcript, nucleus) pairs as negatives. Prints one JSON line per
 //! backend (steps per second over `steps` steps after one warm-up step, the
 //! last loss) and the GPU/CPU ratio, then the GPU again with
-//! `with_checkpoints` (as `--backend auto` trains: the weights and moments
-//! read back with each step's loss). Without a GPU adapter only the CPU
-//! line is printed.
+//! `with_checkpoints(CHECKPOINT_EVERY)` (as `--backend auto` trains: the
+//! weights and moments read back with the loss of every 16th step). Without
+//! a GPU adapter only the CPU line is printed.
 
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use seggpu::backend::gpu::{GpuOptions, GpuTrainer};
+use seggpu::train::engine::CHECKPOINT_EVERY;
 use seggpu::train::grad::{loss_and_grad, zeros_like, Pairs};
 use seggpu::train::Adam;
 
@@ -31,17 +32,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// Seconds per step (median over `steps` after a warm-up) and the last loss.
+/// Seconds per step (the mean over `steps` after a warm-up: throughput,
+/// checkpoint steps included) and the last loss.
 fn time(steps: usize, mut step: impl FnMut() -> f32) -> (f64, f32) {
     let mut loss = step();
-    let mut seconds = Vec::with_capacity(steps);
+    let start = Instant::now();
     for _ in 0..steps {
-        let start = Instant::now();
         loss = step();
-        seconds.push(start.elapsed().as_secs_f64());
     }
-    seconds.sort_by(f64::total_cmp);
-    (seconds[seconds.len() / 2], loss)
+    (start.elapsed().as_secs_f64() / steps as f64, loss)
 }
 
 fn main() {
@@ -122,9 +121,11 @@ fn main() {
     );
     println!("gpu/cpu steps per second: {:.3}", cpu.0 / gpu.0);
 
-    // `--backend auto`'s trainer: each step also reads the weights and
-    // Adam's moments back (its checkpoint after a device loss).
-    let mut trainer = GpuTrainer::with_backend(trainer.into_backend(), &model).with_checkpoints();
+    // `--backend auto`'s trainer: every CHECKPOINT_EVERY-th step also reads
+    // the weights and Adam's moments back (its checkpoint after a device
+    // loss).
+    let mut trainer =
+        GpuTrainer::with_backend(trainer.into_backend(), &model).with_checkpoints(CHECKPOINT_EVERY);
     let checkpointed = time(steps, || {
         trainer.step(&graph, &pairs, lr).expect("GPU step")
     });

@@ -5,6 +5,7 @@
 // each weight divided by (sum + 1e-16) and the messages summed in edge order
 // straight into `out`; bias and optional ReLU last.
 //!include common.wgsl
+//!include train_exp.wgsl
 
 struct Params {
     n_dst: u32,
@@ -61,7 +62,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     var denom = 0.0f;
     for (var e = begin; e < end; e++) {
         let slot = p.alpha0 + e * p.heads + head;
-        let v = exp(alpha[slot] - max_logit);
+        let v = portable_exp(alpha[slot] - max_logit);
         alpha[slot] = v;
         denom += v;
     }

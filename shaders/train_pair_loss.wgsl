@@ -3,6 +3,7 @@
 // weighted by pos_weight, both the loss term and d loss / d logit divided by
 // the number of pairs. Twin: src/train/kernels.rs (`pair_loss_at`).
 //!include common.wgsl
+//!include train_exp.wgsl
 
 struct Params {
     n_pairs: u32,
@@ -36,7 +37,7 @@ fn log1p_unit(y: f32) -> f32 {
 
 // log(1 + exp(v)) without overflow.
 fn softplus(v: f32) -> f32 {
-    return max(v, 0.0) + log1p_unit(exp(-abs(v)));
+    return max(v, 0.0) + log1p_unit(portable_exp(-abs(v)));
 }
 
 @compute @workgroup_size(WG)
@@ -52,7 +53,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         logit += z_tx[p.tx0 + s * p.dim + c] * z_bd[p.bd0 + d * p.dim + c];
     }
     // exp overflows above 88.7; past 88 the sigmoid is 0 to f32 precision.
-    let sigmoid = 1.0 / (1.0 + exp(min(-logit, 88.0)));
+    let sigmoid = 1.0 / (1.0 + portable_exp(min(-logit, 88.0)));
     let n = f32(p.n_pairs);
     if (i < p.n_pos) {
         out[p.loss0 + i] = p.pos_weight * softplus(-logit) / n;

@@ -106,17 +106,23 @@ impl TrainEngine for CpuEngine {
 pub enum OnGpuError {
     /// Return the error (`--backend gpu`).
     Fail,
-    /// Warn and go on on the CPU from the last completed step, for the rest
-    /// of the run (`--backend auto`). Each step then reads the weights and
-    /// Adam's moments back with its loss, since a lost device takes its
-    /// memory with it.
+    /// Warn and go on on the CPU, for the rest of the run (`--backend
+    /// auto`): from the last checkpoint (the weights and Adam's moments,
+    /// read back with the loss every [`CHECKPOINT_EVERY`] steps and
+    /// whenever the weights are read, since a lost device takes its memory
+    /// with it), replaying on the CPU the steps the GPU completed since.
     ResumeOnCpu,
 }
+
+/// Steps between the checkpoints of [`OnGpuError::ResumeOnCpu`]: fewer
+/// steps than this are replayed on the CPU after a lost device, and the
+/// engine keeps their windows in memory until the next checkpoint.
+pub const CHECKPOINT_EVERY: u32 = 16;
 
 /// [`TrainEngine`] on a GPU: a [`GpuTrainer`] (weights, moments and
 /// activations on the device), and after a failed step under
 /// [`OnGpuError::ResumeOnCpu`] a [`CpuEngine`] that goes on from the last
-/// completed step.
+/// checkpoint, replaying the steps since.
 pub struct GpuEngine {
     gpu: Option<GpuTrainer>,
     cpu: Option<CpuEngine>,
@@ -124,17 +130,34 @@ pub struct GpuEngine {
     config: AdamConfig,
     /// The GPU, as `describe` put it while it ran.
     gpu_name: String,
-    /// Steps the GPU completed before the CPU took over.
+    /// Steps of the checkpoint the CPU took over from.
     cpu_from: Option<u32>,
+    /// Under [`OnGpuError::ResumeOnCpu`]: the windows and learning rates of
+    /// the steps the GPU completed since its last checkpoint.
+    since_checkpoint: Vec<(Batch, f32)>,
 }
 
 impl GpuEngine {
-    /// An engine that starts from `model` with fresh Adam moments on `gpu`.
+    /// An engine that starts from `model` with fresh Adam moments on `gpu`;
+    /// under [`OnGpuError::ResumeOnCpu`] with a checkpoint every
+    /// [`CHECKPOINT_EVERY`] steps.
     pub fn new(gpu: GpuBackend, model: Model, config: AdamConfig, on_error: OnGpuError) -> Self {
+        Self::with_checkpoint_every(gpu, model, config, on_error, CHECKPOINT_EVERY)
+    }
+
+    /// As [`GpuEngine::new`] with a checkpoint every `every` steps under
+    /// [`OnGpuError::ResumeOnCpu`].
+    pub fn with_checkpoint_every(
+        gpu: GpuBackend,
+        model: Model,
+        config: AdamConfig,
+        on_error: OnGpuError,
+        every: u32,
+    ) -> Self {
         let gpu_name = gpu.describe();
         let mut trainer = GpuTrainer::with_backend(gpu, &model).with_adam(config);
         if on_error == OnGpuError::ResumeOnCpu {
-            trainer = trainer.with_checkpoints();
+            trainer = trainer.with_checkpoints(every);
         }
         Self {
             gpu: Some(trainer),
@@ -143,6 +166,7 @@ impl GpuEngine {
             config,
             gpu_name,
             cpu_from: None,
+            since_checkpoint: Vec::new(),
         }
     }
 
@@ -151,13 +175,21 @@ impl GpuEngine {
         self.gpu.as_ref()
     }
 
-    /// Steps the GPU completed before the CPU took over, if it did.
+    /// Steps of the checkpoint the CPU took over from, if it did: the CPU
+    /// computed every step after it (replaying those the GPU had done).
     pub fn cpu_from_step(&self) -> Option<u32> {
         self.cpu_from
     }
 
+    /// Steps the GPU completed since its last checkpoint (what a lost
+    /// device would make the CPU replay).
+    pub fn steps_since_checkpoint(&self) -> usize {
+        self.since_checkpoint.len()
+    }
+
     /// Handles the GPU's `error`: returned under [`OnGpuError::Fail`], else
-    /// the CPU engine takes over from the last checkpoint.
+    /// the CPU engine takes over from the last checkpoint and replays the
+    /// steps since.
     fn on_gpu_error(&mut self, error: GpuError) -> Result<&mut CpuEngine> {
         if self.on_error == OnGpuError::Fail {
             return Err(anyhow::Error::new(error)
@@ -171,10 +203,19 @@ impl GpuEngine {
             .checkpoint()
             .cloned()
             .context("the GPU trainer kept no checkpoint")?;
-        log::warn!(
-            "{error}; training goes on on the CPU from step {} (the last completed one)",
-            state.steps
-        );
+        let replay = std::mem::take(&mut self.since_checkpoint);
+        let done = state.steps as usize + replay.len();
+        if replay.is_empty() {
+            log::warn!(
+                "{error}; training goes on on the CPU from step {done} (the last completed one)"
+            );
+        } else {
+            log::warn!(
+                "{error}; training goes on on the CPU from the checkpoint of step {}, replaying steps {}–{done}",
+                state.steps,
+                state.steps + 1
+            );
+        }
         let adam = Adam::resume(
             self.config,
             state.steps,
@@ -183,7 +224,28 @@ impl GpuEngine {
             &state.second_moment,
         )?;
         self.cpu_from = Some(state.steps);
-        Ok(self.cpu.insert(CpuEngine::resume(state.model, adam)))
+        let cpu = self.cpu.insert(CpuEngine::resume(state.model, adam));
+        // The GPU returned these steps' losses already; the CPU's replay
+        // only rebuilds the weights and moments.
+        for (batch, lr) in &replay {
+            cpu.step(batch, *lr)?;
+        }
+        Ok(cpu)
+    }
+
+    /// After a completed GPU step on `batch`: what a lost device would
+    /// make the CPU replay.
+    fn completed_on_gpu(&mut self, batch: &Batch, lr: f32) {
+        let checkpointed = self
+            .gpu
+            .as_ref()
+            .and_then(|gpu| Some(gpu.checkpoint()?.steps == gpu.steps()))
+            .unwrap_or(true);
+        if checkpointed {
+            self.since_checkpoint.clear();
+        } else {
+            self.since_checkpoint.push((batch.clone(), lr));
+        }
     }
 
     fn cpu(&mut self) -> Result<&mut CpuEngine> {
@@ -195,7 +257,7 @@ impl TrainEngine for GpuEngine {
     fn describe(&self) -> String {
         match (&self.cpu, self.cpu_from) {
             (Some(cpu), Some(step)) => format!(
-                "{} for steps 1–{step}, then {} (the GPU failed)",
+                "{} for steps 1–{step}, then {} from its checkpoint (the GPU failed)",
                 self.gpu_name,
                 cpu.describe()
             ),
@@ -213,7 +275,10 @@ impl TrainEngine for GpuEngine {
     fn step(&mut self, batch: &Batch, lr: f32) -> Result<f32> {
         if let Some(gpu) = &mut self.gpu {
             match gpu.step(&batch.graph, &batch.pairs, lr) {
-                Ok(loss) => return Ok(loss),
+                Ok(loss) => {
+                    self.completed_on_gpu(batch, lr);
+                    return Ok(loss);
+                }
                 Err(e) => return self.on_gpu_error(e)?.step(batch, lr),
             }
         }
@@ -232,9 +297,17 @@ impl TrainEngine for GpuEngine {
 
     fn model(&mut self) -> Result<Model> {
         if let Some(gpu) = &mut self.gpu {
-            // The checkpoint holds the weights of the last step: no readback.
-            if let Some(state) = gpu.checkpoint() {
-                return Ok(state.model.clone());
+            if self.on_error == OnGpuError::ResumeOnCpu {
+                // The weights and the moments in one readback: a checkpoint
+                // too, so nothing before it is ever replayed.
+                match gpu.checkpoint_now() {
+                    Ok(state) => {
+                        let model = state.model.clone();
+                        self.since_checkpoint.clear();
+                        return Ok(model);
+                    }
+                    Err(e) => return self.on_gpu_error(e)?.model(),
+                }
             }
             match gpu.model() {
                 Ok(model) => return Ok(model),

@@ -31,6 +31,44 @@ fn leaky_relu_slope(v: f32) -> f32 {
     }
 }
 
+/// `exp(x)` as a fixed sequence of f32 operations (Cephes' `expf`:
+/// Cody–Waite reduction by ln 2, a degree-7 polynomial in fused
+/// multiply-adds, a scale by 2^n),
+/// within 1 ulp of the exact value. The training shaders compute the same
+/// operations (`shaders/train_exp.wgsl`), where the built-in `exp` is the
+/// driver's own approximation: GPU and CPU training then round alike.
+/// For `x ≤ 88.72283` (callers clamp); results below f32's smallest normal
+/// are 0, since GPUs may flush subnormals.
+#[inline]
+pub fn portable_exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MIN: f32 = -87.336_54;
+    let pow2 = |n: i32| f32::from_bits(((n + 127) as u32) << 23);
+    if x.is_nan() {
+        return x;
+    }
+    if x < MIN {
+        return 0.0;
+    }
+    // Every multiply-add is fused (`fma` in the shader): a GPU compiler may
+    // fuse a multiply and an add the source keeps apart, never split one.
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let mut r = (-n).mul_add(LN2_HI, x);
+    r = (-n).mul_add(LN2_LO, r);
+    let r2 = r * r;
+    let mut q = 1.987_569_1e-4f32;
+    q = q.mul_add(r, 1.398_199_9e-3);
+    q = q.mul_add(r, 8.333_452e-3);
+    q = q.mul_add(r, 4.166_579_6e-2);
+    q = q.mul_add(r, 1.666_666_5e-1);
+    q = q.mul_add(r, 0.5);
+    let e = q.mul_add(r2, r) + 1.0;
+    let k = n as i32;
+    let half = k / 2;
+    e * pow2(half) * pow2(k - half)
+}
+
 /// One invocation of the training forward: destination `dst`, head `head`.
 /// As PyG computes it: logits `att · leaky_relu(xl[src] + xr[dst])`, softmax
 /// over the incoming edges (max subtracted, 1e-16 added to the sum), weighted
@@ -66,7 +104,7 @@ pub fn gatv2_forward_at(
     let mut denom = 0.0f32;
     for e in begin..end {
         let slot = &mut alpha_dst[(e - begin) * heads + head];
-        *slot = (*slot - max).exp();
+        *slot = portable_exp(*slot - max);
         denom += *slot;
     }
     out.fill(0.0);
@@ -572,7 +610,7 @@ pub fn embedding_grad(tokens: &[u32], dh: &[f32], dim: usize, dtable: &mut [f32]
 /// `log(1 + exp(x))` without overflow.
 #[inline]
 fn softplus(x: f32) -> f32 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
+    x.max(0.0) + portable_exp(-x.abs()).ln_1p()
 }
 
 /// One invocation of the pair loss: pair `p` with logit `z_tx[s] · z_bd[d]`
@@ -593,7 +631,8 @@ pub fn pair_loss_at(
     for c in 0..dim {
         logit += z_tx[s * dim + c] * z_bd[d * dim + c];
     }
-    let sigmoid = 1.0 / (1.0 + (-logit).exp());
+    // exp overflows above 88.7; past 88 the sigmoid is 0 to f32 precision.
+    let sigmoid = 1.0 / (1.0 + portable_exp((-logit).min(88.0)));
     let n = n_pairs as f32;
     if positive {
         (

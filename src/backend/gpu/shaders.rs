@@ -22,8 +22,13 @@ pub const MIN_MAX_C: u32 = 8;
 pub const LARGEST_MAX_C: u32 = 256;
 
 /// Shader files that may be included.
-pub(crate) const INCLUDES: &[(&str, &str)] =
-    &[("common.wgsl", include_str!("../../../shaders/common.wgsl"))];
+pub(crate) const INCLUDES: &[(&str, &str)] = &[
+    ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
+    (
+        "train_exp.wgsl",
+        include_str!("../../../shaders/train_exp.wgsl"),
+    ),
+];
 
 /// Element type of a buffer in a shader variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,8 +4,9 @@
 //! the CPU trainer's order. Weights, Adam's moments, activations and
 //! gradients stay on the device between steps; [`GpuTrainer::model`] reads
 //! the weights back. With [`GpuTrainer::with_checkpoints`] (`--backend
-//! auto`) the step's readback also carries the weights and moments, so a
-//! lost device loses no completed step.
+//! auto`) every n-th step's readback also carries the weights and moments: a
+//! checkpoint from which the CPU can go on (replaying the steps since it)
+//! after a lost device.
 //!
 //! The arithmetic is that of [`crate::train::grad::loss_and_grad`] and
 //! [`crate::train::Adam`], kernel for kernel: the forward layers run the
@@ -650,9 +651,10 @@ pub struct GpuTrainer {
     failed: bool,
     config: AdamConfig,
     steps: u32,
-    /// Whether each step also reads back the weights and moments.
-    keep_checkpoints: bool,
-    /// The state after the last step, with `keep_checkpoints`.
+    /// Steps whose number is a multiple of this also read back the
+    /// weights and moments (a checkpoint).
+    checkpoint_every: Option<u32>,
+    /// The last checkpoint, with `checkpoint_every`.
     checkpoint: Option<TrainerState>,
 }
 
@@ -685,18 +687,19 @@ impl GpuTrainer {
             failed: false,
             config: AdamConfig::default(),
             steps: 0,
-            keep_checkpoints: false,
+            checkpoint_every: None,
             checkpoint: None,
         }
     }
 
-    /// Makes every step's readback also carry the weights and Adam's
-    /// moments after the update (three times the weights' bytes, in the
-    /// same readback as the loss), kept as [`GpuTrainer::checkpoint`]: what
-    /// going on elsewhere after a device loss needs, since the device's
-    /// memory is gone with it. Before the first step.
-    pub fn with_checkpoints(mut self) -> Self {
-        self.keep_checkpoints = true;
+    /// Makes the readback of every `every`-th step (steps `every`,
+    /// `2·every`, …) also carry the weights and Adam's moments after the
+    /// update (three times the weights' bytes, in the same readback as the
+    /// loss), kept as [`GpuTrainer::checkpoint`]: what going on elsewhere
+    /// after a device loss needs, since the device's memory is gone with
+    /// it. The other steps read back only the loss. Before the first step.
+    pub fn with_checkpoints(mut self, every: u32) -> Self {
+        self.checkpoint_every = Some(every.max(1));
         if self.steps == 0 {
             let zeros = crate::train::grad::zeros_like(&self.template);
             self.checkpoint = Some(TrainerState {
@@ -709,10 +712,23 @@ impl GpuTrainer {
         self
     }
 
-    /// With [`GpuTrainer::with_checkpoints`]: the state after the last
-    /// completed step (the starting one before the first step).
+    /// With [`GpuTrainer::with_checkpoints`]: the last checkpoint (the
+    /// starting state before the first step).
     pub fn checkpoint(&self) -> Option<&TrainerState> {
         self.checkpoint.as_ref()
+    }
+
+    /// Reads the state back now (one readback) and keeps it as the
+    /// checkpoint, unless the last one is of the current step.
+    pub fn checkpoint_now(&mut self) -> Result<&TrainerState, GpuError> {
+        if self
+            .checkpoint
+            .as_ref()
+            .is_none_or(|c| c.steps != self.steps)
+        {
+            self.checkpoint = Some(self.state()?);
+        }
+        Ok(self.checkpoint.as_ref().expect("kept just now"))
     }
 
     /// Uses Adam's constants `config` (before the first step).
@@ -783,7 +799,8 @@ impl GpuTrainer {
 
     /// One training step on `graph` and its `pairs` with learning rate `lr`:
     /// forward, loss, gradients and Adam's update on the device, in one
-    /// submission. Returns the loss (the one readback).
+    /// submission. Returns the loss (the one readback, which carries the
+    /// weights and moments too on a checkpoint step).
     pub fn step(&mut self, graph: &TileGraph, pairs: &Pairs, lr: f32) -> Result<f32, GpuError> {
         let stage = self.stage("training step", graph, pairs);
         let mut program = self.gpu.program(stage);
@@ -797,7 +814,8 @@ impl GpuTrainer {
             Some((&self.config, lr, t)),
             false,
         )?;
-        let state_at: Option<Vec<u64>> = self.keep_checkpoints.then(|| {
+        let checkpoint = self.checkpoint_every.is_some_and(|n| t.is_multiple_of(n));
+        let state_at: Option<Vec<u64>> = checkpoint.then(|| {
             [MODEL, ADAM_M, ADAM_V]
                 .iter()
                 .map(|&slot| program.readback(slot, 0, self.layout.len * 4))
