@@ -1140,6 +1140,7 @@ impl TranscriptLayout {
     /// The passthrough output columns (as [`Transcripts::passthrough`]) of
     /// consecutive batches holding rows `row0..`, with x, y in µm and the
     /// gene names of those rows; ids read as `kind` (`None`: row index).
+    #[allow(clippy::too_many_arguments)]
     pub fn output_columns(
         &self,
         spec: &InputSpec,

@@ -186,7 +186,7 @@ pub struct TableSink {
 
 enum SinkWriter {
     Parquet(Box<ArrowWriter<BufWriter<std::fs::File>>>),
-    Csv(arrow::csv::Writer<BufWriter<std::fs::File>>),
+    Csv(Box<arrow::csv::Writer<BufWriter<std::fs::File>>>),
 }
 
 impl TableSink {
@@ -200,11 +200,11 @@ impl TableSink {
                 schema,
                 Some(parquet_properties(ROW_GROUP, Vec::new())?),
             )?)),
-            TableFormat::Csv => SinkWriter::Csv(
+            TableFormat::Csv => SinkWriter::Csv(Box::new(
                 arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(BufWriter::new(file)),
-            ),
+            )),
         };
         Ok(TableSink {
             path: path.to_path_buf(),
