@@ -94,12 +94,12 @@ pub struct TrainingData {
     /// Own nucleus of each held-out transcript.
     pub held_out_nucleus: Vec<u32>,
     /// Validation graph: every kept transcript and nucleus, the training
-    /// belongs edges only, and the receptive field.
-    pub validation: TileGraph,
-    /// The validation graph with the receptive field of the held-out
+    /// belongs edges only, and the receptive field of the held-out
     /// transcripts only (the other rows empty): what validation scores, so
     /// that the forward pass computes only the rows those scores depend on.
-    pub held_out_graph: TileGraph,
+    pub validation: TileGraph,
+    /// The receptive field of every transcript (the negatives of a window).
+    receptive_field: ReceptiveField,
     /// Nucleus centroids.
     bd_centroid: Vec<[f64; 2]>,
     /// Transcripts by grid cell, for window queries.
@@ -167,7 +167,7 @@ impl TrainingData {
 
         let bd_x: Vec<f32> = nuclei.features.iter().flatten().copied().collect();
         debug_assert_eq!(bd_x.len(), n_bd * BD_FEATURES);
-        let validation = build_tile_graph(
+        let mut validation = build_tile_graph(
             TileNodes {
                 tx_pos: &prepared.pos,
                 tx_token: prepared.tokens.clone(),
@@ -178,7 +178,14 @@ impl TrainingData {
             },
             params,
         );
-        let held_out_graph = Self::held_out_graph(&validation, &held);
+        let receptive_field = validation
+            .receptive_field
+            .replace(ReceptiveField {
+                k: 0,
+                index: Vec::new(),
+            })
+            .expect("built with one");
+        validation.receptive_field = Some(Self::rows_of(&receptive_field, &held));
         let tx_xy: Vec<[f64; 2]> = prepared.pos.iter().map(|p| [p[0], p[1]]).collect();
         let mut extent = [
             f64::INFINITY,
@@ -216,25 +223,21 @@ impl TrainingData {
             held_out: held,
             held_out_nucleus,
             validation,
-            held_out_graph,
+            receptive_field,
             bd_centroid: nuclei.centroid.clone(),
             extent,
             counts,
         })
     }
 
-    /// `validation` with receptive-field rows only for the `held` transcripts.
-    fn held_out_graph(validation: &TileGraph, held: &[u32]) -> TileGraph {
-        let full = validation.receptive_field.as_ref().expect("built with one");
+    /// `full` with the rows of the `held` transcripts only (the others empty).
+    fn rows_of(full: &ReceptiveField, held: &[u32]) -> ReceptiveField {
         let mut index = vec![-1; full.index.len()];
         for &t in held {
             let row = t as usize * full.k..(t as usize + 1) * full.k;
             index[row.clone()].copy_from_slice(&full.index[row]);
         }
-        TileGraph {
-            receptive_field: Some(ReceptiveField { k: full.k, index }),
-            ..validation.clone()
-        }
+        ReceptiveField { k: full.k, index }
     }
 
     /// Side of the windows: `size`, capped by the larger side of the extent.
@@ -337,11 +340,7 @@ impl TrainingData {
             }
             // Negatives: the other receptive-field nuclei of each positive
             // transcript that lie in the window, then random nuclei of the window.
-            let rf = self
-                .validation
-                .receptive_field
-                .as_ref()
-                .expect("built with one");
+            let rf = &self.receptive_field;
             let mut negative = Vec::new();
             for &(s, d) in &positive {
                 let slots = &rf.index[tx[s as usize] as usize * rf.k..][..rf.k];
@@ -401,12 +400,9 @@ impl TrainingData {
         batch
     }
 
-    /// The receptive field of the validation graph.
+    /// The receptive field of every transcript of the sample.
     pub fn receptive_field(&self) -> &ReceptiveField {
-        self.validation
-            .receptive_field
-            .as_ref()
-            .expect("built with one")
+        &self.receptive_field
     }
 }
 

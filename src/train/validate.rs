@@ -24,7 +24,7 @@ pub struct Validation {
 
 /// Runs `model` on the validation graph with `backend` and scores the
 /// held-out transcripts. Only the held-out transcripts are scored
-/// ([`Backend::score_tile`] on [`TrainingData::held_out_graph`]), so the
+/// ([`Backend::score_tile`] on [`TrainingData::validation`]), so the
 /// forward pass skips the rows their scores do not depend on; the figures
 /// are those of the whole forward pass and scoring (a test checks it).
 pub fn validate(
@@ -33,7 +33,7 @@ pub fn validate(
     score_cut: f32,
     backend: &mut dyn Backend,
 ) -> Result<Validation> {
-    let best = backend.score_tile(model, &data.held_out_graph)?;
+    let best = backend.score_tile(model, &data.validation)?;
     let rf = data.receptive_field();
     let (mut correct, mut own_best, mut reach) = (0usize, 0usize, 0usize);
     for (&t, &own) in data.held_out.iter().zip(&data.held_out_nucleus) {

@@ -400,8 +400,8 @@ fn segment_train_trains_then_segments_with_that_model() {
 }
 
 /// Validation scores only the held-out transcripts (`score_tile` on
-/// `TrainingData::held_out_graph`, which skips the rows their scores do not
-/// depend on). Its figures must be exactly those of the definition, counted
+/// `TrainingData::validation`, whose receptive field holds their rows only,
+/// so that it skips the rows their scores do not depend on). Its figures must be exactly those of the definition, counted
 /// here: the whole forward pass over every transcript and nucleus of the
 /// validation graph, every transcript scored, then the held-out ones
 /// counted. The model is the shipped demo model (a trained one, so that
@@ -438,7 +438,7 @@ fn validation_figures_equal_those_of_the_whole_forward_pass() {
     let mut backend = CpuBackend::new();
 
     let embeddings = backend.forward(&model, &data.validation, false).unwrap();
-    let rf = data.validation.receptive_field.as_ref().unwrap();
+    let rf = data.receptive_field();
     let best = backend.score(&embeddings, rf).unwrap();
     let (mut correct, mut own_best, mut reach) = (0, 0, 0);
     for (&t, &own) in data.held_out.iter().zip(&data.held_out_nucleus) {
