@@ -100,6 +100,7 @@ pub fn segment(
     let prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
     seconds.push(("prepare", clock.elapsed().as_secs_f64()));
 
+    let overlap = score_tiles::Overlap::from_env(backend)?;
     let scores = score_tiles::run(
         &prepared,
         nuclei,
@@ -107,7 +108,7 @@ pub fn segment(
         &params.graph,
         backend,
         progress,
-        score_tiles::Overlap::from_env()?,
+        overlap,
     )?;
     seconds.push(("graphs", scores.graph_seconds));
     seconds.push(("model+score", scores.model_seconds));
