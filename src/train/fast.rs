@@ -78,7 +78,7 @@ fn leaky_relu_slope(u: f32) -> f32 {
 /// Whether the fast GATv2 kernels cover `gat` (channels a multiple of the
 /// lanes); otherwise the twins run.
 fn lanes_fit(gat: &Gat) -> bool {
-    gat.channels % LANES == 0
+    gat.channels.is_multiple_of(LANES)
 }
 
 /// Whether the CPU has AVX2 and FMA, for which the kernels' `*_simd`
