@@ -1,14 +1,14 @@
 //! Where a training step's arithmetic runs. The loop ([`super::run`]) only
 //! talks to a [`TrainEngine`]: it hands over a window's [`Batch`] and the
 //! learning rate, and asks for the weights when it validates or saves. The
-//! CPU engine runs [`super::grad`] and [`super::kernels`]; a GPU engine runs
-//! their shader twins and may keep weights, moments and activations on the
+//! CPU engine runs [`super::grad`] (over [`super::fast`]); a GPU engine runs
+//! the shader twins of [`super::kernels`] and may keep weights, moments and activations on the
 //! device between steps. [`open`] picks the engine `--backend` asks for.
 
 use anyhow::{Context, Result};
 
 use super::data::Batch;
-use super::grad::{loss_and_grad, zeros_like};
+use super::grad::{loss_and_grad_with, zeros_like, Buffers};
 use super::kernels::AdamConfig;
 use super::Adam;
 use crate::backend::gpu::{self, GpuBackend, GpuError, GpuTrainer};
@@ -47,6 +47,7 @@ pub struct CpuEngine {
     model: Model,
     grads: Model,
     adam: Adam,
+    bufs: Buffers,
 }
 
 impl CpuEngine {
@@ -64,6 +65,7 @@ impl CpuEngine {
             grads: zeros_like(&model),
             model,
             adam,
+            bufs: Buffers::default(),
         }
     }
 }
@@ -81,14 +83,26 @@ impl TrainEngine for CpuEngine {
         for (_, tensor) in super::params_mut(&mut self.grads) {
             tensor.fill(0.0);
         }
-        let loss = loss_and_grad(&self.model, &batch.graph, &batch.pairs, &mut self.grads);
+        let loss = loss_and_grad_with(
+            &mut self.bufs,
+            &self.model,
+            &batch.graph,
+            &batch.pairs,
+            &mut self.grads,
+        );
         self.adam.update(&mut self.model, &mut self.grads, lr);
         Ok(loss)
     }
 
     fn loss_and_grad(&mut self, batch: &Batch) -> Result<(f32, Model)> {
         let mut grads = zeros_like(&self.model);
-        let loss = loss_and_grad(&self.model, &batch.graph, &batch.pairs, &mut grads);
+        let loss = loss_and_grad_with(
+            &mut self.bufs,
+            &self.model,
+            &batch.graph,
+            &batch.pairs,
+            &mut grads,
+        );
         Ok((loss, grads))
     }
 

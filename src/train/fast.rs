@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::REDUCE_ROWS;
+use super::kernels::{portable_exp, REDUCE_ROWS};
 use crate::graph::Csr;
 use crate::kernels::gatv2::{Gat, NEGATIVE_SLOPE, SOFTMAX_EPS};
 use crate::kernels::linear::{self, Linear};
@@ -78,7 +78,7 @@ fn leaky_relu_slope(u: f32) -> f32 {
 /// Whether the fast GATv2 kernels cover `gat` (channels a multiple of the
 /// lanes); otherwise the twins run.
 fn lanes_fit(gat: &Gat) -> bool {
-    gat.channels % LANES == 0
+    gat.channels.is_multiple_of(LANES)
 }
 
 /// Whether the CPU has AVX2 and FMA, for which the kernels' `*_simd`
@@ -200,7 +200,7 @@ fn forward_destination(
         let mut denom = 0.0f32;
         for i in 0..sources.len() {
             let slot = &mut alpha_dst[i * heads + head];
-            *slot = (*slot - max).exp();
+            *slot = portable_exp(*slot - max);
             denom += *slot;
         }
         for i in 0..sources.len() {

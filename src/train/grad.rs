@@ -1,7 +1,8 @@
 //! One training step's arithmetic on the CPU: the forward pass keeping what
 //! the backward pass needs, the pair loss, and the gradient of every
 //! parameter (docs/contract.md, training section). Gradients are held in a
-//! [`Model`] of the same shape, laid out as the weights are.
+//! [`Model`] of the same shape, laid out as the weights are. The heavy
+//! kernels are [`super::fast`]'s; the GPU runs the twins in [`super::kernels`].
 
 use rayon::prelude::*;
 
@@ -86,7 +87,47 @@ fn gat_of(w: &GatWeights, relu: bool) -> Gat<'_> {
     }
 }
 
+/// Float buffers kept from one step to the next: a step reuses the last
+/// step's memory instead of faulting in fresh pages from the system (about a
+/// tenth of a step's time otherwise). Contents never carry over: every
+/// buffer handed out is zeroed.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    free: Vec<Vec<f32>>,
+}
+
+impl Buffers {
+    /// `n` zeros, in the smallest free buffer that holds them (else the largest, grown).
+    fn zeros(&mut self, n: usize) -> Vec<f32> {
+        let fits = |v: &Vec<f32>| v.capacity() >= n;
+        let pick = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| fits(v))
+            .min_by_key(|(_, v)| v.capacity())
+            .or_else(|| {
+                self.free
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, v)| v.capacity())
+            })
+            .map(|(i, _)| i);
+        let mut v = pick.map_or_else(Vec::new, |i| self.free.swap_remove(i));
+        v.clear();
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// Takes `v` back for later steps.
+    fn give(&mut self, v: Vec<f32>) {
+        self.free.push(v);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn project(
+    bufs: &mut Buffers,
     x: &[f32],
     rows: Option<&[u32]>,
     n: usize,
@@ -95,7 +136,7 @@ fn project(
     in_dim: usize,
     out_dim: usize,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; n * out_dim];
+    let mut out = bufs.zeros(n * out_dim);
     linear::linear(
         x,
         rows,
@@ -111,7 +152,9 @@ fn project(
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_forward(
+    bufs: &mut Buffers,
     w: &GatWeights,
     relu: bool,
     src: &[f32],
@@ -122,15 +165,33 @@ fn conv_forward(
 ) -> (Vec<f32>, ConvCache) {
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
-    let xl = project(src, src_rows, n_src, &w.lin_l_wt, &w.lin_l_b, w.in_dim, hc);
-    let xr = project(dst, None, n_dst, &w.lin_r_wt, &w.lin_r_b, w.in_dim, hc);
-    let mut out = vec![0.0; n_dst * hc];
-    let mut alpha = vec![0.0; csr.n_edges() * w.heads];
+    let xl = project(
+        bufs,
+        src,
+        src_rows,
+        n_src,
+        &w.lin_l_wt,
+        &w.lin_l_b,
+        w.in_dim,
+        hc,
+    );
+    let xr = project(
+        bufs,
+        dst,
+        None,
+        n_dst,
+        &w.lin_r_wt,
+        &w.lin_r_b,
+        w.in_dim,
+        hc,
+    );
+    let mut out = bufs.zeros(n_dst * hc);
+    let mut alpha = bufs.zeros(csr.n_edges() * w.heads);
     fast::gatv2_forward(&gat_of(w, relu), &xl, &xr, csr, &mut out, &mut alpha);
     (out, ConvCache { xl, xr, alpha })
 }
 
-fn forward(model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
+fn forward(bufs: &mut Buffers, model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
     let n_tx = graph.n_tx();
     let InputLayer {
         bd_x,
@@ -143,6 +204,7 @@ fn forward(model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
     for layer in &model.layers {
         let (h_tx, h_bd) = (tx.last().expect("input"), bd.last().expect("input"));
         let (next_tx, tt) = conv_forward(
+            bufs,
             &layer.neighbors,
             layer.relu,
             h_tx,
@@ -152,6 +214,7 @@ fn forward(model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
             &graph.neighbors,
         );
         let (next_bd, tb) = conv_forward(
+            bufs,
             &layer.belongs,
             layer.relu,
             h_tx,
@@ -190,6 +253,7 @@ struct ConvBack {
 /// Backward of one relation. `g` is d loss / d output (ReLU mask applied).
 #[allow(clippy::too_many_arguments)]
 fn conv_backward(
+    bufs: &mut Buffers,
     w: &GatWeights,
     dw: &mut GatWeights,
     cache: &ConvCache,
@@ -205,9 +269,9 @@ fn conv_backward(
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
     kernels::column_sums(g, hc, &mut dw.bias);
-    let mut dxr = vec![0.0; n_dst * hc];
-    let mut dxl = vec![0.0; n_src * hc];
-    let mut datt_dst = vec![0.0; n_dst * hc];
+    let mut dxr = bufs.zeros(n_dst * hc);
+    let mut dxl = bufs.zeros(n_src * hc);
+    let mut datt_dst = bufs.zeros(n_dst * hc);
     fast::gatv2_backward(
         &gat_of(w, false),
         &cache.xl,
@@ -224,6 +288,7 @@ fn conv_backward(
         },
     );
     kernels::column_sums(&datt_dst, hc, &mut dw.att);
+    bufs.give(datt_dst);
     fast::linear_weight_grad(
         src,
         src_rows,
@@ -242,18 +307,32 @@ fn conv_backward(
         &mut dw.lin_r_wt,
         Some(&mut dw.lin_r_b),
     );
-    let mut d_src = vec![0.0; n_src * w.in_dim];
+    let mut d_src = bufs.zeros(n_src * w.in_dim);
     fast::linear_input_grad(&dxl, &w.lin_l_wt, w.in_dim, hc, &mut d_src);
-    let mut d_dst = vec![0.0; n_dst * w.in_dim];
+    let mut d_dst = bufs.zeros(n_dst * w.in_dim);
     fast::linear_input_grad(&dxr, &w.lin_r_wt, w.in_dim, hc, &mut d_dst);
+    bufs.give(dxl);
+    bufs.give(dxr);
     ConvBack { d_src, d_dst }
 }
 
 /// The loss of one graph and its pairs, and (added to `grads`) the gradient
 /// of every parameter. Returns the loss.
 pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mut Model) -> f32 {
+    loss_and_grad_with(&mut Buffers::default(), model, graph, pairs, grads)
+}
+
+/// [`loss_and_grad`] with its float buffers taken from (and returned to)
+/// `bufs`, for a loop of steps; the results do not depend on `bufs`.
+pub fn loss_and_grad_with(
+    bufs: &mut Buffers,
+    model: &Model,
+    graph: &TileGraph,
+    pairs: &Pairs,
+    grads: &mut Model,
+) -> f32 {
     let structure = Structure::of(graph);
-    let fwd = forward(model, graph, &structure);
+    let fwd = forward(bufs, model, graph, &structure);
     let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
     let dim = model.arch.z_dim();
     let z_tx = fwd.tx.last().expect("output");
@@ -281,11 +360,11 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
     let bd_of: Vec<u32> = all.iter().map(|p| p.1).collect();
     let pairs_by_tx = Csr::from_edges(n_tx, (0..all.len() as u32).map(|p| (p, tx_of[p as usize])));
     let pairs_by_bd = Csr::from_edges(n_bd, (0..all.len() as u32).map(|p| (p, bd_of[p as usize])));
-    let mut d_tx = vec![0.0; n_tx * dim];
+    let mut d_tx = bufs.zeros(n_tx * dim);
     d_tx.par_chunks_mut(dim).enumerate().for_each(|(t, row)| {
         kernels::pair_grad_at(&pairs_by_tx, &bd_of, &d_logit, z_bd, dim, t, row)
     });
-    let mut d_bd = vec![0.0; n_bd * dim];
+    let mut d_bd = bufs.zeros(n_bd * dim);
     d_bd.par_chunks_mut(dim).enumerate().for_each(|(b, row)| {
         kernels::pair_grad_at(&pairs_by_bd, &tx_of, &d_logit, z_tx, dim, b, row)
     });
@@ -299,6 +378,7 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
         let layer_grads = &mut grads.layers[l];
         let (h_tx, h_bd) = (&fwd.tx[l], &fwd.bd[l]);
         let back_tt = conv_backward(
+            bufs,
             &layer.neighbors,
             &mut layer_grads.neighbors,
             tt,
@@ -312,6 +392,7 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
             &structure.neighbors_dst,
         );
         let back_tb = conv_backward(
+            bufs,
             &layer.belongs,
             &mut layer_grads.belongs,
             tb,
@@ -339,8 +420,10 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
                 *v += d;
             }
         }
-        d_tx = next_tx;
-        d_bd = back_tb.d_dst;
+        bufs.give(back_tt.d_dst);
+        bufs.give(back_tb.d_src);
+        bufs.give(std::mem::replace(&mut d_tx, next_tx));
+        bufs.give(std::mem::replace(&mut d_bd, back_tb.d_dst));
     }
     // Layer 0: ReLU of the embedding and of lin0.
     kernels::relu_backward(&mut d_tx, &fwd.tx[0]);
@@ -356,5 +439,14 @@ pub fn loss_and_grad(model: &Model, graph: &TileGraph, pairs: &Pairs, grads: &mu
         &mut grads.lin0_bd_wt,
         None,
     );
+    let Forward { tx, bd, convs, .. } = fwd;
+    for v in tx.into_iter().chain(bd).chain([d_tx, d_bd]) {
+        bufs.give(v);
+    }
+    for cache in convs.into_iter().flat_map(|(tt, tb)| [tt, tb]) {
+        for v in [cache.xl, cache.xr, cache.alpha] {
+            bufs.give(v);
+        }
+    }
     loss
 }

@@ -2,8 +2,9 @@
 //! (docs/contract.md §12). [`data`] reads the slide into whole-sample graphs
 //! and draws the random windows, [`session`] is the loop, which runs each
 //! step on a [`engine::TrainEngine`] ([`engine::CpuEngine`]: [`grad`], one
-//! step's forward and backward, over [`kernels`], the twins-to-be of the
-//! training shaders, and [`Adam`]); [`validate`] scores the held-out nuclear
+//! step's forward and backward, over [`fast`], the CPU's kernels, and
+//! [`Adam`]; [`kernels`] holds the twins of the training shaders, the GPU's
+//! reference, which [`fast`] agrees with up to rounding); [`validate`] scores the held-out nuclear
 //! transcripts; [`command`] is `seggpu train` and `segment --train`.
 
 pub mod command;
