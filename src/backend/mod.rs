@@ -86,6 +86,12 @@ pub trait Backend {
     /// Human-readable name, with the adapter for GPU backends.
     fn describe(&self) -> String;
 
+    /// Whether the model runs on a GPU (not the CPU), so that building the
+    /// next tile's graphs on the CPU meanwhile does not compete with it.
+    fn runs_on_gpu(&self) -> bool {
+        false
+    }
+
     /// Runs the model over `graph`. With `keep_layers`, also returns every
     /// intermediate activation (for parity checks).
     fn forward(

@@ -79,7 +79,7 @@ impl Overlap {
     /// and overlapping them measured no faster at 10M transcripts.
     pub fn from_env(backend: &dyn Backend) -> Result<Self> {
         let auto = || {
-            if backend.describe().starts_with("gpu:") {
+            if backend.runs_on_gpu() {
                 Overlap::On
             } else {
                 Overlap::Off
@@ -328,10 +328,11 @@ pub fn run(
     })?;
     bar.finish_and_clear();
     log::info!(
-        "score: graphs built in {:.2} s, the backend waited {:.2} s for them and worked {:.2} s ({overlap:?} overlap)",
+        "score: graphs built in {:.2} s, the backend waited {:.2} s for them and worked {:.2} s (overlap {})",
         clock.built,
         clock.graph,
-        clock.model
+        clock.model,
+        if overlap == Overlap::On { "on" } else { "off" },
     );
     Ok(TileScores {
         best_score,

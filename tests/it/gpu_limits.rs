@@ -264,6 +264,7 @@ fn auto_backend_redoes_failed_tiles_on_the_cpu() {
 
     let mut no_gpu = AutoBackend::with(None);
     assert!(no_gpu.describe().starts_with("cpu"));
+    assert!(!no_gpu.runs_on_gpu(), "overlap's auto setting reads this");
     assert_eq!(
         no_gpu.forward(&fx.model, &fx.graph, false).unwrap().z_tx,
         expected.z_tx
@@ -278,6 +279,7 @@ fn auto_backend_redoes_failed_tiles_on_the_cpu() {
     };
     let mut auto = AutoBackend::with(Some(gpu));
     assert!(auto.describe().starts_with("gpu"), "{}", auto.describe());
+    assert!(auto.runs_on_gpu());
     let got = auto.forward(&fx.model, &fx.graph, false).unwrap();
     assert_eq!(got.z_tx, expected.z_tx);
     assert_eq!(got.z_bd, expected.z_bd);
@@ -326,4 +328,8 @@ fn device_loss_is_reported_and_auto_continues_on_the_cpu() {
     assert_eq!(got.z_tx, expected.z_tx);
     assert!(auto.gpu().is_none(), "a lost device is dropped");
     assert!(auto.describe().starts_with("cpu"));
+    assert!(
+        !auto.runs_on_gpu(),
+        "after a device loss the tiles run on the CPU"
+    );
 }

@@ -77,6 +77,10 @@ impl AutoBackend {
 }
 
 impl Backend for AutoBackend {
+    fn runs_on_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
     fn describe(&self) -> String {
         match &self.gpu {
             Some(gpu) => gpu.describe(),

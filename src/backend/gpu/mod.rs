@@ -437,6 +437,10 @@ fn check_receptive_field(stage: &str, rf: &ReceptiveField, n_tx: usize) -> Resul
 }
 
 impl Backend for GpuBackend {
+    fn runs_on_gpu(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let a = self.adapter();
         format!(
