@@ -216,24 +216,6 @@ fn score_built(
     Ok(())
 }
 
-/// Scores the tile of core `cell` (see [`build_tile`]): the best nucleus of
-/// every transcript it owns that has a candidate.
-#[allow(clippy::too_many_arguments)]
-pub fn score_tile(
-    source: &TileSource,
-    cell: Cell,
-    nuclei: &Nuclei,
-    model: &Model,
-    params: &GraphParams,
-    backend: &mut dyn Backend,
-    clock: &mut ScoreClock,
-    out: &mut Vec<OwnedBest>,
-) -> Result<()> {
-    let tile = build_tile(source, cell, nuclei, params);
-    clock.graph += tile.seconds;
-    score_built(&tile, model, backend, clock, out)
-}
-
 /// Scores `tiles` in order and hands each tile's owned best matches to
 /// `merge`, in the same order. With [`Overlap::On`] the next tile is taken
 /// from `tiles` (built, and read where the iterator reads) on the rayon pool

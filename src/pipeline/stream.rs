@@ -20,7 +20,7 @@ use super::prepare::{self, Prepared};
 use super::progress::Progress;
 use super::report;
 use super::report::Assignment;
-use super::score_tiles::{self, OwnedBest, ScoreClock, TileScores, TileSource};
+use super::score_tiles::{self, Overlap, OwnedBest, ScoreClock, TileScores, TileSource};
 use super::{SegmentParams, Segmentation, Summary, UnknownGenes};
 use crate::backend::{Backend, FragmentSlots};
 use crate::io::{
@@ -567,6 +567,7 @@ fn score_stage(
     work: &mut Work,
 ) -> Result<TileScores> {
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
+    let overlap = score_tiles::Overlap::from_env(backend)?;
     let mut scores = TileScores {
         best_score: vec![f32::NAN; n_kept],
         best_index: vec![-1; n_kept],
@@ -606,6 +607,7 @@ fn score_stage(
                 model,
                 params,
                 backend,
+                overlap,
                 &mut work.clock,
             )?;
             let mut bytes = Vec::with_capacity(found.len() * 12);
@@ -764,7 +766,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Scores the tiles of one bucket from its records (its own and its
 /// margin's); returns (kept index, score, nucleus) of the owned transcripts
-/// with a candidate.
+/// with a candidate. With `overlap`, a tile's graphs are built while the
+/// backend scores the one before (as in the in-memory path).
 #[allow(clippy::too_many_arguments)]
 fn score_bucket(
     records: &[Record],
@@ -775,6 +778,7 @@ fn score_bucket(
     model: &Model,
     params: &SegmentParams,
     backend: &mut dyn Backend,
+    overlap: Overlap,
     work: &mut ScoreClock,
 ) -> Result<Vec<(u32, f32, i32)>> {
     let flat: Vec<[f64; 2]> = records.iter().map(|r| [r.pos[0], r.pos[1]]).collect();
@@ -792,18 +796,18 @@ fn score_bucket(
         bd_members,
     };
     let mut found: Vec<OwnedBest> = Vec::new();
-    for &tile in bucket_tiles {
-        score_tiles::score_tile(
+    let built = bucket_tiles.iter().map(|&tile| {
+        Ok(score_tiles::build_tile(
             &source,
             tile,
             nuclei,
-            model,
             &params.graph,
-            backend,
-            work,
-            &mut found,
-        )?;
-    }
+        ))
+    });
+    score_tiles::score_all(built, overlap, model, backend, work, |_, owned| {
+        found.extend_from_slice(owned);
+        Ok(())
+    })?;
     Ok(found
         .into_iter()
         .map(|(local, s, n)| (records[local as usize].kept, s, n))

@@ -333,6 +333,38 @@ fn xenium_args(input: &Path, model: &Path) -> Vec<String> {
 }
 
 #[test]
+fn overlapped_tiles_within_a_bucket_give_the_same_outputs() {
+    // The in-memory run on the CPU scores tile after tile (SEGGPU_OVERLAP's
+    // auto); the bucketed one builds each bucket's next tile while the
+    // backend scores the current one.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
+    let args = xenium_args(&input, &demo_model());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let flags = ["--tile-size", "60", "--outputs", "transcripts,cells"];
+    let memory = tmp.path().join("memory");
+    assert_success(&segment_cpu(&args, &memory, &flags));
+    let overlapped = tmp.path().join("overlapped");
+    let run = seggpu()
+        .arg("segment")
+        .args(&args)
+        .arg("--out")
+        .arg(&overlapped)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(flags)
+        .args(["--max-memory", "2G", "--bucket-tiles", "2"])
+        .env("SEGGPU_OVERLAP", "on")
+        .output()
+        .expect("run seggpu");
+    assert_success(&run);
+    assert_same_outputs(&memory, &overlapped);
+    let facts = &log(&overlapped)["streaming"];
+    println!("{facts}");
+    assert_eq!(facts["bucket_tiles"], 2, "{facts}");
+    assert!(facts["buckets"].as_u64().unwrap() >= 2, "{facts}");
+}
+
+#[test]
 fn a_run_killed_half_way_resumes_to_the_same_outputs() {
     killed_half_way_and_resumed("transcripts,cells,polygons");
 }
