@@ -98,6 +98,39 @@ fn spill_left(dir: &Path) -> bool {
     })
 }
 
+/// The input flags of the real Xenium crop in tests/data, with `model` (a
+/// file there).
+fn xenium_crop(model: &str) -> Vec<String> {
+    let path = |p: &str| data_path(p).to_str().unwrap().to_string();
+    vec![
+        "--transcripts".into(),
+        path("xenium_breast_spatialdata/points.parquet"),
+        "--boundaries".into(),
+        path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet"),
+        "--model".into(),
+        path(model),
+    ]
+}
+
+/// The input flags of the real MERSCOPE crop in tests/data, with its model.
+fn merscope_crop() -> Vec<String> {
+    let path = |p: &str| data_path(p).to_str().unwrap().to_string();
+    vec![
+        "--transcripts".into(),
+        path("merscope_mouse_brain_mini/vizgen_transcripts.gz"),
+        "--boundaries".into(),
+        path("merscope_mouse_brain_mini/z0_polygons.gz"),
+        "--boundary-y-scale".into(),
+        "-1".into(),
+        "--model".into(),
+        path("merscope_mouse_brain_model.safetensors"),
+    ]
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// Runs `input` in memory and bucketed (one tile per bucket) and compares.
 fn in_memory_and_bucketed_agree(input: &[&str], extra: &[&str], least_buckets: u64) {
     let tmp = tempfile::tempdir().unwrap();
@@ -134,18 +167,9 @@ fn the_demo_gives_the_same_outputs_bucketed() {
 
 #[test]
 fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
-    let points = data_path("xenium_breast_spatialdata/points.parquet");
-    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
-    let model = data_path("xenium_breast_model.safetensors");
+    let input = xenium_crop("xenium_breast_model.safetensors");
     in_memory_and_bucketed_agree(
-        &[
-            "--transcripts",
-            points.to_str().unwrap(),
-            "--boundaries",
-            nuclei.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-        ],
+        &strs(&input),
         &[
             "--tile-size",
             "60",
@@ -158,20 +182,9 @@ fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
 
 #[test]
 fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
-    let points = data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz");
-    let nuclei = data_path("merscope_mouse_brain_mini/z0_polygons.gz");
-    let model = data_path("merscope_mouse_brain_model.safetensors");
+    let input = merscope_crop();
     in_memory_and_bucketed_agree(
-        &[
-            "--transcripts",
-            points.to_str().unwrap(),
-            "--boundaries",
-            nuclei.to_str().unwrap(),
-            "--boundary-y-scale",
-            "-1",
-            "--model",
-            model.to_str().unwrap(),
-        ],
+        &strs(&input),
         &[
             "--tile-size",
             "60",
@@ -245,45 +258,21 @@ fn a_simulated_sample_is_read_and_written_in_batches_with_the_same_outputs() {
     let tmp = tempfile::tempdir().unwrap();
     let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
     let args = xenium_args(&input, &demo_model());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = strs(&args);
     in_memory_and_batched_agree(&args, &["--tile-size", "100"], 4);
 }
 
 #[test]
 fn the_real_xenium_crop_is_read_and_written_in_batches_with_the_same_outputs() {
-    let points = data_path("xenium_breast_spatialdata/points.parquet");
-    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
-    let model = data_path("xenium_breast_model.safetensors");
-    in_memory_and_batched_agree(
-        &[
-            "--transcripts",
-            points.to_str().unwrap(),
-            "--boundaries",
-            nuclei.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-        ],
-        &["--tile-size", "60"],
-        10,
-    );
+    let input = xenium_crop("xenium_breast_model.safetensors");
+    in_memory_and_batched_agree(&strs(&input), &["--tile-size", "60"], 10);
 }
 
 #[test]
 fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outputs() {
-    let points = data_path("merscope_mouse_brain_mini/vizgen_transcripts.gz");
-    let nuclei = data_path("merscope_mouse_brain_mini/z0_polygons.gz");
-    let model = data_path("merscope_mouse_brain_model.safetensors");
+    let input = merscope_crop();
     in_memory_and_batched_agree(
-        &[
-            "--transcripts",
-            points.to_str().unwrap(),
-            "--boundaries",
-            nuclei.to_str().unwrap(),
-            "--boundary-y-scale",
-            "-1",
-            "--model",
-            model.to_str().unwrap(),
-        ],
+        &strs(&input),
         &["--tile-size", "60", "--table-format", "csv"],
         50,
     );
@@ -292,17 +281,8 @@ fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outpu
 #[test]
 fn reading_in_batches_stops_with_the_errors_of_the_in_memory_path() {
     // The Xenium crop with the MERSCOPE model: genes the model does not know.
-    let points = data_path("xenium_breast_spatialdata/points.parquet");
-    let nuclei = data_path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet");
-    let model = data_path("merscope_mouse_brain_model.safetensors");
-    let input = [
-        "--transcripts",
-        points.to_str().unwrap(),
-        "--boundaries",
-        nuclei.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ];
+    let input = xenium_crop("merscope_mouse_brain_model.safetensors");
+    let input = strs(&input);
     let tmp = tempfile::tempdir().unwrap();
     let flags = ["--outputs", "transcripts,cells"];
     let memory = segment_cpu(&input, &tmp.path().join("memory"), &flags);
@@ -340,7 +320,7 @@ fn overlapped_tiles_within_a_bucket_give_the_same_outputs() {
     let tmp = tempfile::tempdir().unwrap();
     let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
     let args = xenium_args(&input, &demo_model());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = strs(&args);
     let flags = ["--tile-size", "60", "--outputs", "transcripts,cells"];
     let memory = tmp.path().join("memory");
     assert_success(&segment_cpu(&args, &memory, &flags));
@@ -379,7 +359,7 @@ fn killed_half_way_and_resumed(outputs: &str) {
     let input = simulated(tmp.path());
     let model = demo_model();
     let args = xenium_args(&input, &model);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = strs(&args);
     let flags = [
         "--tile-size",
         "100",
