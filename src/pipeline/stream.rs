@@ -435,34 +435,26 @@ pub fn segment(
     seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
-    let assigned = assign::run(&scores, params.score_cut);
-    let fragments = match params.fragments {
-        Some(fragment_settings) => {
-            let fragment_params = fragment_params(params, fragment_settings, assigned.cut);
-            Some(bucketed_fragments(
-                &spill,
-                &plan,
-                &grid,
-                n_kept,
-                &assigned.assigned,
-                model,
-                &fragment_params,
-                backend,
-                reuse,
-                &mut work,
-                |labels, candidates| {
-                    Ok(fragments::name_components(
-                        labels,
-                        candidates,
-                        &prepared.kept,
-                        &transcripts.id_key,
-                        fragment_params.min_transcripts,
-                    ))
-                },
-            )?)
-        }
-        None => None,
-    };
+    let (assigned, fragments) = assign_and_fragments(
+        &spill,
+        &plan,
+        &grid,
+        &scores,
+        model,
+        params,
+        backend,
+        reuse,
+        &mut work,
+        |labels, candidates, min_transcripts| {
+            Ok(fragments::name_components(
+                labels,
+                candidates,
+                &prepared.kept,
+                &transcripts.id_key,
+                min_transcripts,
+            ))
+        },
+    )?;
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
 
     let facts = work.facts(
@@ -489,17 +481,46 @@ pub fn segment(
     Ok((result, transcripts, facts))
 }
 
-fn fragment_params(
+/// The score cut over every kept transcript's best score, then (when
+/// fragments are on) the fragment stage bucket by bucket; `name` names the
+/// components, given the smallest fragment.
+#[allow(clippy::too_many_arguments)]
+fn assign_and_fragments(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    grid: &TileGrid,
+    scores: &TileScores,
+    model: &Model,
     params: &SegmentParams,
-    settings: super::FragmentSettings,
-    score_cut: f32,
-) -> fragments::FragmentParams {
-    fragments::FragmentParams {
+    backend: &mut dyn Backend,
+    reuse: bool,
+    work: &mut Work,
+    name: impl FnOnce(&[u32], &[u32], usize) -> Result<(Vec<Option<u32>>, Vec<String>)>,
+) -> Result<(assign::Assigned, Option<Fragments>)> {
+    let assigned = assign::run(scores, params.score_cut);
+    let Some(settings) = params.fragments else {
+        return Ok((assigned, None));
+    };
+    let fragment_params = fragments::FragmentParams {
         k_tx: params.graph.k_tx,
         dist_tx: params.graph.dist_tx,
-        cut: settings.cut.unwrap_or(score_cut),
+        cut: settings.cut.unwrap_or(assigned.cut),
         min_transcripts: settings.min_transcripts,
-    }
+    };
+    let fragments = bucketed_fragments(
+        spill,
+        plan,
+        grid,
+        scores.best_score.len(),
+        &assigned.assigned,
+        model,
+        &fragment_params,
+        backend,
+        reuse,
+        work,
+        |labels, candidates| name(labels, candidates, settings.min_transcripts),
+    )?;
+    Ok((assigned, Some(fragments)))
 }
 
 /// Work counted over the bucket steps, for the log.
@@ -1437,36 +1458,27 @@ pub fn segment_file(
     seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
-    let assigned = assign::run(&scores, params.score_cut);
-    let fragments = match params.fragments {
-        Some(fragment_settings) => {
-            let fragment_params = fragment_params(params, fragment_settings, assigned.cut);
-            let min_transcripts = fragment_params.min_transcripts;
-            Some(bucketed_fragments(
-                &spill,
-                &plan,
-                &grid,
-                n_kept,
-                &assigned.assigned,
-                model,
-                &fragment_params,
-                backend,
-                reuse,
-                &mut work,
-                |labels, candidates| {
-                    name_fragments(
-                        layout,
-                        id_kind,
-                        &kept.rows,
-                        labels,
-                        candidates,
-                        min_transcripts,
-                    )
-                },
-            )?)
-        }
-        None => None,
-    };
+    let (assigned, fragments) = assign_and_fragments(
+        &spill,
+        &plan,
+        &grid,
+        &scores,
+        model,
+        params,
+        backend,
+        reuse,
+        &mut work,
+        |labels, candidates, min_transcripts| {
+            name_fragments(
+                layout,
+                id_kind,
+                &kept.rows,
+                labels,
+                candidates,
+                min_transcripts,
+            )
+        },
+    )?;
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
     let facts_spill = work.facts(
         settings,
