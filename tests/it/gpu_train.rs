@@ -11,15 +11,14 @@ use seggpu::backend::gpu::test_support::backend_or_skip;
 use seggpu::backend::gpu::{GpuBackend, GpuError, GpuOptions, GpuTrainer, LimitsMode};
 use seggpu::backend::Backend;
 use seggpu::defaults;
-use seggpu::graph::build::GraphParams;
 use seggpu::graph::{Csr, TileGraph};
 use seggpu::io::args::InputArgs;
 use seggpu::io::{check_membership, read_nuclei, read_transcripts};
 use seggpu::kernels::gatv2::Gat;
 use seggpu::model::Model;
 use seggpu::model::{Architecture, BdFeatureMode};
+use seggpu::pipeline::prepare;
 use seggpu::pipeline::progress::Progress;
-use seggpu::pipeline::{prepare, ScoreCut, SegmentParams, UnknownGenes};
 use seggpu::simulate::{simulate, SimulateOptions};
 use seggpu::train::command::kept_genes;
 use seggpu::train::data::{stream, streams, Batch, TrainingData, WindowSettings};
@@ -1146,19 +1145,7 @@ fn simulated_training() -> (TrainingData, Model, tempfile::TempDir) {
         BdFeatureMode::Props,
         &mut stream(SEED, streams::INIT),
     );
-    let params = SegmentParams {
-        graph: GraphParams {
-            k_tx: defaults::K_TX,
-            dist_tx: Some(defaults::DIST_TX),
-            k_bd: defaults::K_BD,
-            dist_bd: defaults::DIST_BD,
-        },
-        score_cut: ScoreCut::Fixed(defaults::SCORE_CUT),
-        fragments: None,
-        unknown_genes: UnknownGenes::Error,
-        tile_size: defaults::TILE_SIZE,
-        margin: None,
-    };
+    let params = crate::common::training_params();
     let prepared = prepare::run(&mut transcripts, &nuclei, &model, &params).unwrap();
     let data = TrainingData::new(&prepared, &nuclei, &params.graph, 0.2, SEED).unwrap();
     (data, model, dir)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[cfg(unix)]
 use crate::common::seggpu_with_file_limit;
-use crate::common::segment::segment_cpu;
+use crate::common::segment::{merscope_crop_input, segment_cpu, xenium_crop_input};
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
 
 /// Outputs whose bytes do not depend on the command line (the AnnData and
@@ -98,35 +98,6 @@ fn spill_left(dir: &Path) -> bool {
     })
 }
 
-/// The input flags of the real Xenium crop in tests/data, with `model` (a
-/// file there).
-fn xenium_crop(model: &str) -> Vec<String> {
-    let path = |p: &str| data_path(p).to_str().unwrap().to_string();
-    vec![
-        "--transcripts".into(),
-        path("xenium_breast_spatialdata/points.parquet"),
-        "--boundaries".into(),
-        path("xenium_breast_spatialdata/sd_nucleus_boundaries.parquet"),
-        "--model".into(),
-        path(model),
-    ]
-}
-
-/// The input flags of the real MERSCOPE crop in tests/data, with its model.
-fn merscope_crop() -> Vec<String> {
-    let path = |p: &str| data_path(p).to_str().unwrap().to_string();
-    vec![
-        "--transcripts".into(),
-        path("merscope_mouse_brain_mini/vizgen_transcripts.gz"),
-        "--boundaries".into(),
-        path("merscope_mouse_brain_mini/z0_polygons.gz"),
-        "--boundary-y-scale".into(),
-        "-1".into(),
-        "--model".into(),
-        path("merscope_mouse_brain_model.safetensors"),
-    ]
-}
-
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -167,7 +138,7 @@ fn the_demo_gives_the_same_outputs_bucketed() {
 
 #[test]
 fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
-    let input = xenium_crop("xenium_breast_model.safetensors");
+    let input = xenium_crop_input();
     in_memory_and_bucketed_agree(
         &strs(&input),
         &[
@@ -182,7 +153,7 @@ fn the_real_xenium_crop_gives_the_same_outputs_bucketed() {
 
 #[test]
 fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
-    let input = merscope_crop();
+    let input = merscope_crop_input();
     in_memory_and_bucketed_agree(
         &strs(&input),
         &[
@@ -264,13 +235,13 @@ fn a_simulated_sample_is_read_and_written_in_batches_with_the_same_outputs() {
 
 #[test]
 fn the_real_xenium_crop_is_read_and_written_in_batches_with_the_same_outputs() {
-    let input = xenium_crop("xenium_breast_model.safetensors");
+    let input = xenium_crop_input();
     in_memory_and_batched_agree(&strs(&input), &["--tile-size", "60"], 10);
 }
 
 #[test]
 fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outputs() {
-    let input = merscope_crop();
+    let input = merscope_crop_input();
     in_memory_and_batched_agree(
         &strs(&input),
         &["--tile-size", "60", "--table-format", "csv"],
@@ -281,7 +252,13 @@ fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outpu
 #[test]
 fn reading_in_batches_stops_with_the_errors_of_the_in_memory_path() {
     // The Xenium crop with the MERSCOPE model: genes the model does not know.
-    let input = xenium_crop("merscope_mouse_brain_model.safetensors");
+    let mut input = xenium_crop_input();
+    let model = input
+        .last_mut()
+        .expect("the crop's flags end with its model");
+    *model = data_path("merscope_mouse_brain_model.safetensors")
+        .display()
+        .to_string();
     let input = strs(&input);
     let tmp = tempfile::tempdir().unwrap();
     let flags = ["--outputs", "transcripts,cells"];

@@ -8,11 +8,10 @@ use std::process::Output;
 use seggpu::backend::cpu::CpuBackend;
 use seggpu::backend::Backend;
 use seggpu::defaults;
-use seggpu::graph::build::GraphParams;
 use seggpu::io::args::InputArgs;
 use seggpu::io::{check_membership, read_nuclei, read_transcripts};
 use seggpu::model::Model;
-use seggpu::pipeline::{prepare, ScoreCut, SegmentParams, UnknownGenes};
+use seggpu::pipeline::prepare;
 use seggpu::tensorfile::TensorFile;
 use seggpu::train::data::TrainingData;
 use seggpu::train::validate::{validate, Validation};
@@ -420,19 +419,7 @@ fn validation_figures_equal_those_of_the_whole_forward_pass() {
     let mut transcripts = read_transcripts(&spec).unwrap();
     let nuclei = read_nuclei(&spec, model.bd_features).unwrap();
     check_membership(&mut transcripts, &nuclei, &spec).unwrap();
-    let params = SegmentParams {
-        graph: GraphParams {
-            k_tx: defaults::K_TX,
-            dist_tx: Some(defaults::DIST_TX),
-            k_bd: defaults::K_BD,
-            dist_bd: defaults::DIST_BD,
-        },
-        score_cut: ScoreCut::Fixed(defaults::SCORE_CUT),
-        fragments: None,
-        unknown_genes: UnknownGenes::Error,
-        tile_size: defaults::TILE_SIZE,
-        margin: None,
-    };
+    let params = crate::common::training_params();
     let prepared = prepare::run(&mut transcripts, &nuclei, &model, &params).unwrap();
     let data = TrainingData::new(&prepared, &nuclei, &params.graph, 0.2, 7).unwrap();
     let mut backend = CpuBackend::new();

@@ -15,6 +15,26 @@ use seggpu::graph::TileGraph;
 use seggpu::model::Model;
 use seggpu::tensorfile::TensorFile;
 
+/// The parameters `seggpu train` uses with no flags and a model without
+/// stored defaults: the built-in graph, tile size and fixed score cut, no
+/// fragments.
+pub fn training_params() -> seggpu::pipeline::SegmentParams {
+    use seggpu::defaults;
+    seggpu::pipeline::SegmentParams {
+        graph: seggpu::graph::build::GraphParams {
+            k_tx: defaults::K_TX,
+            dist_tx: Some(defaults::DIST_TX),
+            k_bd: defaults::K_BD,
+            dist_bd: defaults::DIST_BD,
+        },
+        score_cut: seggpu::pipeline::ScoreCut::Fixed(defaults::SCORE_CUT),
+        fragments: None,
+        unknown_genes: seggpu::pipeline::UnknownGenes::Error,
+        tile_size: defaults::TILE_SIZE,
+        margin: None,
+    }
+}
+
 /// Fixture names in `tests/fixtures/` (`<name>.model.safetensors` + `<name>.graph.safetensors`).
 pub const FIXTURES: &[&str] = &["dev", "small", "small_zero"];
 

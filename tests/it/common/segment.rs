@@ -44,3 +44,18 @@ pub fn xenium_crop_input() -> Vec<String> {
         path("xenium_breast_model.safetensors"),
     ]
 }
+
+/// The real MERSCOPE crop of `tests/data` (polygons with negated y) with its model.
+pub fn merscope_crop_input() -> Vec<String> {
+    let path = |p: &str| data_path(p).display().to_string();
+    vec![
+        "--transcripts".into(),
+        path("merscope_mouse_brain_mini/vizgen_transcripts.gz"),
+        "--boundaries".into(),
+        path("merscope_mouse_brain_mini/z0_polygons.gz"),
+        "--boundary-y-scale".into(),
+        "-1".into(),
+        "--model".into(),
+        path("merscope_mouse_brain_model.safetensors"),
+    ]
+}
