@@ -14,6 +14,7 @@ use crate::io::{Nuclei, Transcripts};
 use crate::model::Model;
 
 pub mod assign;
+pub mod budget;
 pub mod fragments;
 pub mod prepare;
 pub mod progress;
