@@ -86,8 +86,9 @@ pub struct FragmentSettings {
     pub min_transcripts: usize,
 }
 
-/// Segments one sample. The returned transcripts have their filter
-/// decisions moved into [`Segmentation::filter_reason`].
+/// Segments one sample, overlapping graph building and the backend as
+/// `overlap` says (results do not depend on it). The returned transcripts
+/// have their filter decisions moved into [`Segmentation::filter_reason`].
 pub fn segment(
     mut transcripts: Transcripts,
     nuclei: &Nuclei,
@@ -95,13 +96,14 @@ pub fn segment(
     params: &SegmentParams,
     backend: &mut dyn Backend,
     progress: &Progress,
+    overlap: score_tiles::OverlapMode,
 ) -> Result<(Segmentation, Transcripts)> {
     let mut seconds = Vec::new();
     let clock = Instant::now();
     let prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
     seconds.push(("prepare", clock.elapsed().as_secs_f64()));
 
-    let overlap = score_tiles::Overlap::from_env(backend)?;
+    let overlap = overlap.resolve(backend);
     let scores = score_tiles::run(
         &prepared,
         nuclei,

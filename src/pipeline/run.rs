@@ -95,6 +95,10 @@ pub struct SegmentArgs {
     /// Tiles per bucket side with --max-memory [default: the most the budget allows].
     #[arg(long, requires = "max_memory", value_parser = clap::value_parser!(u64).range(1..))]
     pub bucket_tiles: Option<u64>,
+    /// Build the next tile's graphs on CPU threads while the backend scores the current one
+    /// (outputs are the same bytes either way; docs/contract.md §10).
+    #[arg(long, value_enum, default_value_t = super::score_tiles::OverlapMode::Auto)]
+    pub overlap: super::score_tiles::OverlapMode,
     /// Train a model on this slide first (`seggpu train`; flags under "Training"), write it to
     /// OUT/model.safetensors with OUT/training_log.json, and segment with it.
     #[arg(long, conflicts_with_all = ["model", "demo"])]
@@ -342,8 +346,15 @@ pub fn run(
             (result, transcripts, Some(facts))
         }
         None => {
-            let (result, transcripts) =
-                super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
+            let (result, transcripts) = super::segment(
+                transcripts,
+                &nuclei,
+                &model,
+                &params,
+                backend,
+                &progress,
+                args.overlap,
+            )?;
             (result, transcripts, None)
         }
     };
@@ -722,6 +733,7 @@ fn stream_settings(
         max_memory: budget.bytes,
         max_memory_source: budget.source.clone(),
         tile_size: args.tile_size,
+        overlap: args.overlap,
         tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
         out: args.out.clone(),
         resume: args.resume,

@@ -51,6 +51,8 @@ pub struct StreamSettings {
     pub max_memory_source: String,
     /// `--tile-size` when given; otherwise the budget picks the tile size.
     pub tile_size: Option<f64>,
+    /// `--overlap`: whether a bucket's next tile is built while the backend scores the current one.
+    pub overlap: score_tiles::OverlapMode,
     /// Folder the spill folder is made in (`--tmp-dir`, default the output folder).
     pub tmp_dir: PathBuf,
     /// Output folder, naming the spill folder.
@@ -400,6 +402,7 @@ pub fn segment(
         &spill,
         &plan,
         &grid,
+        settings.overlap.resolve(backend),
         prepared.margin,
         n_kept,
         nuclei,
@@ -561,6 +564,7 @@ fn score_stage(
     spill: &SpillDir,
     plan: &BucketPlan,
     grid: &TileGrid,
+    overlap: Overlap,
     margin: f64,
     n_kept: usize,
     nuclei: &Nuclei,
@@ -572,7 +576,6 @@ fn score_stage(
     work: &mut Work,
 ) -> Result<TileScores> {
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
-    let overlap = score_tiles::Overlap::from_env(backend)?;
     let mut scores = TileScores {
         best_score: vec![f32::NAN; n_kept],
         best_index: vec![-1; n_kept],
@@ -1451,9 +1454,10 @@ pub fn segment_file(
     let reuse = settle_key(&spill, key, previous, settings)?;
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
 
+    let overlap = settings.overlap.resolve(backend);
     let scores = score_stage(
-        &spill, &plan, &grid, margin, n_kept, nuclei, model, params, backend, progress, reuse,
-        &mut work,
+        &spill, &plan, &grid, overlap, margin, n_kept, nuclei, model, params, backend, progress,
+        reuse, &mut work,
     )?;
     seconds.push(("graphs", work.clock.graph));
     seconds.push(("model+score", work.clock.model));
