@@ -136,17 +136,16 @@ pub fn segment(
     };
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
 
-    let mut result = report::run(report::Stages {
-        filter: std::mem::take(&mut transcripts.filter),
+    let mut result = report::run(report::Stages::new(
+        &mut transcripts,
         nuclei,
-        prepared: &prepared,
-        scores: &scores,
-        assigned: &assigned,
+        &prepared,
+        &scores,
+        &assigned,
         fragments,
-        score_cut: params.score_cut,
-        tile_size: params.tile_size,
-        backend: backend.describe(),
-    });
+        params,
+        backend,
+    ));
     result.stage_seconds = seconds;
     Ok((result, transcripts))
 }
