@@ -203,6 +203,63 @@ fn parquet_builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>>
     Ok(builder)
 }
 
+/// Bytes of text sampled to estimate the rows of a CSV file.
+const ROW_SAMPLE_BYTES: u64 = 1 << 20;
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// The data rows of the table at `path`, cheaply: exact for parquet (its
+/// footer) and for CSV text shorter than 1 MiB, else estimated from the
+/// lines of the first MiB of text and the file bytes that text took.
+pub fn estimated_rows(path: &Path) -> Result<u64> {
+    let Format::Csv { gzip, .. } = detect(path)? else {
+        let builder = parquet_builder(path)?;
+        return Ok(builder.metadata().file_metadata().num_rows().max(0) as u64);
+    };
+    let file = open_file(path)?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let mut text = Vec::new();
+    let consumed = if gzip {
+        let mut decoder = flate2::bufread::MultiGzDecoder::new(BufReader::new(Counted {
+            inner: file,
+            bytes: 0,
+        }));
+        (&mut decoder)
+            .take(ROW_SAMPLE_BYTES)
+            .read_to_end(&mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let buffered = decoder.get_ref();
+        buffered.get_ref().bytes - buffered.buffer().len() as u64
+    } else {
+        file.take(ROW_SAMPLE_BYTES)
+            .read_to_end(&mut text)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        text.len() as u64
+    };
+    let lines = text.iter().filter(|&&b| b == b'\n').count() as u64
+        + u64::from(text.last().is_some_and(|&b| b != b'\n'));
+    let rows = lines.saturating_sub(1);
+    if (text.len() as u64) < ROW_SAMPLE_BYTES || consumed == 0 {
+        return Ok(rows);
+    }
+    Ok((rows as f64 * len as f64 / consumed as f64) as u64)
+}
+
 impl Table {
     /// Opens a table and reads its column names.
     pub fn open(path: &Path) -> Result<Table> {

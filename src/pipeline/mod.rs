@@ -14,6 +14,7 @@ use crate::io::{Nuclei, Transcripts};
 use crate::model::Model;
 
 pub mod assign;
+pub mod budget;
 pub mod fragments;
 pub mod prepare;
 pub mod progress;
@@ -85,8 +86,9 @@ pub struct FragmentSettings {
     pub min_transcripts: usize,
 }
 
-/// Segments one sample. The returned transcripts have their filter
-/// decisions moved into [`Segmentation::filter_reason`].
+/// Segments one sample, overlapping graph building and the backend as
+/// `overlap` says (results do not depend on it). The returned transcripts
+/// have their filter decisions moved into [`Segmentation::filter_reason`].
 pub fn segment(
     mut transcripts: Transcripts,
     nuclei: &Nuclei,
@@ -94,13 +96,14 @@ pub fn segment(
     params: &SegmentParams,
     backend: &mut dyn Backend,
     progress: &Progress,
+    overlap: score_tiles::OverlapMode,
 ) -> Result<(Segmentation, Transcripts)> {
     let mut seconds = Vec::new();
     let clock = Instant::now();
     let prepared = prepare::run(&mut transcripts, nuclei, model, params)?;
     seconds.push(("prepare", clock.elapsed().as_secs_f64()));
 
-    let overlap = score_tiles::Overlap::from_env(backend)?;
+    let overlap = overlap.resolve(backend);
     let scores = score_tiles::run(
         &prepared,
         nuclei,
@@ -133,17 +136,16 @@ pub fn segment(
     };
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
 
-    let mut result = report::run(report::Stages {
-        filter: std::mem::take(&mut transcripts.filter),
+    let mut result = report::run(report::Stages::new(
+        &mut transcripts,
         nuclei,
-        prepared: &prepared,
-        scores: &scores,
-        assigned: &assigned,
+        &prepared,
+        &scores,
+        &assigned,
         fragments,
-        score_cut: params.score_cut,
-        tile_size: params.tile_size,
-        backend: backend.describe(),
-    });
+        params,
+        backend,
+    ));
     result.stage_seconds = seconds;
     Ok((result, transcripts))
 }

@@ -173,6 +173,34 @@ pub struct Stages<'a> {
     pub backend: String,
 }
 
+impl<'a> Stages<'a> {
+    /// The stages of a run of `params` on `backend` (both paths); the
+    /// filter decisions are moved out of `transcripts`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        transcripts: &mut crate::io::Transcripts,
+        nuclei: &'a Nuclei,
+        prepared: &'a Prepared,
+        scores: &'a TileScores,
+        assigned: &'a Assigned,
+        fragments: Option<Fragments>,
+        params: &super::SegmentParams,
+        backend: &dyn crate::backend::Backend,
+    ) -> Self {
+        Stages {
+            filter: std::mem::take(&mut transcripts.filter),
+            nuclei,
+            prepared,
+            scores,
+            assigned,
+            fragments,
+            score_cut: params.score_cut,
+            tile_size: params.tile_size,
+            backend: backend.describe(),
+        }
+    }
+}
+
 /// Per-row results, cells and summary of a run.
 pub fn run(stages: Stages) -> Segmentation {
     let Stages {

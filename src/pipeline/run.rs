@@ -65,17 +65,23 @@ pub struct SegmentArgs {
     /// What to do with genes the model does not know.
     #[arg(long, value_enum, default_value_t = UnknownGenes::Error)]
     pub unknown_genes: UnknownGenes,
-    /// Tile core side in µm (results do not depend on it with the exact margin).
-    #[arg(long, default_value_t = defaults::TILE_SIZE, allow_negative_numbers = true)]
-    pub tile_size: f64,
+    /// Tile core side in µm (results do not depend on it with the exact margin) [default: 400;
+    /// on the bucketed path the budget picks it: the smallest size, from 50 µm doubling, whose
+    /// margin recomputes at most 15% and whose fullest tile fits half the budget, else the
+    /// largest that fits].
+    #[arg(long, allow_negative_numbers = true)]
+    pub tile_size: Option<f64>,
     /// Tile margin in µm; smaller than the exact margin is an approximation [default: exact].
     #[arg(long, allow_negative_numbers = true)]
     pub margin: Option<f64>,
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
-    /// bucket by bucket, with the same outputs as the in-memory default (docs/streaming.md).
+    /// bucket by bucket, with the same outputs as the in-memory path (docs/streaming.md).
     /// With --outputs transcripts,cells the input is read and the tables written in batches;
-    /// other outputs hold every row in memory (a warning says so).
+    /// other outputs hold every row in memory (a warning says so). Without it, an input whose
+    /// estimated in-memory footprint (320 bytes per row; rows from the parquet footer or the
+    /// first MiB of CSV) exceeds half the available memory (4 GiB where that is unknown) runs
+    /// the bucketed path within that default, with a warning; smaller inputs run in memory.
     #[arg(long, value_parser = super::stream::parse_size)]
     pub max_memory: Option<u64>,
     /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
@@ -89,6 +95,10 @@ pub struct SegmentArgs {
     /// Tiles per bucket side with --max-memory [default: the most the budget allows].
     #[arg(long, requires = "max_memory", value_parser = clap::value_parser!(u64).range(1..))]
     pub bucket_tiles: Option<u64>,
+    /// Build the next tile's graphs on CPU threads while the backend scores the current one
+    /// (outputs are the same bytes either way; docs/contract.md §10).
+    #[arg(long, value_enum, default_value_t = super::score_tiles::OverlapMode::Auto)]
+    pub overlap: super::score_tiles::OverlapMode,
     /// Train a model on this slide first (`seggpu train`; flags under "Training"), write it to
     /// OUT/model.safetensors with OUT/training_log.json, and segment with it.
     #[arg(long, conflicts_with_all = ["model", "demo"])]
@@ -118,7 +128,8 @@ impl SegmentArgs {
         let min_transcripts = self.min_transcripts(model);
         // The same checks as a model's stored defaults (crate::defaults).
         let check = |r: std::result::Result<(), String>| r.map_err(anyhow::Error::msg);
-        check(defaults::check_distance("--tile-size", self.tile_size))?;
+        let tile_size = self.tile_size.unwrap_or(defaults::TILE_SIZE);
+        check(defaults::check_distance("--tile-size", tile_size))?;
         if let Some(margin) = self.margin {
             anyhow::ensure!(
                 margin >= 0.0 && margin.is_finite(),
@@ -136,7 +147,7 @@ impl SegmentArgs {
                 min_transcripts,
             }),
             unknown_genes: self.unknown_genes,
-            tile_size: self.tile_size,
+            tile_size,
             margin: self.margin,
         })
     }
@@ -276,8 +287,12 @@ pub fn run(
             Model::load(path)?
         }
     };
-    let params = args.params(&model)?;
-    if let (true, Some(max_memory)) = (reads_in_batches(args), args.max_memory) {
+    let mut params = args.params(&model)?;
+    let budget = match args.max_memory {
+        Some(bytes) => Some(super::budget::Budget::given(bytes)),
+        None => super::budget::automatic(&spec.transcripts),
+    };
+    if let (true, Some(budget)) = (reads_in_batches(args, budget.is_some()), &budget) {
         return run_in_batches(
             args,
             &spec,
@@ -288,10 +303,10 @@ pub fn run(
             &progress,
             out,
             started,
-            max_memory,
+            budget,
         );
     }
-    if args.max_memory.is_some() {
+    if budget.is_some() {
         log::warn!(
             "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs transcripts,cells reads and writes in batches; docs/streaming.md)",
             if args.demo { "--demo's accuracy".to_string() } else { "polygons, anndata, spatialdata, report or --xenium-ranger".to_string() }
@@ -315,9 +330,9 @@ pub fn run(
     };
     stages.push(("read", clock.elapsed().as_secs_f64()));
 
-    let (result, transcripts, streaming) = match args.max_memory {
-        Some(max_memory) => {
-            let settings = stream_settings(args, max_memory);
+    let (result, transcripts, streaming) = match &budget {
+        Some(budget) => {
+            let settings = stream_settings(args, budget);
             let (result, transcripts, facts) = super::stream::segment(
                 transcripts,
                 &nuclei,
@@ -327,11 +342,19 @@ pub fn run(
                 &progress,
                 &settings,
             )?;
+            params.tile_size = facts.tile.tile_size;
             (result, transcripts, Some(facts))
         }
         None => {
-            let (result, transcripts) =
-                super::segment(transcripts, &nuclei, &model, &params, backend, &progress)?;
+            let (result, transcripts) = super::segment(
+                transcripts,
+                &nuclei,
+                &model,
+                &params,
+                backend,
+                &progress,
+                args.overlap,
+            )?;
             (result, transcripts, None)
         }
     };
@@ -603,11 +626,11 @@ fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
     Ok(())
 }
 
-/// Whether `--max-memory` runs the path that reads and writes in batches:
+/// Whether the bucketed path (`bucketed`) reads and writes in batches:
 /// only the transcripts and cells tables are written that way; the other
 /// outputs (and `--demo`'s accuracy) need every row's result in memory.
-fn reads_in_batches(args: &SegmentArgs) -> bool {
-    args.max_memory.is_some()
+fn reads_in_batches(args: &SegmentArgs, bucketed: bool) -> bool {
+    bucketed
         && !args.demo
         && !args.xenium_ranger
         && args.outputs.iter().all(|k| {
@@ -618,7 +641,7 @@ fn reads_in_batches(args: &SegmentArgs) -> bool {
         })
 }
 
-/// `segment --max-memory` with only the transcripts and cells tables: the
+/// The bucketed path with only the transcripts and cells tables: the
 /// input is read and the tables written in batches ([`super::stream::segment_file`]).
 #[allow(clippy::too_many_arguments)]
 fn run_in_batches(
@@ -631,7 +654,7 @@ fn run_in_batches(
     progress: &Progress,
     mut out: OutputDir,
     started: Instant,
-    max_memory: u64,
+    budget: &super::budget::Budget,
 ) -> Result<()> {
     let clock = Instant::now();
     let spinner = progress.spinner("reading");
@@ -662,11 +685,15 @@ fn run_in_batches(
         cells: staged(output::OutputKind::Cells, output::CELLS_FILE)?,
         format,
     };
-    let settings = stream_settings(args, max_memory);
+    let settings = stream_settings(args, budget);
     let run = super::stream::segment_file(
         &layout, id_kind, spec, &nuclei, model, params, backend, progress, &settings, &outputs,
     )?;
     stages.extend(run.stage_seconds.iter().copied());
+    let params = &SegmentParams {
+        tile_size: run.facts.tile.tile_size,
+        ..params.clone()
+    };
     let spinner = progress.spinner("writing");
     finish(
         out,
@@ -697,9 +724,16 @@ fn run_in_batches(
     Ok(())
 }
 
-fn stream_settings(args: &SegmentArgs, max_memory: u64) -> super::stream::StreamSettings {
+/// The settings of the bucketed path within `budget`.
+fn stream_settings(
+    args: &SegmentArgs,
+    budget: &super::budget::Budget,
+) -> super::stream::StreamSettings {
     super::stream::StreamSettings {
-        max_memory,
+        max_memory: budget.bytes,
+        max_memory_source: budget.source.clone(),
+        tile_size: args.tile_size,
+        overlap: args.overlap,
         tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
         out: args.out.clone(),
         resume: args.resume,

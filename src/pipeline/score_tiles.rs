@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::prepare::Prepared;
 use super::progress::Progress;
@@ -63,7 +63,7 @@ pub struct ScoreClock {
     pub built: f64,
 }
 
-/// Whether graph building overlaps the backend (`SEGGPU_OVERLAP`).
+/// Whether graph building overlaps the backend, as chosen by `--overlap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overlap {
     /// The next tile is built on the rayon pool while the backend scores the current one.
@@ -72,26 +72,27 @@ pub enum Overlap {
     Off,
 }
 
-impl Overlap {
-    /// `SEGGPU_OVERLAP` from the environment for `backend`: `on`, `off` or
-    /// `auto` (the default when unset): on for a GPU backend only, since on
-    /// the CPU backend the graph builder and the kernels share the same cores
-    /// and overlapping them measured no faster at 10M transcripts.
-    pub fn from_env(backend: &dyn Backend) -> Result<Self> {
-        let auto = || {
-            if backend.runs_on_gpu() {
-                Overlap::On
-            } else {
-                Overlap::Off
-            }
-        };
-        match std::env::var("SEGGPU_OVERLAP") {
-            Err(std::env::VarError::NotPresent) => Ok(auto()),
-            Ok(v) if v.eq_ignore_ascii_case("auto") => Ok(auto()),
-            Ok(v) if v.eq_ignore_ascii_case("on") => Ok(Overlap::On),
-            Ok(v) if v.eq_ignore_ascii_case("off") => Ok(Overlap::Off),
-            Ok(v) => bail!("SEGGPU_OVERLAP is `{v}`, expected `auto`, `on` or `off`"),
-            Err(e) => bail!("SEGGPU_OVERLAP: {e}, expected `auto`, `on` or `off`"),
+/// `segment --overlap`: whether graph building overlaps the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OverlapMode {
+    /// On for a GPU backend only: on the CPU backend the graph builder and
+    /// the kernels share the same cores, and overlapping them measured no
+    /// faster at 10M transcripts.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl OverlapMode {
+    /// The overlap for `backend`.
+    pub fn resolve(self, backend: &dyn Backend) -> Overlap {
+        match self {
+            OverlapMode::Auto if backend.runs_on_gpu() => Overlap::On,
+            OverlapMode::Auto | OverlapMode::Off => Overlap::Off,
+            OverlapMode::On => Overlap::On,
         }
     }
 }

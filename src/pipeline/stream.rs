@@ -15,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::assign;
+use super::budget::{self, TileChoice, BUCKET_SHARE, TILE_SHARE};
 use super::fragments::{self, FragmentSummary, Fragments};
 use super::prepare::{self, Prepared};
 use super::progress::Progress;
@@ -33,21 +34,6 @@ use crate::output::{TableFormat, TableSink};
 use crate::tiles::{self, Cell, TileGrid};
 use arrow::array::RecordBatch;
 
-/// Bytes a transcript of a tile (core and margin) costs while the tile is
-/// scored: its graphs, embeddings and attention (measured about 1.8 KB at
-/// the demo model's sizes; rounded up).
-pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
-
-/// Bytes a record loaded for a bucket costs (the record, its columns and
-/// its tile index).
-pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
-
-/// Share of `--max-memory` given to the tile being scored and to the
-/// records of its bucket; the rest holds what this path still keeps in
-/// memory (the input rows, the per-row results).
-const TILE_SHARE: f64 = 0.5;
-const BUCKET_SHARE: f64 = 0.25;
-
 /// Environment variable (builds with the `testing` feature only): abort the
 /// process after this many finished bucket steps, as a kill would.
 #[cfg(feature = "testing")]
@@ -59,8 +45,14 @@ const RECORD_BYTES: usize = 4 + 3 * 8 + 4 + 4;
 /// How the bucketed path runs.
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
-    /// Memory budget in bytes (`--max-memory`).
+    /// Memory budget in bytes (`--max-memory`, or the default for a large input).
     pub max_memory: u64,
+    /// Where the budget comes from (`--max-memory` or the default), for the log.
+    pub max_memory_source: String,
+    /// `--tile-size` when given; otherwise the budget picks the tile size.
+    pub tile_size: Option<f64>,
+    /// `--overlap`: whether a bucket's next tile is built while the backend scores the current one.
+    pub overlap: score_tiles::OverlapMode,
     /// Folder the spill folder is made in (`--tmp-dir`, default the output folder).
     pub tmp_dir: PathBuf,
     /// Output folder, naming the spill folder.
@@ -76,6 +68,11 @@ pub struct StreamSettings {
 pub struct StreamFacts {
     /// The budget, bytes.
     pub max_memory: u64,
+    /// `--max-memory`, or how the default budget was made.
+    pub max_memory_source: String,
+    /// The tile size in use and why.
+    #[serde(flatten)]
+    pub tile: TileChoice,
     /// Where the buckets were spilled (removed at the end).
     pub spill_dir: String,
     /// Tiles per bucket side.
@@ -331,40 +328,6 @@ fn test_abort(steps: usize) {
 #[cfg(not(feature = "testing"))]
 fn test_abort(_steps: usize) {}
 
-/// Transcripts owned by the fullest tile of `grid` among `points`.
-fn fullest_tile(grid: &TileGrid, points: &[[f64; 2]]) -> u64 {
-    let mut per_tile: HashMap<Cell, u64> = HashMap::with_capacity(grid.len());
-    for &p in points {
-        *per_tile.entry(grid.owner(p)).or_default() += 1;
-    }
-    per_tile.values().copied().max().unwrap_or(1)
-}
-
-/// Tiles per bucket side for `budget` bytes: the largest block whose
-/// records with the margin fit its share, at the density of the fullest
-/// tile (`fullest` transcripts); an error when the fullest tile with its
-/// margin does not fit its share.
-fn bucket_side(grid: &TileGrid, margin: f64, fullest: u64, budget: u64) -> Result<u64> {
-    let whole = grid.cols.max(grid.rows);
-    if !margin.is_finite() {
-        // One tile holds everything: there is nothing to bound.
-        return Ok(whole);
-    }
-    let fullest = fullest.max(1) as f64;
-    let size = grid.size;
-    let tile = fullest * ((size + 2.0 * margin) / size).powi(2);
-    if tile * TILE_BYTES_PER_TRANSCRIPT > budget as f64 * TILE_SHARE {
-        bail!(
-            "--max-memory {budget} bytes is too small: the fullest tile of {size} µm with its {margin:.1} µm margin holds about {tile:.0} transcripts here, about {} MB to score (half of --max-memory is for that); use a larger --max-memory or a smaller --tile-size",
-            (tile * TILE_BYTES_PER_TRANSCRIPT / 1e6).ceil()
-        );
-    }
-    // fullest · ((side·size + 2·margin) / size)² ≤ records
-    let records = budget as f64 * BUCKET_SHARE / BUCKET_BYTES_PER_RECORD;
-    let side = ((records / fullest).sqrt() * size - 2.0 * margin) / size;
-    Ok((side.floor().max(1.0) as u64).min(whole))
-}
-
 /// Segments one sample on the bucketed path; the same results as
 /// [`super::segment`], with the facts of the buckets. The input rows and
 /// the per-row results are held in memory (the outputs that need them);
@@ -384,13 +347,31 @@ pub fn segment(
     // Membership and z are settled (in the records from here on); no output reads them.
     transcripts.nuclear_cell = None;
     transcripts.z = Vec::new();
+    let tile = budget::tile_size(
+        settings.tile_size,
+        params.tile_size,
+        &budget::extremes(&prepared.flat),
+        prepared.margin,
+        settings.max_memory,
+        |densities| {
+            prepared.flat.iter().for_each(|&p| densities.add(p));
+            Ok(())
+        },
+    )?;
+    if tile.tile_size != params.tile_size {
+        prepared.grid = prepare::tile_grid(&prepared.flat, tile.tile_size, prepared.margin)?;
+    }
+    let params = &SegmentParams {
+        tile_size: tile.tile_size,
+        ..params.clone()
+    };
     let grid = prepared.grid.clone();
     let side = match settings.bucket_tiles {
         Some(side) => side.max(1),
-        None => bucket_side(
+        None => budget::bucket_side(
             &grid,
             prepared.margin,
-            fullest_tile(&grid, &prepared.flat),
+            budget::fullest_tile(&grid, &prepared.flat),
             settings.max_memory,
         )?,
     };
@@ -421,6 +402,7 @@ pub fn segment(
         &spill,
         &plan,
         &grid,
+        settings.overlap.resolve(backend),
         prepared.margin,
         n_kept,
         nuclei,
@@ -459,6 +441,7 @@ pub fn segment(
 
     let facts = work.facts(
         settings,
+        &tile,
         &spill,
         side,
         plan.cells.len(),
@@ -466,17 +449,16 @@ pub fn segment(
         n_kept,
     );
     drop(spill);
-    let mut result = report::run(report::Stages {
-        filter: std::mem::take(&mut transcripts.filter),
+    let mut result = report::run(report::Stages::new(
+        &mut transcripts,
         nuclei,
-        prepared: &prepared,
-        scores: &scores,
-        assigned: &assigned,
+        &prepared,
+        &scores,
+        &assigned,
         fragments,
-        score_cut: params.score_cut,
-        tile_size: params.tile_size,
-        backend: backend.describe(),
-    });
+        params,
+        backend,
+    ));
     result.stage_seconds = seconds;
     Ok((result, transcripts, facts))
 }
@@ -545,9 +527,11 @@ impl Work {
         test_abort(self.steps);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn facts(
         &self,
         settings: &StreamSettings,
+        tile: &TileChoice,
         spill: &SpillDir,
         side: u64,
         buckets: usize,
@@ -556,6 +540,8 @@ impl Work {
     ) -> StreamFacts {
         StreamFacts {
             max_memory: settings.max_memory,
+            max_memory_source: settings.max_memory_source.clone(),
+            tile: tile.clone(),
             spill_dir: spill.path.display().to_string(),
             bucket_tiles: side,
             buckets,
@@ -577,6 +563,7 @@ fn score_stage(
     spill: &SpillDir,
     plan: &BucketPlan,
     grid: &TileGrid,
+    overlap: Overlap,
     margin: f64,
     n_kept: usize,
     nuclei: &Nuclei,
@@ -588,7 +575,6 @@ fn score_stage(
     work: &mut Work,
 ) -> Result<TileScores> {
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
-    let overlap = score_tiles::Overlap::from_env(backend)?;
     let mut scores = TileScores {
         best_score: vec![f32::NAN; n_kept],
         best_index: vec![-1; n_kept],
@@ -1397,6 +1383,23 @@ pub fn segment_file(
         kept.largest_radius,
     );
     let margin = params.margin.unwrap_or(exact_margin);
+    let tile = budget::tile_size(
+        settings.tile_size,
+        params.tile_size,
+        &kept.extremes,
+        margin,
+        settings.max_memory,
+        |densities| {
+            each_record(&kept_path, |r| {
+                densities.add([r.pos[0], r.pos[1]]);
+                Ok(())
+            })
+        },
+    )?;
+    let params = &SegmentParams {
+        tile_size: tile.tile_size,
+        ..params.clone()
+    };
     // The extent first, then one point of every occupied core: the grid of
     // the in-memory path.
     let extent = prepare::tile_grid(&kept.extremes, params.tile_size, margin)?;
@@ -1413,7 +1416,7 @@ pub fn segment_file(
     let grid = prepare::tile_grid(&points, params.tile_size, margin)?;
     let side = match settings.bucket_tiles {
         Some(side) => side.max(1),
-        None => bucket_side(&grid, margin, fullest, settings.max_memory)?,
+        None => budget::bucket_side(&grid, margin, fullest, settings.max_memory)?,
     };
     let plan = BucketPlan::new(&grid, side);
 
@@ -1450,9 +1453,10 @@ pub fn segment_file(
     let reuse = settle_key(&spill, key, previous, settings)?;
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
 
+    let overlap = settings.overlap.resolve(backend);
     let scores = score_stage(
-        &spill, &plan, &grid, margin, n_kept, nuclei, model, params, backend, progress, reuse,
-        &mut work,
+        &spill, &plan, &grid, overlap, margin, n_kept, nuclei, model, params, backend, progress,
+        reuse, &mut work,
     )?;
     seconds.push(("graphs", work.clock.graph));
     seconds.push(("model+score", work.clock.model));
@@ -1482,6 +1486,7 @@ pub fn segment_file(
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
     let facts_spill = work.facts(
         settings,
+        &tile,
         &spill,
         side,
         plan.cells.len(),

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod budget;
 mod cli_forward;
 mod fuzz;
 mod gpu_cli;

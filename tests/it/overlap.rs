@@ -1,5 +1,5 @@
 //! Building the next tile's graphs while the backend scores the current one
-//! (`SEGGPU_OVERLAP`, on by default for GPU backends) changes no result, on the CPU and on a
+//! (`segment --overlap`, on by default for GPU backends) changes no result, on the CPU and on a
 //! GPU; an error in a tile, of the backend or of the tile source, stops the
 //! run at that tile without hanging.
 
@@ -243,7 +243,7 @@ fn a_tile_source_error_stops_the_run_at_that_tile() {
     }
 }
 
-/// `seggpu segment` with `SEGGPU_OVERLAP=overlap`.
+/// `seggpu segment --overlap overlap`.
 fn segment(input: &[String], out: &std::path::Path, backend: &str, overlap: &str) -> Output {
     seggpu()
         .arg("segment")
@@ -251,8 +251,7 @@ fn segment(input: &[String], out: &std::path::Path, backend: &str, overlap: &str
         .arg("--out")
         .arg(out)
         .args(["--backend", backend, "--quiet", "--tile-size", "40"])
-        .args(["--outputs", "transcripts,cells"])
-        .env("SEGGPU_OVERLAP", overlap)
+        .args(["--outputs", "transcripts,cells", "--overlap", overlap])
         .output()
         .expect("run seggpu")
 }
@@ -272,8 +271,5 @@ fn segment_outputs_are_byte_identical_with_and_without_overlap() {
         assert!(a == b, "{file} differs with and without overlap");
     }
     let bad = segment(&input, &dir.path().join("bad"), "cpu", "sometimes");
-    assert_failure(
-        &bad,
-        "SEGGPU_OVERLAP is `sometimes`, expected `auto`, `on` or `off`",
-    );
+    assert_failure(&bad, "invalid value 'sometimes' for '--overlap <OVERLAP>'");
 }

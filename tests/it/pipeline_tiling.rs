@@ -9,6 +9,7 @@ use seggpu::backend::cpu::CpuBackend;
 use seggpu::io::{FilterReason, Nuclei, TranscriptKey, Transcripts};
 use seggpu::model::Model;
 use seggpu::pipeline::progress::Progress;
+use seggpu::pipeline::score_tiles::OverlapMode;
 use seggpu::pipeline::{
     segment, Assignment, FragmentSettings, ScoreCut, SegmentParams, Segmentation, UnknownGenes,
 };
@@ -117,6 +118,7 @@ fn run(model: &Model, tile_size: f64) -> Segmentation {
         &params,
         &mut CpuBackend::new(),
         &Progress { quiet: true },
+        OverlapMode::Auto,
     )
     .unwrap();
     result

@@ -57,6 +57,7 @@ fn run(backend: &mut dyn Backend, extra: &[&str]) -> Segmentation {
         &params,
         backend,
         &Progress { quiet: true },
+        args.segment.overlap,
     )
     .unwrap()
     .0

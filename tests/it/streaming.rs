@@ -291,7 +291,7 @@ fn xenium_args(input: &Path, model: &Path) -> Vec<String> {
 
 #[test]
 fn overlapped_tiles_within_a_bucket_give_the_same_outputs() {
-    // The in-memory run on the CPU scores tile after tile (SEGGPU_OVERLAP's
+    // The in-memory run on the CPU scores tile after tile (--overlap
     // auto); the bucketed one builds each bucket's next tile while the
     // backend scores the current one.
     let tmp = tempfile::tempdir().unwrap();
@@ -309,8 +309,14 @@ fn overlapped_tiles_within_a_bucket_give_the_same_outputs() {
         .arg(&overlapped)
         .args(["--backend", "cpu", "--quiet"])
         .args(flags)
-        .args(["--max-memory", "2G", "--bucket-tiles", "2"])
-        .env("SEGGPU_OVERLAP", "on")
+        .args([
+            "--max-memory",
+            "2G",
+            "--bucket-tiles",
+            "2",
+            "--overlap",
+            "on",
+        ])
         .output()
         .expect("run seggpu");
     assert_success(&run);
