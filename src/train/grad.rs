@@ -413,8 +413,8 @@ pub fn loss_and_grad_with(
 
     for (l, layer) in model.layers.iter().enumerate().rev() {
         if layer.relu {
-            kernels::relu_backward(&mut d_tx, &fwd.tx[l + 1]);
-            kernels::relu_backward(&mut d_bd, &fwd.bd[l + 1]);
+            fast::relu_backward(&mut d_tx, &fwd.tx[l + 1]);
+            fast::relu_backward(&mut d_bd, &fwd.bd[l + 1]);
         }
         let (tt, tb) = &fwd.convs[l];
         let layer_rows = &rows.layers[l];
@@ -469,8 +469,8 @@ pub fn loss_and_grad_with(
         bufs.give(std::mem::replace(&mut d_bd, back_tb.d_dst));
     }
     // Layer 0: ReLU of the embedding and of lin0.
-    kernels::relu_backward(&mut d_tx, &fwd.tx[0]);
-    kernels::relu_backward(&mut d_bd, &fwd.bd[0]);
+    fast::relu_backward(&mut d_tx, &fwd.tx[0]);
+    fast::relu_backward(&mut d_bd, &fwd.bd[0]);
     let emb = model.arch.emb;
     let tokens: Vec<u32> = rows.levels[0]
         .iter()
