@@ -488,7 +488,17 @@ pub fn linear_weight_grad(
         .for_each(|(chunk, partial)| {
             let (r0, r1) = (chunk * REDUCE_ROWS, ((chunk + 1) * REDUCE_ROWS).min(n_rows));
             let (weight_part, bias_part) = partial.split_at_mut(weights);
-            weight_grad_chunk(simd, x, rows, dy, in_dim, out_dim, r0..r1, weight_part);
+            weight_grad_chunk(
+                simd,
+                simd,
+                x,
+                rows,
+                dy,
+                in_dim,
+                out_dim,
+                r0..r1,
+                weight_part,
+            );
             if !bias_part.is_empty() {
                 for r in r0..r1 {
                     for o in 0..out_dim {
@@ -523,8 +533,9 @@ const GRAD_PIECE: usize = 32;
 /// [`GRAD_K`] × [`GRAD_O`] entries held in registers while [`GRAD_PIECE`]
 /// rows stream by.
 #[allow(clippy::too_many_arguments)]
-fn weight_grad_chunk(
-    simd: bool,
+#[inline(always)]
+fn weight_grad_chunk_body(
+    blocks: bool,
     x: &[f32],
     rows: Option<&[u32]>,
     dy: &[f32],
@@ -548,8 +559,9 @@ fn weight_grad_chunk(
             for o0 in (0..out_dim).step_by(GRAD_O) {
                 let on = GRAD_O.min(out_dim - o0);
                 #[cfg(target_arch = "x86_64")]
-                if simd && kn == GRAD_K && on == GRAD_O {
-                    // SAFETY: AVX2 and FMA are present (`simd`); the block reads
+                if blocks && kn == GRAD_K && on == GRAD_O {
+                    // SAFETY: AVX2 and FMA are present (`blocks` is
+                    // `simd_available()`); the block reads
                     // x[row(r) · in_dim + k0 ..][..GRAD_K] and dy[r · out_dim + o0 ..][..GRAD_O]
                     // for r in `piece` ⊂ `span` (in bounds by the assertions above, as
                     // k0 + GRAD_K <= in_dim and o0 + GRAD_O <= out_dim) and
@@ -578,8 +590,14 @@ fn weight_grad_chunk(
             }
         }
     }
-    let _ = simd;
+    let _ = blocks;
 }
+
+// The tails' `mul_add`s are inlined FMA instructions in the AVX2 copy, not
+// calls to the C library's `fmaf`.
+simd_copy!(weight_grad_chunk, weight_grad_chunk_simd, weight_grad_chunk_body,
+    (blocks: bool, x: &[f32], rows: Option<&[u32]>, dy: &[f32], in_dim: usize, out_dim: usize,
+     span: std::ops::Range<usize>, partial: &mut [f32]));
 
 /// One full block of [`weight_grad_chunk`] in AVX2 registers: the block's
 /// sums in `partial` go on over the rows of `span`.
@@ -829,6 +847,7 @@ mod tests {
             );
             weight_grad_chunk(
                 true,
+                true,
                 &x,
                 Some(&rows),
                 &dy,
@@ -838,6 +857,7 @@ mod tests {
                 &mut blocked,
             );
             weight_grad_chunk(
+                false,
                 false,
                 &x,
                 Some(&rows),
