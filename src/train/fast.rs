@@ -3,8 +3,9 @@
 //! evaluated in the order a CPU is fast at. Sums over the channels of a head
 //! run in 8 lanes added in a fixed tree, products are fused multiply-adds,
 //! the GATv2 backward sends each source its gradient directly (no per-edge
-//! buffer), and the linear gradients run on the register-blocked kernel of
-//! inference ([`crate::kernels::linear`]). Results differ from the twins by
+//! buffer), the input gradient runs on the register-blocked kernel of
+//! inference ([`crate::kernels::linear`]) and the weight gradient on a
+//! register-blocked kernel of its own that reads the activations in place. Results differ from the twins by
 //! rounding only (unit tests bound the difference); every reduction still
 //! runs in an order fixed by the graph, never by the thread count, and
 //! `f32::mul_add` rounds the same with or without hardware FMA, so the same
@@ -415,6 +416,22 @@ fn backward_source(
     }
 }
 
+/// ReLU backward in place, as [`super::kernels::relu_backward`]: `g[i] = 0`
+/// where the layer's output `out[i]` is not positive; in blocks of rows
+/// (one task per element costs more than the element).
+pub fn relu_backward(g: &mut [f32], out: &[f32]) {
+    const BLOCK: usize = 1 << 14;
+    g.par_chunks_mut(BLOCK)
+        .zip(out.par_chunks(BLOCK))
+        .for_each(|(g, out)| {
+            for (g, &o) in g.iter_mut().zip(out) {
+                if o <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        });
+}
+
 /// Each edge's destination: `[E]`, from the offsets of `csr`.
 pub fn edge_destinations(csr: &Csr) -> Vec<u32> {
     let mut out = Vec::with_capacity(csr.n_edges());
@@ -449,8 +466,8 @@ pub fn linear_input_grad(dy: &[f32], wt: &[f32], in_dim: usize, out_dim: usize, 
 /// `y = x[rows] · wt + b` to `dwt` and `db`, as
 /// [`super::kernels::linear_weight_grad`] does: partial sums over the same
 /// fixed chunks of [`REDUCE_ROWS`] rows, added in chunk order. Each chunk's
-/// `xᵀ · dy` runs on the inference linear kernel (rows of `xᵀ` against `dy`
-/// as the weight), a fused sum over the chunk's rows in order.
+/// `xᵀ · dy` is a fused sum over the chunk's rows in order
+/// ([`weight_grad_chunk`]), read from `x` and `dy` in place.
 pub fn linear_weight_grad(
     x: &[f32],
     rows: Option<&[u32]>,
@@ -464,28 +481,24 @@ pub fn linear_weight_grad(
     let weights = in_dim * out_dim;
     let width = weights + if db.is_some() { out_dim } else { 0 };
     let mut partials = vec![0.0f32; n_rows.div_ceil(REDUCE_ROWS) * width];
+    let simd = simd_available();
     partials
         .par_chunks_mut(width)
         .enumerate()
         .for_each(|(chunk, partial)| {
             let (r0, r1) = (chunk * REDUCE_ROWS, ((chunk + 1) * REDUCE_ROWS).min(n_rows));
-            let n = r1 - r0;
-            let mut x_by_column = vec![0.0f32; in_dim * n];
-            for r in r0..r1 {
-                let src = rows.map_or(r, |rows| rows[r] as usize);
-                for k in 0..in_dim {
-                    x_by_column[k * n + r - r0] = x[src * in_dim + k];
-                }
-            }
-            let layer = Linear {
-                in_dim: n,
-                out_dim,
-                wt: &dy[r0 * out_dim..r1 * out_dim],
-                bias: None,
-                relu: false,
-            };
             let (weight_part, bias_part) = partial.split_at_mut(weights);
-            linear::linear(&x_by_column, None, &layer, weight_part);
+            weight_grad_chunk(
+                simd,
+                simd,
+                x,
+                rows,
+                dy,
+                in_dim,
+                out_dim,
+                r0..r1,
+                weight_part,
+            );
             if !bias_part.is_empty() {
                 for r in r0..r1 {
                     for o in 0..out_dim {
@@ -505,6 +518,125 @@ pub fn linear_weight_grad(
                 *d += p;
             }
         }
+    }
+}
+
+/// Weight-gradient entries (k) one register block covers.
+const GRAD_K: usize = 6;
+/// Weight-gradient entries (o) one register block covers: two AVX registers.
+const GRAD_O: usize = 2 * LANES;
+/// Rows a weight-gradient block streams before the next block takes them.
+const GRAD_PIECE: usize = 32;
+
+/// `partial[k, o] = Σ_{r ∈ span} x[row(r), k] · dy[r, o]` (overwritten):
+/// each entry one fused sum from zero, r increasing, in blocks of
+/// [`GRAD_K`] × [`GRAD_O`] entries held in registers while [`GRAD_PIECE`]
+/// rows stream by.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn weight_grad_chunk_body(
+    blocks: bool,
+    x: &[f32],
+    rows: Option<&[u32]>,
+    dy: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    span: std::ops::Range<usize>,
+    partial: &mut [f32],
+) {
+    let source = |r: usize| rows.map_or(r, |rows| rows[r] as usize);
+    let x_rows = span.clone().map(source).max().map_or(0, |m| m + 1);
+    assert!(x.len() >= x_rows * in_dim && dy.len() >= span.end * out_dim);
+    assert_eq!(partial.len(), in_dim * out_dim);
+    partial.fill(0.0);
+    // Rows in pieces whose x and dy rows stay in the L1 cache while every
+    // block streams them; a block's sums go on from where the last piece
+    // left them, so each entry is still one fused sum, r increasing.
+    for piece in (span.start..span.end).step_by(GRAD_PIECE) {
+        let piece = piece..(piece + GRAD_PIECE).min(span.end);
+        for k0 in (0..in_dim).step_by(GRAD_K) {
+            let kn = GRAD_K.min(in_dim - k0);
+            for o0 in (0..out_dim).step_by(GRAD_O) {
+                let on = GRAD_O.min(out_dim - o0);
+                #[cfg(target_arch = "x86_64")]
+                if blocks && kn == GRAD_K && on == GRAD_O {
+                    // SAFETY: AVX2 and FMA are present (`blocks` is
+                    // `simd_available()`); the block reads
+                    // x[row(r) · in_dim + k0 ..][..GRAD_K] and dy[r · out_dim + o0 ..][..GRAD_O]
+                    // for r in `piece` ⊂ `span` (in bounds by the assertions above, as
+                    // k0 + GRAD_K <= in_dim and o0 + GRAD_O <= out_dim) and
+                    // reads and writes GRAD_O values at (k0 + i, o0) of `partial`.
+                    unsafe {
+                        weight_grad_block_fma(x, rows, dy, in_dim, out_dim, &piece, k0, o0, partial)
+                    };
+                    continue;
+                }
+                let mut acc = [[0.0f32; GRAD_O]; GRAD_K];
+                for (i, acc_row) in acc.iter_mut().enumerate().take(kn) {
+                    acc_row[..on].copy_from_slice(&partial[(k0 + i) * out_dim + o0..][..on]);
+                }
+                for r in piece.clone() {
+                    let x_row = &x[source(r) * in_dim + k0..][..kn];
+                    let dy_row = &dy[r * out_dim + o0..][..on];
+                    for (acc_row, &v) in acc.iter_mut().zip(x_row) {
+                        for (a, &d) in acc_row.iter_mut().zip(dy_row) {
+                            *a = v.mul_add(d, *a);
+                        }
+                    }
+                }
+                for (i, acc_row) in acc.iter().enumerate().take(kn) {
+                    partial[(k0 + i) * out_dim + o0..][..on].copy_from_slice(&acc_row[..on]);
+                }
+            }
+        }
+    }
+    let _ = blocks;
+}
+
+// The tails' `mul_add`s are inlined FMA instructions in the AVX2 copy, not
+// calls to the C library's `fmaf`.
+simd_copy!(weight_grad_chunk, weight_grad_chunk_simd, weight_grad_chunk_body,
+    (blocks: bool, x: &[f32], rows: Option<&[u32]>, dy: &[f32], in_dim: usize, out_dim: usize,
+     span: std::ops::Range<usize>, partial: &mut [f32]));
+
+/// One full block of [`weight_grad_chunk`] in AVX2 registers: the block's
+/// sums in `partial` go on over the rows of `span`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_grad_block_fma(
+    x: &[f32],
+    rows: Option<&[u32]>,
+    dy: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    span: &std::ops::Range<usize>,
+    k0: usize,
+    o0: usize,
+    partial: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let block = partial.as_mut_ptr().add(k0 * out_dim + o0);
+    let mut regs: [[__m256; 2]; GRAD_K] = std::array::from_fn(|i| {
+        let at = block.add(i * out_dim);
+        [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(LANES))]
+    });
+    for r in span.clone() {
+        let src = rows.map_or(r, |rows| *rows.get_unchecked(r) as usize);
+        let x_ptr = x.as_ptr().add(src * in_dim + k0);
+        let dy_ptr = dy.as_ptr().add(r * out_dim + o0);
+        let d0 = _mm256_loadu_ps(dy_ptr);
+        let d1 = _mm256_loadu_ps(dy_ptr.add(LANES));
+        for (i, reg) in regs.iter_mut().enumerate() {
+            let v = _mm256_set1_ps(*x_ptr.add(i));
+            reg[0] = _mm256_fmadd_ps(v, d0, reg[0]);
+            reg[1] = _mm256_fmadd_ps(v, d1, reg[1]);
+        }
+    }
+    for (i, reg) in regs.iter().enumerate() {
+        let out = block.add(i * out_dim);
+        _mm256_storeu_ps(out, reg[0]);
+        _mm256_storeu_ps(out.add(LANES), reg[1]);
     }
 }
 
@@ -694,5 +826,65 @@ mod tests {
             kernels::linear_input_grad(&dy, &wt, in_dim, out_dim, &mut twin_dx);
             assert_near(&format!("{label}: d x"), &dx, &twin_dx);
         }
+    }
+
+    /// The AVX2 blocks of the weight gradient give the portable sums' bits
+    /// (both fused, rows in the same order), tails included.
+    #[test]
+    fn weight_gradient_blocks_equal_the_portable_sums() {
+        if !simd_available() {
+            println!("no AVX2 + FMA: only the portable sums run");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for (n, in_dim, out_dim) in [(256, 96, 96), (200, 16, 96), (37, 13, 40)] {
+            let x = values(&mut rng, (n + 5) * in_dim, 2.0);
+            let dy = values(&mut rng, n * out_dim, 1.0);
+            let rows: Vec<u32> = (0..n).map(|_| rng.random_range(0..n as u32 + 5)).collect();
+            let (mut blocked, mut portable) = (
+                vec![f32::NAN; in_dim * out_dim],
+                vec![f32::NAN; in_dim * out_dim],
+            );
+            weight_grad_chunk(
+                true,
+                true,
+                &x,
+                Some(&rows),
+                &dy,
+                in_dim,
+                out_dim,
+                0..n,
+                &mut blocked,
+            );
+            weight_grad_chunk(
+                false,
+                false,
+                &x,
+                Some(&rows),
+                &dy,
+                in_dim,
+                out_dim,
+                0..n,
+                &mut portable,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&blocked),
+                bits(&portable),
+                "[{n}, {in_dim}] → {out_dim}"
+            );
+        }
+    }
+
+    #[test]
+    fn relu_backward_equals_the_twin() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let out = values(&mut rng, 40_000, 1.0);
+        let g = values(&mut rng, 40_000, 1.0);
+        let (mut fast_g, mut twin_g) = (g.clone(), g);
+        relu_backward(&mut fast_g, &out);
+        kernels::relu_backward(&mut twin_g, &out);
+        assert_eq!(fast_g, twin_g);
+        assert!(fast_g.iter().filter(|&&v| v == 0.0).count() > 10_000);
     }
 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::fast::{self, GatBackward};
 use super::kernels;
+use super::rows::Rows;
 use crate::backend::cpu::{input_layer, InputLayer};
 use crate::graph::{Csr, TileGraph};
 use crate::kernels::{gatv2::Gat, linear};
@@ -47,18 +48,14 @@ struct Forward {
     bd_x: Vec<f32>,
 }
 
-/// The graph's structure as the kernels read it.
+/// The belongs graph as the kernels read it (every layer computes every nucleus).
 struct Structure {
     /// Transcripts that send belongs messages, ascending.
     belongs_rows: Vec<u32>,
     /// The belongs graph with sources indexing `belongs_rows`.
     belongs: Csr,
-    /// Neighbour edge ids by source transcript.
-    neighbors_by_source: Csr,
     /// Belongs edge ids by source row.
     belongs_by_source: Csr,
-    /// Each neighbour edge's destination.
-    neighbors_dst: Vec<u32>,
     /// Each belongs edge's destination.
     belongs_dst: Vec<u32>,
 }
@@ -67,9 +64,7 @@ impl Structure {
     fn of(graph: &TileGraph) -> Self {
         let (belongs_rows, belongs) = graph.belongs.compact_sources();
         Self {
-            neighbors_by_source: kernels::edges_by_source(&graph.neighbors, graph.n_tx()),
             belongs_by_source: kernels::edges_by_source(&belongs, belongs_rows.len()),
-            neighbors_dst: fast::edge_destinations(&graph.neighbors),
             belongs_dst: fast::edge_destinations(&belongs),
             belongs_rows,
             belongs,
@@ -89,16 +84,17 @@ fn gat_of(w: &GatWeights, relu: bool) -> Gat<'_> {
 
 /// Float buffers kept from one step to the next: a step reuses the last
 /// step's memory instead of faulting in fresh pages from the system (about a
-/// tenth of a step's time otherwise). Contents never carry over: every
-/// buffer handed out is zeroed.
+/// tenth of a step's time otherwise). Contents never carry over: a buffer
+/// is only handed to a kernel that overwrites all of it.
 #[derive(Debug, Default)]
 pub struct Buffers {
     free: Vec<Vec<f32>>,
 }
 
 impl Buffers {
-    /// `n` zeros, in the smallest free buffer that holds them (else the largest, grown).
-    fn zeros(&mut self, n: usize) -> Vec<f32> {
+    /// The smallest free buffer that holds `n` values (else the largest,
+    /// or a new one), with whatever it holds.
+    fn take(&mut self, n: usize) -> Vec<f32> {
         let fits = |v: &Vec<f32>| v.capacity() >= n;
         let pick = self
             .free
@@ -113,8 +109,13 @@ impl Buffers {
                     .max_by_key(|(_, v)| v.capacity())
             })
             .map(|(i, _)| i);
-        let mut v = pick.map_or_else(Vec::new, |i| self.free.swap_remove(i));
-        v.clear();
+        pick.map_or_else(Vec::new, |i| self.free.swap_remove(i))
+    }
+
+    /// `n` values for a kernel that writes every one of them: the old
+    /// contents are left in place (zeroing them would be wasted work).
+    fn overwritten(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.take(n);
         v.resize(n, 0.0);
         v
     }
@@ -136,7 +137,7 @@ fn project(
     in_dim: usize,
     out_dim: usize,
 ) -> Vec<f32> {
-    let mut out = bufs.zeros(n * out_dim);
+    let mut out = bufs.overwritten(n * out_dim);
     linear::linear(
         x,
         rows,
@@ -152,6 +153,8 @@ fn project(
     out
 }
 
+/// The forward of one relation onto the destinations of `csr`: sources
+/// `src[src_rows]` (`n_src` rows), destinations `dst[dst_rows]`.
 #[allow(clippy::too_many_arguments)]
 fn conv_forward(
     bufs: &mut Buffers,
@@ -161,6 +164,7 @@ fn conv_forward(
     src_rows: Option<&[u32]>,
     n_src: usize,
     dst: &[f32],
+    dst_rows: Option<&[u32]>,
     csr: &Csr,
 ) -> (Vec<f32>, ConvCache) {
     let hc = w.out_dim();
@@ -178,30 +182,52 @@ fn conv_forward(
     let xr = project(
         bufs,
         dst,
-        None,
+        dst_rows,
         n_dst,
         &w.lin_r_wt,
         &w.lin_r_b,
         w.in_dim,
         hc,
     );
-    let mut out = bufs.zeros(n_dst * hc);
-    let mut alpha = bufs.zeros(csr.n_edges() * w.heads);
+    let mut out = bufs.overwritten(n_dst * hc);
+    let mut alpha = bufs.overwritten(csr.n_edges() * w.heads);
     fast::gatv2_forward(&gat_of(w, relu), &xl, &xr, csr, &mut out, &mut alpha);
     (out, ConvCache { xl, xr, alpha })
 }
 
-fn forward(bufs: &mut Buffers, model: &Model, graph: &TileGraph, structure: &Structure) -> Forward {
-    let n_tx = graph.n_tx();
+/// The forward pass over the rows of `rows`: `tx[l]` holds the rows of
+/// level l, `bd[l]` every nucleus.
+fn forward(
+    bufs: &mut Buffers,
+    model: &Model,
+    graph: &TileGraph,
+    structure: &Structure,
+    rows: &Rows,
+) -> Forward {
     let InputLayer {
         bd_x,
         tx: h_tx,
         bd: h_bd,
     } = input_layer(model, graph);
+    let h_tx = if rows.levels[0].len() == graph.n_tx() {
+        h_tx
+    } else {
+        let emb = model.arch.emb;
+        let mut compact = bufs.overwritten(rows.levels[0].len() * emb);
+        for (row, &t) in compact.chunks_exact_mut(emb).zip(&rows.levels[0]) {
+            row.copy_from_slice(&h_tx[t as usize * emb..(t as usize + 1) * emb]);
+        }
+        compact
+    };
     let mut tx = vec![h_tx];
     let mut bd = vec![h_bd];
     let mut convs = Vec::new();
-    for layer in &model.layers {
+    for ((layer, layer_rows), n_in) in model
+        .layers
+        .iter()
+        .zip(&rows.layers)
+        .zip(rows.levels.iter().map(Vec::len))
+    {
         let (h_tx, h_bd) = (tx.last().expect("input"), bd.last().expect("input"));
         let (next_tx, tt) = conv_forward(
             bufs,
@@ -209,18 +235,20 @@ fn forward(bufs: &mut Buffers, model: &Model, graph: &TileGraph, structure: &Str
             layer.relu,
             h_tx,
             None,
-            n_tx,
+            n_in,
             h_tx,
-            &graph.neighbors,
+            Some(&layer_rows.out_in_input),
+            &layer_rows.neighbors,
         );
         let (next_bd, tb) = conv_forward(
             bufs,
             &layer.belongs,
             layer.relu,
             h_tx,
-            Some(&structure.belongs_rows),
+            Some(&layer_rows.belongs_in_input),
             structure.belongs_rows.len(),
             h_bd,
+            None,
             &structure.belongs,
         );
         tx.push(next_tx);
@@ -250,7 +278,9 @@ struct ConvBack {
     d_dst: Vec<f32>,
 }
 
-/// Backward of one relation. `g` is d loss / d output (ReLU mask applied).
+/// Backward of one relation, inputs as in [`conv_forward`]. `g` is d loss /
+/// d output (ReLU mask applied); `d_src` and `d_dst` are per source and
+/// destination row (`dst_rows` not applied).
 #[allow(clippy::too_many_arguments)]
 fn conv_backward(
     bufs: &mut Buffers,
@@ -262,6 +292,7 @@ fn conv_backward(
     src_rows: Option<&[u32]>,
     n_src: usize,
     dst: &[f32],
+    dst_rows: Option<&[u32]>,
     csr: &Csr,
     by_source: &Csr,
     edge_dst: &[u32],
@@ -269,9 +300,9 @@ fn conv_backward(
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
     kernels::column_sums(g, hc, &mut dw.bias);
-    let mut dxr = bufs.zeros(n_dst * hc);
-    let mut dxl = bufs.zeros(n_src * hc);
-    let mut datt_dst = bufs.zeros(n_dst * hc);
+    let mut dxr = bufs.overwritten(n_dst * hc);
+    let mut dxl = bufs.overwritten(n_src * hc);
+    let mut datt_dst = bufs.overwritten(n_dst * hc);
     fast::gatv2_backward(
         &gat_of(w, false),
         &cache.xl,
@@ -300,16 +331,16 @@ fn conv_backward(
     );
     fast::linear_weight_grad(
         dst,
-        None,
+        dst_rows,
         &dxr,
         w.in_dim,
         hc,
         &mut dw.lin_r_wt,
         Some(&mut dw.lin_r_b),
     );
-    let mut d_src = bufs.zeros(n_src * w.in_dim);
+    let mut d_src = bufs.overwritten(n_src * w.in_dim);
     fast::linear_input_grad(&dxl, &w.lin_l_wt, w.in_dim, hc, &mut d_src);
-    let mut d_dst = bufs.zeros(n_dst * w.in_dim);
+    let mut d_dst = bufs.overwritten(n_dst * w.in_dim);
     fast::linear_input_grad(&dxr, &w.lin_r_wt, w.in_dim, hc, &mut d_dst);
     bufs.give(dxl);
     bufs.give(dxr);
@@ -332,18 +363,29 @@ pub fn loss_and_grad_with(
     grads: &mut Model,
 ) -> f32 {
     let structure = Structure::of(graph);
-    let fwd = forward(bufs, model, graph, &structure);
-    let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
-    let dim = model.arch.z_dim();
-    let z_tx = fwd.tx.last().expect("output");
-    let z_bd = fwd.bd.last().expect("output");
-
-    // Loss and d loss / d logit, pair by pair (positives then negatives).
     let all: Vec<(u32, u32)> = pairs
         .positive
         .iter()
         .chain(&pairs.negative)
         .copied()
+        .collect();
+    let rows = Rows::of(
+        graph,
+        model.layers.len(),
+        &structure.belongs_rows,
+        all.iter().map(|p| p.0),
+    );
+    let fwd = forward(bufs, model, graph, &structure, &rows);
+    let (n_out, n_bd) = (rows.levels[model.layers.len()].len(), graph.n_bd());
+    let dim = model.arch.z_dim();
+    let z_tx = fwd.tx.last().expect("output");
+    let z_bd = fwd.bd.last().expect("output");
+
+    // Loss and d loss / d logit, pair by pair (positives then negatives);
+    // transcripts as rows of the last level.
+    let all: Vec<(u32, u32)> = all
+        .into_iter()
+        .map(|(t, b)| (rows.last_level_index(t), b))
         .collect();
     let n_pos = pairs.positive.len();
     let pos_weight = pairs.pos_weight();
@@ -358,23 +400,24 @@ pub fn loss_and_grad_with(
     let d_logit: Vec<f32> = terms.iter().map(|t| t.1).collect();
     let tx_of: Vec<u32> = all.iter().map(|p| p.0).collect();
     let bd_of: Vec<u32> = all.iter().map(|p| p.1).collect();
-    let pairs_by_tx = Csr::from_edges(n_tx, (0..all.len() as u32).map(|p| (p, tx_of[p as usize])));
+    let pairs_by_tx = Csr::from_edges(n_out, (0..all.len() as u32).map(|p| (p, tx_of[p as usize])));
     let pairs_by_bd = Csr::from_edges(n_bd, (0..all.len() as u32).map(|p| (p, bd_of[p as usize])));
-    let mut d_tx = bufs.zeros(n_tx * dim);
+    let mut d_tx = bufs.overwritten(n_out * dim);
     d_tx.par_chunks_mut(dim).enumerate().for_each(|(t, row)| {
         kernels::pair_grad_at(&pairs_by_tx, &bd_of, &d_logit, z_bd, dim, t, row)
     });
-    let mut d_bd = bufs.zeros(n_bd * dim);
+    let mut d_bd = bufs.overwritten(n_bd * dim);
     d_bd.par_chunks_mut(dim).enumerate().for_each(|(b, row)| {
         kernels::pair_grad_at(&pairs_by_bd, &tx_of, &d_logit, z_tx, dim, b, row)
     });
 
     for (l, layer) in model.layers.iter().enumerate().rev() {
         if layer.relu {
-            kernels::relu_backward(&mut d_tx, &fwd.tx[l + 1]);
-            kernels::relu_backward(&mut d_bd, &fwd.bd[l + 1]);
+            fast::relu_backward(&mut d_tx, &fwd.tx[l + 1]);
+            fast::relu_backward(&mut d_bd, &fwd.bd[l + 1]);
         }
         let (tt, tb) = &fwd.convs[l];
+        let layer_rows = &rows.layers[l];
         let layer_grads = &mut grads.layers[l];
         let (h_tx, h_bd) = (&fwd.tx[l], &fwd.bd[l]);
         let back_tt = conv_backward(
@@ -385,11 +428,12 @@ pub fn loss_and_grad_with(
             &d_tx,
             h_tx,
             None,
-            n_tx,
+            rows.levels[l].len(),
             h_tx,
-            &graph.neighbors,
-            &structure.neighbors_by_source,
-            &structure.neighbors_dst,
+            Some(&layer_rows.out_in_input),
+            &layer_rows.neighbors,
+            &layer_rows.neighbors_by_source,
+            &layer_rows.neighbors_dst,
         );
         let back_tb = conv_backward(
             bufs,
@@ -398,9 +442,10 @@ pub fn loss_and_grad_with(
             tb,
             &d_bd,
             h_tx,
-            Some(&structure.belongs_rows),
+            Some(&layer_rows.belongs_in_input),
             structure.belongs_rows.len(),
             h_bd,
+            None,
             &structure.belongs,
             &structure.belongs_by_source,
             &structure.belongs_dst,
@@ -408,28 +453,30 @@ pub fn loss_and_grad_with(
         // d h_tx: neighbour sources, then neighbour destinations, then belongs sources.
         let in_dim = layer.neighbors.in_dim;
         let mut next_tx = back_tt.d_src;
-        for (v, d) in next_tx.iter_mut().zip(&back_tt.d_dst) {
-            *v += d;
-        }
-        for (r, &row) in structure.belongs_rows.iter().enumerate() {
-            let target = &mut next_tx[row as usize * in_dim..(row as usize + 1) * in_dim];
-            for (v, d) in target
-                .iter_mut()
-                .zip(&back_tb.d_src[r * in_dim..(r + 1) * in_dim])
-            {
-                *v += d;
+        let scatter = |next: &mut [f32], at: &[u32], add: &[f32]| {
+            for (&row, d) in at.iter().zip(add.chunks_exact(in_dim)) {
+                let target = &mut next[row as usize * in_dim..(row as usize + 1) * in_dim];
+                for (v, d) in target.iter_mut().zip(d) {
+                    *v += d;
+                }
             }
-        }
+        };
+        scatter(&mut next_tx, &layer_rows.out_in_input, &back_tt.d_dst);
+        scatter(&mut next_tx, &layer_rows.belongs_in_input, &back_tb.d_src);
         bufs.give(back_tt.d_dst);
         bufs.give(back_tb.d_src);
         bufs.give(std::mem::replace(&mut d_tx, next_tx));
         bufs.give(std::mem::replace(&mut d_bd, back_tb.d_dst));
     }
     // Layer 0: ReLU of the embedding and of lin0.
-    kernels::relu_backward(&mut d_tx, &fwd.tx[0]);
-    kernels::relu_backward(&mut d_bd, &fwd.bd[0]);
+    fast::relu_backward(&mut d_tx, &fwd.tx[0]);
+    fast::relu_backward(&mut d_bd, &fwd.bd[0]);
     let emb = model.arch.emb;
-    kernels::embedding_grad(&graph.tx_token, &d_tx, emb, &mut grads.tx_embedding);
+    let tokens: Vec<u32> = rows.levels[0]
+        .iter()
+        .map(|&t| graph.tx_token[t as usize])
+        .collect();
+    kernels::embedding_grad(&tokens, &d_tx, emb, &mut grads.tx_embedding);
     fast::linear_weight_grad(
         &fwd.bd_x,
         None,

@@ -14,6 +14,7 @@ pub mod fast;
 pub mod grad;
 pub mod init;
 pub mod kernels;
+mod rows;
 pub mod session;
 pub mod validate;
 pub mod weights;
