@@ -282,7 +282,7 @@ impl SpillDir {
             .and_then(|()| std::fs::rename(&part, path));
         written.with_context(|| {
             format!(
-                "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+                "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 80 bytes per transcript",
                 path.display(),
                 self.path.parent().unwrap_or(&self.path).display()
             )
@@ -752,6 +752,8 @@ const MANIFEST: &str = "manifest.json";
 fn start_key(params: &SegmentParams, model: &Model, side: u64, tile_size: f64) -> Result<Sha256> {
     let mut key = Sha256::new();
     key.update(env!("CARGO_PKG_VERSION").as_bytes());
+    // The layout of the spill files (score files sorted by kept index).
+    key.update(b"spill files 2");
     key.update(serde_json::to_string(params)?.as_bytes());
     key.update(model.sha256.as_bytes());
     key.update(side.to_le_bytes());
@@ -1262,7 +1264,7 @@ impl SpillWriter {
 
 fn spill_error(path: &Path, tmp_dir: &Path) -> String {
     format!(
-        "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+        "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 80 bytes per transcript",
         path.display(),
         tmp_dir.display()
     )
@@ -1590,6 +1592,11 @@ pub fn segment_file(
         &spill, &plan, &grid, cut, model, params, backend, reuse, &mut work,
     )?;
     let settled = settle_results(&spill, &plan, cut, fragment_stage.as_mut(), &mut work)?;
+    // The records are rewritten by every run (--resume included): free their
+    // disk before the tables are written.
+    let records = spill.path.join("records");
+    std::fs::remove_dir_all(&records)
+        .with_context(|| format!("cannot remove spill folder {}", records.display()))?;
     let (slots, fragment_ids) = match fragment_stage {
         Some(_) => name_fragments(layout, id_kind, &spill, &plan, &rows_path, &mut work)?,
         None => (HashMap::new(), Vec::new()),
