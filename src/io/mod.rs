@@ -16,6 +16,8 @@ mod transcripts;
 pub use args::{InputArgs, InputSpec, Preset};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
 pub use nuclei::read_nuclei;
+#[cfg(feature = "testing")]
+pub use transcripts::ID_RUN_ENV;
 pub use transcripts::{read_transcripts, Chunk, IdKind, TranscriptLayout, TranscriptStream};
 
 /// Why a transcript takes no part in segmentation (it still appears in the output).

@@ -554,6 +554,211 @@ struct Decoded {
     nuclear_cell: Option<Vec<Option<String>>>,
 }
 
+/// Id keys held in memory by the id check before they go to partitions.
+pub const ID_RUN: usize = 1 << 22;
+
+/// Partition files of the id check beyond [`ID_RUN`] rows.
+pub const ID_PARTITIONS: usize = 256;
+
+/// Environment variable (builds with the `testing` feature only): id keys
+/// held in memory instead of [`ID_RUN`].
+#[cfg(feature = "testing")]
+pub const ID_RUN_ENV: &str = "SEGGPU_TEST_ID_RUN";
+
+fn id_run() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var(ID_RUN_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(1);
+    }
+    ID_RUN
+}
+
+/// An id as the check orders it: numbers by a `u64` whose order is theirs
+/// (i64 with the sign bit flipped; f64 by its bits, +0 for −0), text bytewise.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum IdKey {
+    Number(u64),
+    Text(String),
+}
+
+/// Id keys with their rows, held in memory.
+#[derive(Default)]
+struct IdRun {
+    numbers: Vec<(u64, u32)>,
+    texts: Vec<(String, u32)>,
+}
+
+impl IdRun {
+    fn push(&mut self, key: TranscriptKey, row: u32) {
+        match key {
+            TranscriptKey::U64(v) => self.numbers.push((v, row)),
+            // Ordered as i64 (the sign bit flipped).
+            TranscriptKey::I64(v) => self.numbers.push(((v as u64) ^ (1 << 63), row)),
+            // Ids are finite (checked when read); +0 and −0 are one id.
+            TranscriptKey::F64(v) => self.numbers.push(((v + 0.0).to_bits(), row)),
+            TranscriptKey::Str(v) => self.texts.push((v, row)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.numbers.len() + self.texts.len()
+    }
+
+    /// The smallest id held twice or more, with its rows ascending.
+    fn first_repeat(mut self) -> Option<(IdKey, Vec<u32>)> {
+        use rayon::prelude::*;
+        fn first<T: Ord + Clone + Send>(v: &mut [(T, u32)]) -> Option<(T, Vec<u32>)> {
+            v.par_sort_unstable();
+            let at = v.windows(2).position(|w| w[0].0 == w[1].0)?;
+            let id = v[at].0.clone();
+            let rows = v[at..]
+                .iter()
+                .take_while(|(k, _)| *k == id)
+                .map(|&(_, r)| r)
+                .collect();
+            Some((id, rows))
+        }
+        let number = first(&mut self.numbers).map(|(v, r)| (IdKey::Number(v), r));
+        let text = first(&mut self.texts).map(|(v, r)| (IdKey::Text(v), r));
+        number.or(text)
+    }
+}
+
+/// The id check's partition files: every id goes to one by its hash, so
+/// that a repeated id lies whole in one, which is checked alone.
+struct IdPartitions {
+    dir: std::path::PathBuf,
+    files: Vec<std::io::BufWriter<std::fs::File>>,
+}
+
+impl IdPartitions {
+    fn create(tmp_dir: &std::path::Path) -> Result<Self> {
+        let dir = tmp_dir.join(format!(".seggpu-ids-{}", std::process::id()));
+        let made = std::fs::create_dir_all(&dir).and_then(|()| {
+            (0..ID_PARTITIONS)
+                .map(|p| {
+                    std::fs::File::create(dir.join(format!("p{p}.bin")))
+                        .map(|f| std::io::BufWriter::with_capacity(1 << 15, f))
+                })
+                .collect::<std::io::Result<Vec<_>>>()
+        });
+        let files = match made {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(anyhow::Error::from(e).context(format!(
+                    "cannot write the id check's files under {} (--tmp-dir)",
+                    dir.display()
+                )));
+            }
+        };
+        Ok(IdPartitions { dir, files })
+    }
+
+    fn partition(key: &IdKey) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % ID_PARTITIONS as u64) as usize
+    }
+
+    /// Moves the ids of `run` to their partitions.
+    fn spill(&mut self, run: &mut IdRun) -> Result<()> {
+        use std::io::Write;
+        let full = |e: std::io::Error, dir: &std::path::Path| {
+            anyhow::Error::from(e).context(format!(
+                "cannot write the id check's files under {} (--tmp-dir); they need about 16 bytes per transcript",
+                dir.display()
+            ))
+        };
+        for (v, row) in run.numbers.drain(..) {
+            let p = Self::partition(&IdKey::Number(v));
+            let mut bytes = [0u8; 13];
+            bytes[1..9].copy_from_slice(&v.to_le_bytes());
+            bytes[9..].copy_from_slice(&row.to_le_bytes());
+            self.files[p]
+                .write_all(&bytes)
+                .map_err(|e| full(e, &self.dir))?;
+        }
+        for (v, row) in run.texts.drain(..) {
+            let key = IdKey::Text(v);
+            let p = Self::partition(&key);
+            let IdKey::Text(v) = key else {
+                continue;
+            };
+            let file = &mut self.files[p];
+            file.write_all(&[1])
+                .and_then(|()| file.write_all(&(v.len() as u64).to_le_bytes()))
+                .and_then(|()| file.write_all(v.as_bytes()))
+                .and_then(|()| file.write_all(&row.to_le_bytes()))
+                .map_err(|e| full(e, &self.dir))?;
+        }
+        run.numbers.shrink_to_fit();
+        run.texts.shrink_to_fit();
+        Ok(())
+    }
+
+    /// The smallest repeated id over every partition.
+    fn first_repeat(&mut self) -> Result<Option<(IdKey, Vec<u32>)>> {
+        use std::io::Write;
+        let dir = self.dir.clone();
+        for f in &mut self.files {
+            f.flush().with_context(|| {
+                format!(
+                    "cannot write the id check's files under {} (--tmp-dir)",
+                    dir.display()
+                )
+            })?;
+        }
+        let mut found: Option<(IdKey, Vec<u32>)> = None;
+        for p in 0..ID_PARTITIONS {
+            let path = self.dir.join(format!("p{p}.bin"));
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let damaged = || anyhow::anyhow!("{} is damaged", path.display());
+            let mut run = IdRun::default();
+            let mut at = 0usize;
+            let take = |at: &mut usize, n: usize| -> Result<&[u8]> {
+                let b = bytes.get(*at..*at + n).ok_or_else(damaged)?;
+                *at += n;
+                Ok(b)
+            };
+            while at < bytes.len() {
+                let tag = take(&mut at, 1)?[0];
+                if tag == 0 {
+                    let v = u64::from_le_bytes(take(&mut at, 8)?.try_into()?);
+                    let row = u32::from_le_bytes(take(&mut at, 4)?.try_into()?);
+                    run.numbers.push((v, row));
+                } else {
+                    let len = u64::from_le_bytes(take(&mut at, 8)?.try_into()?) as usize;
+                    let v = std::str::from_utf8(take(&mut at, len)?)
+                        .map_err(|_| damaged())?
+                        .to_string();
+                    let row = u32::from_le_bytes(take(&mut at, 4)?.try_into()?);
+                    run.texts.push((v, row));
+                }
+            }
+            drop(bytes);
+            if let Some(repeat) = run.first_repeat() {
+                if found.as_ref().is_none_or(|f| repeat.0 < f.0) {
+                    found = Some(repeat);
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Drop for IdPartitions {
+    fn drop(&mut self) {
+        self.files.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The columns of a transcripts file and their roles (docs/contract.md §2),
 /// resolved once; the file is then read in record batches.
 pub struct TranscriptLayout {
@@ -1020,11 +1225,14 @@ impl TranscriptLayout {
     }
 
     /// Reads the id column alone (twice for CSV text: the kind every row
-    /// fits first) and checks that no id appears twice, holding a compact
-    /// key per row meanwhile (16 bytes for numbers); the same errors as
-    /// [`read_transcripts`]. Returns the kind of the ids, `None` without an
-    /// id column (the row index is the id).
-    pub fn check_ids(&self) -> Result<Option<IdKind>> {
+    /// fits first) and checks that no id appears twice; the same errors as
+    /// [`read_transcripts`]. A compact key per row (16 bytes for numbers)
+    /// is held up to [`ID_RUN`] rows; beyond, the keys go to
+    /// [`ID_PARTITIONS`] files by their hash in a folder under `tmp_dir`
+    /// (removed after), and each is sorted and checked alone. Returns the
+    /// kind of the ids, `None` without an id column (the row index is the
+    /// id).
+    pub fn check_ids(&self, tmp_dir: &std::path::Path) -> Result<Option<IdKind>> {
         let Some((ctx, mut batches)) = self.id_batches()? else {
             return Ok(None);
         };
@@ -1046,59 +1254,41 @@ impl TranscriptLayout {
         let (ctx, batches) = self
             .id_batches()?
             .context("internal: the id column went away")?;
-        let mut numbers: Vec<(u64, u32)> = Vec::new();
-        let mut texts: Vec<(String, u32)> = Vec::new();
+        let mut run = IdRun::default();
+        let mut parts: Option<IdPartitions> = None;
         let mut row0 = 0usize;
         for a in batches {
             let a = a?;
             let n = a.len();
             let (keys, _) = id_values(&[a], ctx, kind, row0, n)?;
             for (i, k) in keys.into_iter().enumerate() {
-                let row = (row0 + i) as u32;
-                match k {
-                    TranscriptKey::U64(v) => numbers.push((v, row)),
-                    // Ordered as i64 (the sign bit flipped).
-                    TranscriptKey::I64(v) => numbers.push(((v as u64) ^ (1 << 63), row)),
-                    // Ids are finite (checked when read); +0 and −0 are one id.
-                    TranscriptKey::F64(v) => numbers.push(((v + 0.0).to_bits(), row)),
-                    TranscriptKey::Str(v) => texts.push((v, row)),
-                }
+                run.push(k, (row0 + i) as u32);
             }
             row0 += n;
-        }
-        let repeated = |rows: Vec<u32>| -> Vec<String> {
-            rows.iter().take(3).map(|r| (r + 1).to_string()).collect()
-        };
-        use rayon::prelude::*;
-        let found: Option<(TranscriptKey, Vec<String>)> = if kind == IdKind::Str {
-            texts.par_sort_unstable();
-            texts.windows(2).position(|w| w[0].0 == w[1].0).map(|at| {
-                let id = texts[at].0.clone();
-                let rows = texts[at..]
-                    .iter()
-                    .take_while(|(v, _)| *v == id)
-                    .map(|&(_, r)| r)
-                    .collect();
-                (TranscriptKey::Str(id), repeated(rows))
-            })
-        } else {
-            numbers.par_sort_unstable();
-            numbers.windows(2).position(|w| w[0].0 == w[1].0).map(|at| {
-                let v = numbers[at].0;
-                let rows = numbers[at..]
-                    .iter()
-                    .take_while(|(k, _)| *k == v)
-                    .map(|&(_, r)| r)
-                    .collect();
-                let id = match kind {
-                    IdKind::U64 => TranscriptKey::U64(v),
-                    IdKind::I64 => TranscriptKey::I64((v ^ (1 << 63)) as i64),
-                    _ => TranscriptKey::F64(f64::from_bits(v)),
+            if run.len() >= id_run() {
+                let p = match &mut parts {
+                    Some(p) => p,
+                    None => parts.insert(IdPartitions::create(tmp_dir)?),
                 };
-                (id, repeated(rows))
-            })
+                p.spill(&mut run)?;
+            }
+        }
+        let found = match &mut parts {
+            None => run.first_repeat(),
+            Some(p) => {
+                p.spill(&mut run)?;
+                p.first_repeat()?
+            }
         };
+        drop(parts);
         if let Some((id, rows)) = found {
+            let rows: Vec<String> = rows.iter().take(3).map(|r| (r + 1).to_string()).collect();
+            let id = match (id, kind) {
+                (IdKey::Text(v), _) => TranscriptKey::Str(v),
+                (IdKey::Number(v), IdKind::U64) => TranscriptKey::U64(v),
+                (IdKey::Number(v), IdKind::I64) => TranscriptKey::I64((v ^ (1 << 63)) as i64),
+                (IdKey::Number(v), _) => TranscriptKey::F64(f64::from_bits(v)),
+            };
             bail!(
                 "{ctx}: transcript id {id} appears more than once (rows {}); ids must be unique, \
                  as fragment ids are made from them (pass --id-col none to number the rows instead)",
@@ -1110,31 +1300,58 @@ impl TranscriptLayout {
 
     /// The id keys of `rows` (ascending input rows), read as `kind`.
     pub fn keys_of_rows(&self, kind: Option<IdKind>, rows: &[usize]) -> Result<Vec<TranscriptKey>> {
-        let (Some(kind), Some((ctx, batches))) = (kind, self.id_batches()?) else {
-            return Ok(rows.iter().map(|&r| TranscriptKey::U64(r as u64)).collect());
-        };
         let mut keys = Vec::with_capacity(rows.len());
+        self.for_each_key_of_rows(kind, rows.iter().map(|&r| Ok((r, ()))), |(), key| {
+            keys.push(key)
+        })?;
+        Ok(keys)
+    }
+
+    /// Hands `f` the id key (read as `kind`; `None`: the row index) of every
+    /// row of `rows` (ascending input rows, each with a tag), reading the id
+    /// column once, batch by batch.
+    pub fn for_each_key_of_rows<T>(
+        &self,
+        kind: Option<IdKind>,
+        rows: impl Iterator<Item = Result<(usize, T)>>,
+        mut f: impl FnMut(T, TranscriptKey),
+    ) -> Result<()> {
+        let (Some(kind), Some((ctx, batches))) = (kind, self.id_batches()?) else {
+            for row in rows {
+                let (r, tag) = row?;
+                f(tag, TranscriptKey::U64(r as u64));
+            }
+            return Ok(());
+        };
+        let mut rows = rows;
+        let mut pending = rows.next().transpose()?;
         let mut row0 = 0usize;
         for a in batches {
-            if keys.len() == rows.len() {
+            let Some((first, _)) = &pending else {
                 break;
-            }
+            };
             let a = a?;
             let n = a.len();
             let end = row0 + n;
-            if rows[keys.len()] < end {
+            if *first < end {
                 let (batch_keys, _) = id_values(&[a], ctx, kind, row0, n)?;
-                while keys.len() < rows.len() && rows[keys.len()] < end {
-                    keys.push(batch_keys[rows[keys.len()] - row0].clone());
+                while let Some((r, tag)) = pending.take() {
+                    if r >= end {
+                        pending = Some((r, tag));
+                        break;
+                    }
+                    anyhow::ensure!(r >= row0, "internal: rows asked for out of order");
+                    f(tag, batch_keys[r - row0].clone());
+                    pending = rows.next().transpose()?;
                 }
             }
             row0 = end;
         }
         anyhow::ensure!(
-            keys.len() == rows.len(),
+            pending.is_none(),
             "{ctx}: the file holds fewer rows than when it was first read"
         );
-        Ok(keys)
+        Ok(())
     }
 
     /// The passthrough output columns (as [`Transcripts::passthrough`]) of

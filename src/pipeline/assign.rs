@@ -18,10 +18,7 @@ pub struct Assigned {
 /// Applies `score_cut` to the best matches.
 pub fn run(scores: &TileScores, score_cut: ScoreCut) -> Assigned {
     let stats = statistics(&scores.best_score);
-    let cut = match score_cut {
-        ScoreCut::Fixed(v) => v,
-        ScoreCut::Auto => stats.knee.map_or(crate::defaults::SCORE_CUT, |k| k as f32),
-    };
+    let cut = cut_of(&stats, score_cut);
     let assigned = scores
         .best_score
         .iter()
@@ -35,6 +32,15 @@ pub fn run(scores: &TileScores, score_cut: ScoreCut) -> Assigned {
     }
 }
 
+/// The score cut in use: the fixed one, or the knee of the scores with
+/// `--score-cut auto` (the default cut without a knee).
+pub fn cut_of(stats: &ScoreStats, score_cut: ScoreCut) -> f32 {
+    match score_cut {
+        ScoreCut::Fixed(v) => v,
+        ScoreCut::Auto => stats.knee.map_or(crate::defaults::SCORE_CUT, |k| k as f32),
+    }
+}
+
 /// The knee of the sorted best-score curve (Kneedle, concave increasing):
 /// with scores sorted ascending, x = score and y = rank, both normalised to
 /// [0, 1], the knee is the first argmax of y − x. Returns the score there,
@@ -42,20 +48,46 @@ pub fn run(scores: &TileScores, score_cut: ScoreCut) -> Assigned {
 pub fn knee(scores: &[f32]) -> Option<f32> {
     let mut sorted: Vec<f32> = scores.iter().copied().filter(|s| s.is_finite()).collect();
     sorted.sort_by(f32::total_cmp);
-    let (lo, hi) = (*sorted.first()?, *sorted.last()?);
-    if hi <= lo {
-        return None;
-    }
-    let n = sorted.len();
-    let mut best = (f64::NEG_INFINITY, lo);
-    for (rank, &s) in sorted.iter().enumerate() {
-        let x = (s - lo) as f64 / (hi - lo) as f64;
-        let y = rank as f64 / (n - 1) as f64;
-        if y - x > best.0 {
-            best = (y - x, s);
+    let mut scan = KneeScan::new(sorted.len(), *sorted.first()?, *sorted.last()?);
+    sorted.iter().for_each(|&s| scan.see(s));
+    scan.finish()
+}
+
+/// [`knee`] over scores seen one by one in ascending order, `n` of them
+/// from `lo` to `hi`.
+struct KneeScan {
+    n: usize,
+    lo: f32,
+    hi: f32,
+    rank: usize,
+    best: (f64, f32),
+}
+
+impl KneeScan {
+    fn new(n: usize, lo: f32, hi: f32) -> Self {
+        KneeScan {
+            n,
+            lo,
+            hi,
+            rank: 0,
+            best: (f64::NEG_INFINITY, lo),
         }
     }
-    Some(best.1)
+
+    fn see(&mut self, s: f32) {
+        if self.hi > self.lo {
+            let x = (s - self.lo) as f64 / (self.hi - self.lo) as f64;
+            let y = self.rank as f64 / (self.n - 1) as f64;
+            if y - x > self.best.0 {
+                self.best = (y - x, s);
+            }
+        }
+        self.rank += 1;
+    }
+
+    fn finish(self) -> Option<f32> {
+        (self.hi > self.lo).then_some(self.best.1)
+    }
 }
 
 /// Summary statistics of the best scores (docs/contract.md §11).
@@ -90,32 +122,70 @@ pub struct ScoreStats {
 /// Statistics of the finite scores.
 pub fn statistics(scores: &[f32]) -> ScoreStats {
     let mut sorted: Vec<f32> = scores.iter().copied().filter(|s| s.is_finite()).collect();
-    if sorted.is_empty() {
-        return ScoreStats::default();
-    }
     sorted.sort_by(f32::total_cmp);
-    let n = sorted.len();
-    let mean = sorted.iter().map(|&s| s as f64).sum::<f64>() / n as f64;
-    let var = sorted
-        .iter()
-        .map(|&s| (s as f64 - mean).powi(2))
-        .sum::<f64>()
-        / n as f64;
-    let pct = |p: f64| sorted[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1] as f64;
-    ScoreStats {
+    let (Some(&lo), Some(&hi)) = (sorted.first(), sorted.last()) else {
+        return ScoreStats::default();
+    };
+    let ascending = |see: &mut dyn FnMut(f32)| {
+        sorted.iter().for_each(|&s| see(s));
+        Ok::<(), std::convert::Infallible>(())
+    };
+    match statistics_of_sorted(sorted.len(), lo, hi, ascending) {
+        Ok(stats) => stats,
+        Err(never) => match never {},
+    }
+}
+
+/// [`statistics`] of `n` finite scores from `lo` to `hi`, which `ascending`
+/// hands to its argument one by one in ascending order ([`f32::total_cmp`])
+/// each time it is called (twice: the mean is needed for the spread), so
+/// that they need not be held at once; the same sums in the same order.
+pub fn statistics_of_sorted<E>(
+    n: usize,
+    lo: f32,
+    hi: f32,
+    mut ascending: impl FnMut(&mut dyn FnMut(f32)) -> Result<(), E>,
+) -> Result<ScoreStats, E> {
+    if n == 0 {
+        return Ok(ScoreStats::default());
+    }
+    let rank = |p: f64| ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1;
+    let percentiles = [25.0, 50.0, 75.0, 90.0, 95.0, 99.0];
+    let ranks = percentiles.map(rank);
+    let mut at_rank = [0.0f64; 6];
+    // Sums start at −0.0 as `Iterator::sum` does.
+    let mut sum = -0.0f64;
+    let mut knee = KneeScan::new(n, lo, hi);
+    let mut i = 0usize;
+    ascending(&mut |s| {
+        sum += s as f64;
+        for (r, v) in ranks.iter().zip(at_rank.iter_mut()) {
+            if *r == i {
+                *v = s as f64;
+            }
+        }
+        knee.see(s);
+        i += 1;
+    })?;
+    let mean = sum / n as f64;
+    let mut squares = -0.0f64;
+    ascending(&mut |s| squares += (s as f64 - mean).powi(2))?;
+    let var = squares / n as f64;
+    let [p25, p50, p75, p90, p95, p99] = at_rank;
+    Ok(ScoreStats {
         n,
         mean,
         std: var.sqrt(),
-        min: sorted[0] as f64,
-        max: sorted[n - 1] as f64,
-        p25: pct(25.0),
-        p50: pct(50.0),
-        p75: pct(75.0),
-        p90: pct(90.0),
-        p95: pct(95.0),
-        p99: pct(99.0),
-        knee: knee(&sorted).map(f64::from),
-    }
+        min: lo as f64,
+        max: hi as f64,
+        p25,
+        p50,
+        p75,
+        p90,
+        p95,
+        p99,
+        knee: knee.finish().map(f64::from),
+    })
 }
 
 #[cfg(test)]

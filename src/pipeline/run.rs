@@ -659,7 +659,7 @@ fn run_in_batches(
     let clock = Instant::now();
     let spinner = progress.spinner("reading");
     let layout = crate::io::TranscriptLayout::open(spec)?;
-    let id_kind = layout.check_ids()?;
+    let id_kind = layout.check_ids(args.tmp_dir.as_ref().unwrap_or(&args.out))?;
     let nuclei = crate::io::read_nuclei(spec, model.bd_features)?;
     spinner.finish_and_clear();
     report_nuclei(&nuclei, spec);

@@ -96,6 +96,13 @@ pub struct StreamFacts {
     /// batches; absent where the input rows are held whole).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub largest_rows_held: Option<usize>,
+    /// Most items held at once by one in-memory structure of the path that
+    /// reads and writes in batches: a reader or written batch, the records
+    /// of a bucket, the scores of a sorted group, the fragment nodes, the
+    /// ids of a partition of the id check. Bounded by the budget, not by
+    /// the input (absent where the input rows are held whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_items_held: Option<usize>,
 }
 
 /// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
@@ -272,7 +279,7 @@ impl SpillDir {
             .and_then(|()| std::fs::rename(&part, path));
         written.with_context(|| {
             format!(
-                "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+                "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 80 bytes per transcript",
                 path.display(),
                 self.path.parent().unwrap_or(&self.path).display()
             )
@@ -398,13 +405,12 @@ pub fn segment(
 
     let n_kept = prepared.kept.len();
     let mut work = Work::default();
-    let scores = score_stage(
+    score_stage(
         &spill,
         &plan,
         &grid,
         settings.overlap.resolve(backend),
         prepared.margin,
-        n_kept,
         nuclei,
         model,
         params,
@@ -413,30 +419,53 @@ pub fn segment(
         reuse,
         &mut work,
     )?;
+    let mut scores = dense_scores(&spill, &plan, n_kept)?;
+    scores.graph_seconds = work.clock.graph;
+    scores.model_seconds = work.clock.model;
     seconds.push(("graphs", work.clock.graph));
     seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
-    let (assigned, fragments) = assign_and_fragments(
+    let assigned = assign::run(&scores, params.score_cut);
+    let fragments = match fragment_stage(
         &spill,
         &plan,
         &grid,
-        &scores,
+        assigned.cut,
         model,
         params,
         backend,
         reuse,
         &mut work,
-        |labels, candidates, min_transcripts| {
-            Ok(fragments::name_components(
-                labels,
-                candidates,
+    )? {
+        None => None,
+        Some((mut components, counts, min_transcripts)) => {
+            let candidates: Vec<u32> = (0..n_kept as u32)
+                .filter(|&i| !assigned.assigned[i as usize])
+                .collect();
+            // The smallest kept index of a component orders components as the
+            // smallest candidate index does (the backend's labels).
+            let labels: Vec<u32> = candidates.iter().map(|&c| components.find(c)).collect();
+            drop(components);
+            let (fragment_of, ids) = fragments::name_components(
+                &labels,
+                &candidates,
                 &prepared.kept,
                 &transcripts.id_key,
                 min_transcripts,
-            ))
-        },
-    )?;
+            );
+            let summary = counts.summary(
+                candidates.len(),
+                ids.len(),
+                fragment_of.iter().filter(|f| f.is_some()).count(),
+            );
+            Some(Fragments {
+                fragment_of,
+                ids,
+                summary,
+            })
+        }
+    };
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
 
     let facts = work.facts(
@@ -463,46 +492,42 @@ pub fn segment(
     Ok((result, transcripts, facts))
 }
 
-/// The score cut over every kept transcript's best score, then (when
-/// fragments are on) the fragment stage bucket by bucket; `name` names the
-/// components, given the smallest fragment.
+/// The fragment stage bucket by bucket when fragments are on: the
+/// components of the candidates (kept transcripts below `score_cut`), the
+/// counts of the log, and the smallest fragment.
 #[allow(clippy::too_many_arguments)]
-fn assign_and_fragments(
+fn fragment_stage(
     spill: &SpillDir,
     plan: &BucketPlan,
     grid: &TileGrid,
-    scores: &TileScores,
+    score_cut: f32,
     model: &Model,
     params: &SegmentParams,
     backend: &mut dyn Backend,
     reuse: bool,
     work: &mut Work,
-    name: impl FnOnce(&[u32], &[u32], usize) -> Result<(Vec<Option<u32>>, Vec<String>)>,
-) -> Result<(assign::Assigned, Option<Fragments>)> {
-    let assigned = assign::run(scores, params.score_cut);
+) -> Result<Option<(Components, FragmentCounts, usize)>> {
     let Some(settings) = params.fragments else {
-        return Ok((assigned, None));
+        return Ok(None);
     };
     let fragment_params = fragments::FragmentParams {
         k_tx: params.graph.k_tx,
         dist_tx: params.graph.dist_tx,
-        cut: settings.cut.unwrap_or(assigned.cut),
+        cut: settings.cut.unwrap_or(score_cut),
         min_transcripts: settings.min_transcripts,
     };
-    let fragments = bucketed_fragments(
+    let (components, counts) = bucketed_fragments(
         spill,
         plan,
         grid,
-        scores.best_score.len(),
-        &assigned.assigned,
+        score_cut,
         model,
         &fragment_params,
         backend,
         reuse,
         work,
-        |labels, candidates| name(labels, candidates, settings.min_transcripts),
     )?;
-    Ok((assigned, Some(fragments)))
+    Ok(Some((components, counts, settings.min_transcripts)))
 }
 
 /// Work counted over the bucket steps, for the log.
@@ -519,12 +544,19 @@ struct Work {
     largest: usize,
     /// Most input rows decoded and held at once (the bounded path).
     rows_held: usize,
+    /// Most items held at once by one structure (the bounded path).
+    items_held: usize,
 }
 
 impl Work {
     fn step(&mut self) {
         self.steps += 1;
         test_abort(self.steps);
+    }
+
+    /// Notes a structure of `n` items held at once.
+    fn held(&mut self, n: usize) {
+        self.items_held = self.items_held.max(n);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -549,6 +581,7 @@ impl Work {
             spilled_bytes,
             largest_bucket_records: self.largest,
             largest_rows_held: (self.rows_held > 0).then_some(self.rows_held),
+            largest_items_held: None,
             recompute_factor: ratio(self.clock.gathered, n_kept as u64),
             bucket_load_factor: ratio(self.loaded, n_kept as u64),
         }
@@ -557,7 +590,8 @@ impl Work {
 
 /// The score stage bucket by bucket: every bucket's tiles from its records
 /// and those of its neighbours within `margin`; the best match of every
-/// kept transcript.
+/// owned kept transcript with a candidate goes to the bucket's score file,
+/// by kept index.
 #[allow(clippy::too_many_arguments)]
 fn score_stage(
     spill: &SpillDir,
@@ -565,7 +599,6 @@ fn score_stage(
     grid: &TileGrid,
     overlap: Overlap,
     margin: f64,
-    n_kept: usize,
     nuclei: &Nuclei,
     model: &Model,
     params: &SegmentParams,
@@ -573,39 +606,22 @@ fn score_stage(
     progress: &Progress,
     reuse: bool,
     work: &mut Work,
-) -> Result<TileScores> {
+) -> Result<()> {
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
-    let mut scores = TileScores {
-        best_score: vec![f32::NAN; n_kept],
-        best_index: vec![-1; n_kept],
-        graph_seconds: 0.0,
-        model_seconds: 0.0,
-    };
     let bar = progress.bar("buckets", plan.cells.len() as u64);
     for b in 0..plan.cells.len() {
         bar.inc(1);
         let path = spill.file("scores", b);
-        let found: Vec<(u32, f32, i32)> = if reuse && path.exists() {
+        if reuse && path.exists() {
             work.reused += 1;
-            spill
-                .read(&path)?
-                .chunks_exact(12)
-                .map(|c| {
-                    let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
-                    (
-                        u32::from_le_bytes(w(0)),
-                        f32::from_le_bytes(w(4)),
-                        i32::from_le_bytes(w(8)),
-                    )
-                })
-                .collect()
         } else {
             let near = plan.near(grid, b, margin);
             let bounds = plan.reach(grid, b, margin);
             let (records, _) = load(spill, &near, b, bounds)?;
             work.loaded += records.len() as u64;
             work.largest = work.largest.max(records.len());
-            let found = score_bucket(
+            work.held(records.len());
+            let mut found = score_bucket(
                 &records,
                 grid,
                 &plan.tiles[b],
@@ -617,24 +633,66 @@ fn score_stage(
                 overlap,
                 &mut work.clock,
             )?;
-            let mut bytes = Vec::with_capacity(found.len() * 12);
+            found.sort_unstable_by_key(|f| f.0);
+            let mut bytes = Vec::with_capacity(found.len() * SCORE_BYTES);
             for &(k, s, n) in &found {
                 bytes.extend_from_slice(&k.to_le_bytes());
                 bytes.extend_from_slice(&s.to_le_bytes());
                 bytes.extend_from_slice(&n.to_le_bytes());
             }
             spill.write(&path, &bytes)?;
-            found
-        };
-        for (k, s, n) in found {
-            scores.best_score[k as usize] = s;
-            scores.best_index[k as usize] = n;
         }
         work.step();
     }
     bar.finish_and_clear();
-    scores.graph_seconds = work.clock.graph;
-    scores.model_seconds = work.clock.model;
+    Ok(())
+}
+
+/// Bytes of a score entry: kept index, best score, best nucleus.
+const SCORE_BYTES: usize = 12;
+
+/// The score file of bucket `b`: (kept index, score, nucleus) of its owned
+/// kept transcripts with a candidate, ascending by kept index.
+fn read_scores(spill: &SpillDir, b: usize) -> Result<Vec<(u32, f32, i32)>> {
+    let path = spill.file("scores", b);
+    let bytes = spill.read(&path)?;
+    if bytes.len() % SCORE_BYTES != 0 {
+        bail!("spill file {} is damaged", path.display());
+    }
+    Ok(bytes
+        .chunks_exact(SCORE_BYTES)
+        .map(|c| {
+            let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
+            (
+                u32::from_le_bytes(w(0)),
+                f32::from_le_bytes(w(4)),
+                i32::from_le_bytes(w(8)),
+            )
+        })
+        .collect())
+}
+
+/// Every kept transcript's best match from the score files (the path that
+/// holds the rows).
+fn dense_scores(spill: &SpillDir, plan: &BucketPlan, n_kept: usize) -> Result<TileScores> {
+    let mut scores = TileScores {
+        best_score: vec![f32::NAN; n_kept],
+        best_index: vec![-1; n_kept],
+        graph_seconds: 0.0,
+        model_seconds: 0.0,
+    };
+    for b in 0..plan.cells.len() {
+        for (k, s, n) in read_scores(spill, b)? {
+            let slot = k as usize;
+            anyhow::ensure!(
+                slot < n_kept,
+                "spill file {} is damaged",
+                spill.file("scores", b).display()
+            );
+            scores.best_score[slot] = s;
+            scores.best_index[slot] = n;
+        }
+    }
     Ok(scores)
 }
 
@@ -660,7 +718,7 @@ fn open_spill(settings: &StreamSettings) -> Result<(SpillDir, Option<String>)> {
         std::fs::remove_dir_all(&path)
             .with_context(|| format!("cannot remove the old spill folder {}", path.display()))?;
     }
-    for kind in ["records", "scores", "fragments"] {
+    for kind in ["records", "scores", "fragments", "results"] {
         std::fs::create_dir_all(path.join(kind)).with_context(|| {
             format!(
                 "cannot create the spill folder {} (--tmp-dir {})",
@@ -680,6 +738,8 @@ const MANIFEST: &str = "manifest.json";
 fn start_key(params: &SegmentParams, model: &Model, side: u64, tile_size: f64) -> Result<Sha256> {
     let mut key = Sha256::new();
     key.update(env!("CARGO_PKG_VERSION").as_bytes());
+    // The layout of the spill files (score files sorted by kept index).
+    key.update(b"spill files 2");
     key.update(serde_json::to_string(params)?.as_bytes());
     key.update(model.sha256.as_bytes());
     key.update(side.to_le_bytes());
@@ -821,31 +881,76 @@ fn score_bucket(
         .collect())
 }
 
-/// Union–find over kept transcripts whose roots are the smallest member.
+/// Union–find over the kept transcripts that end a kept fragment edge
+/// (the others are their own component), whose roots are the smallest
+/// member. A root is never a key of `parent`.
+#[derive(Default)]
 struct Components {
-    parent: Vec<u32>,
+    parent: HashMap<u32, u32>,
 }
 
 impl Components {
-    fn new(n: usize) -> Self {
-        Components {
-            parent: (0..n as u32).collect(),
-        }
-    }
-
     fn find(&mut self, mut a: u32) -> u32 {
-        while self.parent[a as usize] != a {
-            let up = self.parent[self.parent[a as usize] as usize];
-            self.parent[a as usize] = up;
-            a = up;
+        loop {
+            let Some(&up) = self.parent.get(&a) else {
+                return a;
+            };
+            match self.parent.get(&up) {
+                Some(&top) => {
+                    self.parent.insert(a, top);
+                    a = top;
+                }
+                None => return up,
+            }
         }
-        a
     }
 
     fn union(&mut self, a: u32, b: u32) {
         let (ra, rb) = (self.find(a), self.find(b));
-        let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-        self.parent[hi as usize] = lo;
+        if ra != rb {
+            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            self.parent.insert(hi, lo);
+        }
+    }
+
+    /// Members of every component of more than one transcript, by root.
+    fn sizes(&mut self) -> HashMap<u32, usize> {
+        let nodes: Vec<u32> = self.parent.keys().copied().collect();
+        let mut size: HashMap<u32, usize> = HashMap::new();
+        for node in nodes {
+            // The root itself is not a key: it starts the count.
+            *size.entry(self.find(node)).or_insert(1) += 1;
+        }
+        size
+    }
+}
+
+/// The counts of the fragment stage both flows share.
+struct FragmentCounts {
+    neighbour_edges: u64,
+    candidate_edges: u64,
+    median: Option<f32>,
+    threshold: f32,
+    kept_edges: usize,
+}
+
+impl FragmentCounts {
+    fn summary(
+        &self,
+        candidates: usize,
+        fragments: usize,
+        fragment_transcripts: usize,
+    ) -> FragmentSummary {
+        FragmentSummary {
+            candidates,
+            neighbour_edges: self.neighbour_edges as usize,
+            candidate_edges: self.candidate_edges as usize,
+            median_similarity: self.median,
+            threshold: self.threshold,
+            kept_edges: self.kept_edges,
+            fragments,
+            fragment_transcripts,
+        }
     }
 }
 
@@ -929,15 +1034,13 @@ fn bucketed_fragments(
     spill: &SpillDir,
     plan: &BucketPlan,
     grid: &TileGrid,
-    n_kept: usize,
-    assigned: &[bool],
+    score_cut: f32,
     model: &Model,
     params: &fragments::FragmentParams,
     backend: &mut dyn Backend,
     reuse: bool,
     work: &mut Work,
-    name: impl FnOnce(&[u32], &[u32]) -> Result<(Vec<Option<u32>>, Vec<String>)>,
-) -> Result<Fragments> {
+) -> Result<(Components, FragmentCounts)> {
     let dim = model.arch.emb;
     let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
     let k = params.k_tx;
@@ -956,6 +1059,8 @@ fn bucketed_fragments(
         } else {
             let near = plan.near(grid, b, reach);
             let (records, own) = load(spill, &near, b, plan.reach(grid, b, reach))?;
+            work.held(records.len());
+            let assigned = claimed(spill, &near, score_cut, &records)?;
             let pos: Vec<[f64; 3]> = records.iter().map(|r| r.pos).collect();
             let tokens: Vec<u32> = records.iter().map(|r| r.token).collect();
             let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
@@ -990,14 +1095,14 @@ fn bucketed_fragments(
                     continue;
                 }
                 bucket.neighbour_edges += 1;
-                let (a, b) = (records[e / k].kept, records[j as usize].kept);
-                if assigned[a as usize] || assigned[b as usize] {
+                let (a, b) = (e / k, j as usize);
+                if assigned[a] || assigned[b] {
                     continue;
                 }
                 bucket.candidate_edges += 1;
                 // The threshold is at least the cut, so lower edges never count.
                 if s >= params.cut {
-                    bucket.edges.push((a, b, s));
+                    bucket.edges.push((records[a].kept, records[b].kept, s));
                 }
             }
             spill.write(&path, &bucket.to_bytes())?;
@@ -1013,7 +1118,7 @@ fn bucketed_fragments(
     let median = fragments::histogram_median(&histogram);
     let threshold = median.map_or(params.cut, |m| m.max(params.cut));
 
-    let mut components = Components::new(n_kept);
+    let mut components = Components::default();
     let mut kept_edges = 0usize;
     for b in 0..plan.cells.len() {
         let path = spill.file("fragments", b);
@@ -1024,30 +1129,41 @@ fn bucketed_fragments(
                 components.union(a, b);
             }
         }
+        work.held(components.parent.len());
     }
-    let candidates: Vec<u32> = (0..assigned.len() as u32)
-        .filter(|&i| !assigned[i as usize])
-        .collect();
-    // The smallest kept index of a component orders components as the
-    // smallest candidate index does (the backend's labels).
-    let labels: Vec<u32> = candidates.iter().map(|&c| components.find(c)).collect();
-    drop(components);
-    let (fragment_of, ids) = name(&labels, &candidates)?;
-    let summary = FragmentSummary {
-        candidates: candidates.len(),
-        neighbour_edges: neighbour_edges as usize,
-        candidate_edges: candidate_edges as usize,
-        median_similarity: median,
+    let counts = FragmentCounts {
+        neighbour_edges,
+        candidate_edges,
+        median,
         threshold,
         kept_edges,
-        fragments: ids.len(),
-        fragment_transcripts: fragment_of.iter().filter(|f| f.is_some()).count(),
     };
-    Ok(Fragments {
-        fragment_of,
-        ids,
-        summary,
-    })
+    Ok((components, counts))
+}
+
+/// Whether each of `records` (sorted by kept index, loaded from the
+/// buckets `near`) joins its best nucleus at `score_cut`, from the score
+/// files of those buckets.
+fn claimed(
+    spill: &SpillDir,
+    near: &[usize],
+    score_cut: f32,
+    records: &[Record],
+) -> Result<Vec<bool>> {
+    let mut claimed: Vec<u32> = Vec::new();
+    for &o in near {
+        claimed.extend(
+            read_scores(spill, o)?
+                .into_iter()
+                .filter(|&(_, s, n)| n >= 0 && s >= score_cut)
+                .map(|(k, _, _)| k),
+        );
+    }
+    claimed.sort_unstable();
+    Ok(records
+        .iter()
+        .map(|r| claimed.binary_search(&r.kept).is_ok())
+        .collect())
 }
 
 /// Where the path that reads and writes in batches writes its tables.
@@ -1134,7 +1250,7 @@ impl SpillWriter {
 
 fn spill_error(path: &Path, tmp_dir: &Path) -> String {
     format!(
-        "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 40 bytes per transcript",
+        "cannot write spill file {} (--tmp-dir {}); the bucketed path needs free space there for about 80 bytes per transcript",
         path.display(),
         tmp_dir.display()
     )
@@ -1171,12 +1287,14 @@ fn each_record(path: &Path, mut f: impl FnMut(Record) -> Result<()>) -> Result<(
 }
 
 /// The kept transcripts as pass 1 leaves them: every one a record in
-/// `kept.bin`, in input order.
+/// `kept.bin`, in input order, and its input row in `rows.bin`.
 struct Kept {
-    /// Filter of every input row.
-    filter: Vec<Option<FilterReason>>,
-    /// Input row of every kept transcript.
-    rows: Vec<u32>,
+    /// Rows read.
+    rows_read: usize,
+    /// Kept transcripts.
+    n_kept: usize,
+    /// Rows filtered out, by reason.
+    filtered: std::collections::BTreeMap<&'static str, usize>,
     membership: MembershipReport,
     largest_radius: f64,
     /// Kept points with the least and largest x and y: the extent.
@@ -1195,6 +1313,7 @@ fn read_pass(
     params: &SegmentParams,
     spill: &SpillDir,
     path: &Path,
+    rows_path: &Path,
     work: &mut Work,
 ) -> Result<Kept> {
     use rayon::prelude::*;
@@ -1211,8 +1330,10 @@ fn read_pass(
     let mut token_of: Vec<Option<u32>> = Vec::new();
     let mut missing_seen: Vec<bool> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
-    let mut filter: Vec<Option<FilterReason>> = Vec::new();
-    let mut rows: Vec<u32> = Vec::new();
+    let mut filtered: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut n_kept = 0usize;
+    let mut rows_out = SpillWriter::create(spill, rows_path.to_path_buf())?;
+    let mut row_bytes = Vec::new();
     let mut radius = prepare::polygon_radius(nuclei);
     let mut lo = [[f64::INFINITY; 2]; 2];
     let mut hi = [[f64::NEG_INFINITY; 2]; 2];
@@ -1271,6 +1392,7 @@ fn read_pass(
                 .collect(),
         };
         bytes.clear();
+        row_bytes.clear();
         for (&i, &m) in kept_here.iter().zip(&member) {
             let pos = [chunk.x[i], chunk.y[i], chunk.z[i]];
             radius = radius.max(prepare::member_radius(nuclei, pos, m));
@@ -1283,18 +1405,23 @@ fn read_pass(
                 }
             }
             Record {
-                kept: rows.len() as u32,
+                kept: n_kept as u32,
                 pos,
                 token: token_of[chunk.gene[i] as usize].unwrap_or(0),
                 member: m,
             }
             .write(&mut bytes);
-            rows.push((chunk.row0 + i) as u32);
+            row_bytes.extend_from_slice(&((chunk.row0 + i) as u32).to_le_bytes());
+            n_kept += 1;
         }
         out.write(&bytes)?;
-        filter.extend(chunk_filter);
+        rows_out.write(&row_bytes)?;
+        for reason in chunk_filter.iter().flatten() {
+            *filtered.entry(reason.as_str()).or_default() += 1;
+        }
     }
     out.finish()?;
+    rows_out.finish()?;
     let n_rows = stream.rows();
     if n_rows == 0 {
         return Err(layout.no_rows_error());
@@ -1305,7 +1432,7 @@ fn read_pass(
             missing.iter().map(String::as_str).collect(),
         ));
     }
-    if rows.is_empty() {
+    if n_kept == 0 {
         bail!("no transcript is left after filtering ({n_rows} rows read); check --qv-min, the control prefixes and the gene vocabulary");
     }
     if layout.has_membership() && membership.source == "point_in_polygon" {
@@ -1313,8 +1440,9 @@ fn read_pass(
         radius = relocate(spill, path, nuclei, &locator)?;
     }
     Ok(Kept {
-        filter,
-        rows,
+        rows_read: n_rows,
+        n_kept,
+        filtered,
         membership,
         largest_radius: radius,
         extremes: vec![lo[0], lo[1], hi[0], hi[1]],
@@ -1372,10 +1500,11 @@ pub fn segment_file(
     let clock = Instant::now();
     let (spill, previous) = open_spill(settings)?;
     let kept_path = spill.path.join("kept.bin");
+    let rows_path = spill.path.join("rows.bin");
     let kept = read_pass(
-        layout, spec, nuclei, model, params, &spill, &kept_path, &mut work,
+        layout, spec, nuclei, model, params, &spill, &kept_path, &rows_path, &mut work,
     )?;
-    let n_kept = kept.rows.len();
+    let n_kept = kept.n_kept;
     let exact_margin = tiles::exact_margin(
         model.arch.layers(),
         params.graph.dist_tx.unwrap_or(f64::INFINITY),
@@ -1425,7 +1554,7 @@ pub fn segment_file(
     let mut key = start_key(params, model, plan.side, grid.size)?;
     let mut spilled_bytes = 0u64;
     let buckets: Vec<usize> = (0..plan.cells.len()).collect();
-    for (sweep, group) in buckets.chunks(OPEN_SPILL_FILES).enumerate() {
+    for (sweep, group) in buckets.chunks(open_spill_files()).enumerate() {
         let mut writers = group
             .iter()
             .map(|&b| SpillWriter::create(&spill, spill.file("records", b)))
@@ -1454,36 +1583,56 @@ pub fn segment_file(
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
 
     let overlap = settings.overlap.resolve(backend);
-    let scores = score_stage(
-        &spill, &plan, &grid, overlap, margin, n_kept, nuclei, model, params, backend, progress,
-        reuse, &mut work,
+    score_stage(
+        &spill, &plan, &grid, overlap, margin, nuclei, model, params, backend, progress, reuse,
+        &mut work,
     )?;
     seconds.push(("graphs", work.clock.graph));
     seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
-    let (assigned, fragments) = assign_and_fragments(
-        &spill,
-        &plan,
-        &grid,
-        &scores,
-        model,
-        params,
-        backend,
-        reuse,
-        &mut work,
-        |labels, candidates, min_transcripts| {
-            name_fragments(
-                layout,
-                id_kind,
-                &kept.rows,
-                labels,
-                candidates,
-                min_transcripts,
-            )
-        },
+    let stats = score_statistics(&spill, &plan, &mut work)?;
+    let cut = assign::cut_of(&stats, params.score_cut);
+    let mut fragment_stage = fragment_stage(
+        &spill, &plan, &grid, cut, model, params, backend, reuse, &mut work,
     )?;
+    let settled = settle_results(&spill, &plan, cut, fragment_stage.as_mut(), &mut work)?;
+    // The records are rewritten by every run (--resume included): free their
+    // disk before the tables are written.
+    let records = spill.path.join("records");
+    std::fs::remove_dir_all(&records)
+        .with_context(|| format!("cannot remove spill folder {}", records.display()))?;
+    let (slots, fragment_ids) = match fragment_stage {
+        Some(_) => name_fragments(layout, id_kind, &spill, &plan, &rows_path, &mut work)?,
+        None => (HashMap::new(), Vec::new()),
+    };
+    let fragment_summary = fragment_stage.map(|(_, counts, _)| {
+        counts.summary(
+            settled.candidates,
+            fragment_ids.len(),
+            settled.fragment_transcripts,
+        )
+    });
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
+
+    let clock = Instant::now();
+    let n_nuclei = nuclei.ids.len();
+    let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
+    cell_ids.extend(fragment_ids.iter().map(String::as_str));
+    let index = model.gene_index();
+    let results = merged_results(&spill, &plan)?;
+    let written = write_pass(
+        layout,
+        id_kind,
+        spec,
+        &|gene: &str| index.contains_key(gene),
+        kept.rows_read,
+        results.settled(n_nuclei, &slots),
+        &cell_ids,
+        n_nuclei,
+        outputs,
+        &mut work,
+    )?;
     let facts_spill = work.facts(
         settings,
         &tile,
@@ -1494,46 +1643,6 @@ pub fn segment_file(
         n_kept,
     );
     drop(spill);
-
-    // Per kept transcript: its cell (nucleus, then fragment) and score.
-    let n_nuclei = nuclei.ids.len();
-    let (fragment_of, fragment_ids, fragment_summary) = match fragments {
-        Some(f) => (Some(f.fragment_of), f.ids, Some(f.summary)),
-        None => (None, Vec::new(), None),
-    };
-    let kept_cell: Vec<u32> = (0..n_kept)
-        .map(|i| {
-            let fragment = fragment_of.as_ref().and_then(|f| f[i]);
-            cell_of(&scores, &assigned.assigned, fragment, i, n_nuclei)
-        })
-        .collect();
-    drop(fragment_of);
-    let kept_score: Vec<f32> = scores
-        .best_score
-        .iter()
-        .zip(&scores.best_index)
-        .map(|(&s, &n)| if n >= 0 { s } else { f32::NAN })
-        .collect();
-    let stats = assigned.stats.clone();
-    let cut = assigned.cut;
-    drop(assigned);
-    drop(scores);
-
-    let clock = Instant::now();
-    let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
-    cell_ids.extend(fragment_ids.iter().map(String::as_str));
-    let written = write_pass(
-        layout,
-        id_kind,
-        spec,
-        &kept.filter,
-        &kept_cell,
-        &kept_score,
-        &cell_ids,
-        n_nuclei,
-        outputs,
-        &mut work,
-    )?;
     let cells = report::cell_rows(
         nuclei,
         &fragment_ids,
@@ -1545,14 +1654,10 @@ pub fn segment_file(
     }
     seconds.push(("write", clock.elapsed().as_secs_f64()));
 
-    let mut filtered: std::collections::BTreeMap<&'static str, usize> = Default::default();
-    for reason in kept.filter.iter().flatten() {
-        *filtered.entry(reason.as_str()).or_default() += 1;
-    }
     let summary = Summary {
         counts: report::Counts {
-            read: kept.filter.len(),
-            filtered,
+            read: kept.rows_read,
+            filtered: kept.filtered,
             kept: n_kept,
             assigned: written.counts[0],
             fragment: written.counts[1],
@@ -1580,6 +1685,7 @@ pub fn segment_file(
     };
     let mut facts = facts_spill;
     facts.largest_rows_held = Some(work.rows_held);
+    facts.largest_items_held = Some(work.items_held.max(work.rows_held));
     Ok(FileRun {
         summary,
         stage_seconds: seconds,
@@ -1588,62 +1694,480 @@ pub fn segment_file(
     })
 }
 
-/// Spill files written at once while records are sorted into buckets.
+/// Spill files written or merged at once.
 const OPEN_SPILL_FILES: usize = 256;
 
-/// The cell of kept transcript `i`: its nucleus when assigned, else its
-/// fragment (after the nuclei), else none.
-fn cell_of(
-    scores: &TileScores,
-    assigned: &[bool],
-    fragment: Option<u32>,
-    i: usize,
-    n_nuclei: usize,
-) -> u32 {
-    if assigned[i] {
-        scores.best_index[i] as u32
-    } else if let Some(f) = fragment {
-        (n_nuclei + f as usize) as u32
-    } else {
-        Segmentation::NO_CELL
+/// Environment variable (builds with the `testing` feature only): spill
+/// files written or merged at once instead of [`OPEN_SPILL_FILES`].
+#[cfg(feature = "testing")]
+pub const OPEN_FILES_ENV: &str = "SEGGPU_TEST_OPEN_FILES";
+
+fn open_spill_files() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var(OPEN_FILES_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(2);
+    }
+    OPEN_SPILL_FILES
+}
+
+/// Scores gathered at once while the statistics walk them in order.
+const SORT_GROUP: usize = 1 << 24;
+
+/// Environment variable (builds with the `testing` feature only): scores
+/// gathered at once instead of [`SORT_GROUP`].
+#[cfg(feature = "testing")]
+pub const SORT_GROUP_ENV: &str = "SEGGPU_TEST_SORT_GROUP";
+
+fn sort_group() -> usize {
+    #[cfg(feature = "testing")]
+    if let Some(n) = std::env::var(SORT_GROUP_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        return n.max(1);
+    }
+    SORT_GROUP
+}
+
+/// A key of `s` whose unsigned order is [`f32::total_cmp`]'s.
+fn score_key(s: f32) -> u32 {
+    let b = s.to_bits() as i32;
+    ((b ^ ((((b >> 31) as u32) >> 1) as i32)) as u32) ^ (1 << 31)
+}
+
+/// The score of a [`score_key`].
+fn key_score(k: u32) -> f32 {
+    let b = (k ^ (1 << 31)) as i32;
+    f32::from_bits((b ^ ((((b >> 31) as u32) >> 1) as i32)) as u32)
+}
+
+/// The [`score_key`] of every finite best score, bucket by bucket.
+fn each_score_key(spill: &SpillDir, plan: &BucketPlan, mut f: impl FnMut(u32)) -> Result<()> {
+    for b in 0..plan.cells.len() {
+        for (_, s, _) in read_scores(spill, b)? {
+            if s.is_finite() {
+                f(score_key(s));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The statistics of the best scores and the knee of `--score-cut auto`,
+/// the same as [`assign::statistics`] over all of them, without holding
+/// them: a histogram of the upper 16 bits of their keys, then the scores
+/// in ascending order group by group (at most [`sort_group`] at once; a
+/// larger bin by the exact count of each of its values), written to a
+/// spill file for the second walk.
+fn score_statistics(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    work: &mut Work,
+) -> Result<assign::ScoreStats> {
+    let mut histogram = vec![0usize; 1 << 16];
+    let (mut n, mut lo, mut hi) = (0usize, u32::MAX, 0u32);
+    each_score_key(spill, plan, |key| {
+        histogram[(key >> 16) as usize] += 1;
+        n += 1;
+        lo = lo.min(key);
+        hi = hi.max(key);
+    })?;
+    let sorted_path = spill.path.join("sorted.bin");
+    let group = sort_group();
+    let mut walked = false;
+    let stats = assign::statistics_of_sorted(n, key_score(lo), key_score(hi), |see| {
+        if walked {
+            return each_sorted(&sorted_path, see);
+        }
+        walked = true;
+        let mut out = SpillWriter::create(spill, sorted_path.clone())?;
+        walk_sorted(spill, plan, &histogram, group, work, &mut |s| {
+            see(s);
+            out.write(&s.to_le_bytes())
+        })?;
+        out.finish()
+    })?;
+    if walked {
+        std::fs::remove_file(&sorted_path)
+            .with_context(|| format!("cannot remove spill file {}", sorted_path.display()))?;
+    }
+    Ok(stats)
+}
+
+/// Hands every finite best score to `see` in ascending order.
+fn walk_sorted(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    histogram: &[usize],
+    group: usize,
+    work: &mut Work,
+    see: &mut dyn FnMut(f32) -> Result<()>,
+) -> Result<()> {
+    let mut bin = 0usize;
+    while bin < histogram.len() {
+        if histogram[bin] > group {
+            // One bin holds 2^16 values: count each.
+            let mut counts = vec![0usize; 1 << 16];
+            each_score_key(spill, plan, |key| {
+                if (key >> 16) as usize == bin {
+                    counts[(key & 0xffff) as usize] += 1;
+                }
+            })?;
+            for (low, &c) in counts.iter().enumerate() {
+                let s = key_score(((bin as u32) << 16) | low as u32);
+                for _ in 0..c {
+                    see(s)?;
+                }
+            }
+            bin += 1;
+            continue;
+        }
+        let first = bin;
+        let mut total = 0usize;
+        while bin < histogram.len() && total + histogram[bin] <= group {
+            total += histogram[bin];
+            bin += 1;
+        }
+        if total == 0 {
+            continue;
+        }
+        let mut keys: Vec<u32> = Vec::with_capacity(total);
+        each_score_key(spill, plan, |key| {
+            if (first..bin).contains(&((key >> 16) as usize)) {
+                keys.push(key);
+            }
+        })?;
+        work.held(keys.len());
+        keys.sort_unstable();
+        for k in keys {
+            see(key_score(k))?;
+        }
+    }
+    Ok(())
+}
+
+/// The scores of a spill file of `f32`s, in order.
+fn each_sorted(path: &Path, see: &mut dyn FnMut(f32)) -> Result<()> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read spill file {}", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut block = vec![0u8; 1 << 16];
+    let mut filled = 0usize;
+    loop {
+        let n = reader
+            .read(&mut block[filled..])
+            .with_context(|| format!("cannot read spill file {}", path.display()))?;
+        filled += n;
+        let whole = filled / 4 * 4;
+        for c in block[..whole].chunks_exact(4) {
+            see(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        }
+        block.copy_within(whole..filled, 0);
+        filled -= whole;
+        if n == 0 {
+            if filled != 0 {
+                bail!("spill file {} is damaged", path.display());
+            }
+            return Ok(());
+        }
     }
 }
 
-/// Names the fragments as [`fragments::name_components`] does, reading
-/// the ids of the transcripts in large enough components from the file.
+/// Root of a kept transcript in no fragment.
+const NO_ROOT: u32 = u32::MAX;
+
+/// Bytes of a settled result: kept index, score, nucleus, fragment root.
+const RESULT_BYTES: usize = 16;
+
+/// What the score and fragment stages settled for one kept transcript.
+#[derive(Clone, Copy)]
+struct Settled {
+    kept: u32,
+    /// Best score (NaN without a candidate nucleus).
+    score: f32,
+    /// Nucleus it joins, or −1.
+    nucleus: i32,
+    /// Smallest kept index of its fragment's component, or [`NO_ROOT`].
+    root: u32,
+}
+
+impl Settled {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.kept.to_le_bytes());
+        out.extend_from_slice(&self.score.to_le_bytes());
+        out.extend_from_slice(&self.nucleus.to_le_bytes());
+        out.extend_from_slice(&self.root.to_le_bytes());
+    }
+
+    fn read(b: &[u8; RESULT_BYTES]) -> Self {
+        let w = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        Settled {
+            kept: u32::from_le_bytes(w(0)),
+            score: f32::from_le_bytes(w(4)),
+            nucleus: i32::from_le_bytes(w(8)),
+            root: u32::from_le_bytes(w(12)),
+        }
+    }
+}
+
+/// Counts of [`settle_results`] for the log.
+struct SettledCounts {
+    candidates: usize,
+    fragment_transcripts: usize,
+}
+
+/// Writes every bucket's settled results (`results/`), by kept index: the
+/// score, the nucleus joined at `cut`, and for the others the root of their
+/// component when it is large enough to be a fragment.
+fn settle_results(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    cut: f32,
+    fragments: Option<&mut (Components, FragmentCounts, usize)>,
+    work: &mut Work,
+) -> Result<SettledCounts> {
+    let mut fragments = fragments.map(|(components, _, min_transcripts)| {
+        let sizes = components.sizes();
+        (components, sizes, *min_transcripts)
+    });
+    if let Some((_, sizes, _)) = &fragments {
+        work.held(sizes.len());
+    }
+    let mut counts = SettledCounts {
+        candidates: 0,
+        fragment_transcripts: 0,
+    };
+    let mut bytes = Vec::with_capacity(RESULT_BYTES);
+    for b in 0..plan.cells.len() {
+        let scores = read_scores(spill, b)?;
+        work.held(scores.len());
+        let path = spill.file("results", b);
+        let mut out = SpillWriter::create(spill, path.clone())?;
+        let mut at = 0usize;
+        each_record(&spill.file("records", b), |r| {
+            let k = r.kept;
+            let (score, nucleus) = match scores.get(at) {
+                Some(&(sk, s, n)) if sk == k => {
+                    at += 1;
+                    (s, n)
+                }
+                _ => (f32::NAN, -1),
+            };
+            let assigned = nucleus >= 0 && score >= cut;
+            let mut root = NO_ROOT;
+            if !assigned {
+                counts.candidates += 1;
+                if let Some((components, sizes, min_transcripts)) = &mut fragments {
+                    let r = components.find(k);
+                    if sizes.get(&r).copied().unwrap_or(1) >= *min_transcripts {
+                        root = r;
+                        counts.fragment_transcripts += 1;
+                    }
+                }
+            }
+            bytes.clear();
+            Settled {
+                kept: k,
+                score: if nucleus >= 0 { score } else { f32::NAN },
+                nucleus: if assigned { nucleus } else { -1 },
+                root,
+            }
+            .write(&mut bytes);
+            out.write(&bytes)
+        })?;
+        anyhow::ensure!(
+            at == scores.len(),
+            "spill file {} is damaged",
+            spill.file("scores", b).display()
+        );
+        out.finish()?;
+    }
+    Ok(counts)
+}
+
+/// The settled results of every bucket merged by kept index.
+struct Merged {
+    sources: Vec<(PathBuf, std::io::BufReader<std::fs::File>)>,
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(u32, usize)>>,
+    next: Vec<Option<Settled>>,
+    /// The kept index expected next, when every one must come (the last merge).
+    dense: Option<u32>,
+}
+
+impl Merged {
+    fn open(paths: &[PathBuf], dense: bool) -> Result<Self> {
+        let mut merged = Merged {
+            sources: Vec::with_capacity(paths.len()),
+            heads: Default::default(),
+            next: Vec::with_capacity(paths.len()),
+            dense: dense.then_some(0),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read spill file {}", path.display()))?;
+            merged.sources.push((
+                path.clone(),
+                std::io::BufReader::with_capacity(1 << 16, file),
+            ));
+            merged.next.push(None);
+            merged.refill(i)?;
+        }
+        Ok(merged)
+    }
+
+    fn refill(&mut self, i: usize) -> Result<()> {
+        use std::io::{BufRead, Read};
+        let (path, reader) = &mut self.sources[i];
+        let read = |e: std::io::Error| {
+            anyhow::Error::from(e).context(format!("cannot read spill file {}", path.display()))
+        };
+        if reader.fill_buf().map_err(read)?.is_empty() {
+            return Ok(());
+        }
+        let mut b = [0u8; RESULT_BYTES];
+        reader.read_exact(&mut b).map_err(read)?;
+        let entry = Settled::read(&b);
+        self.heads.push(std::cmp::Reverse((entry.kept, i)));
+        self.next[i] = Some(entry);
+        Ok(())
+    }
+
+    fn next_entry(&mut self) -> Result<Option<Settled>> {
+        let Some(std::cmp::Reverse((_, i))) = self.heads.pop() else {
+            return Ok(None);
+        };
+        let entry = self.next[i]
+            .take()
+            .context("internal: a merged spill file lost its entry")?;
+        if let Some(expected) = &mut self.dense {
+            anyhow::ensure!(
+                entry.kept == *expected,
+                "spill file {} is damaged",
+                self.sources[i].0.display()
+            );
+            *expected += 1;
+        }
+        self.refill(i)?;
+        Ok(Some(entry))
+    }
+
+    /// The (cell, score) of every kept transcript in input order: its
+    /// nucleus, else its fragment (`slots`, after the nuclei), else none.
+    fn settled<'a>(
+        mut self,
+        n_nuclei: usize,
+        slots: &'a HashMap<u32, u32>,
+    ) -> impl Iterator<Item = Result<(u32, f32)>> + 'a {
+        std::iter::from_fn(move || self.next_entry().transpose()).map(move |entry| {
+            let e = entry?;
+            let cell = if e.nucleus >= 0 {
+                e.nucleus as u32
+            } else if e.root != NO_ROOT {
+                let slot = slots
+                    .get(&e.root)
+                    .context("internal: a fragment without a name")?;
+                (n_nuclei + *slot as usize) as u32
+            } else {
+                Segmentation::NO_CELL
+            };
+            Ok((cell, e.score))
+        })
+    }
+}
+
+/// The settled results of every bucket merged by kept index (through
+/// intermediate files when there are more buckets than files open at once).
+fn merged_results(spill: &SpillDir, plan: &BucketPlan) -> Result<Merged> {
+    let mut paths: Vec<PathBuf> = (0..plan.cells.len())
+        .map(|b| spill.file("results", b))
+        .collect();
+    let mut round = 0;
+    let open = open_spill_files();
+    while paths.len() > open {
+        let mut next = Vec::new();
+        for (i, group) in paths.chunks(open).enumerate() {
+            let path = spill.path.join("results").join(format!("m{round}-{i}.bin"));
+            let mut out = SpillWriter::create(spill, path.clone())?;
+            let mut merged = Merged::open(group, false)?;
+            let mut bytes = Vec::with_capacity(RESULT_BYTES);
+            while let Some(entry) = merged.next_entry()? {
+                bytes.clear();
+                entry.write(&mut bytes);
+                out.write(&bytes)?;
+            }
+            out.finish()?;
+            next.push(path);
+        }
+        paths = next;
+        round += 1;
+    }
+    Merged::open(&paths, true)
+}
+
+/// Names the fragments as [`fragments::name_components`] does: the
+/// smallest transcript id of every component large enough, read with the
+/// rows of its members (`rows_path`, by kept index) in one pass over the id
+/// column; returns the slot of every root and the ids, in that id's order.
 fn name_fragments(
     layout: &TranscriptLayout,
     id_kind: Option<IdKind>,
-    rows: &[u32],
-    labels: &[u32],
-    candidates: &[u32],
-    min_transcripts: usize,
-) -> Result<(Vec<Option<u32>>, Vec<String>)> {
-    let mut size: HashMap<u32, usize> = HashMap::new();
-    for &l in labels {
-        *size.entry(l).or_default() += 1;
-    }
-    let needed: Vec<u32> = labels
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    rows_path: &Path,
+    work: &mut Work,
+) -> Result<(HashMap<u32, u32>, Vec<String>)> {
+    use std::io::Read;
+    let mut merged = merged_results(spill, plan)?;
+    let file = std::fs::File::open(rows_path)
+        .with_context(|| format!("cannot read spill file {}", rows_path.display()))?;
+    let mut rows = std::io::BufReader::with_capacity(1 << 16, file);
+    let members = std::iter::from_fn(|| loop {
+        let entry = match merged.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut b = [0u8; 4];
+        if let Err(e) = rows.read_exact(&mut b) {
+            return Some(Err(anyhow::Error::from(e)
+                .context(format!("cannot read spill file {}", rows_path.display()))));
+        }
+        if entry.root != NO_ROOT {
+            return Some(Ok((u32::from_le_bytes(b) as usize, entry.root)));
+        }
+    });
+    let mut smallest: HashMap<u32, crate::io::TranscriptKey> = HashMap::new();
+    layout.for_each_key_of_rows(id_kind, members, |root, key| match smallest.entry(root) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(key);
+        }
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            if key < *o.get() {
+                o.insert(key);
+            }
+        }
+    })?;
+    work.held(smallest.len());
+    let mut roots: Vec<(u32, crate::io::TranscriptKey)> = smallest.into_iter().collect();
+    roots.sort_by(|a, b| {
+        a.1.partial_cmp(&b.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
+    let slots = roots
         .iter()
-        .zip(candidates)
-        .filter(|(l, _)| size[l] >= min_transcripts)
-        .map(|(_, &c)| c)
+        .enumerate()
+        .map(|(s, (root, _))| (*root, s as u32))
         .collect();
-    let needed_rows: Vec<usize> = needed.iter().map(|&k| rows[k as usize] as usize).collect();
-    let keys = layout.keys_of_rows(id_kind, &needed_rows)?;
-    // name_components looks a key up by kept index: map the needed ones to
-    // their place in `keys`.
-    let mut slot = vec![0u32; rows.len()];
-    for (s, &k) in needed.iter().enumerate() {
-        slot[k as usize] = s as u32;
-    }
-    Ok(fragments::name_components(
-        labels,
-        candidates,
-        &slot,
-        &keys,
-        min_transcripts,
-    ))
+    let ids = roots
+        .iter()
+        .map(|(_, key)| format!("fragment-{key}"))
+        .collect();
+    Ok((slots, ids))
 }
 
 /// What the last pass counted.
@@ -1676,9 +2200,9 @@ fn write_pass(
     layout: &TranscriptLayout,
     id_kind: Option<IdKind>,
     spec: &InputSpec,
-    filter: &[Option<FilterReason>],
-    kept_cell: &[u32],
-    kept_score: &[f32],
+    known_gene: &dyn Fn(&str) -> bool,
+    rows_read: usize,
+    mut results: impl Iterator<Item = Result<(u32, f32)>>,
     cell_ids: &[&str],
     n_nuclei: usize,
     outputs: &FileOutputs,
@@ -1689,17 +2213,22 @@ fn write_pass(
     let mut stream = layout.stream(spec)?;
     let mut sink: Option<(TableSink, arrow::datatypes::SchemaRef)> = None;
     let mut pending = Pending::default();
-    let mut next_kept = 0usize;
+    // Whether each gene of the stream's table is the model's: a row with
+    // another gene was filtered as unknown (pass 1 stops otherwise).
+    let mut known: Vec<bool> = Vec::new();
     let batch_rows = write_rows();
     let write = outputs.transcripts.is_some();
     while let Some(chunk) = stream.next_chunk()? {
         let n = chunk.x.len();
         anyhow::ensure!(
-            chunk.row0 + n <= filter.len(),
+            chunk.row0 + n <= rows_read,
             "{}: the file holds more rows than when it was first read",
             layout.path().display()
         );
         work.rows_held = work.rows_held.max(n + pending.x.len());
+        while known.len() < stream.genes() {
+            known.push(known_gene(stream.gene_name(known.len() as u32)));
+        }
         let mut at = 0;
         while at < n {
             let take = if write {
@@ -1708,13 +2237,18 @@ fn write_pass(
                 n - at
             };
             for i in at..at + take {
-                let row = chunk.row0 + i;
-                let (cell, score, assignment) = match filter[row] {
+                let filter = chunk.filter[i].or_else(|| {
+                    (!known[chunk.gene[i] as usize]).then_some(FilterReason::UnknownGene)
+                });
+                let (cell, score, assignment) = match filter {
                     Some(_) => (Segmentation::NO_CELL, f32::NAN, Assignment::Filtered),
                     None => {
-                        let k = next_kept;
-                        next_kept += 1;
-                        let cell = kept_cell[k];
+                        let (cell, score) = results.next().with_context(|| {
+                            format!(
+                                "{}: the file holds more transcripts to keep than when it was first read",
+                                layout.path().display()
+                            )
+                        })??;
                         let assignment = if cell == Segmentation::NO_CELL {
                             counts[2] += 1;
                             Assignment::Unassigned
@@ -1731,14 +2265,14 @@ fn write_pass(
                                 Assignment::Fragment
                             }
                         };
-                        (cell, kept_score[k], assignment)
+                        (cell, score, assignment)
                     }
                 };
                 if write {
                     pending.cell.push(cell);
                     pending.score.push(score);
                     pending.assignment.push(assignment);
-                    pending.filter.push(filter[row]);
+                    pending.filter.push(filter);
                 }
             }
             if write {
@@ -1766,7 +2300,7 @@ fn write_pass(
         }
     }
     anyhow::ensure!(
-        stream.rows() == filter.len() && next_kept == kept_cell.len(),
+        stream.rows() == rows_read && results.next().is_none(),
         "{}: the file holds fewer rows than when it was first read",
         layout.path().display()
     );
@@ -1864,12 +2398,40 @@ mod tests {
 
     #[test]
     fn components_are_labelled_by_their_smallest_member() {
-        let mut c = Components::new(6);
+        let mut c = Components::default();
         c.union(4, 2);
         c.union(5, 4);
         c.union(1, 3);
+        c.union(3, 1);
         let labels: Vec<u32> = (0..6).map(|i| c.find(i)).collect();
         assert_eq!(labels, vec![0, 1, 2, 1, 2, 2]);
+        // Only the nodes of an edge are held; a root counts itself.
+        assert_eq!(c.parent.len(), 3);
+        let sizes = c.sizes();
+        assert_eq!(sizes.len(), 2);
+        assert_eq!((sizes[&2], sizes[&1]), (3, 2));
+    }
+
+    #[test]
+    fn score_keys_order_as_total_cmp_and_read_back() {
+        let mut scores = vec![
+            -f32::MAX,
+            -1.5,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+            0.25,
+            0.5,
+            1.0,
+            f32::MAX,
+        ];
+        scores.sort_by(f32::total_cmp);
+        for w in scores.windows(2) {
+            assert!(score_key(w[0]) < score_key(w[1]), "{} {}", w[0], w[1]);
+        }
+        for s in scores {
+            assert_eq!(key_score(score_key(s)).to_bits(), s.to_bits());
+        }
     }
 
     #[test]

@@ -170,6 +170,14 @@ fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
 /// fewer than the inputs hold.
 const BATCH_ROWS: usize = 1000;
 const WRITE_ROWS: usize = 2048;
+/// Scores the statistics sort at once: far fewer than the inputs hold, so
+/// that the scores are walked in many groups and some bins value by value.
+const SORT_GROUP: usize = 700;
+/// Spill files open at once: fewer than the buckets, so that the results
+/// are merged through intermediate files (twice over 49 buckets or more).
+const OPEN_FILES: usize = 7;
+/// Id keys the id check holds before it partitions them on disk.
+const ID_RUN: usize = 1500;
 
 /// Runs `input` in memory and with `--max-memory` reading and writing in
 /// batches (`--outputs transcripts,cells`, one tile per bucket, small
@@ -195,10 +203,28 @@ fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u6
             seggpu::pipeline::stream::WRITE_ROWS_ENV,
             WRITE_ROWS.to_string(),
         )
+        .env(
+            seggpu::pipeline::stream::SORT_GROUP_ENV,
+            SORT_GROUP.to_string(),
+        )
+        .env(
+            seggpu::pipeline::stream::OPEN_FILES_ENV,
+            OPEN_FILES.to_string(),
+        )
+        .env(seggpu::io::ID_RUN_ENV, ID_RUN.to_string())
         .output()
         .expect("run seggpu");
     assert_success(&run);
     assert_same_outputs(&memory, &batched);
+    // The score statistics (and the knee of --score-cut auto) from the
+    // sorted groups equal those of sorting every score at once.
+    for key in ["scores", "score_cut", "fragments"] {
+        assert_eq!(
+            log(&batched)["result"][key],
+            log(&memory)["result"][key],
+            "{key}"
+        );
+    }
     let facts = &log(&batched)["streaming"];
     println!("{facts}");
     assert!(
@@ -221,6 +247,29 @@ fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u6
         held <= bound,
         "{held} rows were held at once, more than a reader batch and a written batch ({bound})"
     );
+    // No structure holds an item per input row: the largest is a batch, a
+    // bucket's records, a sorted group of scores or the fragment nodes.
+    let items = facts["largest_items_held"].as_u64().unwrap();
+    let kept = log(&batched)["result"]["counts"]["kept"].as_u64().unwrap();
+    let fragment_transcripts = log(&batched)["result"]["fragments"]["fragment_transcripts"]
+        .as_u64()
+        .unwrap_or(0);
+    let records = facts["largest_bucket_records"].as_u64().unwrap();
+    let allowed = records
+        .max(bound)
+        .max(SORT_GROUP as u64)
+        .max(fragment_transcripts);
+    assert!(
+        items <= allowed,
+        "{items} items held at once, more than a bucket ({records} records), a batch ({bound}), a sorted group ({SORT_GROUP}) or the fragment transcripts ({fragment_transcripts})"
+    );
+    if least_buckets >= 10 {
+        assert!(
+            items < kept,
+            "{items} items held at once for {kept} kept transcripts in {} buckets",
+            facts["buckets"]
+        );
+    }
     assert!(!spill_left(&batched), "the spill folder is removed");
 }
 
@@ -230,7 +279,7 @@ fn a_simulated_sample_is_read_and_written_in_batches_with_the_same_outputs() {
     let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
     let args = xenium_args(&input, &demo_model());
     let args = strs(&args);
-    in_memory_and_batched_agree(&args, &["--tile-size", "100"], 4);
+    in_memory_and_batched_agree(&args, &["--tile-size", "100", "--score-cut", "auto"], 4);
 }
 
 #[test]
@@ -478,4 +527,73 @@ fn a_budget_too_small_for_one_tile_is_refused_before_starting() {
         .output()
         .unwrap();
     assert_failure(&alone, "--max-memory");
+}
+
+#[test]
+fn repeated_ids_checked_in_partitions_on_disk_give_the_in_memory_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bd = crate::common::one_nucleus_csv(tmp.path());
+    let model = demo_model().display().to_string();
+    // Ids 5 and 7 repeat; 5, the smaller, is named with its first rows.
+    for (name, id) in [("numbers.csv", "{}"), ("texts.csv", "t{:02}")] {
+        let mut csv = String::from("transcript_id,x_location,y_location,feature_name\n");
+        for row in 1..=60usize {
+            let v = match row {
+                31 | 50 => 5,
+                44 => 7,
+                r => r + 100,
+            };
+            let v = if row == 12 { 7 } else { v };
+            let v = if row == 11 { 5 } else { v };
+            let text = id
+                .replace("{}", &v.to_string())
+                .replace("{:02}", &format!("{v:02}"));
+            csv.push_str(&format!("{text},{row},{row},A\n"));
+        }
+        let tx = crate::common::write_file(tmp.path(), name, csv);
+        let input = [
+            "--preset",
+            "xenium",
+            "--transcripts",
+            tx.to_str().unwrap(),
+            "--boundaries",
+            bd.to_str().unwrap(),
+            "--model",
+            &model,
+        ];
+        let flags = ["--outputs", "transcripts,cells"];
+        let memory = segment_cpu(&input, &tmp.path().join("memory"), &flags);
+        let expected = if name == "numbers.csv" {
+            "id 5 "
+        } else {
+            "id t05 "
+        };
+        assert_failure(
+            &memory,
+            &format!("{expected}appears more than once (rows 11, 31, 50)"),
+        );
+        let out = tmp.path().join("batched");
+        let batched = seggpu()
+            .arg("segment")
+            .args(input)
+            .arg("--out")
+            .arg(&out)
+            .args(["--backend", "cpu", "--quiet", "--max-memory", "2G"])
+            .args(flags)
+            .env(seggpu::io::ID_RUN_ENV, "4")
+            .output()
+            .expect("run seggpu");
+        assert_eq!(
+            String::from_utf8_lossy(&memory.stderr),
+            String::from_utf8_lossy(&batched.stderr)
+        );
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.iter()
+                .all(|n| !n.to_string_lossy().starts_with(".seggpu-ids")),
+            "{left:?}"
+        );
+    }
 }
