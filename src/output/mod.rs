@@ -20,6 +20,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
+pub mod aggregate;
 pub mod anndata;
 pub mod boundaries;
 pub mod cells;

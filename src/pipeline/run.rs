@@ -74,8 +74,8 @@ pub struct SegmentArgs {
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
     /// bucket by bucket, with the same outputs as the in-memory default (docs/streaming.md).
-    /// With --outputs transcripts,cells the input is read and the tables written in batches;
-    /// other outputs hold every row in memory (a warning says so).
+    /// Without the report, --xenium-ranger and --demo the input is read and every output
+    /// written in batches; those hold every row in memory (a warning says so).
     #[arg(long, value_parser = super::stream::parse_size)]
     pub max_memory: Option<u64>,
     /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
@@ -293,8 +293,8 @@ pub fn run(
     }
     if args.max_memory.is_some() {
         log::warn!(
-            "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs transcripts,cells reads and writes in batches; docs/streaming.md)",
-            if args.demo { "--demo's accuracy".to_string() } else { "polygons, anndata, spatialdata, report or --xenium-ranger".to_string() }
+            "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs without report reads and writes in batches; docs/streaming.md)",
+            if args.demo { "--demo's accuracy".to_string() } else { "report or --xenium-ranger".to_string() }
         );
     }
 
@@ -357,17 +357,17 @@ pub fn run(
     .into_iter()
     .any(wants)
         || args.xenium_ranger;
-    let cells = if per_cell {
-        let cells = output::cells::OutputCells::new(
+    let (cells, members) = if per_cell {
+        let (cells, members) = output::cells::OutputCells::new(
             &result,
             &transcripts,
             &nuclei,
             args.min_transcripts(&model),
         )?;
         stages.push(("polygons", cells.polygon_seconds));
-        Some(cells)
+        (Some(cells), Some(members))
     } else {
-        None
+        (None, None)
     };
 
     let clock = Instant::now();
@@ -389,35 +389,23 @@ pub fn run(
         output::write_cells(&out.staged(&name)?, &result.cells, format)?;
         written.push(name);
     }
-    if let Some(cells) = &cells {
+    if let (Some(cells), Some(members)) = (&cells, &members) {
         if wants(output::OutputKind::Polygons) {
             output::boundaries::write_geoparquet(
                 &out.staged(output::BOUNDARIES_FILE)?,
-                &result,
+                &result.cells,
                 cells,
             )?;
             output::boundaries::write_geojson(
                 &out.staged(output::BOUNDARIES_GEOJSON_FILE)?,
-                &result,
+                &result.cells,
                 cells,
             )?;
             written.push(output::BOUNDARIES_FILE.to_string());
             written.push(output::BOUNDARIES_GEOJSON_FILE.to_string());
         }
-        let uns = vec![
-            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("model_sha256".to_string(), model.sha256.clone()),
-            ("parameters".to_string(), serde_json::to_string(&params)?),
-            (
-                "command_line".to_string(),
-                serde_json::to_string(command_line)?,
-            ),
-            (
-                "min_transcripts".to_string(),
-                args.min_transcripts(&model).to_string(),
-            ),
-        ];
-        let table = output::anndata::AnnData::build(&result, &transcripts, cells, uns);
+        let uns = anndata_uns(args, &model, &params, command_line)?;
+        let table = output::anndata::AnnData::build(&result, &transcripts, cells, members, uns);
         if wants(output::OutputKind::Anndata) {
             let path = out.staged(output::ANNDATA_FILE)?;
             let mut store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
@@ -440,7 +428,7 @@ pub fn run(
             written.push(output::SPATIALDATA_FILE.to_string());
         }
     }
-    if let (true, Some(cells)) = (args.xenium_ranger, &cells) {
+    if let (true, Some(cells), Some(members)) = (args.xenium_ranger, &cells, &members) {
         let bundle = if args.demo {
             output::xenium_ranger::Bundle::Demo
         } else {
@@ -458,6 +446,7 @@ pub fn run(
             &result,
             &transcripts,
             cells,
+            members,
         )?;
         written.push(output::xenium_ranger::DIR.to_string());
     }
@@ -532,6 +521,28 @@ pub fn run(
     Ok(())
 }
 
+/// `uns["seggpu"]` of the AnnData: what made it.
+fn anndata_uns(
+    args: &SegmentArgs,
+    model: &Model,
+    params: &SegmentParams,
+    command_line: &[String],
+) -> Result<Vec<(String, String)>> {
+    Ok(vec![
+        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("model_sha256".to_string(), model.sha256.clone()),
+        ("parameters".to_string(), serde_json::to_string(params)?),
+        (
+            "command_line".to_string(),
+            serde_json::to_string(command_line)?,
+        ),
+        (
+            "min_transcripts".to_string(),
+            args.min_transcripts(model).to_string(),
+        ),
+    ])
+}
+
 /// Everything the log of a run is made from.
 struct Finish<'a> {
     args: &'a SegmentArgs,
@@ -604,22 +615,37 @@ fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
 }
 
 /// Whether `--max-memory` runs the path that reads and writes in batches:
-/// only the transcripts and cells tables are written that way; the other
-/// outputs (and `--demo`'s accuracy) need every row's result in memory.
+/// the tables, polygons, AnnData and SpatialData are written that way; the
+/// report, `--xenium-ranger` (and `--demo`'s accuracy) need every row's
+/// result in memory.
 fn reads_in_batches(args: &SegmentArgs) -> bool {
     args.max_memory.is_some()
+        && !rows_held_for_tests()
         && !args.demo
         && !args.xenium_ranger
-        && args.outputs.iter().all(|k| {
-            matches!(
-                k,
-                output::OutputKind::Transcripts | output::OutputKind::Cells
-            )
-        })
+        && !args.outputs.contains(&output::OutputKind::Report)
 }
 
-/// `segment --max-memory` with only the transcripts and cells tables: the
-/// input is read and the tables written in batches ([`super::stream::segment_file`]).
+/// Environment variable (builds with the `testing` feature only): when set,
+/// `--max-memory` always takes the flow that holds every row, so that a test
+/// compares the two flows with the same command line (which the AnnData
+/// and SpatialData stores record).
+#[cfg(feature = "testing")]
+pub const ROWS_HELD_ENV: &str = "SEGGPU_TEST_ROWS_HELD";
+
+#[cfg(feature = "testing")]
+fn rows_held_for_tests() -> bool {
+    std::env::var_os(ROWS_HELD_ENV).is_some()
+}
+
+#[cfg(not(feature = "testing"))]
+fn rows_held_for_tests() -> bool {
+    false
+}
+
+/// `segment --max-memory` without the outputs that need every row: the
+/// input is read and the outputs written in batches
+/// ([`super::stream::segment_file`]).
 #[allow(clippy::too_many_arguments)]
 fn run_in_batches(
     args: &SegmentArgs,
@@ -657,10 +683,50 @@ fn run_in_batches(
         written.push(name);
         Ok(Some(path))
     };
+    let transcripts = staged(output::OutputKind::Transcripts, output::TRANSCRIPTS_FILE)?;
+    let cells = staged(output::OutputKind::Cells, output::CELLS_FILE)?;
+    let mut per_cell_file = |kind: output::OutputKind, name: &str| -> Result<Option<PathBuf>> {
+        if !wants(kind) {
+            return Ok(None);
+        }
+        written.push(name.to_string());
+        out.staged(name).map(Some)
+    };
+    let boundaries = match (
+        per_cell_file(output::OutputKind::Polygons, output::BOUNDARIES_FILE)?,
+        per_cell_file(
+            output::OutputKind::Polygons,
+            output::BOUNDARIES_GEOJSON_FILE,
+        )?,
+    ) {
+        (Some(parquet), Some(geojson)) => Some((parquet, geojson)),
+        _ => None,
+    };
+    let anndata = match (
+        per_cell_file(output::OutputKind::Anndata, output::ANNDATA_FILE)?,
+        per_cell_file(output::OutputKind::Anndata, output::H5AD_FILE)?,
+    ) {
+        (Some(zarr), Some(h5ad)) => Some((zarr, h5ad)),
+        _ => None,
+    };
+    let spatialdata = per_cell_file(output::OutputKind::Spatialdata, output::SPATIALDATA_FILE)?;
+    let per_cell = (boundaries.is_some() || anndata.is_some() || spatialdata.is_some())
+        .then(|| -> Result<_> {
+            Ok(output::aggregate::PerCellOutputs {
+                boundaries,
+                anndata,
+                spatialdata,
+                uns: anndata_uns(args, model, params, command_line)?,
+                min_transcripts: args.min_transcripts(model),
+                tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+            })
+        })
+        .transpose()?;
     let outputs = super::stream::FileOutputs {
-        transcripts: staged(output::OutputKind::Transcripts, output::TRANSCRIPTS_FILE)?,
-        cells: staged(output::OutputKind::Cells, output::CELLS_FILE)?,
+        transcripts,
+        cells,
         format,
+        per_cell,
     };
     let settings = stream_settings(args, max_memory);
     let run = super::stream::segment_file(
@@ -683,9 +749,9 @@ fn run_in_batches(
             outputs: OutputFacts {
                 written,
                 table_format: format,
-                cells: 0,
+                cells: run.per_cell.as_ref().map_or(0, |c| c.cells),
                 min_transcripts: args.min_transcripts(model).max(1),
-                polygon_sources: None,
+                polygon_sources: run.per_cell.map(|c| c.polygon_sources),
             },
             stages,
             started,
