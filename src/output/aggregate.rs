@@ -1,7 +1,7 @@
 //! The per-cell outputs of the flow that reads and writes in batches
-//! (`--max-memory`, docs/streaming.md): the cell polygons, the AnnData and
-//! the SpatialData store, made from what the last pass hands over row by
-//! row instead of from every row held in memory.
+//! (`--max-memory`, docs/streaming.md): the cell polygons, the AnnData, the
+//! SpatialData store and the report, made from what the last pass hands
+//! over row by row instead of from every row held in memory.
 //!
 //! - Gene counts: per cell a sorted list of (gene, count), and per gene its
 //!   kept and filtered transcripts — bounded by cells × genes per cell.
@@ -11,6 +11,8 @@
 //!   after the pass (one file in memory at a time).
 //! - The SpatialData points (the transcripts table with the gene as a
 //!   categorical) are written batch by batch as the transcripts table is.
+//! - The report reads its rows (position, gene, assignment, score: 25
+//!   bytes each) from a file under `--tmp-dir`, once per statistic.
 //!
 //! Everything is made by the same code as on the in-memory path, so the
 //! files are byte for byte the same.
@@ -25,11 +27,12 @@ use arrow::record_batch::RecordBatch;
 
 use super::anndata::{AnnData, CellCounts};
 use super::cells::{self, OutputCells};
+use super::html_report::{self, ReportData, ReportRow, ReportRows, RowFile, RowFileWriter};
 use super::polygons::CellPolygon;
 use super::zarr::ZarrStore;
 use super::{CellRow, TableFormat, TableSink};
 use crate::io::Nuclei;
-use crate::pipeline::Segmentation;
+use crate::pipeline::{Assignment, SegmentParams, Segmentation, Summary};
 
 /// Where the per-cell outputs go (staged paths) and what they record.
 #[derive(Clone)]
@@ -40,6 +43,8 @@ pub struct PerCellOutputs {
     pub anndata: Option<(PathBuf, PathBuf)>,
     /// `segmentation.zarr`.
     pub spatialdata: Option<PathBuf>,
+    /// Whether the report is written ([`PendingReport`]).
+    pub report: bool,
     /// `uns["seggpu"]` of the AnnData.
     pub uns: Vec<(String, String)>,
     /// `--min-transcripts` of the run (the output cells have at least
@@ -53,10 +58,103 @@ pub struct PerCellOutputs {
 pub struct PerCellFacts {
     /// Output cells.
     pub cells: usize,
-    /// Polygons per source.
-    pub polygon_sources: BTreeMap<&'static str, usize>,
+    /// Polygons per source, when polygons were made.
+    pub polygon_sources: Option<BTreeMap<&'static str, usize>>,
     /// Seconds spent on the polygons.
     pub polygon_seconds: f64,
+    /// The report, made once the run's summary is known.
+    pub report: Option<PendingReport>,
+}
+
+/// A row of the last pass, as handed to [`CellAggregator::add`].
+#[derive(Debug, Clone, Copy)]
+pub struct WrittenRow {
+    /// Its cell ([`Segmentation::NO_CELL`] for none).
+    pub cell: u32,
+    /// Its gene, numbered as the pass reads them.
+    pub gene: u32,
+    /// x, µm.
+    pub x: f64,
+    /// y, µm.
+    pub y: f64,
+    /// What became of it.
+    pub assignment: Assignment,
+    /// Best score, NaN without candidate.
+    pub score: f32,
+}
+
+/// A folder under `--tmp-dir` for the spilled points and report rows,
+/// removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+    tmp_dir: PathBuf,
+}
+
+impl Scratch {
+    fn create(tmp_dir: &Path) -> Result<Self> {
+        let dir = tmp_dir.join(format!(".seggpu-cell-points-{}", std::process::id()));
+        if dir.exists() {
+            // Left by a killed run whose process id this one got.
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {} (--tmp-dir)", dir.display()))?;
+        Ok(Scratch {
+            dir,
+            tmp_dir: tmp_dir.to_path_buf(),
+        })
+    }
+
+    fn error(&self, path: &Path, what: &str) -> String {
+        format!(
+            "cannot {what} spill file {} (--tmp-dir {}: is it full?)",
+            path.display(),
+            self.tmp_dir.display()
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The report's rows and everything else it shows but the summary and the
+/// stage seconds, which are known only at the end of the run.
+pub struct PendingReport {
+    rows: RowFile,
+    gene_names: Vec<String>,
+    cells: Vec<CellRow>,
+    rings: Vec<Vec<[f64; 2]>>,
+    label: &'static str,
+    // Holds the rows' file until the report is written.
+    _scratch: Scratch,
+}
+
+impl PendingReport {
+    /// Writes `segmentation_report.html` to `path`.
+    pub fn write(
+        &self,
+        path: &Path,
+        summary: &Summary,
+        params: &SegmentParams,
+        command_line: &[String],
+        stage_seconds: &[(&'static str, f64)],
+    ) -> Result<()> {
+        let data = ReportData::from_parts(
+            summary,
+            ReportRows::File(&self.rows),
+            &self.gene_names,
+            &self.cells,
+            params,
+            command_line,
+            stage_seconds,
+            Some((&self.rings, self.label)),
+        )?;
+        html_report::write(path, &data)
+    }
 }
 
 /// Cells per file of spilled points, unless there are more than
@@ -85,103 +183,78 @@ const POINT_BYTES: usize = 20;
 
 /// The assigned transcripts' (cell, x, y), spilled by cell range.
 struct PointSpill {
-    dir: PathBuf,
-    tmp_dir: PathBuf,
     cells_per_file: usize,
     files: Vec<(PathBuf, BufWriter<std::fs::File>)>,
 }
 
 impl PointSpill {
-    fn create(tmp_dir: &Path, n_cells: usize) -> Result<Self> {
-        let dir = tmp_dir.join(format!(".seggpu-cell-points-{}", std::process::id()));
-        if dir.exists() {
-            // Left by a killed run whose process id this one got.
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {} (--tmp-dir)", dir.display()))?;
+    fn create(scratch: &Scratch, n_cells: usize) -> Result<Self> {
         let cells_per_file = cells_per_file().max(n_cells.div_ceil(POINT_FILES));
-        let mut spill = PointSpill {
-            dir,
-            tmp_dir: tmp_dir.to_path_buf(),
-            cells_per_file,
-            files: Vec::new(),
-        };
+        let mut files = Vec::new();
         for f in 0..n_cells.div_ceil(cells_per_file) {
-            let path = spill.dir.join(format!("points-{f}.bin"));
+            let path = scratch.dir.join(format!("points-{f}.bin"));
             let file =
-                std::fs::File::create(&path).with_context(|| spill.error(&path, "create"))?;
-            spill.files.push((path, BufWriter::new(file)));
+                std::fs::File::create(&path).with_context(|| scratch.error(&path, "create"))?;
+            files.push((path, BufWriter::new(file)));
         }
-        Ok(spill)
+        Ok(PointSpill {
+            cells_per_file,
+            files,
+        })
     }
 
-    fn error(&self, path: &Path, what: &str) -> String {
-        format!(
-            "cannot {what} the spill file {} (--tmp-dir {}: is it full?)",
-            path.display(),
-            self.tmp_dir.display()
-        )
-    }
-
-    fn push(&mut self, cell: u32, x: f64, y: f64) -> Result<()> {
+    fn push(&mut self, scratch: &Scratch, cell: u32, x: f64, y: f64) -> Result<()> {
         let mut bytes = [0u8; POINT_BYTES];
         bytes[..4].copy_from_slice(&cell.to_le_bytes());
         bytes[4..12].copy_from_slice(&x.to_le_bytes());
         bytes[12..].copy_from_slice(&y.to_le_bytes());
         let (path, file) = &mut self.files[cell as usize / self.cells_per_file];
-        if let Err(e) = file.write_all(&bytes) {
-            let path = path.clone();
-            return Err(e).with_context(|| self.error(&path, "write"));
-        }
-        Ok(())
+        file.write_all(&bytes)
+            .with_context(|| scratch.error(path, "write"))
     }
 
     /// Closes the files; then file `f` holds the points of cells
     /// `f * cells_per_file ..`, in input order.
-    fn close(&mut self) -> Result<Vec<PathBuf>> {
+    fn close(&mut self, scratch: &Scratch) -> Result<Vec<PathBuf>> {
         let mut paths = Vec::new();
         for (path, mut file) in std::mem::take(&mut self.files) {
-            if let Err(e) = file.flush() {
-                return Err(e).with_context(|| self.error(&path, "write"));
-            }
+            file.flush()
+                .with_context(|| scratch.error(&path, "write"))?;
             paths.push(path);
         }
         Ok(paths)
     }
-
-    /// The points of cells `first..first + n` from `path`, grouped by cell
-    /// (input order within a cell).
-    fn read_cells(&self, path: &Path, first: usize, n: usize) -> Result<Vec<Vec<[f64; 2]>>> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .with_context(|| self.error(path, "read"))?;
-        let mut points = vec![Vec::new(); n];
-        for record in bytes.chunks_exact(POINT_BYTES) {
-            let word = |a: usize| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&record[a..a + 8]);
-                f64::from_le_bytes(w)
-            };
-            let cell = u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize;
-            match cell.checked_sub(first).filter(|&c| c < n) {
-                Some(c) => points[c].push([word(4), word(12)]),
-                None => bail!(
-                    "{}: a point of cell {cell} outside the file's cells",
-                    path.display()
-                ),
-            }
-        }
-        Ok(points)
-    }
 }
 
-impl Drop for PointSpill {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// The points of cells `first..first + n` from `path`, grouped by cell
+/// (input order within a cell).
+fn read_cells(
+    scratch: &Scratch,
+    path: &Path,
+    first: usize,
+    n: usize,
+) -> Result<Vec<Vec<[f64; 2]>>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| scratch.error(path, "read"))?;
+    let mut points = vec![Vec::new(); n];
+    for record in bytes.chunks_exact(POINT_BYTES) {
+        let word = |a: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&record[a..a + 8]);
+            f64::from_le_bytes(w)
+        };
+        let cell = u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize;
+        match cell.checked_sub(first).filter(|&c| c < n) {
+            Some(c) => points[c].push([word(4), word(12)]),
+            None => bail!(
+                "{}: a point of cell {cell} outside the file's cells",
+                path.display()
+            ),
+        }
     }
+    Ok(points)
 }
 
 /// The SpatialData store while its points are written.
@@ -200,26 +273,40 @@ pub struct CellAggregator {
     n_kept: Vec<i64>,
     /// Per gene (numbered as read): filtered transcripts.
     n_filtered: Vec<i64>,
-    points: PointSpill,
+    scratch: Scratch,
+    /// When polygons are made.
+    points: Option<PointSpill>,
     points_table: Option<PointsTable>,
+    /// When the report is made.
+    report_rows: Option<RowFileWriter>,
 }
 
 impl CellAggregator {
     /// Aggregates for `n_cells` cells (nuclei, then fragments).
     pub fn new(outputs: &PerCellOutputs, n_cells: usize) -> Result<Self> {
-        let points = PointSpill::create(&outputs.tmp_dir, n_cells)?;
-        let counts = if outputs.anndata.is_some() || outputs.spatialdata.is_some() {
+        let scratch = Scratch::create(&outputs.tmp_dir)?;
+        let table = outputs.anndata.is_some() || outputs.spatialdata.is_some();
+        let points = (table || outputs.boundaries.is_some())
+            .then(|| PointSpill::create(&scratch, n_cells))
+            .transpose()?;
+        let counts = if table {
             vec![Vec::new(); n_cells]
         } else {
             Vec::new()
         };
+        let report_rows = outputs
+            .report
+            .then(|| RowFileWriter::create(&scratch.dir.join("report-rows.bin")))
+            .transpose()?;
         Ok(CellAggregator {
             outputs: outputs.clone(),
             counts,
             n_kept: Vec::new(),
             n_filtered: Vec::new(),
+            scratch,
             points,
             points_table: None,
+            report_rows,
         })
     }
 
@@ -228,15 +315,24 @@ impl CellAggregator {
         self.outputs.spatialdata.is_some()
     }
 
-    /// One input row, in input order: its cell ([`Segmentation::NO_CELL`]
-    /// for none), gene (numbered as read), position, and whether it was kept.
-    pub fn add(&mut self, cell: u32, gene: u32, x: f64, y: f64, kept: bool) -> Result<()> {
+    /// The next input row, in input order.
+    pub fn add(&mut self, row: WrittenRow) -> Result<()> {
+        if let Some(rows) = self.report_rows.as_mut() {
+            rows.push(ReportRow {
+                x: row.x,
+                y: row.y,
+                gene: row.gene,
+                assignment: row.assignment,
+                score: row.score,
+            })?;
+        }
+        let (gene, cell) = (row.gene, row.cell);
         let g = gene as usize;
         if g >= self.n_kept.len() {
             self.n_kept.resize(g + 1, 0);
             self.n_filtered.resize(g + 1, 0);
         }
-        if !kept {
+        if row.assignment == Assignment::Filtered {
             self.n_filtered[g] += 1;
             return Ok(());
         }
@@ -250,7 +346,10 @@ impl CellAggregator {
                 Err(at) => genes.insert(at, (gene, 1)),
             }
         }
-        self.points.push(cell, x, y)
+        match self.points.as_mut() {
+            Some(points) => points.push(&self.scratch, cell, row.x, row.y),
+            None => Ok(()),
+        }
     }
 
     /// The next rows of the transcripts table (`columns`, as written), with
@@ -291,19 +390,35 @@ impl CellAggregator {
         gene_names: Vec<String>,
     ) -> Result<PerCellFacts> {
         let index = cells::output_index(rows, self.outputs.min_transcripts);
-        let clock = std::time::Instant::now();
-        let polygons = self.polygons(rows, nuclei, &index)?;
-        let cells = OutputCells {
-            index,
-            polygons,
-            polygon_seconds: clock.elapsed().as_secs_f64(),
-        };
-        if let Some((parquet, geojson)) = &self.outputs.boundaries {
-            super::boundaries::write_geoparquet(parquet, rows, &cells)?;
-            super::boundaries::write_geojson(geojson, rows, &cells)?;
+        // Genes sorted by name, as the in-memory reader numbers them.
+        let mut order: Vec<usize> = (0..gene_names.len()).collect();
+        order.sort_by(|&a, &b| gene_names[a].cmp(&gene_names[b]));
+        let mut sorted = vec![0u32; gene_names.len()];
+        for (new, &old) in order.iter().enumerate() {
+            sorted[old] = new as u32;
         }
-        if self.outputs.anndata.is_some() || self.outputs.spatialdata.is_some() {
-            let table = self.table(rows, &cells, gene_names)?;
+        let var_names: Vec<String> = order.iter().map(|&old| gene_names[old].clone()).collect();
+        let clock = std::time::Instant::now();
+        let cells = match self.points.take() {
+            Some(mut points) => {
+                let polygons = self.polygons(&mut points, rows, nuclei, &index)?;
+                Some(OutputCells {
+                    index,
+                    polygons,
+                    polygon_seconds: clock.elapsed().as_secs_f64(),
+                })
+            }
+            None => None,
+        };
+        if let (Some((parquet, geojson)), Some(cells)) = (&self.outputs.boundaries, &cells) {
+            super::boundaries::write_geoparquet(parquet, rows, cells)?;
+            super::boundaries::write_geojson(geojson, rows, cells)?;
+        }
+        if let (true, Some(cells)) = (
+            self.outputs.anndata.is_some() || self.outputs.spatialdata.is_some(),
+            &cells,
+        ) {
+            let table = self.table(rows, cells, &sorted, var_names.clone(), &order);
             if let Some((zarr, h5ad)) = &self.outputs.anndata {
                 let mut store = ZarrStore::create(zarr, serde_json::json!({}))?;
                 table.write_to(&mut store, "", serde_json::json!({}))?;
@@ -313,27 +428,47 @@ impl CellAggregator {
             }
             if let Some(points) = self.points_table.take() {
                 points.sink.finish()?;
-                super::spatialdata::finish(points.store, rows, &cells, &table)?;
+                super::spatialdata::finish(points.store, rows, cells, &table)?;
             } else if self.outputs.spatialdata.is_some() {
                 bail!("internal: the SpatialData points were never written");
             }
         }
+        let report = match self.report_rows.take() {
+            Some(writer) => {
+                let rows_file = writer.finish(sorted)?;
+                let (rings, label) = match &cells {
+                    Some(cells) => (html_report::polygon_rings(cells), "cell polygons"),
+                    None => (html_report::nucleus_rings(nuclei), "nucleus polygons"),
+                };
+                Some(PendingReport {
+                    rows: rows_file,
+                    gene_names: var_names,
+                    cells: rows.to_vec(),
+                    rings,
+                    label,
+                    _scratch: self.scratch,
+                })
+            }
+            None => None,
+        };
         Ok(PerCellFacts {
-            cells: cells.len(),
-            polygon_sources: cells.polygon_sources(),
-            polygon_seconds: cells.polygon_seconds,
+            cells: cells.as_ref().map_or(0, OutputCells::len),
+            polygon_sources: cells.as_ref().map(OutputCells::polygon_sources),
+            polygon_seconds: cells.as_ref().map_or(0.0, |c| c.polygon_seconds),
+            report,
         })
     }
 
     /// The polygons of the output cells `index`, a file of points at a time.
     fn polygons(
-        &mut self,
+        &self,
+        points: &mut PointSpill,
         rows: &[CellRow],
         nuclei: &Nuclei,
         index: &[usize],
     ) -> Result<Vec<CellPolygon>> {
-        let files = self.points.close()?;
-        let per_file = self.points.cells_per_file;
+        let files = points.close(&self.scratch)?;
+        let per_file = points.cells_per_file;
         let n_nuclei = nuclei.ids.len();
         let mut polygons = Vec::with_capacity(index.len());
         let mut at = 0;
@@ -341,7 +476,7 @@ impl CellAggregator {
             let first = f * per_file;
             let n = per_file.min(rows.len() - first);
             let end = at + index[at..].partition_point(|&c| c < first + n);
-            let points = self.points.read_cells(path, first, n)?;
+            let points = read_cells(&self.scratch, path, first, n)?;
             let here = &index[at..end];
             polygons.extend(cells::polygons_of(
                 here.len(),
@@ -354,20 +489,16 @@ impl CellAggregator {
         Ok(polygons)
     }
 
-    /// The AnnData, genes sorted by name as the in-memory reader numbers them.
+    /// The AnnData; `sorted[g]` is gene `g`'s place among `var_names` (the
+    /// genes sorted by name), `order` its inverse.
     fn table(
         &mut self,
         rows: &[CellRow],
         cells: &OutputCells,
-        gene_names: Vec<String>,
-    ) -> Result<AnnData> {
-        let n_genes = gene_names.len();
-        let mut order: Vec<usize> = (0..n_genes).collect();
-        order.sort_by(|&a, &b| gene_names[a].cmp(&gene_names[b]));
-        let mut sorted = vec![0u32; n_genes];
-        for (new, &old) in order.iter().enumerate() {
-            sorted[old] = new as u32;
-        }
+        sorted: &[u32],
+        var_names: Vec<String>,
+        order: &[usize],
+    ) -> AnnData {
         let by_name = |per_gene: &[i64]| -> Vec<i64> {
             order
                 .iter()
@@ -376,7 +507,7 @@ impl CellAggregator {
         };
         let n_kept = by_name(&self.n_kept);
         let n_filtered = by_name(&self.n_filtered);
-        let mut counts = CellCounts::new(n_genes);
+        let mut counts = CellCounts::new(var_names.len());
         let mut genes: Vec<(u32, u64)> = Vec::new();
         for &c in &cells.index {
             genes.clear();
@@ -388,8 +519,7 @@ impl CellAggregator {
             genes.sort_unstable();
             counts.push_cell(genes.iter().copied());
         }
-        let var_names = order.iter().map(|&old| gene_names[old].clone()).collect();
-        Ok(AnnData::assemble(
+        AnnData::assemble(
             rows,
             cells,
             var_names,
@@ -397,6 +527,6 @@ impl CellAggregator {
             n_kept,
             n_filtered,
             std::mem::take(&mut self.outputs.uns),
-        ))
+        )
     }
 }

@@ -392,6 +392,7 @@ pub fn push_result_columns<'a>(
 }
 
 /// One row of `cells.parquet`.
+#[derive(Clone)]
 pub struct CellRow {
     /// Nucleus id or fragment id.
     pub id: String,

@@ -455,14 +455,7 @@ pub fn run(
         let clock = Instant::now();
         // The cell polygons when they were computed, else the nucleus outlines.
         let (rings, label) = match &cells {
-            Some(cells) => (
-                cells
-                    .polygons
-                    .iter()
-                    .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
-                    .collect(),
-                "cell polygons",
-            ),
+            Some(cells) => (output::html_report::polygon_rings(cells), "cell polygons"),
             None => (
                 output::html_report::nucleus_rings(&nuclei),
                 "nucleus polygons",
@@ -615,15 +608,10 @@ fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
 }
 
 /// Whether `--max-memory` runs the path that reads and writes in batches:
-/// the tables, polygons, AnnData and SpatialData are written that way; the
-/// report, `--xenium-ranger` (and `--demo`'s accuracy) need every row's
-/// result in memory.
+/// every output is written that way but `--xenium-ranger`'s (and `--demo`'s
+/// accuracy), which need every row's result in memory.
 fn reads_in_batches(args: &SegmentArgs) -> bool {
-    args.max_memory.is_some()
-        && !rows_held_for_tests()
-        && !args.demo
-        && !args.xenium_ranger
-        && !args.outputs.contains(&output::OutputKind::Report)
+    args.max_memory.is_some() && !rows_held_for_tests() && !args.demo && !args.xenium_ranger
 }
 
 /// Environment variable (builds with the `testing` feature only): when set,
@@ -710,18 +698,21 @@ fn run_in_batches(
         _ => None,
     };
     let spatialdata = per_cell_file(output::OutputKind::Spatialdata, output::SPATIALDATA_FILE)?;
-    let per_cell = (boundaries.is_some() || anndata.is_some() || spatialdata.is_some())
-        .then(|| -> Result<_> {
-            Ok(output::aggregate::PerCellOutputs {
-                boundaries,
-                anndata,
-                spatialdata,
-                uns: anndata_uns(args, model, params, command_line)?,
-                min_transcripts: args.min_transcripts(model),
-                tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+    let report = per_cell_file(output::OutputKind::Report, output::html_report::REPORT_FILE)?;
+    let per_cell =
+        (boundaries.is_some() || anndata.is_some() || spatialdata.is_some() || report.is_some())
+            .then(|| -> Result<_> {
+                Ok(output::aggregate::PerCellOutputs {
+                    boundaries,
+                    anndata,
+                    spatialdata,
+                    report: report.is_some(),
+                    uns: anndata_uns(args, model, params, command_line)?,
+                    min_transcripts: args.min_transcripts(model),
+                    tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+                })
             })
-        })
-        .transpose()?;
+            .transpose()?;
     let outputs = super::stream::FileOutputs {
         transcripts,
         cells,
@@ -729,10 +720,16 @@ fn run_in_batches(
         per_cell,
     };
     let settings = stream_settings(args, max_memory);
-    let run = super::stream::segment_file(
+    let mut run = super::stream::segment_file(
         &layout, id_kind, spec, &nuclei, model, params, backend, progress, &settings, &outputs,
     )?;
     stages.extend(run.stage_seconds.iter().copied());
+    let pending = run.per_cell.as_mut().and_then(|c| c.report.take());
+    if let (Some(pending), Some(path)) = (pending, &report) {
+        let clock = Instant::now();
+        pending.write(path, &run.summary, params, command_line, &stages)?;
+        stages.push(("html_report", clock.elapsed().as_secs_f64()));
+    }
     let spinner = progress.spinner("writing");
     finish(
         out,
@@ -751,7 +748,7 @@ fn run_in_batches(
                 table_format: format,
                 cells: run.per_cell.as_ref().map_or(0, |c| c.cells),
                 min_transcripts: args.min_transcripts(model).max(1),
-                polygon_sources: run.per_cell.map(|c| c.polygon_sources),
+                polygon_sources: run.per_cell.and_then(|c| c.polygon_sources),
             },
             stages,
             started,

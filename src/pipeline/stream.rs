@@ -29,7 +29,7 @@ use crate::io::{
 };
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
-use crate::output::aggregate::{CellAggregator, PerCellFacts, PerCellOutputs};
+use crate::output::aggregate::{CellAggregator, PerCellFacts, PerCellOutputs, WrittenRow};
 use crate::output::{TableFormat, TableSink};
 use crate::tiles::{self, Cell, TileGrid};
 use arrow::array::RecordBatch;
@@ -1073,7 +1073,7 @@ pub struct FileOutputs {
     pub cells: Option<PathBuf>,
     /// Format of both.
     pub format: TableFormat,
-    /// The polygons, AnnData and SpatialData, when any is asked for.
+    /// The polygons, AnnData, SpatialData and report, when any is asked for.
     pub per_cell: Option<PerCellOutputs>,
 }
 
@@ -1754,13 +1754,14 @@ fn write_pass(
                     }
                 };
                 if let Some(aggregator) = per_cell.as_mut() {
-                    aggregator.add(
+                    aggregator.add(WrittenRow {
                         cell,
-                        chunk.gene[i],
-                        chunk.x[i],
-                        chunk.y[i],
-                        filter[row].is_none(),
-                    )?;
+                        gene: chunk.gene[i],
+                        x: chunk.x[i],
+                        y: chunk.y[i],
+                        assignment,
+                        score,
+                    })?;
                 }
                 if write {
                     pending.cell.push(cell);
