@@ -7,7 +7,7 @@
 //!   kept and filtered transcripts — bounded by cells × genes per cell.
 //! - Polygons need every point of a cell: the assigned transcripts'
 //!   (cell, x, y) are spilled to files of consecutive cell ranges under
-//!   `--tmp-dir`, in input order, and each file's cells get their polygons
+//!   `--tmp-dir` (`.seggpu-cell-points-<hash of OUT>/`), in input order, and each file's cells get their polygons
 //!   after the pass (one file in memory at a time).
 //! - The SpatialData points (the transcripts table with the gene as a
 //!   categorical) are written batch by batch as the transcripts table is.
@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
+use sha2::{Digest, Sha256};
 
 use super::anndata::{AnnData, CellCounts};
 use super::cells::{self, OutputCells};
@@ -50,8 +51,10 @@ pub struct PerCellOutputs {
     /// `--min-transcripts` of the run (the output cells have at least
     /// `max(1, min_transcripts)`).
     pub min_transcripts: usize,
-    /// Folder for the spilled cell points (`--tmp-dir`).
+    /// Folder for the spilled cell points and report rows (`--tmp-dir`).
     pub tmp_dir: PathBuf,
+    /// The output folder, naming the spill folder.
+    pub out: PathBuf,
 }
 
 /// What the per-cell outputs hold, for the log.
@@ -84,17 +87,21 @@ pub struct WrittenRow {
 }
 
 /// A folder under `--tmp-dir` for the spilled points and report rows,
-/// removed when dropped.
+/// named after the output folder (one run at a time writes there, so a
+/// folder of that name is a killed run's), removed when dropped.
 struct Scratch {
     dir: PathBuf,
     tmp_dir: PathBuf,
 }
 
 impl Scratch {
-    fn create(tmp_dir: &Path) -> Result<Self> {
-        let dir = tmp_dir.join(format!(".seggpu-cell-points-{}", std::process::id()));
+    fn create(tmp_dir: &Path, out: &Path) -> Result<Self> {
+        let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+        let digest = Sha256::digest(out.to_string_lossy().as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let dir = tmp_dir.join(format!(".seggpu-cell-points-{name}"));
         if dir.exists() {
-            // Left by a killed run whose process id this one got.
+            // Left by a killed run.
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
         }
@@ -284,7 +291,7 @@ pub struct CellAggregator {
 impl CellAggregator {
     /// Aggregates for `n_cells` cells (nuclei, then fragments).
     pub fn new(outputs: &PerCellOutputs, n_cells: usize) -> Result<Self> {
-        let scratch = Scratch::create(&outputs.tmp_dir)?;
+        let scratch = Scratch::create(&outputs.tmp_dir, &outputs.out)?;
         let table = outputs.anndata.is_some() || outputs.spatialdata.is_some();
         let points = (table || outputs.boundaries.is_some())
             .then(|| PointSpill::create(&scratch, n_cells))

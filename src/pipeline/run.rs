@@ -74,8 +74,8 @@ pub struct SegmentArgs {
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
     /// bucket by bucket, with the same outputs as the in-memory default (docs/streaming.md).
-    /// Without the report, --xenium-ranger and --demo the input is read and every output
-    /// written in batches; those hold every row in memory (a warning says so).
+    /// Without --xenium-ranger and --demo the input is read and every output written in
+    /// batches; with either, every row is held in memory (a warning says so).
     #[arg(long, value_parser = super::stream::parse_size)]
     pub max_memory: Option<u64>,
     /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
@@ -293,8 +293,8 @@ pub fn run(
     }
     if args.max_memory.is_some() {
         log::warn!(
-            "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs without report reads and writes in batches; docs/streaming.md)",
-            if args.demo { "--demo's accuracy".to_string() } else { "report or --xenium-ranger".to_string() }
+            "--max-memory: {} needs every row in memory; only the score and fragment stages are bounded (without it the input is read and the outputs written in batches; docs/streaming.md)",
+            if args.demo { "--demo's accuracy" } else { "--xenium-ranger" }
         );
     }
 
@@ -710,6 +710,7 @@ fn run_in_batches(
                     uns: anndata_uns(args, model, params, command_line)?,
                     min_transcripts: args.min_transcripts(model),
                     tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+                    out: args.out.clone(),
                 })
             })
             .transpose()?;
