@@ -18,8 +18,9 @@
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::cells::OutputCells;
+use super::cells::{CellMembers, OutputCells};
 use super::zarr::{Sink, ZarrType};
+use super::CellRow;
 use crate::io::Transcripts;
 use crate::pipeline::Segmentation;
 
@@ -62,55 +63,102 @@ pub struct AnnData {
     pub uns: Vec<(String, String)>,
 }
 
+/// The cells × genes counts of the output cells as CSR, built a cell at a time.
+#[derive(Default)]
+pub struct CellCounts {
+    indptr: Vec<i64>,
+    indices: Vec<i32>,
+    data: Vec<f32>,
+    n_assigned: Vec<i64>,
+}
+
+impl CellCounts {
+    /// No cell yet, `n_genes` columns.
+    pub fn new(n_genes: usize) -> Self {
+        CellCounts {
+            indptr: vec![0],
+            n_assigned: vec![0; n_genes],
+            ..Self::default()
+        }
+    }
+
+    /// Appends the next output cell: its `(gene, count)` pairs, genes ascending.
+    pub fn push_cell(&mut self, genes: impl Iterator<Item = (u32, u64)>) {
+        for (g, count) in genes {
+            self.indices.push(g as i32);
+            self.data.push(count as f32);
+            self.n_assigned[g as usize] += count as i64;
+        }
+        self.indptr.push(self.indices.len() as i64);
+    }
+}
+
 impl AnnData {
-    /// The AnnData of a run.
+    /// The AnnData of a run held in memory.
     pub fn build(
         result: &Segmentation,
         transcripts: &Transcripts,
         cells: &OutputCells,
+        members: &CellMembers,
         uns: Vec<(String, String)>,
     ) -> Self {
         let n_genes = transcripts.gene_names.len();
-        let mut indptr = Vec::with_capacity(cells.len() + 1);
-        let mut indices = Vec::new();
-        let mut data = Vec::new();
-        let mut n_assigned = vec![0i64; n_genes];
+        let mut counts = CellCounts::new(n_genes);
         let mut genes: Vec<u32> = Vec::new();
-        indptr.push(0i64);
         for i in 0..cells.len() {
             genes.clear();
             genes.extend(
-                cells
+                members
                     .members(i)
                     .iter()
                     .map(|&r| transcripts.gene[r as usize]),
             );
             genes.sort_unstable();
-            let mut k = 0;
-            while k < genes.len() {
-                let g = genes[k];
-                let run = genes[k..].iter().take_while(|&&h| h == g).count();
-                indices.push(g as i32);
-                data.push(run as f32);
-                n_assigned[g as usize] += run as i64;
-                k += run;
-            }
-            indptr.push(indices.len() as i64);
+            counts.push_cell(
+                genes
+                    .chunk_by(|a, b| a == b)
+                    .map(|run| (run[0], run.len() as u64)),
+            );
         }
-        let mut n_unassigned = vec![0i64; n_genes];
+        let mut n_kept = vec![0i64; n_genes];
         let mut n_filtered = vec![0i64; n_genes];
         for (r, f) in result.filter_reason.iter().enumerate() {
             let g = transcripts.gene[r] as usize;
             if f.is_some() {
                 n_filtered[g] += 1;
             } else {
-                n_unassigned[g] += 1;
+                n_kept[g] += 1;
             }
         }
-        for g in 0..n_genes {
-            n_unassigned[g] -= n_assigned[g];
-        }
-        let rows = || cells.index.iter().map(|&c| &result.cells[c]);
+        Self::assemble(
+            &result.cells,
+            cells,
+            transcripts.gene_names.clone(),
+            counts,
+            n_kept,
+            n_filtered,
+            uns,
+        )
+    }
+
+    /// The AnnData from the rows of `cells.parquet`, the output cells, the
+    /// genes (sorted) with their kept and filtered transcripts, and the
+    /// counts of the output cells.
+    pub fn assemble(
+        rows: &[CellRow],
+        cells: &OutputCells,
+        var_names: Vec<String>,
+        counts: CellCounts,
+        n_kept: Vec<i64>,
+        n_filtered: Vec<i64>,
+        uns: Vec<(String, String)>,
+    ) -> Self {
+        let n_unassigned = n_kept
+            .iter()
+            .zip(&counts.n_assigned)
+            .map(|(k, a)| k - a)
+            .collect();
+        let rows = || cells.index.iter().map(|&c| &rows[c]);
         AnnData {
             obs_names: rows().map(|c| c.id.clone()).collect(),
             kind: rows().map(|c| i8::from(c.kind != KINDS[0])).collect(),
@@ -121,13 +169,13 @@ impl AnnData {
                 .map(|c| c.nucleus_area.map_or(f64::NAN, f64::from))
                 .collect(),
             cell_area: (0..cells.len()).map(|i| cells.area(i)).collect(),
-            var_names: transcripts.gene_names.clone(),
-            n_assigned,
+            var_names,
+            n_assigned: counts.n_assigned,
             n_unassigned,
             n_filtered,
-            indptr,
-            indices,
-            data,
+            indptr: counts.indptr,
+            indices: counts.indices,
+            data: counts.data,
             uns,
         }
     }

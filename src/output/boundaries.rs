@@ -11,7 +11,7 @@ use arrow::array::{ArrayRef, BinaryArray, Float64Array, StringArray, UInt64Array
 use parquet::file::metadata::KeyValue;
 
 use super::cells::OutputCells;
-use crate::pipeline::Segmentation;
+use super::CellRow;
 
 /// The `geo` file metadata of GeoParquet 1.1 for one WKB polygon column.
 pub fn geo_metadata() -> serde_json::Value {
@@ -42,29 +42,27 @@ pub fn polygon_wkb(cells: &OutputCells) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// The columns `cell_id`, `kind`, `n_transcripts`, `area`, `geometry`.
-pub fn boundary_columns(
-    result: &Segmentation,
-    cells: &OutputCells,
-) -> Result<Vec<(String, ArrayRef)>> {
+/// The columns `cell_id`, `kind`, `n_transcripts`, `area`, `geometry`;
+/// `rows` are the rows of `cells.parquet`.
+pub fn boundary_columns(rows: &[CellRow], cells: &OutputCells) -> Result<Vec<(String, ArrayRef)>> {
     let wkb = polygon_wkb(cells)?;
     Ok(vec![
         (
             "cell_id".into(),
             Arc::new(StringArray::from_iter_values(
-                cells.index.iter().map(|&c| result.cells[c].id.as_str()),
+                cells.index.iter().map(|&c| rows[c].id.as_str()),
             )),
         ),
         (
             "kind".into(),
             Arc::new(StringArray::from_iter_values(
-                cells.index.iter().map(|&c| result.cells[c].kind),
+                cells.index.iter().map(|&c| rows[c].kind),
             )),
         ),
         (
             "n_transcripts".into(),
             Arc::new(UInt64Array::from_iter_values(
-                cells.index.iter().map(|&c| result.cells[c].n_transcripts),
+                cells.index.iter().map(|&c| rows[c].n_transcripts),
             )),
         ),
         (
@@ -81,15 +79,15 @@ pub fn boundary_columns(
 }
 
 /// Writes `cell_boundaries.parquet`.
-pub fn write_geoparquet(path: &Path, result: &Segmentation, cells: &OutputCells) -> Result<()> {
+pub fn write_geoparquet(path: &Path, rows: &[CellRow], cells: &OutputCells) -> Result<()> {
     let metadata = vec![KeyValue::new("geo".to_string(), geo_metadata().to_string())];
-    super::write_parquet_with(path, boundary_columns(result, cells)?, metadata)
+    super::write_parquet_with(path, boundary_columns(rows, cells)?, metadata)
 }
 
 /// Writes `cell_boundaries.geojson`: a FeatureCollection, one Polygon
 /// feature per output cell with properties `cell_id`, `kind`,
 /// `n_transcripts` and `area`.
-pub fn write_geojson(path: &Path, result: &Segmentation, cells: &OutputCells) -> Result<()> {
+pub fn write_geojson(path: &Path, rows: &[CellRow], cells: &OutputCells) -> Result<()> {
     let file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = BufWriter::new(file);
@@ -97,7 +95,7 @@ pub fn write_geojson(path: &Path, result: &Segmentation, cells: &OutputCells) ->
     w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[\n")
         .with_context(cannot)?;
     for (i, &c) in cells.index.iter().enumerate() {
-        let row = &result.cells[c];
+        let row = &rows[c];
         let ring: Vec<[f64; 2]> = cells.polygons[i]
             .polygon
             .exterior()

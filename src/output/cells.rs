@@ -6,42 +6,84 @@
 //! have at least `min_transcripts` by construction.
 
 use anyhow::{Context, Result};
-use geo::Area;
+use geo::{Area, Polygon};
 
 use super::polygons::{self, CellPolygon, PolygonSource};
+use super::CellRow;
 use crate::io::{Nuclei, Transcripts};
 use crate::pipeline::Segmentation;
 
-/// The output cells, their transcripts and their polygons.
+/// The output cells and their polygons.
 pub struct OutputCells {
     /// Index into `Segmentation::cells` (= `cell_ids`) of every output cell.
     pub index: Vec<usize>,
-    /// Input rows of output cell `i`: `rows[offsets[i]..offsets[i + 1]]`,
-    /// ascending.
-    pub offsets: Vec<usize>,
-    /// See `offsets`.
-    pub rows: Vec<u32>,
     /// Polygon of every output cell.
     pub polygons: Vec<CellPolygon>,
     /// Seconds spent on the polygons.
     pub polygon_seconds: f64,
 }
 
+/// The input rows of every output cell (the in-memory path only: the
+/// batched flow never holds them).
+pub struct CellMembers {
+    /// Input rows of output cell `i`: `rows[offsets[i]..offsets[i + 1]]`,
+    /// ascending.
+    offsets: Vec<usize>,
+    rows: Vec<u32>,
+}
+
+impl CellMembers {
+    /// Input rows of output cell `i`, ascending.
+    pub fn members(&self, i: usize) -> &[u32] {
+        &self.rows[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
 /// Position of a `Segmentation::cell_ids` entry among the output cells.
 pub const NOT_OUTPUT: u32 = u32::MAX;
 
+/// Indices (into the cells of `cells.parquet`) of the output cells: those
+/// with at least `max(1, min_transcripts)` transcripts.
+pub fn output_index(rows: &[CellRow], min_transcripts: usize) -> Vec<usize> {
+    let floor = min_transcripts.max(1) as u64;
+    (0..rows.len())
+        .filter(|&c| rows[c].n_transcripts >= floor)
+        .collect()
+}
+
+/// The polygons of output cells `0..n` (in parallel): `points(i)` gives
+/// cell `i`'s transcript positions in input order, `nucleus(i)` its nucleus
+/// polygon, `id(i)` its id for the error of a cell without any.
+pub fn polygons_of<'a>(
+    n: usize,
+    points: impl Fn(usize) -> Vec<[f64; 2]> + Sync,
+    nucleus: impl Fn(usize) -> Option<&'a Polygon<f64>> + Sync,
+    id: impl Fn(usize) -> &'a str,
+) -> Result<Vec<CellPolygon>> {
+    polygons::cell_polygons(n, points, nucleus)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.with_context(|| {
+                format!(
+                    "cell {}: no polygon (no finite transcript position and no nucleus)",
+                    id(i)
+                )
+            })
+        })
+        .collect()
+}
+
 impl OutputCells {
-    /// The output cells of a run with their polygons (computed in parallel).
+    /// The output cells of a run with their polygons (computed in
+    /// parallel) and their input rows.
     pub fn new(
         result: &Segmentation,
         transcripts: &Transcripts,
         nuclei: &Nuclei,
         min_transcripts: usize,
-    ) -> Result<Self> {
-        let floor = min_transcripts.max(1) as u64;
-        let index: Vec<usize> = (0..result.cells.len())
-            .filter(|&c| result.cells[c].n_transcripts >= floor)
-            .collect();
+    ) -> Result<(Self, CellMembers)> {
+        let index = output_index(&result.cells, min_transcripts);
         let position = Self::positions(result.cell_ids.len(), &index);
         let mut offsets = vec![0usize; index.len() + 1];
         for &c in &result.cell {
@@ -61,48 +103,34 @@ impl OutputCells {
                 fill[p] += 1;
             }
         }
-        let mut cells = OutputCells {
+        let members = CellMembers { offsets, rows };
+        let clock = std::time::Instant::now();
+        let n_nuclei = nuclei.ids.len();
+        let polygons = polygons_of(
+            index.len(),
+            |i| {
+                members
+                    .members(i)
+                    .iter()
+                    .map(|&r| [transcripts.x[r as usize], transcripts.y[r as usize]])
+                    .collect()
+            },
+            |i| {
+                let c = index[i];
+                (c < n_nuclei).then(|| &nuclei.polygons[c])
+            },
+            |i| result.cell_ids[index[i]].as_str(),
+        )?;
+        let cells = OutputCells {
             index,
-            offsets,
-            rows,
-            polygons: Vec::new(),
-            polygon_seconds: 0.0,
+            polygons,
+            polygon_seconds: clock.elapsed().as_secs_f64(),
         };
-        {
-            let clock = std::time::Instant::now();
-            let n_nuclei = nuclei.ids.len();
-            let found = polygons::cell_polygons(
-                cells.len(),
-                |i| {
-                    cells
-                        .members(i)
-                        .iter()
-                        .map(|&r| [transcripts.x[r as usize], transcripts.y[r as usize]])
-                        .collect()
-                },
-                |i| {
-                    let c = cells.index[i];
-                    (c < n_nuclei).then(|| &nuclei.polygons[c])
-                },
-            );
-            cells.polygons = found
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    p.with_context(|| {
-                        format!(
-                            "cell {}: no polygon (no finite transcript position and no nucleus)",
-                            result.cell_ids[cells.index[i]]
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?;
-            cells.polygon_seconds = clock.elapsed().as_secs_f64();
-        }
-        Ok(cells)
+        Ok((cells, members))
     }
 
-    fn positions(n: usize, index: &[usize]) -> Vec<u32> {
+    /// Position among the output cells of each of the `n` cells (or [`NOT_OUTPUT`]).
+    pub fn positions(n: usize, index: &[usize]) -> Vec<u32> {
         let mut position = vec![NOT_OUTPUT; n];
         for (i, &c) in index.iter().enumerate() {
             position[c] = i as u32;
@@ -118,11 +146,6 @@ impl OutputCells {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
-    }
-
-    /// Input rows of output cell `i`.
-    pub fn members(&self, i: usize) -> &[u32] {
-        &self.rows[self.offsets[i]..self.offsets[i + 1]]
     }
 
     /// Area of output cell `i`'s polygon, µm².

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::io::{Nuclei, Transcripts};
 use crate::output::CellRow;
-use crate::pipeline::{Assignment, SegmentParams, Segmentation};
+use crate::pipeline::{Assignment, SegmentParams, Segmentation, Summary};
 
 /// File name of the report.
 pub const REPORT_FILE: &str = "segmentation_report.html";
@@ -44,8 +44,186 @@ pub const GENES_SHOWN: usize = 30;
 /// Kept transcripts a gene needs to be ranked (when any gene has as many).
 pub const GENE_MIN_COUNT: usize = 20;
 
-/// Everything the report shows, as plain data. Per-row slices are indexed
-/// by input row and have equal lengths.
+/// What the report needs of one input row.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportRow {
+    /// x, µm.
+    pub x: f64,
+    /// y, µm.
+    pub y: f64,
+    /// Gene, an index into `gene_names`.
+    pub gene: u32,
+    /// What became of the row.
+    pub assignment: Assignment,
+    /// Best score, NaN without candidate.
+    pub score: f32,
+}
+
+/// The rows of a run, read in input order as often as the report needs.
+pub enum ReportRows<'a> {
+    /// Held in memory: slices indexed by input row, of equal lengths.
+    Slices {
+        /// x per row, µm.
+        x: &'a [f64],
+        /// y per row, µm.
+        y: &'a [f64],
+        /// Gene per row, an index into `gene_names`.
+        gene: &'a [u32],
+        /// What became of each row.
+        assignment: &'a [Assignment],
+        /// Best score per row, NaN without candidate.
+        score: &'a [f32],
+    },
+    /// Spilled to a file by the flow that reads and writes in batches.
+    File(&'a RowFile),
+}
+
+impl ReportRows<'_> {
+    /// Number of rows.
+    fn len(&self) -> usize {
+        match self {
+            ReportRows::Slices { assignment, .. } => assignment.len(),
+            ReportRows::File(file) => file.rows,
+        }
+    }
+
+    /// Calls `f` with every row and its index, in input order.
+    fn each(&self, mut f: impl FnMut(usize, ReportRow)) -> Result<()> {
+        match self {
+            ReportRows::Slices {
+                x,
+                y,
+                gene,
+                assignment,
+                score,
+            } => {
+                for r in 0..self.len() {
+                    f(
+                        r,
+                        ReportRow {
+                            x: x[r],
+                            y: y[r],
+                            gene: gene[r],
+                            assignment: assignment[r],
+                            score: score[r],
+                        },
+                    );
+                }
+                Ok(())
+            }
+            ReportRows::File(file) => file.each(f),
+        }
+    }
+}
+
+/// Bytes of a row in a [`RowFile`]: x, y (f64), gene (u32), assignment
+/// (u8), score (f32), little-endian.
+const ROW_BYTES: usize = 25;
+
+/// The report's rows written to a file one by one, in input order.
+pub struct RowFileWriter {
+    path: std::path::PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    rows: usize,
+}
+
+impl RowFileWriter {
+    /// Creates the file.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create spill file {} (--tmp-dir)", path.display()))?;
+        Ok(RowFileWriter {
+            path: path.to_path_buf(),
+            file: std::io::BufWriter::new(file),
+            rows: 0,
+        })
+    }
+
+    /// Appends the next row.
+    pub fn push(&mut self, row: ReportRow) -> Result<()> {
+        use std::io::Write;
+        let mut bytes = [0u8; ROW_BYTES];
+        bytes[..8].copy_from_slice(&row.x.to_le_bytes());
+        bytes[8..16].copy_from_slice(&row.y.to_le_bytes());
+        bytes[16..20].copy_from_slice(&row.gene.to_le_bytes());
+        bytes[20] = match row.assignment {
+            Assignment::Cell => 0,
+            Assignment::Fragment => 1,
+            Assignment::Unassigned => 2,
+            Assignment::Filtered => 3,
+        };
+        bytes[21..].copy_from_slice(&row.score.to_le_bytes());
+        self.rows += 1;
+        self.file.write_all(&bytes).with_context(|| {
+            format!(
+                "cannot write spill file {} (is --tmp-dir full?)",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Finishes the file; `gene_order[g]` is the index into the report's
+    /// `gene_names` of the gene the rows call `g`.
+    pub fn finish(mut self, gene_order: Vec<u32>) -> Result<RowFile> {
+        use std::io::Write;
+        self.file.flush().with_context(|| {
+            format!(
+                "cannot write spill file {} (is --tmp-dir full?)",
+                self.path.display()
+            )
+        })?;
+        Ok(RowFile {
+            path: self.path,
+            rows: self.rows,
+            gene_order,
+        })
+    }
+}
+
+/// A file of rows written by [`RowFileWriter`].
+pub struct RowFile {
+    path: std::path::PathBuf,
+    rows: usize,
+    gene_order: Vec<u32>,
+}
+
+impl RowFile {
+    fn each(&self, mut f: impl FnMut(usize, ReportRow)) -> Result<()> {
+        use std::io::Read;
+        let cannot = || format!("cannot read spill file {}", self.path.display());
+        let file = std::fs::File::open(&self.path).with_context(cannot)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut bytes = [0u8; ROW_BYTES];
+        for r in 0..self.rows {
+            reader.read_exact(&mut bytes).with_context(cannot)?;
+            let f64_at = |a: usize| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&bytes[a..a + 8]);
+                f64::from_le_bytes(w)
+            };
+            let gene = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+            let assignment = match bytes[20] {
+                0 => Assignment::Cell,
+                1 => Assignment::Fragment,
+                2 => Assignment::Unassigned,
+                _ => Assignment::Filtered,
+            };
+            f(
+                r,
+                ReportRow {
+                    x: f64_at(0),
+                    y: f64_at(8),
+                    gene: self.gene_order.get(gene as usize).copied().unwrap_or(gene),
+                    assignment,
+                    score: f32::from_le_bytes([bytes[21], bytes[22], bytes[23], bytes[24]]),
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Everything the report shows, as plain data.
 pub struct ReportData<'a> {
     /// seggpu version.
     pub version: &'a str,
@@ -57,18 +235,10 @@ pub struct ReportData<'a> {
     /// Run summary: counts, score statistics, tiles… (a JSON object, as in
     /// the log's `result`).
     pub summary: serde_json::Value,
-    /// x per row, µm.
-    pub x: &'a [f64],
-    /// y per row, µm.
-    pub y: &'a [f64],
-    /// Gene per row, an index into `gene_names`.
-    pub gene: &'a [u32],
+    /// The input rows.
+    pub rows: ReportRows<'a>,
     /// Gene names.
     pub gene_names: &'a [String],
-    /// What became of each row.
-    pub assignment: &'a [Assignment],
-    /// Best score per row, NaN without candidate.
-    pub score: &'a [f32],
     /// Score cut in use.
     pub score_cut: f32,
     /// Knee of the sorted best-score curve.
@@ -84,6 +254,35 @@ pub struct ReportData<'a> {
 }
 
 impl<'a> ReportData<'a> {
+    /// The report of a run from its summary, its rows, the genes the rows
+    /// index, the rows of `cells.parquet` and the outlines to draw.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        summary: &Summary,
+        rows: ReportRows<'a>,
+        gene_names: &'a [String],
+        cells: &'a [CellRow],
+        params: &SegmentParams,
+        command_line: &'a [String],
+        stage_seconds: &'a [(&'static str, f64)],
+        polygons: Option<(&'a [Vec<[f64; 2]>], &'a str)>,
+    ) -> Result<Self> {
+        Ok(Self {
+            version: env!("CARGO_PKG_VERSION"),
+            command_line,
+            parameters: serde_json::to_value(params)?,
+            summary: serde_json::to_value(summary)?,
+            rows,
+            gene_names,
+            score_cut: summary.score_cut,
+            knee: summary.scores.knee,
+            cells,
+            polygons: polygons.map(|(p, _)| p),
+            polygons_label: polygons.map_or("", |(_, label)| label),
+            stage_seconds,
+        })
+    }
+
     /// The report of a `segment` run: `transcripts` as returned by
     /// [`crate::pipeline::segment`] with `result`, the outlines to draw
     /// (rings and what they are) when there are any.
@@ -95,25 +294,32 @@ impl<'a> ReportData<'a> {
         stage_seconds: &'a [(&'static str, f64)],
         polygons: Option<(&'a [Vec<[f64; 2]>], &'a str)>,
     ) -> Result<Self> {
-        Ok(Self {
-            version: env!("CARGO_PKG_VERSION"),
+        Self::from_parts(
+            &result.summary,
+            ReportRows::Slices {
+                x: &transcripts.x,
+                y: &transcripts.y,
+                gene: &transcripts.gene,
+                assignment: &result.assignment,
+                score: &result.score,
+            },
+            &transcripts.gene_names,
+            &result.cells,
+            params,
             command_line,
-            parameters: serde_json::to_value(params)?,
-            summary: serde_json::to_value(&result.summary)?,
-            x: &transcripts.x,
-            y: &transcripts.y,
-            gene: &transcripts.gene,
-            gene_names: &transcripts.gene_names,
-            assignment: &result.assignment,
-            score: &result.score,
-            score_cut: result.summary.score_cut,
-            knee: result.summary.scores.knee,
-            cells: &result.cells,
-            polygons: polygons.map(|(p, _)| p),
-            polygons_label: polygons.map_or("", |(_, label)| label),
             stage_seconds,
-        })
+            polygons,
+        )
     }
+}
+
+/// Outer rings of the cell polygons (µm).
+pub fn polygon_rings(cells: &super::cells::OutputCells) -> Vec<Vec<[f64; 2]>> {
+    cells
+        .polygons
+        .iter()
+        .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
+        .collect()
 }
 
 /// Outer rings of the nuclei (µm), to draw until cell polygons are given.
@@ -127,7 +333,7 @@ pub fn nucleus_rings(nuclei: &Nuclei) -> Vec<Vec<[f64; 2]>> {
 
 /// Writes the report to `path`.
 pub fn write(path: &Path, data: &ReportData) -> Result<()> {
-    std::fs::write(path, render(data)).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, render(data)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
 const CELL_COLOUR: &str = "#1f77b4";
@@ -147,7 +353,7 @@ svg{display:block;margin:8px 0}svg text{font-family:system-ui,-apple-system,'Seg
 .maps{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.empty{color:#888;font-style:italic}";
 
 /// The report as one HTML string.
-pub fn render(data: &ReportData) -> String {
+pub fn render(data: &ReportData) -> Result<String> {
     let mut h = String::with_capacity(1 << 20);
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
@@ -160,15 +366,15 @@ pub fn render(data: &ReportData) -> String {
         esc(data.version),
         esc(&data.command_line.join(" "))
     );
-    summary_section(&mut h, data);
-    score_section(&mut h, data);
+    summary_section(&mut h, data)?;
+    score_section(&mut h, data)?;
     cells_section(&mut h, data);
-    genes_section(&mut h, data);
-    spatial_section(&mut h, data);
+    genes_section(&mut h, data)?;
+    spatial_section(&mut h, data)?;
     stages_section(&mut h, data);
     parameters_section(&mut h, data);
     h.push_str("</body></html>\n");
-    h
+    Ok(h)
 }
 
 /// Escapes text for HTML and SVG.
@@ -227,17 +433,15 @@ struct ClassCounts {
 }
 
 impl ClassCounts {
-    fn of(assignment: &[Assignment]) -> Self {
+    fn of(rows: &ReportRows) -> Result<Self> {
         let mut c = Self::default();
-        for a in assignment {
-            match a {
-                Assignment::Cell => c.cell += 1,
-                Assignment::Fragment => c.fragment += 1,
-                Assignment::Unassigned => c.unassigned += 1,
-                Assignment::Filtered => c.filtered += 1,
-            }
-        }
-        c
+        rows.each(|_, row| match row.assignment {
+            Assignment::Cell => c.cell += 1,
+            Assignment::Fragment => c.fragment += 1,
+            Assignment::Unassigned => c.unassigned += 1,
+            Assignment::Filtered => c.filtered += 1,
+        })?;
+        Ok(c)
     }
 
     fn kept(&self) -> usize {
@@ -245,9 +449,9 @@ impl ClassCounts {
     }
 }
 
-fn summary_section(h: &mut String, data: &ReportData) {
+fn summary_section(h: &mut String, data: &ReportData) -> Result<()> {
     section_start(h, "summary", "Summary");
-    let c = ClassCounts::of(data.assignment);
+    let c = ClassCounts::of(&data.rows)?;
     let cells: Vec<u64> = data
         .cells
         .iter()
@@ -258,13 +462,10 @@ fn summary_section(h: &mut String, data: &ReportData) {
     let median = median(&cells).map_or_else(|| "–".to_string(), |m| format!("{m}"));
     let kept = c.kept();
     let tiles: [(String, String); 8] = [
-        (thousands(data.assignment.len()), "transcripts read".into()),
+        (thousands(data.rows.len()), "transcripts read".into()),
         (
             thousands(kept),
-            format!(
-                "kept ({:.1}% of read)",
-                percent(kept, data.assignment.len())
-            ),
+            format!("kept ({:.1}% of read)", percent(kept, data.rows.len())),
         ),
         (
             format!("{:.1}%", percent(c.cell, kept)),
@@ -292,6 +493,7 @@ fn summary_section(h: &mut String, data: &ReportData) {
         );
     }
     h.push_str("</div></section>\n");
+    Ok(())
 }
 
 /// Lower median of `v`.
@@ -529,15 +731,16 @@ fn axis_labels(h: &mut String, pw: f64, ph: f64, x_label: &str, y_label: &str) {
     );
 }
 
-fn score_section(h: &mut String, data: &ReportData) {
+fn score_section(h: &mut String, data: &ReportData) -> Result<()> {
     section_start(h, "scores", "Best scores");
     const BINS: usize = 50;
     let mut below = vec![0u64; BINS];
     let mut above = vec![0u64; BINS];
     let mut n = 0usize;
-    for (a, &s) in data.assignment.iter().zip(data.score) {
-        if *a == Assignment::Filtered || !s.is_finite() {
-            continue;
+    data.rows.each(|_, row| {
+        let s = row.score;
+        if row.assignment == Assignment::Filtered || !s.is_finite() {
+            return;
         }
         n += 1;
         let b = ((s.clamp(0.0, 1.0) * BINS as f32) as usize).min(BINS - 1);
@@ -546,14 +749,14 @@ fn score_section(h: &mut String, data: &ReportData) {
         } else {
             below[b] += 1;
         }
-    }
+    })?;
     if n == 0 {
         empty(
             h,
             "No kept transcript has a candidate nucleus: no scores to show.",
         );
         h.push_str("</section>\n");
-        return;
+        return Ok(());
     }
     let mut markers = vec![Marker {
         at: data.score_cut as f64,
@@ -597,6 +800,7 @@ fn score_section(h: &mut String, data: &ReportData) {
         "<p class=\"caption\">Best score of each of the {} kept transcripts with a candidate nucleus, in {BINS} bins over [0, 1]. Transcripts at or above the cut join their best nucleus; the knee of the sorted score curve is what <code>--score-cut auto</code> would use.</p></section>",
         thousands(n)
     );
+    Ok(())
 }
 
 fn cells_section(h: &mut String, data: &ReportData) {
@@ -690,21 +894,21 @@ fn cells_section(h: &mut String, data: &ReportData) {
     );
 }
 
-fn genes_section(h: &mut String, data: &ReportData) {
+fn genes_section(h: &mut String, data: &ReportData) -> Result<()> {
     section_start(h, "genes", "Assigned fraction per gene");
     // [cell, fragment, unassigned] per gene, kept rows only.
     let mut per_gene = vec![[0usize; 3]; data.gene_names.len()];
-    for (a, &g) in data.assignment.iter().zip(data.gene) {
-        let slot = match a {
+    data.rows.each(|_, row| {
+        let slot = match row.assignment {
             Assignment::Cell => 0,
             Assignment::Fragment => 1,
             Assignment::Unassigned => 2,
-            Assignment::Filtered => continue,
+            Assignment::Filtered => return,
         };
-        if let Some(counts) = per_gene.get_mut(g as usize) {
+        if let Some(counts) = per_gene.get_mut(row.gene as usize) {
             counts[slot] += 1;
         }
-    }
+    })?;
     let total = |c: &[usize; 3]| c[0] + c[1] + c[2];
     let present = per_gene.iter().filter(|c| total(c) > 0).count();
     let min_count = if per_gene.iter().any(|c| total(c) >= GENE_MIN_COUNT) {
@@ -718,7 +922,7 @@ fn genes_section(h: &mut String, data: &ReportData) {
     if ranked.is_empty() {
         empty(h, "No kept transcripts: no genes to rank.");
         h.push_str("</section>\n");
-        return;
+        return Ok(());
     }
     let fraction = |g: usize| per_gene[g][0] as f64 / total(&per_gene[g]) as f64;
     ranked.sort_by(|&a, &b| {
@@ -805,6 +1009,7 @@ fn genes_section(h: &mut String, data: &ReportData) {
         thousands(present),
         100.0 * median_fraction
     );
+    Ok(())
 }
 
 /// splitmix64: a fixed hash of the row index, so the sample is the same on
@@ -817,30 +1022,30 @@ fn mix(i: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// At most `limit` of the rows for which `keep(row)` holds, chosen by hash
-/// with a rate slightly under `limit / candidates` so that the cap is
-/// rarely reached (reaching it would favour early rows).
-fn sample(
-    n_rows: usize,
-    candidates: usize,
+/// At most `limit` of `candidates` rows, chosen by hash with a rate
+/// slightly under `limit / candidates` so that the cap is rarely reached
+/// (reaching it would favour early rows); all of them when they are few.
+struct Sampler {
+    threshold: Option<u64>,
     limit: usize,
-    keep: impl Fn(usize) -> bool,
-) -> Vec<usize> {
-    if candidates <= limit {
-        return (0..n_rows).filter(|&r| keep(r)).collect();
+}
+
+impl Sampler {
+    fn new(candidates: usize, limit: usize) -> Self {
+        let threshold = (candidates > limit).then(|| {
+            let rate = 0.97 * limit as f64 / candidates as f64;
+            (rate * u64::MAX as f64) as u64
+        });
+        Sampler { threshold, limit }
     }
-    let rate = 0.97 * limit as f64 / candidates as f64;
-    let threshold = (rate * u64::MAX as f64) as u64;
-    let mut out = Vec::with_capacity(limit);
-    for r in 0..n_rows {
-        if out.len() == limit {
-            break;
-        }
-        if keep(r) && mix(r as u64) < threshold {
-            out.push(r);
+
+    /// Whether candidate row `r` is taken when `taken` rows already are.
+    fn takes(&self, r: usize, taken: usize) -> bool {
+        match self.threshold {
+            None => true,
+            Some(t) => taken < self.limit && mix(r as u64) < t,
         }
     }
-    out
 }
 
 /// Maps µm to the pixels of a map panel.
@@ -891,15 +1096,15 @@ impl MapFrame {
 
 /// One `<path>` of dots per class for `rows`, unassigned first so the
 /// assigned ones stay visible.
-fn dots(h: &mut String, frame: &MapFrame, data: &ReportData, rows: &[usize], dot: f64) {
+fn dots(h: &mut String, frame: &MapFrame, rows: &[ReportRow], dot: f64) {
     for (class, colour) in [
         (Assignment::Unassigned, UNASSIGNED_COLOUR),
         (Assignment::Fragment, FRAGMENT_COLOUR),
         (Assignment::Cell, CELL_COLOUR),
     ] {
         let mut d = String::new();
-        for &r in rows.iter().filter(|&&r| data.assignment[r] == class) {
-            let (x, y) = frame.px(data.x[r], data.y[r]);
+        for row in rows.iter().filter(|row| row.assignment == class) {
+            let (x, y) = frame.px(row.x, row.y);
             let _ = write!(d, "M{x} {y}h0");
         }
         if !d.is_empty() {
@@ -958,32 +1163,42 @@ fn draw_outlines(h: &mut String, d: &str, width: f64, clip: Option<&str>) {
     }
 }
 
-fn spatial_section(h: &mut String, data: &ReportData) {
+fn spatial_section(h: &mut String, data: &ReportData) -> Result<()> {
     section_start(h, "spatial", "Spatial overview");
-    let n = data.assignment.len().min(data.x.len()).min(data.y.len());
-    let kept_at = |r: usize| {
-        data.assignment[r] != Assignment::Filtered && data.x[r].is_finite() && data.y[r].is_finite()
+    let kept_at = |row: &ReportRow| {
+        row.assignment != Assignment::Filtered && row.x.is_finite() && row.y.is_finite()
     };
-    let candidates = (0..n).filter(|&r| kept_at(r)).count();
+    let mut candidates = 0usize;
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    data.rows.each(|_, row| {
+        if kept_at(&row) {
+            candidates += 1;
+            x0 = x0.min(row.x);
+            x1 = x1.max(row.x);
+            y0 = y0.min(row.y);
+            y1 = y1.max(row.y);
+        }
+    })?;
     if candidates == 0 {
         empty(h, "No kept transcripts to map.");
         h.push_str("</section>\n");
-        return;
+        return Ok(());
     }
-    let mut rows = sample(n, candidates, MAP_POINTS, kept_at);
+    let overview = Sampler::new(candidates, MAP_POINTS);
+    let mut rows: Vec<ReportRow> = Vec::new();
+    let mut first = None;
+    data.rows.each(|r, row| {
+        if kept_at(&row) {
+            first.get_or_insert(row);
+            if overview.takes(r, rows.len()) {
+                rows.push(row);
+            }
+        }
+    })?;
     if rows.is_empty() {
         // The hash sample can in principle miss every row; the map still
         // needs one to centre the detail window on.
-        rows.extend((0..n).filter(|&r| kept_at(r)).take(1));
-    }
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for r in 0..n {
-        if kept_at(r) {
-            x0 = x0.min(data.x[r]);
-            x1 = x1.max(data.x[r]);
-            y0 = y0.min(data.y[r]);
-            y1 = y1.max(data.y[r]);
-        }
+        rows.extend(first);
     }
     let rings: Vec<&Vec<[f64; 2]>> = data
         .polygons
@@ -997,21 +1212,29 @@ fn spatial_section(h: &mut String, data: &ReportData) {
         let m = (v.len() - 1) / 2;
         *v.select_nth_unstable_by(m, f64::total_cmp).1
     };
-    let cx = mid(&mut rows.iter().map(|&r| data.x[r]).collect());
-    let cy = mid(&mut rows.iter().map(|&r| data.y[r]).collect());
+    let cx = mid(&mut rows.iter().map(|row| row.x).collect());
+    let cy = mid(&mut rows.iter().map(|row| row.y).collect());
     let mut reach: Vec<f64> = rows
         .iter()
-        .map(|&r| (data.x[r] - cx).abs().max((data.y[r] - cy).abs()))
+        .map(|row| (row.x - cx).abs().max((row.y - cy).abs()))
         .collect();
     let want = ((DETAIL_POINTS as f64 * rows.len() as f64 / candidates as f64) as usize)
         .clamp(1, reach.len());
     let half = (*reach.select_nth_unstable_by(want - 1, f64::total_cmp).1).max(5.0);
     let (wx0, wx1, wy0, wy1) = (cx - half, cx + half, cy - half, cy + half);
-    let in_window = |r: usize| {
-        kept_at(r) && data.x[r] >= wx0 && data.x[r] <= wx1 && data.y[r] >= wy0 && data.y[r] <= wy1
+    let in_window = |row: &ReportRow| {
+        kept_at(row) && row.x >= wx0 && row.x <= wx1 && row.y >= wy0 && row.y <= wy1
     };
-    let window_count = (0..n).filter(|&r| in_window(r)).count();
-    let detail_rows = sample(n, window_count, DETAIL_POINTS, in_window);
+    let mut window_count = 0usize;
+    data.rows
+        .each(|_, row| window_count += usize::from(in_window(&row)))?;
+    let in_detail = Sampler::new(window_count, DETAIL_POINTS);
+    let mut detail_rows: Vec<ReportRow> = Vec::new();
+    data.rows.each(|r, row| {
+        if in_window(&row) && in_detail.takes(r, detail_rows.len()) {
+            detail_rows.push(row);
+        }
+    })?;
 
     let frame = MapFrame::new(x0, x1, y0, y1, 600.0);
     let detail = MapFrame::new(wx0, wx1, wy0, wy1, 440.0);
@@ -1029,7 +1252,7 @@ fn spatial_section(h: &mut String, data: &ReportData) {
     );
     frame.open(h);
     let dot = if rows.len() > 5000 { 1.6 } else { 2.4 };
-    dots(h, &frame, data, &rows, dot);
+    dots(h, &frame, &rows, dot);
     if overview_outlines {
         draw_outlines(h, &overview_path, 0.6, None);
     }
@@ -1066,7 +1289,7 @@ fn spatial_section(h: &mut String, data: &ReportData) {
         h,
         "<defs><clipPath id=\"detail-clip\"><rect width=\"{cw:.0}\" height=\"{ch:.0}\"/></clipPath></defs>"
     );
-    dots(h, &detail, data, &detail_rows, 3.0);
+    dots(h, &detail, &detail_rows, 3.0);
     let near: Vec<&Vec<[f64; 2]>> = rings
         .iter()
         .copied()
@@ -1099,6 +1322,7 @@ fn spatial_section(h: &mut String, data: &ReportData) {
         h,
         "<p class=\"caption\"><span style=\"color:{CELL_COLOUR}\">●</span> in a cell &nbsp; <span style=\"color:{FRAGMENT_COLOUR}\">●</span> in a fragment &nbsp; <span style=\"color:{UNASSIGNED_COLOUR}\">●</span> unassigned (filtered transcripts are not drawn)</p></section>"
     );
+    Ok(())
 }
 
 fn stages_section(h: &mut String, data: &ReportData) {
@@ -1226,6 +1450,23 @@ mod tests {
         assert_eq!(labels(3.0, 3.0), ["3"]);
     }
 
+    /// The rows `keep` takes of `0..n_rows`, sampled as the maps are.
+    fn sample(
+        n_rows: usize,
+        candidates: usize,
+        limit: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Vec<usize> {
+        let sampler = Sampler::new(candidates, limit);
+        let mut out = Vec::new();
+        for r in 0..n_rows {
+            if keep(r) && sampler.takes(r, out.len()) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
     #[test]
     fn sample_is_capped_deterministic_and_spread() {
         let a = sample(1_000_000, 1_000_000, 20_000, |_| true);
@@ -1248,12 +1489,14 @@ mod tests {
             command_line: &[],
             parameters: serde_json::Value::Null,
             summary: serde_json::json!({}),
-            x: &x,
-            y: &x,
-            gene: &gene,
+            rows: ReportRows::Slices {
+                x: &x,
+                y: &x,
+                gene: &gene,
+                assignment: &assignment,
+                score: &score,
+            },
             gene_names: &["A".to_string()],
-            assignment: &assignment,
-            score: &score,
             score_cut: 0.5,
             knee: None,
             cells: &[],
@@ -1261,6 +1504,7 @@ mod tests {
             polygons_label: "cell polygons",
             stage_seconds: &[],
         })
+        .unwrap()
     }
 
     #[test]
@@ -1349,12 +1593,14 @@ mod tests {
             command_line: &[],
             parameters: serde_json::json!({"k": 1}),
             summary: serde_json::json!({"n": rows}),
-            x: &x,
-            y: &y,
-            gene: &gene,
+            rows: ReportRows::Slices {
+                x: &x,
+                y: &y,
+                gene: &gene,
+                assignment: &assignment,
+                score: &score,
+            },
             gene_names: &gene_names,
-            assignment: &assignment,
-            score: &score,
             score_cut: 0.5,
             knee: Some(0.2),
             cells: &cells_rows,
@@ -1362,6 +1608,7 @@ mod tests {
             polygons_label: "cell polygons",
             stage_seconds: &[("read", 1.0)],
         })
+        .unwrap()
     }
 
     #[test]

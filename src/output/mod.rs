@@ -20,6 +20,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
+pub mod aggregate;
 pub mod anndata;
 pub mod boundaries;
 pub mod cells;
@@ -391,6 +392,7 @@ pub fn push_result_columns<'a>(
 }
 
 /// One row of `cells.parquet`.
+#[derive(Clone)]
 pub struct CellRow {
     /// Nucleus id or fragment id.
     pub id: String,

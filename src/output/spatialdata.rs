@@ -5,10 +5,10 @@
 //! with `region` categorical and `uns/spatialdata_attrs`, the two things
 //! spatialdata needs to link them; proseg's writer learnt both).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, DictionaryArray, UInt32Array};
 use arrow::datatypes::UInt32Type;
 use parquet::file::metadata::KeyValue;
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::anndata::{self, AnnData, REGION};
 use super::cells::OutputCells;
 use super::zarr::ZarrStore;
+use super::CellRow;
 use crate::io::Transcripts;
 use crate::pipeline::Segmentation;
 
@@ -38,7 +39,7 @@ fn identity(axes: &[&str]) -> Value {
     }])
 }
 
-/// Writes the store at `path` (which must not exist).
+/// Writes the store at `path` (which must not exist) from a run held in memory.
 pub fn write(
     path: &Path,
     passthrough: &[(String, ArrayRef)],
@@ -47,27 +48,51 @@ pub fn write(
     cells: &OutputCells,
     table: &AnnData,
 ) -> Result<()> {
-    let mut store = ZarrStore::create(path, json!({"spatialdata_attrs": {"version": "0.2"}}))?;
+    let columns = points_columns(
+        super::transcript_columns(passthrough, result),
+        &transcripts.gene,
+        &transcripts.gene_names,
+    )?;
+    let (store, part) = create(path, &column_names(&columns))?;
+    super::write_parquet(&part, columns)?;
+    finish(store, &result.cells, cells, table)
+}
+
+/// The names of `columns`.
+pub fn column_names(columns: &[(String, ArrayRef)]) -> Vec<&str> {
+    columns.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// The columns of the points element: those of the transcripts table with
+/// `gene` as a categorical (codes `gene` into `gene_names`).
+pub fn points_columns(
+    mut columns: Vec<(String, ArrayRef)>,
+    gene: &[u32],
+    gene_names: &[String],
+) -> Result<Vec<(String, ArrayRef)>> {
+    let gene: ArrayRef = Arc::new(DictionaryArray::<UInt32Type>::try_new(
+        UInt32Array::from(gene.to_vec()),
+        Arc::new(arrow::array::StringArray::from_iter_values(gene_names)),
+    )?);
+    for (name, column) in columns.iter_mut() {
+        if name == "gene" {
+            *column = gene.clone();
+        }
+    }
+    Ok(columns)
+}
+
+/// Creates the store at `path` (which must not exist) with its groups, the
+/// points element's for a table of the columns named `columns`; returns
+/// the store and the path its points parquet file is to be written to.
+pub fn create(path: &Path, columns: &[&str]) -> Result<(ZarrStore, PathBuf)> {
+    let store = ZarrStore::create(path, json!({"spatialdata_attrs": {"version": "0.2"}}))?;
     for element in ["points", "shapes", "tables"] {
         store.group(&format!("/{element}"), json!({}))?;
     }
-
-    // Points: the transcripts table, gene as a categorical.
-    let mut columns = super::transcript_columns(passthrough, result);
-    let gene = DictionaryArray::<UInt32Type>::try_new(
-        UInt32Array::from(transcripts.gene.clone()),
-        Arc::new(arrow::array::StringArray::from_iter_values(
-            transcripts.gene_names.iter(),
-        )),
-    )?;
-    for (name, column) in columns.iter_mut() {
-        if name == "gene" {
-            *column = Arc::new(gene.clone());
-        }
-    }
     let axes: Vec<&str> = ["x", "y", "z"]
         .into_iter()
-        .filter(|a| columns.iter().any(|(n, _)| n == a))
+        .filter(|a| columns.contains(a))
         .collect();
     store.group(
         &format!("/points/{POINTS}"),
@@ -79,9 +104,19 @@ pub fn write(
         }),
     )?;
     let parts = path.join("points").join(POINTS).join("points.parquet");
-    std::fs::create_dir(&parts)?;
-    super::write_parquet(&parts.join("part.0.parquet"), columns)?;
+    std::fs::create_dir(&parts).with_context(|| format!("cannot create {}", parts.display()))?;
+    Ok((store, parts.join("part.0.parquet")))
+}
 
+/// Writes the shapes and the table into a store made by [`create`] whose
+/// points are written; `rows` are the rows of `cells.parquet`.
+pub fn finish(
+    mut store: ZarrStore,
+    rows: &[CellRow],
+    cells: &OutputCells,
+    table: &AnnData,
+) -> Result<()> {
+    let path = store.path().to_path_buf();
     // Shapes: the GeoParquet columns, the cell id as the pandas index.
     store.group(
         &format!("/shapes/{REGION}"),
@@ -92,7 +127,7 @@ pub fn write(
             "spatialdata_attrs": {"version": "0.3"},
         }),
     )?;
-    let shape_columns = super::boundaries::boundary_columns(result, cells)?;
+    let shape_columns = super::boundaries::boundary_columns(rows, cells)?;
     let pandas = json!({
         "index_columns": ["cell_id"],
         "column_indexes": [],

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, ArrayRef, BooleanArray, StringArray, StringBuilder, UInt64Array};
 
-use super::cells::{OutputCells, NOT_OUTPUT};
+use super::cells::{CellMembers, OutputCells, NOT_OUTPUT};
 use crate::io::args::Preset;
 use crate::io::Transcripts;
 use crate::pipeline::Segmentation;
@@ -119,12 +119,13 @@ pub fn write(
     result: &Segmentation,
     transcripts: &Transcripts,
     cells: &OutputCells,
+    members: &CellMembers,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_assignment(&dir.join(ASSIGNMENT_FILE), result, transcripts, cells)?;
     write_polygons(&dir.join(POLYGONS_FILE), cells)?;
     write_id_map(&dir.join(ID_MAP_FILE), result, cells)?;
-    let low = cells_without_q20(transcripts, cells)?;
+    let low = cells_without_q20(transcripts, cells, members)?;
     if low > 0 {
         log::warn!(
             "{FLAG}: {low} of {} cells have no transcript of qv >= {Q20} (the run's --qv-min is \
@@ -143,7 +144,11 @@ pub fn write(
 const Q20: f64 = 20.0;
 
 /// Output cells none of whose transcripts has qv ≥ 20 (0 without a qv column).
-fn cells_without_q20(transcripts: &Transcripts, cells: &OutputCells) -> Result<usize> {
+fn cells_without_q20(
+    transcripts: &Transcripts,
+    cells: &OutputCells,
+    members: &CellMembers,
+) -> Result<usize> {
     let Some((_, qv)) = transcripts.passthrough.iter().find(|(n, _)| n == "qv") else {
         return Ok(0);
     };
@@ -154,7 +159,7 @@ fn cells_without_q20(transcripts: &Transcripts, cells: &OutputCells) -> Result<u
         .context("internal: qv cast to float64")?;
     Ok((0..cells.len())
         .filter(|&i| {
-            !cells
+            !members
                 .members(i)
                 .iter()
                 .any(|&r| qv.is_valid(r as usize) && qv.value(r as usize) >= Q20)

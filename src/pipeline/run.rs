@@ -77,11 +77,12 @@ pub struct SegmentArgs {
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
     /// bucket by bucket, with the same outputs as the in-memory path (docs/streaming.md).
-    /// With --outputs transcripts,cells the input is read and the tables written in batches;
-    /// other outputs hold every row in memory (a warning says so). Without it, an input whose
-    /// estimated in-memory footprint (320 bytes per row; rows from the parquet footer or the
-    /// first MiB of CSV) exceeds half the available memory (4 GiB where that is unknown) runs
-    /// the bucketed path within that default, with a warning; smaller inputs run in memory.
+    /// Without --xenium-ranger and --demo the input is read and every output written in
+    /// batches; with either, every row is held in memory (a warning says so). Without it, an
+    /// input whose estimated in-memory footprint (320 bytes per row; rows from the parquet
+    /// footer or the first MiB of CSV) exceeds half the available memory (4 GiB where that is
+    /// unknown) runs the bucketed path within that default, with a warning; smaller inputs run
+    /// in memory.
     #[arg(long, value_parser = super::stream::parse_size)]
     pub max_memory: Option<u64>,
     /// Folder for the bucket files of --max-memory [default: the output folder]. Removed at
@@ -308,8 +309,8 @@ pub fn run(
     }
     if budget.is_some() {
         log::warn!(
-            "--max-memory: the outputs asked for ({}) need every row in memory; only the score and fragment stages are bounded (--outputs transcripts,cells reads and writes in batches; docs/streaming.md)",
-            if args.demo { "--demo's accuracy".to_string() } else { "polygons, anndata, spatialdata, report or --xenium-ranger".to_string() }
+            "--max-memory: {} needs every row in memory; only the score and fragment stages are bounded (without it the input is read and the outputs written in batches; docs/streaming.md)",
+            if args.demo { "--demo's accuracy" } else { "--xenium-ranger" }
         );
     }
 
@@ -380,17 +381,17 @@ pub fn run(
     .into_iter()
     .any(wants)
         || args.xenium_ranger;
-    let cells = if per_cell {
-        let cells = output::cells::OutputCells::new(
+    let (cells, members) = if per_cell {
+        let (cells, members) = output::cells::OutputCells::new(
             &result,
             &transcripts,
             &nuclei,
             args.min_transcripts(&model),
         )?;
         stages.push(("polygons", cells.polygon_seconds));
-        Some(cells)
+        (Some(cells), Some(members))
     } else {
-        None
+        (None, None)
     };
 
     let clock = Instant::now();
@@ -412,35 +413,23 @@ pub fn run(
         output::write_cells(&out.staged(&name)?, &result.cells, format)?;
         written.push(name);
     }
-    if let Some(cells) = &cells {
+    if let (Some(cells), Some(members)) = (&cells, &members) {
         if wants(output::OutputKind::Polygons) {
             output::boundaries::write_geoparquet(
                 &out.staged(output::BOUNDARIES_FILE)?,
-                &result,
+                &result.cells,
                 cells,
             )?;
             output::boundaries::write_geojson(
                 &out.staged(output::BOUNDARIES_GEOJSON_FILE)?,
-                &result,
+                &result.cells,
                 cells,
             )?;
             written.push(output::BOUNDARIES_FILE.to_string());
             written.push(output::BOUNDARIES_GEOJSON_FILE.to_string());
         }
-        let uns = vec![
-            ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-            ("model_sha256".to_string(), model.sha256.clone()),
-            ("parameters".to_string(), serde_json::to_string(&params)?),
-            (
-                "command_line".to_string(),
-                serde_json::to_string(command_line)?,
-            ),
-            (
-                "min_transcripts".to_string(),
-                args.min_transcripts(&model).to_string(),
-            ),
-        ];
-        let table = output::anndata::AnnData::build(&result, &transcripts, cells, uns);
+        let uns = anndata_uns(args, &model, &params, command_line)?;
+        let table = output::anndata::AnnData::build(&result, &transcripts, cells, members, uns);
         if wants(output::OutputKind::Anndata) {
             let path = out.staged(output::ANNDATA_FILE)?;
             let mut store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
@@ -463,7 +452,7 @@ pub fn run(
             written.push(output::SPATIALDATA_FILE.to_string());
         }
     }
-    if let (true, Some(cells)) = (args.xenium_ranger, &cells) {
+    if let (true, Some(cells), Some(members)) = (args.xenium_ranger, &cells, &members) {
         let bundle = if args.demo {
             output::xenium_ranger::Bundle::Demo
         } else {
@@ -481,6 +470,7 @@ pub fn run(
             &result,
             &transcripts,
             cells,
+            members,
         )?;
         written.push(output::xenium_ranger::DIR.to_string());
     }
@@ -489,14 +479,7 @@ pub fn run(
         let clock = Instant::now();
         // The cell polygons when they were computed, else the nucleus outlines.
         let (rings, label) = match &cells {
-            Some(cells) => (
-                cells
-                    .polygons
-                    .iter()
-                    .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
-                    .collect(),
-                "cell polygons",
-            ),
+            Some(cells) => (output::html_report::polygon_rings(cells), "cell polygons"),
             None => (
                 output::html_report::nucleus_rings(&nuclei),
                 "nucleus polygons",
@@ -553,6 +536,28 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// `uns["seggpu"]` of the AnnData: what made it.
+fn anndata_uns(
+    args: &SegmentArgs,
+    model: &Model,
+    params: &SegmentParams,
+    command_line: &[String],
+) -> Result<Vec<(String, String)>> {
+    Ok(vec![
+        ("version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("model_sha256".to_string(), model.sha256.clone()),
+        ("parameters".to_string(), serde_json::to_string(params)?),
+        (
+            "command_line".to_string(),
+            serde_json::to_string(command_line)?,
+        ),
+        (
+            "min_transcripts".to_string(),
+            args.min_transcripts(model).to_string(),
+        ),
+    ])
 }
 
 /// Everything the log of a run is made from.
@@ -627,22 +632,31 @@ fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
 }
 
 /// Whether the bucketed path (`bucketed`) reads and writes in batches:
-/// only the transcripts and cells tables are written that way; the other
-/// outputs (and `--demo`'s accuracy) need every row's result in memory.
+/// every output is written that way but `--xenium-ranger`'s (and `--demo`'s
+/// accuracy), which need every row's result in memory.
 fn reads_in_batches(args: &SegmentArgs, bucketed: bool) -> bool {
-    bucketed
-        && !args.demo
-        && !args.xenium_ranger
-        && args.outputs.iter().all(|k| {
-            matches!(
-                k,
-                output::OutputKind::Transcripts | output::OutputKind::Cells
-            )
-        })
+    bucketed && !rows_held_for_tests() && !args.demo && !args.xenium_ranger
 }
 
-/// The bucketed path with only the transcripts and cells tables: the
-/// input is read and the tables written in batches ([`super::stream::segment_file`]).
+/// Environment variable (builds with the `testing` feature only): when set,
+/// the bucketed path always takes the flow that holds every row, so that a
+/// test compares the two flows with the same command line (which the AnnData
+/// and SpatialData stores record).
+#[cfg(feature = "testing")]
+pub const ROWS_HELD_ENV: &str = "SEGGPU_TEST_ROWS_HELD";
+
+#[cfg(feature = "testing")]
+fn rows_held_for_tests() -> bool {
+    std::env::var_os(ROWS_HELD_ENV).is_some()
+}
+
+#[cfg(not(feature = "testing"))]
+fn rows_held_for_tests() -> bool {
+    false
+}
+
+/// The bucketed path without the outputs that need every row: the input is
+/// read and the outputs written in batches ([`super::stream::segment_file`]).
 #[allow(clippy::too_many_arguments)]
 fn run_in_batches(
     args: &SegmentArgs,
@@ -680,13 +694,57 @@ fn run_in_batches(
         written.push(name);
         Ok(Some(path))
     };
+    let transcripts = staged(output::OutputKind::Transcripts, output::TRANSCRIPTS_FILE)?;
+    let cells = staged(output::OutputKind::Cells, output::CELLS_FILE)?;
+    let mut per_cell_file = |kind: output::OutputKind, name: &str| -> Result<Option<PathBuf>> {
+        if !wants(kind) {
+            return Ok(None);
+        }
+        written.push(name.to_string());
+        out.staged(name).map(Some)
+    };
+    let boundaries = match (
+        per_cell_file(output::OutputKind::Polygons, output::BOUNDARIES_FILE)?,
+        per_cell_file(
+            output::OutputKind::Polygons,
+            output::BOUNDARIES_GEOJSON_FILE,
+        )?,
+    ) {
+        (Some(parquet), Some(geojson)) => Some((parquet, geojson)),
+        _ => None,
+    };
+    let anndata = match (
+        per_cell_file(output::OutputKind::Anndata, output::ANNDATA_FILE)?,
+        per_cell_file(output::OutputKind::Anndata, output::H5AD_FILE)?,
+    ) {
+        (Some(zarr), Some(h5ad)) => Some((zarr, h5ad)),
+        _ => None,
+    };
+    let spatialdata = per_cell_file(output::OutputKind::Spatialdata, output::SPATIALDATA_FILE)?;
+    let report = per_cell_file(output::OutputKind::Report, output::html_report::REPORT_FILE)?;
+    let per_cell =
+        (boundaries.is_some() || anndata.is_some() || spatialdata.is_some() || report.is_some())
+            .then(|| -> Result<_> {
+                Ok(output::aggregate::PerCellOutputs {
+                    boundaries,
+                    anndata,
+                    spatialdata,
+                    report: report.is_some(),
+                    uns: anndata_uns(args, model, params, command_line)?,
+                    min_transcripts: args.min_transcripts(model),
+                    tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+                    out: args.out.clone(),
+                })
+            })
+            .transpose()?;
     let outputs = super::stream::FileOutputs {
-        transcripts: staged(output::OutputKind::Transcripts, output::TRANSCRIPTS_FILE)?,
-        cells: staged(output::OutputKind::Cells, output::CELLS_FILE)?,
+        transcripts,
+        cells,
         format,
+        per_cell,
     };
     let settings = stream_settings(args, budget);
-    let run = super::stream::segment_file(
+    let mut run = super::stream::segment_file(
         &layout, id_kind, spec, &nuclei, model, params, backend, progress, &settings, &outputs,
     )?;
     stages.extend(run.stage_seconds.iter().copied());
@@ -694,6 +752,12 @@ fn run_in_batches(
         tile_size: run.facts.tile.tile_size,
         ..params.clone()
     };
+    let pending = run.per_cell.as_mut().and_then(|c| c.report.take());
+    if let (Some(pending), Some(path)) = (pending, &report) {
+        let clock = Instant::now();
+        pending.write(path, &run.summary, params, command_line, &stages)?;
+        stages.push(("html_report", clock.elapsed().as_secs_f64()));
+    }
     let spinner = progress.spinner("writing");
     finish(
         out,
@@ -710,9 +774,9 @@ fn run_in_batches(
             outputs: OutputFacts {
                 written,
                 table_format: format,
-                cells: 0,
+                cells: run.per_cell.as_ref().map_or(0, |c| c.cells),
                 min_transcripts: args.min_transcripts(model).max(1),
-                polygon_sources: None,
+                polygon_sources: run.per_cell.and_then(|c| c.polygon_sources),
             },
             stages,
             started,

@@ -30,6 +30,7 @@ use crate::io::{
 };
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
+use crate::output::aggregate::{CellAggregator, PerCellFacts, PerCellOutputs, WrittenRow};
 use crate::output::{TableFormat, TableSink};
 use crate::tiles::{self, Cell, TileGrid};
 use arrow::array::RecordBatch;
@@ -1174,6 +1175,8 @@ pub struct FileOutputs {
     pub cells: Option<PathBuf>,
     /// Format of both.
     pub format: TableFormat,
+    /// The polygons, AnnData, SpatialData and report, when any is asked for.
+    pub per_cell: Option<PerCellOutputs>,
 }
 
 /// What [`segment_file`] found, for the log.
@@ -1186,6 +1189,8 @@ pub struct FileRun {
     pub membership: MembershipReport,
     /// The buckets.
     pub facts: StreamFacts,
+    /// The per-cell outputs, when written.
+    pub per_cell: Option<PerCellFacts>,
 }
 
 /// Rows per batch written to the output tables: a multiple of the parquet
@@ -1652,6 +1657,14 @@ pub fn segment_file(
     if let Some(path) = &outputs.cells {
         crate::output::write_cells(path, &cells, outputs.format)?;
     }
+    let per_cell = match written.per_cell {
+        Some(aggregator) => {
+            let facts = aggregator.finish(&cells, nuclei, written.gene_names)?;
+            seconds.push(("polygons", facts.polygon_seconds));
+            Some(facts)
+        }
+        None => None,
+    };
     seconds.push(("write", clock.elapsed().as_secs_f64()));
 
     let summary = Summary {
@@ -1691,6 +1704,7 @@ pub fn segment_file(
         stage_seconds: seconds,
         membership: kept.membership,
         facts,
+        per_cell,
     })
 }
 
@@ -2176,6 +2190,10 @@ struct Written {
     sums: Vec<(u64, f64, f64)>,
     /// Rows assigned to a cell, to a fragment, unassigned.
     counts: [usize; 3],
+    /// The per-cell outputs' aggregates, when asked for.
+    per_cell: Option<CellAggregator>,
+    /// The genes as the pass numbered them.
+    gene_names: Vec<String>,
 }
 
 /// Rows read but not yet written, with their results.
@@ -2217,7 +2235,13 @@ fn write_pass(
     // another gene was filtered as unknown (pass 1 stops otherwise).
     let mut known: Vec<bool> = Vec::new();
     let batch_rows = write_rows();
-    let write = outputs.transcripts.is_some();
+    let mut per_cell = outputs
+        .per_cell
+        .as_ref()
+        .map(|o| CellAggregator::new(o, cell_ids.len()))
+        .transpose()?;
+    let write = outputs.transcripts.is_some()
+        || per_cell.as_ref().is_some_and(CellAggregator::writes_points);
     while let Some(chunk) = stream.next_chunk()? {
         let n = chunk.x.len();
         anyhow::ensure!(
@@ -2268,6 +2292,16 @@ fn write_pass(
                         (cell, score, assignment)
                     }
                 };
+                if let Some(aggregator) = per_cell.as_mut() {
+                    aggregator.add(WrittenRow {
+                        cell,
+                        gene: chunk.gene[i],
+                        x: chunk.x[i],
+                        y: chunk.y[i],
+                        assignment,
+                        score,
+                    })?;
+                }
                 if write {
                     pending.cell.push(cell);
                     pending.score.push(score);
@@ -2293,6 +2327,7 @@ fn write_pass(
                         cell_ids,
                         outputs,
                         &mut sink,
+                        per_cell.as_mut(),
                     )?;
                 }
             }
@@ -2315,13 +2350,22 @@ fn write_pass(
                 cell_ids,
                 outputs,
                 &mut sink,
+                per_cell.as_mut(),
             )?;
         }
         if let Some((sink, _)) = sink {
             sink.finish()?;
         }
     }
-    Ok(Written { sums, counts })
+    let gene_names = (0..stream.genes() as u32)
+        .map(|g| stream.gene_name(g).to_string())
+        .collect();
+    Ok(Written {
+        sums,
+        counts,
+        per_cell,
+        gene_names,
+    })
 }
 
 /// Writes the pending rows as one batch of the transcripts table.
@@ -2335,10 +2379,8 @@ fn flush(
     cell_ids: &[&str],
     outputs: &FileOutputs,
     sink: &mut Option<(TableSink, arrow::datatypes::SchemaRef)>,
+    per_cell: Option<&mut CellAggregator>,
 ) -> Result<()> {
-    let Some(path) = &outputs.transcripts else {
-        return Ok(());
-    };
     let p = std::mem::take(pending);
     let mut genes = arrow::array::StringBuilder::with_capacity(p.gene.len(), p.gene.len() * 8);
     for &g in &p.gene {
@@ -2363,6 +2405,15 @@ fn flush(
         p.assignment.iter().map(|a| a.as_str()),
         p.filter.iter().map(|f| f.map(FilterReason::as_str)),
     );
+    if let Some(aggregator) = per_cell.filter(|a| a.writes_points()) {
+        let names: Vec<String> = (0..stream.genes() as u32)
+            .map(|g| stream.gene_name(g).to_string())
+            .collect();
+        aggregator.write_points(&columns, &p.gene, &names)?;
+    }
+    let Some(path) = &outputs.transcripts else {
+        return Ok(());
+    };
     if sink.is_none() {
         let schema = crate::output::schema_of(&columns);
         *sink = Some((

@@ -298,6 +298,213 @@ fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outpu
     );
 }
 
+/// Whether a spill folder of the batched flow's cell points is left in `dir`.
+fn cell_points_left(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| {
+        d.any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".seggpu-cell-points-")
+        })
+    })
+}
+
+/// The report: the same page but for its stage seconds.
+const REPORT: &str = "segmentation_report.html";
+
+/// The report without its section of stage seconds (which differ from run
+/// to run).
+fn without_stage_seconds(page: &[u8]) -> Vec<u8> {
+    let page = String::from_utf8(page.to_vec()).expect("the report is UTF-8");
+    let start = page
+        .find("<section id=\"stages\">")
+        .expect("the report has its stages section");
+    let end = start
+        + page[start..]
+            .find("</section>")
+            .expect("the stages section ends");
+    format!("{}{}", &page[..start], &page[end..]).into_bytes()
+}
+
+/// Cells per file of spilled cell points in the runs below: many files.
+const CELLS_PER_FILE: usize = 7;
+
+/// Runs `input` with `--outputs outputs` in memory, with `--max-memory`
+/// holding every row (the test hook, so the command line is the batched
+/// run's) and reading and writing in batches (one tile per bucket, small
+/// batches, many files of cell points): the batched run's files are those of the in-memory run (the
+/// stores but for the recorded command line) and every file of the
+/// rows-held run byte for byte (the h5ad included); `expect` must be among
+/// them.
+fn per_cell_outputs_agree(
+    input: &[&str],
+    extra: &[&str],
+    outputs: &str,
+    expect: &[&str],
+    least_buckets: u64,
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut flags = extra.to_vec();
+    flags.extend(["--outputs", outputs]);
+    let memory = tmp.path().join("memory");
+    assert_success(&segment_cpu(input, &memory, &flags));
+    flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
+    let run = |out: &Path, rows_held: bool| {
+        let mut command = seggpu();
+        command
+            .arg("segment")
+            .args(input)
+            .arg("--out")
+            .arg(out)
+            .args(["--backend", "cpu", "--quiet"])
+            .args(&flags)
+            .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
+            .env(
+                seggpu::pipeline::stream::WRITE_ROWS_ENV,
+                WRITE_ROWS.to_string(),
+            )
+            .env(
+                seggpu::output::aggregate::CELLS_PER_FILE_ENV,
+                CELLS_PER_FILE.to_string(),
+            );
+        if rows_held {
+            command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
+        }
+        assert_success(&command.output().expect("run seggpu"));
+    };
+    // One output folder for both, moved aside after each run: the command
+    // line names it.
+    let out = tmp.path().join("out");
+    let held = tmp.path().join("held");
+    run(&out, true);
+    std::fs::rename(&out, &held).unwrap();
+    let batched = tmp.path().join("batched");
+    run(&out, false);
+    std::fs::rename(&out, &batched).unwrap();
+    assert!(
+        log(&held)["streaming"]["largest_rows_held"].is_null(),
+        "the hook holds every row"
+    );
+    for name in expect {
+        assert!(memory.join(name).exists(), "{name} is written");
+    }
+    assert_same_outputs(&memory, &batched);
+    // The outputs, not the staging lock; the log records timings.
+    let outputs_under = |dir: &Path| -> Vec<PathBuf> {
+        files_under(dir)
+            .into_iter()
+            .filter(|f| !f.starts_with(".seggpu.lock") && !f.ends_with("segmentation_log.json"))
+            .collect()
+    };
+    let files = outputs_under(&batched);
+    assert_eq!(files, outputs_under(&held), "the runs wrote other files");
+    let mut compared = 0;
+    for f in &files {
+        let read = |dir: &Path| {
+            let bytes = std::fs::read(dir.join(f)).unwrap();
+            if f.ends_with(REPORT) {
+                without_stage_seconds(&bytes)
+            } else {
+                bytes
+            }
+        };
+        assert!(
+            read(&held) == read(&batched),
+            "{} differs between the rows-held and the batched run",
+            f.display()
+        );
+        compared += 1;
+    }
+    assert!(compared > expect.len(), "{compared} files compared");
+    assert_eq!(log(&batched)["outputs"], log(&memory)["outputs"]);
+    assert_eq!(
+        log(&batched)["result"]["counts"],
+        log(&memory)["result"]["counts"]
+    );
+    let facts = &log(&batched)["streaming"];
+    println!("{facts}");
+    assert!(
+        facts["buckets"].as_u64().unwrap() >= least_buckets,
+        "{facts}"
+    );
+    let held_rows = facts["largest_rows_held"].as_u64().unwrap();
+    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    assert!(
+        held_rows <= bound,
+        "{held_rows} rows were held at once, more than a reader batch and a written batch ({bound})"
+    );
+    assert!(!spill_left(&batched), "the spill folder is removed");
+    assert!(!cell_points_left(&batched), "the cell points are removed");
+}
+
+#[test]
+fn the_anndata_is_written_in_batches_with_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
+    let args = xenium_args(&input, &demo_model());
+    per_cell_outputs_agree(
+        &strs(&args),
+        &["--tile-size", "100"],
+        "transcripts,cells,anndata",
+        &["cells.anndata.zarr", "cells.h5ad"],
+        4,
+    );
+}
+
+#[test]
+fn the_polygons_of_the_real_xenium_crop_are_written_in_batches_with_the_same_bytes() {
+    per_cell_outputs_agree(
+        &strs(&xenium_crop_input()),
+        &["--tile-size", "60"],
+        "cells,polygons",
+        &["cell_boundaries.parquet", "cell_boundaries.geojson"],
+        10,
+    );
+}
+
+#[test]
+fn the_spatialdata_of_the_real_merscope_crop_is_written_in_batches_with_the_same_bytes() {
+    per_cell_outputs_agree(
+        &strs(&merscope_crop_input()),
+        &["--tile-size", "60", "--table-format", "csv"],
+        "transcripts,spatialdata",
+        &["segmentation.zarr", "segger_transcripts.csv"],
+        50,
+    );
+}
+
+#[test]
+fn every_output_is_written_in_batches_with_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
+    let args = xenium_args(&input, &demo_model());
+    per_cell_outputs_agree(
+        &strs(&args),
+        &["--tile-size", "100"],
+        "transcripts,cells,polygons,anndata,spatialdata,report",
+        &[
+            "segger_transcripts.parquet",
+            "cell_boundaries.parquet",
+            "cells.h5ad",
+            "segmentation.zarr",
+            REPORT,
+        ],
+        4,
+    );
+}
+
+#[test]
+fn the_report_with_nucleus_outlines_is_written_in_batches_with_the_same_page() {
+    per_cell_outputs_agree(
+        &strs(&xenium_crop_input()),
+        &["--tile-size", "60"],
+        "transcripts,cells,report",
+        &["segger_transcripts.parquet", REPORT],
+        10,
+    );
+}
+
 #[test]
 fn reading_in_batches_stops_with_the_errors_of_the_in_memory_path() {
     // The Xenium crop with the MERSCOPE model: genes the model does not know.
