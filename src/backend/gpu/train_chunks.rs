@@ -20,6 +20,8 @@ use super::kernels::gather;
 use super::program::{Array, Program, Slot};
 use super::shaders::Elem;
 use super::GpuError;
+#[cfg(test)]
+use crate::graph::Csr;
 
 /// Slots of the compact copies, one per array read through an index list.
 const COMPACT: [Slot; 2] = ["t.compact.0", "t.compact.1"];
@@ -430,4 +432,162 @@ pub(crate) fn plan<'a>(
         chunks,
         through: split.through,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::gpu::context::EffectiveLimits;
+
+    fn program(max_binding: u64) -> Program {
+        Program::new(
+            "test".into(),
+            EffectiveLimits {
+                max_binding,
+                max_buffer: 1 << 30,
+                storage_align: 256,
+                uniform_align: 256,
+                max_groups_per_dim: 65535,
+            },
+        )
+    }
+
+    /// 300 destinations with 0–6 edges from 500 sources of 16 floats.
+    fn csr() -> Csr {
+        let mut edges = Vec::new();
+        for d in 0..300u32 {
+            for j in 0..(d % 7) {
+                edges.push(((d * 37 + j * 101) % 500, d));
+            }
+        }
+        assert_eq!(edges.len(), 897);
+        Csr::from_edges(300, edges.into_iter())
+    }
+
+    fn split<'a>(csr: &'a Csr, aux: &mut Aux) -> Split<'a> {
+        let offsets = aux.push(&csr.offsets);
+        let ids = aux.push(&csr.sources);
+        let device = (
+            aux.array(offsets as i64, csr.offsets.len() as u64),
+            aux.array(ids as i64, csr.sources.len() as u64),
+        );
+        Split {
+            rows: 300,
+            unit: 1,
+            entries: Entries::Csr {
+                offsets: &csr.offsets,
+                device,
+            },
+            row_bytes: (64, "out"),
+            entry_bytes: (12, "alpha"),
+            unit_bytes: (0, "out"),
+            through: vec![Through {
+                index: &csr.sources,
+                device_index: device.1,
+                array: Array::at("xl", 4, 500 * 16),
+                rows: 500,
+                width: 16,
+                written: false,
+            }],
+            max_rows: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn everything_fitting_is_one_chunk_reading_the_arrays_as_they_are() {
+        let csr = csr();
+        let mut aux = Aux::new("aux");
+        let s = split(&csr, &mut aux);
+        let before = aux.data.len();
+        let plan = plan(&program(1 << 20), &mut aux, "k", s).unwrap();
+        assert_eq!(plan.chunks.len(), 1);
+        assert_eq!(aux.data.len(), before, "no copies");
+        let c = &plan.chunks[0];
+        assert_eq!(
+            (c.begin, c.end, c.e0, c.e1),
+            (0, 300, 0, csr.n_edges() as u64)
+        );
+    }
+
+    #[test]
+    fn split_chunks_cover_the_rows_with_their_own_csr_and_compact_reads() {
+        let csr = csr();
+        let mut aux = Aux::new("aux");
+        let s = split(&csr, &mut aux);
+        // xl is 32,000 bytes: compacted under 4 KiB bindings.
+        let budget = 4096 - 256;
+        let plan = plan(&program(4096), &mut aux, "k", s).unwrap();
+        assert!(plan.chunks.len() > 1);
+        let mut next = 0;
+        for c in &plan.chunks {
+            assert_eq!(c.begin, next);
+            next = c.end;
+            assert!((c.end - c.begin) * 64 <= budget);
+            assert!((c.e1 - c.e0) * 12 <= budget);
+            let (offsets, ids) = c.csr();
+            let at = |a: Array, i: u64| aux.data[(a.base + i as i64) as usize];
+            for d in c.begin..=c.end {
+                assert_eq!(at(offsets, d), csr.offsets[d as usize]);
+            }
+            let Read::Compact { list, .. } = &c.reads[0] else {
+                panic!("xl must be compacted");
+            };
+            assert!(list.len() as u64 * 64 <= budget);
+            assert!(list.windows(2).all(|w| w[0] < w[1]));
+            for e in c.e0..c.e1 {
+                assert_eq!(list[at(ids, e) as usize], csr.sources[e as usize]);
+            }
+        }
+        assert_eq!(next, 300);
+    }
+
+    #[test]
+    fn units_keep_chunk_bounds_on_multiples_and_written_rows_get_a_window() {
+        // 1000 rows scattered to rows 2r of 2000 (sorted), 4 rows a unit.
+        let index: Vec<u32> = (0..1000).map(|r| 2 * r).collect();
+        let mut aux = Aux::new("aux");
+        let at = aux.push(&index);
+        let s = Split {
+            rows: 1000,
+            unit: 4,
+            entries: Entries::PerRow,
+            row_bytes: (8, "dy"),
+            entry_bytes: (4, "aux"),
+            unit_bytes: (100, "partials"),
+            through: vec![Through {
+                index: &index,
+                device_index: aux.array(at as i64, 1000),
+                array: Array::at("dx", 4, 2000 * 2),
+                rows: 2000,
+                width: 2,
+                written: true,
+            }],
+            max_rows: u64::MAX,
+        };
+        let plan = plan(&program(2048), &mut aux, "k", s).unwrap();
+        assert!(plan.chunks.len() > 1);
+        for c in &plan.chunks {
+            assert!(c.begin % 4 == 0);
+            assert!(c.end % 4 == 0 || c.end == 1000);
+            let Read::Window { lo, hi } = c.reads[0] else {
+                panic!("written rows are a window");
+            };
+            assert_eq!((lo, hi), (2 * c.begin, 2 * (c.end - 1) + 1));
+            assert!((hi - lo) * 8 <= 2048 - 256);
+        }
+    }
+
+    #[test]
+    fn a_row_too_large_for_a_binding_is_an_error_naming_the_array() {
+        let csr = csr();
+        let mut aux = Aux::new("aux");
+        let mut s = split(&csr, &mut aux);
+        s.row_bytes = (8192, "t.out");
+        let err = plan(&program(4096), &mut aux, "train_kernel", s).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("train_kernel") && text.contains("`t.out`"),
+            "{text}"
+        );
+    }
 }

@@ -61,7 +61,7 @@ pub(crate) fn record(
     loss: Array,
     d_logit: Array,
 ) -> Result<(), GpuError> {
-    let rows_of = |z: Array| if dim == 0 { 0 } else { z.len / dim };
+    let rows_of = |z: Array| z.len.checked_div(dim).unwrap_or(0);
     let plan = train_chunks::plan(
         program,
         aux,
