@@ -67,7 +67,8 @@ impl WeightGrad<'_> {
         self.in_dim * self.out_dim + if self.with_bias { self.out_dim } else { 0 }
     }
 
-    /// Row chunks.
+    /// Row chunks (the test entry points size the partial sums with it).
+    #[cfg(any(test, feature = "testing"))]
     pub fn chunks(&self) -> u64 {
         self.n_rows.div_ceil(REDUCE_ROWS as u64)
     }
