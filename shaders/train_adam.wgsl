@@ -1,10 +1,12 @@
 // Adam, PyTorch's update, one element per invocation. Twin:
 // src/train/kernels.rs (`adam_at`); the bias corrections 1 − β^t are
-// computed on the host exactly as the twin computes them.
+// computed on the host exactly as the twin computes them. A dispatch covers
+// elements `first .. end`: a chunk.
 //!include common.wgsl
 
 struct Params {
-    n: u32,
+    first: u32,
+    end: u32,
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -27,8 +29,8 @@ struct Params {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    if (i >= p.n) {
+    let i = p.first + linear_index(gid, nwg);
+    if (i >= p.end) {
         return;
     }
     let g = grad[p.grad0 + i];

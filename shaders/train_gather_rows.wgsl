@@ -2,11 +2,13 @@
 // j in offsets[i] .. offsets[i + 1], in list order. Twin: src/train/kernels.rs
 // (`gather_edges_at`; on a zeroed table also `embedding_grad_at`). The
 // gradient w.r.t. a GATv2 source (its outgoing edges' contributions) and the
-// embedding gradient (the rows of each token), without float atomics.
+// embedding gradient (the rows of each token), without float atomics. A
+// dispatch covers rows `first .. end`: a chunk.
 //!include common.wgsl
 
 struct Params {
-    n_rows: u32,
+    first: u32,
+    end: u32,
     width: u32,
     // Binding index of element 0 of offsets and ids in `csr`, of `values`
     // and of `out`.
@@ -23,8 +25,8 @@ struct Params {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    if (i >= p.n_rows) {
+    let i = p.first + linear_index(gid, nwg);
+    if (i >= p.end) {
         return;
     }
     let out_row = p.out0 + i * p.width;

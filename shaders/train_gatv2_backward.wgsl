@@ -4,16 +4,19 @@
 // weighted = Σ_e α_e dα_e (edge order); de_e = α_e (dα_e − weighted);
 // d att += de · leaky(u), du = de · att · leaky'(u) with u = m + xr;
 // d xr += du; each edge's d m = α g + du, written per edge (its source sums
-// them later in a fixed order: no float atomics, which WGSL lacks).
+// them later in a fixed order: no float atomics, which WGSL lacks). A
+// dispatch covers destinations `first .. end`: a chunk.
 //!include common.wgsl
 
 struct Params {
-    n_dst: u32,
+    first: u32,
+    end: u32,
     heads: u32,
     channels: u32,
-    // Binding index of element 0 of each array: xl and xr in `x`, offsets
-    // and sources in `csr`, att in `w`, `alpha`, `g`, and dxr `[n_dst, H·C]`,
-    // datt `[n_dst, H·C]`, dxl per edge `[E, H·C]` in `out`.
+    // Binding index of element 0 of each array: `xl`, `xr`, offsets and
+    // sources in `csr`, att in `w`, `alpha`, `g`, `grads` (per destination
+    // dxr then datt, `[n_dst, 2·H·C]`: one binding for both, the kernel has
+    // eight) and `dxl` (per edge, `[E, H·C]`).
     xl0: u32,
     xr0: u32,
     off0: u32,
@@ -21,18 +24,19 @@ struct Params {
     att0: u32,
     alpha0: u32,
     g0: u32,
-    dxr0: u32,
-    datt0: u32,
+    grads0: u32,
     dxl0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> csr: array<u32>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
-@group(0) @binding(4) var<storage, read> alpha: array<f32>;
-@group(0) @binding(5) var<storage, read> g: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> xl: array<f32>;
+@group(0) @binding(2) var<storage, read> xr: array<f32>;
+@group(0) @binding(3) var<storage, read> csr: array<u32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+@group(0) @binding(5) var<storage, read> alpha: array<f32>;
+@group(0) @binding(6) var<storage, read> g: array<f32>;
+@group(0) @binding(7) var<storage, read_write> grads: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dxl: array<f32>;
 
 fn leaky_relu_slope(v: f32) -> f32 {
     if (v > 0.0) {
@@ -43,8 +47,8 @@ fn leaky_relu_slope(v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let dst = linear_index(gid, nwg);
-    if (dst >= p.n_dst) {
+    let dst = p.first + linear_index(gid, nwg);
+    if (dst >= p.end) {
         return;
     }
     let hc = p.heads * p.channels;
@@ -52,11 +56,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let end = csr[p.off0 + dst + 1u];
     let xr_row = p.xr0 + dst * hc;
     let g_row = p.g0 + dst * hc;
-    let dxr_row = p.dxr0 + dst * hc;
-    let datt_row = p.datt0 + dst * hc;
+    let dxr_row = p.grads0 + dst * 2u * hc;
+    let datt_row = dxr_row + hc;
     for (var c = 0u; c < hc; c++) {
-        out[dxr_row + c] = 0.0;
-        out[datt_row + c] = 0.0;
+        grads[dxr_row + c] = 0.0;
+        grads[datt_row + c] = 0.0;
     }
     for (var head = 0u; head < p.heads; head++) {
         let base = head * p.channels;
@@ -65,7 +69,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             let row = p.xl0 + csr[p.src0 + e] * hc + base;
             var d_alpha = 0.0f;
             for (var c = 0u; c < p.channels; c++) {
-                d_alpha += g[g_row + base + c] * x[row + c];
+                d_alpha += g[g_row + base + c] * xl[row + c];
             }
             weighted += alpha[p.alpha0 + e * p.heads + head] * d_alpha;
         }
@@ -74,16 +78,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             let a = alpha[p.alpha0 + e * p.heads + head];
             var d_alpha = 0.0f;
             for (var c = 0u; c < p.channels; c++) {
-                d_alpha += g[g_row + base + c] * x[row + c];
+                d_alpha += g[g_row + base + c] * xl[row + c];
             }
             let d_logit = a * (d_alpha - weighted);
             let edge = p.dxl0 + e * hc + base;
             for (var c = 0u; c < p.channels; c++) {
-                let u = x[row + c] + x[xr_row + base + c];
-                out[datt_row + base + c] += d_logit * leaky_relu(u);
+                let u = xl[row + c] + xr[xr_row + base + c];
+                grads[datt_row + base + c] += d_logit * leaky_relu(u);
                 let du = d_logit * w[p.att0 + base + c] * leaky_relu_slope(u);
-                out[dxr_row + base + c] += du;
-                out[edge + c] = a * g[g_row + base + c] + du;
+                grads[dxr_row + base + c] += du;
+                dxl[edge + c] = a * g[g_row + base + c] + du;
             }
         }
     }

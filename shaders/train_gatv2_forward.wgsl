@@ -3,17 +3,19 @@
 // destination and head: logits over the incoming edges in order (each summed
 // over c increasing), stored in `alpha`; the maximum; exp and their sum; then
 // each weight divided by (sum + 1e-16) and the messages summed in edge order
-// straight into `out`; bias and optional ReLU last.
+// straight into `out`; bias and optional ReLU last. A dispatch covers items
+// (destination · heads + head) `first .. end`: a chunk of destinations.
 //!include common.wgsl
 //!include train_exp.wgsl
 
 struct Params {
-    n_dst: u32,
+    first: u32,
+    end: u32,
     heads: u32,
     channels: u32,
     relu: u32,
-    // Binding index of element 0 of each array: xl and xr in `x`, offsets
-    // and sources in `csr`, att and bias in `w`, `out`, `alpha`.
+    // Binding index of element 0 of each array: `xl`, `xr`, offsets and
+    // sources in `csr`, att and bias in `w`, `out`, `alpha`.
     xl0: u32,
     xr0: u32,
     off0: u32,
@@ -25,20 +27,22 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-// xl `[n_src, H·C]` (read through the sources) and xr `[n_dst, H·C]`.
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-// CSR by destination: offsets `[n_dst + 1]` and sources `[E]`.
-@group(0) @binding(2) var<storage, read> csr: array<u32>;
-@group(0) @binding(3) var<storage, read> w: array<f32>;
+// `[n_src, H·C]`, read through the sources.
+@group(0) @binding(1) var<storage, read> xl: array<f32>;
 // `[n_dst, H·C]`.
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> xr: array<f32>;
+// CSR by destination: offsets `[n_dst + 1]` and sources `[E]`.
+@group(0) @binding(3) var<storage, read> csr: array<u32>;
+@group(0) @binding(4) var<storage, read> w: array<f32>;
+// `[n_dst, H·C]`.
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 // `[E, H]` attention weights.
-@group(0) @binding(5) var<storage, read_write> alpha: array<f32>;
+@group(0) @binding(6) var<storage, read_write> alpha: array<f32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    if (i >= p.n_dst * p.heads) {
+    let i = p.first + linear_index(gid, nwg);
+    if (i >= p.end) {
         return;
     }
     let dst = i / p.heads;
@@ -54,7 +58,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         let row = p.xl0 + csr[p.src0 + e] * hc + base;
         var logit = 0.0f;
         for (var c = 0u; c < p.channels; c++) {
-            logit += w[att + c] * leaky_relu(x[row + c] + x[xr_row + c]);
+            logit += w[att + c] * leaky_relu(xl[row + c] + xr[xr_row + c]);
         }
         alpha[p.alpha0 + e * p.heads + head] = logit;
         max_logit = max(max_logit, logit);
@@ -76,7 +80,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         alpha[slot] = a;
         let row = p.xl0 + csr[p.src0 + e] * hc + base;
         for (var c = 0u; c < p.channels; c++) {
-            out[out_row + c] += a * x[row + c];
+            out[out_row + c] += a * xl[row + c];
         }
     }
     for (var c = 0u; c < p.channels; c++) {

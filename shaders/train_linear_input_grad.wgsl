@@ -2,13 +2,17 @@
 // increasing. Twin: src/train/kernels.rs (`linear_input_grad_at`). One
 // invocation per (r, k). The result is stored in row r of dx, or in row
 // rows[r] (`scatter`, distinct rows), overwriting or added to what is there
-// (`accumulate`): d h_tx sums three such gradients in the CPU's order.
+// (`accumulate`): d h_tx sums three such gradients in the CPU's order. Row r
+// of dy starts at r · dy_stride. A dispatch covers items (r · in_dim + k)
+// `first .. end`: a chunk of rows.
 //!include common.wgsl
 
 struct Params {
-    n_rows: u32,
+    first: u32,
+    end: u32,
     in_dim: u32,
     out_dim: u32,
+    dy_stride: u32,
     // Flags (0/1).
     accumulate: u32,
     scatter: u32,
@@ -27,13 +31,13 @@ struct Params {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    if (i >= p.n_rows * p.in_dim) {
+    let i = p.first + linear_index(gid, nwg);
+    if (i >= p.end) {
         return;
     }
     let r = i / p.in_dim;
     let k = i % p.in_dim;
-    let dy_row = p.dy0 + r * p.out_dim;
+    let dy_row = p.dy0 + r * p.dy_stride;
     let wt_row = p.wt0 + k * p.out_dim;
     var acc = 0.0f;
     for (var o = 0u; o < p.out_dim; o++) {

@@ -4,16 +4,20 @@
 // r increasing. Twin: src/train/kernels.rs (`linear_weight_grad_chunk`); with
 // in_dim 0 the column sums of dy (`column_sums`). One invocation per
 // (chunk, element); train_sum_partials.wgsl then adds the chunks in order.
+// Row r of dy starts at r · dy_stride. A dispatch covers items (chunk · width
+// + element) `first .. end`: a run of whole chunks.
 //!include common.wgsl
 
 struct Params {
+    first: u32,
+    end: u32,
     n_rows: u32,
     in_dim: u32,
     out_dim: u32,
+    dy_stride: u32,
     // Flags (0/1).
     with_bias: u32,
     gather: u32,
-    n_chunks: u32,
     reduce_rows: u32,
     // Binding index of element 0 of `x`, `rows`, `dy` and `partial`.
     x0: u32,
@@ -30,10 +34,10 @@ struct Params {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
+    let i = p.first + linear_index(gid, nwg);
     let weights = p.in_dim * p.out_dim;
     let width = weights + p.with_bias * p.out_dim;
-    if (i >= p.n_chunks * width) {
+    if (i >= p.end) {
         return;
     }
     let chunk = i / width;
@@ -49,12 +53,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             if (p.gather != 0u) {
                 src = rows[p.rows0 + r];
             }
-            acc += x[p.x0 + src * p.in_dim + k] * dy[p.dy0 + r * p.out_dim + o];
+            acc += x[p.x0 + src * p.in_dim + k] * dy[p.dy0 + r * p.dy_stride + o];
         }
     } else {
         let o = j - weights;
         for (var r = first; r < last; r++) {
-            acc += dy[p.dy0 + r * p.out_dim + o];
+            acc += dy[p.dy0 + r * p.dy_stride + o];
         }
     }
     partial[p.part0 + chunk * width + j] = acc;

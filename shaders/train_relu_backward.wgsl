@@ -1,9 +1,11 @@
 // ReLU backward in place: g[i] = 0 where the layer's output out[i] is not
-// positive. Twin: src/train/kernels.rs (`relu_backward`).
+// positive, for elements `first .. end` (a chunk). Twin: src/train/kernels.rs
+// (`relu_backward`).
 //!include common.wgsl
 
 struct Params {
-    n: u32,
+    first: u32,
+    end: u32,
     // Binding index of element 0 of `g` and `out`.
     g0: u32,
     out0: u32,
@@ -15,8 +17,8 @@ struct Params {
 
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = linear_index(gid, nwg);
-    if (i >= p.n) {
+    let i = p.first + linear_index(gid, nwg);
+    if (i >= p.end) {
         return;
     }
     if (out[p.out0 + i] <= 0.0) {

@@ -405,6 +405,57 @@ fn gpu_train_kernels_match_cpu_twins_under_default_limits() {
     kernels_match_twins(&mut gpu, "default limits");
 }
 
+/// Every training kernel alone with a 16 KiB binding limit: the per-edge
+/// gradients, the dense layers' rows (three reduction runs), the gathered
+/// rows of the weight gradient (compacted) and the scattered input gradient
+/// are split into chunks, and each kernel still matches its twin.
+#[test]
+fn gpu_train_kernels_match_cpu_twins_split() {
+    let options = GpuOptions {
+        max_binding_bytes_override: Some(16 << 10),
+        ..default_limits()
+    };
+    let Some(mut gpu) = backend_or_skip("gpu_train_kernels_match_cpu_twins_split", options) else {
+        return;
+    };
+    kernels_match_twins(&mut gpu, "16 KiB bindings");
+    // The weight gradient of 700 rows of 13 gathered from 800 rows of 9
+    // (29 KiB): compacted reads, one run of chunks per dispatch.
+    let mut rng = XorShift::new(3);
+    let (in_dim, out_dim, rows, x_rows) = (9, 13, 700, 800);
+    let x = values(&mut rng, x_rows * in_dim, 2.0);
+    let dy = values(&mut rng, rows * out_dim, 1.0);
+    let gather: Vec<u32> = (0..rows).map(|_| rng.below(x_rows) as u32).collect();
+    let got = gpu
+        .train_linear_weight_grad(&x, Some(&gather), &dy, in_dim, out_dim, true)
+        .unwrap();
+    let stats = gpu.stats();
+    println!("split weight gradient: {stats:?}");
+    assert!(
+        stats.last_gathers > 0,
+        "the gathered rows must be compacted"
+    );
+    // Three runs: compact copies, partial sums and their sum per run.
+    assert!(stats.last_dispatches >= 3 * 3, "{stats:?}");
+    let mut dwt = vec![0.0; in_dim * out_dim];
+    let mut db = vec![0.0; out_dim];
+    twin::linear_weight_grad(
+        &x,
+        Some(&gather),
+        &dy,
+        in_dim,
+        out_dim,
+        &mut dwt,
+        Some(&mut db),
+    );
+    all_close(
+        "split weight gradient",
+        &got,
+        &[dwt, db].concat(),
+        Tolerance::EXACT,
+    );
+}
+
 fn gradients_match_autograd(gpu: GpuBackend) {
     let model = load("model");
     let mut trainer = GpuTrainer::with_backend(gpu, &model);
@@ -697,8 +748,9 @@ fn gpu_adam_steps_match_the_cpu_trainer_on_a_larger_graph_under_default_limits()
     );
 }
 
-/// An array larger than one storage binding stops the step with an error
-/// naming the array, and the trainer refuses to go on.
+/// What cannot be split, a weight block larger than one storage binding,
+/// stops the step with an error naming the array, and the trainer refuses
+/// to go on.
 #[test]
 fn gpu_training_arrays_above_the_binding_limit_are_an_error() {
     let options = GpuOptions {
@@ -749,6 +801,120 @@ fn gpu_training_arrays_above_the_binding_limit_are_an_error() {
         params(&engine.model().unwrap()),
         params(&cpu.model().unwrap())
     );
+}
+
+/// `n_pos` positive and `n_neg` negative random pairs on `graph`.
+fn random_pairs(graph: &TileGraph, n_pos: usize, n_neg: usize, seed: u64) -> Pairs {
+    let (n_tx, n_bd) = (graph.n_tx(), graph.n_bd());
+    let mut rng = XorShift::new(seed);
+    let mut pair = || (rng.below(n_tx) as u32, rng.below(n_bd) as u32);
+    Pairs {
+        positive: (0..n_pos).map(|_| pair()).collect(),
+        negative: (0..n_neg).map(|_| pair()).collect(),
+    }
+}
+
+/// The largest |a − b| over every weight of two models, and whether all are
+/// bit for bit equal.
+fn bitwise(a: &Model, b: &Model) -> (f32, bool) {
+    let mut worst = 0.0f32;
+    let mut same = true;
+    for ((_, x), (_, y)) in params(a).into_iter().zip(params(b)) {
+        for (p, q) in x.iter().zip(&y) {
+            same &= p.to_bits() == q.to_bits();
+            worst = worst.max((p - q).abs());
+        }
+    }
+    (worst, same)
+}
+
+/// A training window larger than one storage binding is split: with 256 KiB
+/// bindings (what cannot be split must fit: a reduction chunk's 256 rows of
+/// d xr, 192 KiB) a 1000-transcript window's activations (375 KiB), per-edge
+/// (1.9 MiB) and per-destination gradients and weight-gradient rows (4
+/// reduction runs) take several chunks, and the activations read through
+/// indices are compacted. The loss,
+/// every gradient and the weights after 3 Adam steps are bit for bit those
+/// of the unsplit run (and the gradients the CPU trainer's within the
+/// kernels' tolerance); `--backend gpu` (no CPU fallback) trains it.
+#[test]
+fn gpu_training_split_windows_equal_unsplit() {
+    let Some(whole) = backend_or_skip(
+        "gpu_training_split_windows_equal_unsplit",
+        GpuOptions::default(),
+    ) else {
+        return;
+    };
+    let split_options = GpuOptions {
+        max_binding_bytes_override: Some(256 << 10),
+        ..default_limits()
+    };
+    let split = backend_or_skip(
+        "gpu_training_split_windows_equal_unsplit (256 KiB bindings)",
+        split_options.clone(),
+    )
+    .unwrap();
+    let (model, graph) = seggpu::synthetic::tile(1000, 3);
+    let pairs = random_pairs(&graph, graph.n_tx() / 4, graph.n_tx() / 2, 9);
+    println!(
+        "window: {} transcripts, {} nuclei, {} + {} edges, {} pairs",
+        graph.n_tx(),
+        graph.n_bd(),
+        graph.neighbors.n_edges(),
+        graph.belongs.n_edges(),
+        pairs.positive.len() + pairs.negative.len()
+    );
+    let mut a = GpuTrainer::with_backend(whole, &model);
+    let mut b = GpuTrainer::with_backend(split, &model);
+    let (loss_a, grads_a) = a.loss_and_grad(&graph, &pairs).unwrap();
+    let (loss_b, grads_b) = b.loss_and_grad(&graph, &pairs).unwrap();
+    let (sa, sb) = (a.backend().stats(), b.backend().stats());
+    println!("unsplit: {sa:?}\nsplit: {sb:?}");
+    assert!(
+        sb.last_gathers > 0,
+        "256 KiB bindings must force compaction"
+    );
+    assert!(
+        sb.last_dispatches > sa.last_dispatches,
+        "no chunk was split"
+    );
+    assert_eq!(loss_a.to_bits(), loss_b.to_bits(), "{loss_a} vs {loss_b}");
+    let (worst, same) = bitwise(&grads_a, &grads_b);
+    println!("gradients split vs unsplit: max |err| {worst:.3e}");
+    assert!(same, "split gradients differ by up to {worst:e}");
+    let mut expected = zeros_like(&model);
+    let cpu_loss = loss_and_grad(&model, &graph, &pairs, &mut expected);
+    assert_close("split window loss", loss_b as f64, cpu_loss as f64, 1e-5);
+    for ((name, got), (_, want)) in params(&grads_b).into_iter().zip(params(&expected)) {
+        all_close(&format!("split window d/d {name}"), &got, &want, TOL);
+    }
+
+    let mut losses = Vec::new();
+    for step in 0..3 {
+        let lr = learning_rate(1e-2, step, 3);
+        let la = a.step(&graph, &pairs, lr).unwrap();
+        let lb = b.step(&graph, &pairs, lr).unwrap();
+        assert_eq!(la.to_bits(), lb.to_bits(), "step {step}: {la} vs {lb}");
+        losses.push(lb);
+    }
+    let (worst, same) = bitwise(&a.model().unwrap(), &b.model().unwrap());
+    println!("losses {losses:?}; weights split vs unsplit after 3 steps: max |err| {worst:.3e}");
+    assert!(same, "split weights differ by up to {worst:e}");
+
+    // --backend gpu: the GPU engine without fallback takes the window.
+    let gpu = backend_or_skip("split window under --backend gpu", split_options).unwrap();
+    let mut engine = GpuEngine::new(gpu, model.clone(), AdamConfig::default(), OnGpuError::Fail);
+    let batch = Batch {
+        graph: graph.clone(),
+        pairs: pairs.clone(),
+        window: [0.0; 3],
+    };
+    let lr = learning_rate(1e-2, 0, 3);
+    assert_eq!(
+        engine.step(&batch, lr).unwrap().to_bits(),
+        losses[0].to_bits()
+    );
+    assert_eq!(engine.cpu_from_step(), None);
 }
 
 /// The GPU step's gradients against the CPU trainer's on a larger graph

@@ -34,6 +34,7 @@ mod single_kernels;
 #[cfg(any(test, feature = "testing"))]
 pub mod test_support;
 mod train;
+mod train_chunks;
 #[cfg(any(test, feature = "testing"))]
 mod train_single_kernels;
 

@@ -17,14 +17,23 @@
 //! atomics: sources sum their edges' contributions through a source-sorted
 //! list, parameter gradients sum fixed row chunks in chunk order).
 //!
-//! Limits: the dense layers and the embedding are chunked as in the forward
-//! pass; every other array must fit one storage binding, else the step fails
-//! with a [`GpuError::TooLarge`] naming the array (use smaller windows).
+//! Limits: no array needs to fit one storage binding. The dense layers and
+//! the embedding are chunked as in the forward pass; every training kernel
+//! runs on chunks of its rows ([`super::train_chunks`]): windows of the
+//! arrays streamed by row or by edge, a CSR copy per chunk, compact copies
+//! of arrays read through an index list when they are too large, weight
+//! gradients over runs of whole reduction chunks summed in chunk order. The
+//! arithmetic of every row is unchanged, so a split step gives the bits of
+//! an unsplit one. What cannot be split is a [`GpuError::TooLarge`] naming
+//! the array: a single row (one destination's edges, one token's
+//! transcripts) or a weight block larger than a binding, or a slot larger
+//! than the device's largest buffer.
 
 use super::chunking::Aux;
 use super::forward::{self, ModelLayout, MODEL};
 use super::kernels::gatv2::GatWeights;
 use super::kernels::linear::{self, Gathered, LinearWeights};
+use super::kernels::train_gather_rows::DeviceCsr;
 use super::kernels::train_gatv2_backward::{self as gat_backward, Grads};
 use super::kernels::train_gatv2_forward::{self as gat_forward, Relation};
 use super::kernels::train_linear_input_grad::{self as input_grad, Store};
@@ -49,18 +58,21 @@ const ADAM_M: Slot = "t.adam.m";
 const ADAM_V: Slot = "t.adam.v";
 /// Slot of the nucleus features (NaN → 0).
 const BD_X: Slot = "t.bd_x";
-/// Slot of the pairs' loss terms, then their d loss / d logit.
+/// Slots of the pairs' loss terms and of their d loss / d logit.
 const LOSS: Slot = "t.loss";
+const D_LOGIT: Slot = "t.dlogit";
 /// Slot of the parameter-gradient partial sums.
 const PARTIALS: Slot = "t.partials";
 /// Gradients w.r.t. h_tx and h_bd, two of each (one layer's output, the
 /// next one's input).
 const D_TX: [Slot; 2] = ["t.dtx.a", "t.dtx.b"];
 const D_BD: [Slot; 2] = ["t.dbd.a", "t.dbd.b"];
-/// Per relation (neighbours, belongs): the GATv2 backward's outputs (d xr,
-/// d att per destination, d xl per edge) and d xl per source.
-const GAT_GRADS: [Slot; 2] = ["t.gb.nb", "t.gb.bl"];
-const D_XL: [Slot; 2] = ["t.dxl.nb", "t.dxl.bl"];
+/// Per relation (neighbours, belongs): the GATv2 backward's outputs (d xr
+/// and d att per destination, d xl per edge) and d xl per source.
+const GAT_GRADS: [[Slot; 3]; 2] = [
+    ["t.gb.nb", "t.ge.nb", "t.dxl.nb"],
+    ["t.gb.bl", "t.ge.bl", "t.dxl.bl"],
+];
 
 /// Most GATv2 layers a trained model may have.
 pub const MAX_LAYERS: usize = 8;
@@ -108,17 +120,12 @@ fn in_slot(a: Array, slot: Slot) -> Array {
     Array { slot, ..a }
 }
 
-/// A CSR list in the index slot.
-struct DeviceCsr {
-    offsets: Array,
-    ids: Array,
-}
-
-fn push_csr(aux: &mut Aux, csr: &Csr) -> DeviceCsr {
+fn push_csr<'a>(aux: &mut Aux, csr: &'a Csr) -> DeviceCsr<'a> {
     let at = aux.push(&csr.offsets);
     let offsets = aux.array(at as i64, csr.offsets.len() as u64);
     let at = aux.push(&csr.sources);
     DeviceCsr {
+        host: csr,
         offsets,
         ids: aux.array(at as i64, csr.sources.len() as u64),
     }
@@ -130,9 +137,13 @@ fn push_u32(aux: &mut Aux, values: &[u32]) -> Array {
 }
 
 /// A weight-gradient problem with its partial sums in [`PARTIALS`].
-fn record_weight_grad(program: &mut Program, p: &WeightGrad, out: Array) -> Result<(), GpuError> {
-    let partials = f32s(program, PARTIALS, p.chunks() * p.width());
-    weight_grad::record(program, p, partials, out)
+fn record_weight_grad(
+    program: &mut Program,
+    aux: &mut Aux,
+    p: &WeightGrad,
+    out: Array,
+) -> Result<(), GpuError> {
+    weight_grad::record(program, aux, p, Array::at(PARTIALS, 4, 0), Some(out))
 }
 
 /// Where a step's results are in the staging bytes.
@@ -147,30 +158,32 @@ struct Conv<'a> {
     l_weights: LinearWeights,
     r_weights: LinearWeights,
     gat: &'a GatWeights,
-    relation: Relation,
+    relation: Relation<'a>,
     n_src: u64,
     n_dst: u64,
-    /// Source rows of h_tx (belongs), or all of them.
-    src_rows: Option<Array>,
+    /// Source rows of h_tx (belongs, device and host), or all of them.
+    src_rows: Option<(Array, &'a [u32])>,
     h_src: Array,
     h_dst: Array,
-    by_source: &'a DeviceCsr,
+    by_source: &'a DeviceCsr<'a>,
 }
 
 /// Records the backward of one relation given `g` (its output gradient,
 /// ReLU mask applied): every parameter gradient into [`GRAD`]; returns d xl
-/// per source and d xr, for the input gradients.
+/// per source (rows H·C apart) and d xr (rows 2·H·C apart), for the input
+/// gradients.
 fn conv_backward(
     program: &mut Program,
+    aux: &mut Aux,
     conv: &Conv,
     g: Array,
-    grads_slot: Slot,
-    dxl_slot: Slot,
+    slots: [Slot; 3],
 ) -> Result<(Array, Array), GpuError> {
+    let [grads_slot, edges_slot, dxl_slot] = slots;
     let hc = conv.gat.heads * conv.gat.channels;
     let n_edges = conv.relation.sources.len;
     let gat_block = in_slot(conv.gat.block, GRAD);
-    let column_sums = |dy: Array| WeightGrad {
+    let column_sums = |dy: Array, dy_stride: u64| WeightGrad {
         n_rows: conv.n_dst,
         in_dim: 0,
         out_dim: hc,
@@ -178,29 +191,41 @@ fn conv_backward(
         x: dy,
         rows: None,
         dy,
+        dy_stride,
     };
-    record_weight_grad(program, &column_sums(g), part(gat_block, hc, hc))?;
-    let out = f32s(program, grads_slot, (2 * conv.n_dst + n_edges) * hc);
+    record_weight_grad(program, aux, &column_sums(g, hc), part(gat_block, hc, hc))?;
     let grads = Grads {
-        dxr: part(out, 0, conv.n_dst * hc),
-        datt: part(out, conv.n_dst * hc, conv.n_dst * hc),
-        dxl_edge: part(out, 2 * conv.n_dst * hc, n_edges * hc),
+        per_dst: f32s(program, grads_slot, 2 * conv.n_dst * hc),
+        dxl_edge: f32s(program, edges_slot, n_edges * hc),
     };
-    gat_backward::record(program, &conv.relation, g, &grads)?;
-    record_weight_grad(program, &column_sums(grads.datt), part(gat_block, 0, hc))?;
+    gat_backward::record(program, aux, &conv.relation, g, &grads)?;
+    record_weight_grad(
+        program,
+        aux,
+        &column_sums(grads.datt(hc), 2 * hc),
+        part(gat_block, 0, hc),
+    )?;
     let dxl = f32s(program, dxl_slot, conv.n_src * hc);
     train_gather_rows::record(
         program,
-        conv.n_src,
+        aux,
+        conv.by_source,
         hc,
-        conv.by_source.offsets,
-        conv.by_source.ids,
         grads.dxl_edge,
+        n_edges,
         dxl,
     )?;
-    for (weights, x, rows, n_rows, dy) in [
-        (conv.l_weights, conv.h_src, conv.src_rows, conv.n_src, dxl),
-        (conv.r_weights, conv.h_dst, None, conv.n_dst, grads.dxr),
+    let dxr = grads.dxr(hc);
+    for (weights, x, rows, n_rows, dy, dy_stride) in [
+        (
+            conv.l_weights,
+            conv.h_src,
+            conv.src_rows,
+            conv.n_src,
+            dxl,
+            hc,
+        ),
+        (conv.r_weights, conv.h_dst, None, conv.n_dst, dxr, 2 * hc),
     ] {
         let p = WeightGrad {
             n_rows,
@@ -210,10 +235,11 @@ fn conv_backward(
             x,
             rows,
             dy,
+            dy_stride,
         };
-        record_weight_grad(program, &p, in_slot(weights.block, GRAD))?;
+        record_weight_grad(program, aux, &p, in_slot(weights.block, GRAD))?;
     }
-    Ok((dxl, grads.dxr))
+    Ok((dxl, dxr))
 }
 
 /// Records one training step on `graph` and `pairs`: the forward pass,
@@ -245,24 +271,16 @@ fn record_step(
     // Structure, as src/train/grad.rs builds it.
     let (bl_rows_v, bl_csr) = graph.belongs.compact_sources();
     let n_rows = bl_rows_v.len() as u64;
-    let mut aux = Aux::new(INDEX);
-    let tokens = push_u32(&mut aux, &graph.tx_token);
-    let nb = push_csr(&mut aux, &graph.neighbors);
-    let bl = push_csr(&mut aux, &bl_csr);
-    let bl_rows = push_u32(&mut aux, &bl_rows_v);
-    let nb_by_source = push_csr(&mut aux, &edges_by_source(&graph.neighbors, n_tx as usize));
-    let bl_by_source = push_csr(&mut aux, &edges_by_source(&bl_csr, n_rows as usize));
+    let nb_by_source_v = edges_by_source(&graph.neighbors, n_tx as usize);
+    let bl_by_source_v = edges_by_source(&bl_csr, n_rows as usize);
     let vocab = layout.vocab as usize;
-    let by_token = push_csr(
-        &mut aux,
-        &Csr::from_edges(
-            vocab,
-            graph
-                .tx_token
-                .iter()
-                .enumerate()
-                .map(|(r, &t)| (r as u32, t)),
-        ),
+    let by_token_v = Csr::from_edges(
+        vocab,
+        graph
+            .tx_token
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| (r as u32, t)),
     );
     let all: Vec<(u32, u32)> = pairs
         .positive
@@ -273,27 +291,47 @@ fn record_step(
     let n_pairs = all.len() as u64;
     let tx_of: Vec<u32> = all.iter().map(|p| p.0).collect();
     let bd_of: Vec<u32> = all.iter().map(|p| p.1).collect();
+    let pairs_by_tx_v = Csr::from_edges(
+        n_tx as usize,
+        (0..n_pairs as u32).map(|p| (p, tx_of[p as usize])),
+    );
+    let pairs_by_bd_v = Csr::from_edges(
+        n_bd as usize,
+        (0..n_pairs as u32).map(|p| (p, bd_of[p as usize])),
+    );
+    // Each entry's partner: the nucleus of a transcript's pair, and back.
+    let bd_by_tx_entry: Vec<u32> = pairs_by_tx_v
+        .sources
+        .iter()
+        .map(|&p| bd_of[p as usize])
+        .collect();
+    let tx_by_bd_entry: Vec<u32> = pairs_by_bd_v
+        .sources
+        .iter()
+        .map(|&p| tx_of[p as usize])
+        .collect();
+
+    let mut aux = Aux::new(INDEX);
+    let tokens = push_u32(&mut aux, &graph.tx_token);
+    let nb = push_csr(&mut aux, &graph.neighbors);
+    let bl = push_csr(&mut aux, &bl_csr);
+    let bl_rows = push_u32(&mut aux, &bl_rows_v);
+    let nb_by_source = push_csr(&mut aux, &nb_by_source_v);
+    let bl_by_source = push_csr(&mut aux, &bl_by_source_v);
+    let by_token = push_csr(&mut aux, &by_token_v);
     let device_pairs = DevicePairs {
         n_pairs,
         n_pos: pairs.positive.len() as u64,
         pos_weight: pairs.pos_weight(),
         tx: push_u32(&mut aux, &tx_of),
         bd: push_u32(&mut aux, &bd_of),
+        tx_of: &tx_of,
+        bd_of: &bd_of,
     };
-    let pairs_by_tx = push_csr(
-        &mut aux,
-        &Csr::from_edges(
-            n_tx as usize,
-            (0..n_pairs as u32).map(|p| (p, tx_of[p as usize])),
-        ),
-    );
-    let pairs_by_bd = push_csr(
-        &mut aux,
-        &Csr::from_edges(
-            n_bd as usize,
-            (0..n_pairs as u32).map(|p| (p, bd_of[p as usize])),
-        ),
-    );
+    let pairs_by_tx = push_csr(&mut aux, &pairs_by_tx_v);
+    let pairs_by_bd = push_csr(&mut aux, &pairs_by_bd_v);
+    let bd_by_tx_entry_d = push_u32(&mut aux, &bd_by_tx_entry);
+    let tx_by_bd_entry_d = push_u32(&mut aux, &tx_by_bd_entry);
     // torch.nan_to_num, as the forward pass applies it.
     let bd_x: Vec<f32> = graph
         .bd_x
@@ -378,30 +416,54 @@ fn record_step(
     let mut relations = Vec::with_capacity(n_layers);
     for (l, layer) in layout.layers.iter().enumerate() {
         let hc = layer.nb_l.out_dim;
-        let make = |program: &mut Program,
-                    x_slot: Slot,
-                    alpha_slot: Slot,
-                    n_src: u64,
-                    n_dst: u64,
-                    csr: &DeviceCsr,
-                    gat: &GatWeights| {
+        #[allow(clippy::too_many_arguments)]
+        fn make<'a>(
+            program: &mut Program,
+            hc: u64,
+            x_slot: Slot,
+            alpha_slot: Slot,
+            n_src: u64,
+            n_dst: u64,
+            csr: &DeviceCsr<'a>,
+            gat: &GatWeights,
+        ) -> Relation<'a> {
             let x = f32s(program, x_slot, (n_src + n_dst) * hc);
             let n_edges = csr.ids.len;
             Relation {
+                n_src,
                 n_dst,
                 heads: gat.heads,
                 channels: gat.channels,
                 xl: part(x, 0, n_src * hc),
                 xr: part(x, n_src * hc, n_dst * hc),
+                csr: csr.host,
                 offsets: csr.offsets,
                 sources: csr.ids,
                 att: part(gat.block, 0, hc),
                 bias: part(gat.block, hc, hc),
                 alpha: f32s(program, alpha_slot, n_edges * gat.heads),
             }
-        };
-        let nb_rel = make(program, X_NB[l], ALPHA_NB[l], n_tx, n_tx, &nb, &layer.nb);
-        let bl_rel = make(program, X_BL[l], ALPHA_BL[l], n_rows, n_bd, &bl, &layer.bl);
+        }
+        let nb_rel = make(
+            program,
+            hc,
+            X_NB[l],
+            ALPHA_NB[l],
+            n_tx,
+            n_tx,
+            &nb,
+            &layer.nb,
+        );
+        let bl_rel = make(
+            program,
+            hc,
+            X_BL[l],
+            ALPHA_BL[l],
+            n_rows,
+            n_bd,
+            &bl,
+            &layer.bl,
+        );
         linear::record(
             program, f32v, h_tx, None, &aux, n_tx, layer.nb_l, false, nb_rel.xl,
         )?;
@@ -409,7 +471,7 @@ fn record_step(
             program, f32v, h_tx, None, &aux, n_tx, layer.nb_r, false, nb_rel.xr,
         )?;
         let next_tx = f32s(program, H_TX[l + 1], n_tx * hc);
-        gat_forward::record(program, &nb_rel, layer.nb.relu, next_tx)?;
+        gat_forward::record(program, &mut aux, &nb_rel, layer.nb.relu, next_tx)?;
         let gathered = Gathered {
             rows: bl_rows,
             planned: &rows_plan,
@@ -430,7 +492,7 @@ fn record_step(
             program, f32v, h_bd, None, &aux, n_bd, layer.bl_r, false, bl_rel.xr,
         )?;
         let next_bd = f32s(program, H_BD[l + 1], n_bd * hc);
-        gat_forward::record(program, &bl_rel, layer.bl.relu, next_bd)?;
+        gat_forward::record(program, &mut aux, &bl_rel, layer.bl.relu, next_bd)?;
         relations.push((nb_rel, bl_rel));
         h_tx = next_tx;
         h_bd = next_bd;
@@ -439,9 +501,18 @@ fn record_step(
     let dim = layout.layers.last().map_or(emb, |l| l.nb_l.out_dim);
 
     // Loss, read back, and its gradient w.r.t. z.
-    let losses = f32s(program, LOSS, 2 * n_pairs);
-    let (loss, d_logit) = (part(losses, 0, n_pairs), part(losses, n_pairs, n_pairs));
-    pair_loss::record(program, &device_pairs, dim, h_tx, h_bd, loss, d_logit)?;
+    let loss = f32s(program, LOSS, n_pairs);
+    let d_logit = f32s(program, D_LOGIT, n_pairs);
+    pair_loss::record(
+        program,
+        &mut aux,
+        &device_pairs,
+        dim,
+        h_tx,
+        h_bd,
+        loss,
+        d_logit,
+    )?;
     let loss_at = program.readback(LOSS, 0, n_pairs * 4);
     let max_w = layout
         .layers
@@ -461,24 +532,24 @@ fn record_step(
     let mut d_bd = Array::at(D_BD[cur], 4, n_bd * dim);
     train_pair_grad::record(
         program,
-        n_tx,
+        &mut aux,
+        &pairs_by_tx,
         dim,
-        pairs_by_tx.offsets,
-        pairs_by_tx.ids,
-        device_pairs.bd,
+        (bd_by_tx_entry_d, &bd_by_tx_entry),
         d_logit,
         h_bd,
+        n_bd,
         d_tx,
     )?;
     train_pair_grad::record(
         program,
-        n_bd,
+        &mut aux,
+        &pairs_by_bd,
         dim,
-        pairs_by_bd.offsets,
-        pairs_by_bd.ids,
-        device_pairs.tx,
+        (tx_by_bd_entry_d, &tx_by_bd_entry),
         d_logit,
         h_tx,
+        n_tx,
         d_bd,
     )?;
 
@@ -503,7 +574,7 @@ fn record_step(
             h_dst: in_tx,
             by_source: &nb_by_source,
         };
-        let (dxl_nb, dxr_nb) = conv_backward(program, &nb_conv, d_tx, GAT_GRADS[0], D_XL[0])?;
+        let (dxl_nb, dxr_nb) = conv_backward(program, &mut aux, &nb_conv, d_tx, GAT_GRADS[0])?;
         let bl_conv = Conv {
             l_weights: layer.bl_l,
             r_weights: layer.bl_r,
@@ -511,12 +582,12 @@ fn record_step(
             relation: *bl_rel,
             n_src: n_rows,
             n_dst: n_bd,
-            src_rows: Some(bl_rows),
+            src_rows: Some((bl_rows, &bl_rows_v)),
             h_src: in_tx,
             h_dst: in_bd,
             by_source: &bl_by_source,
         };
-        let (dxl_bl, dxr_bl) = conv_backward(program, &bl_conv, d_bd, GAT_GRADS[1], D_XL[1])?;
+        let (dxl_bl, dxr_bl) = conv_backward(program, &mut aux, &bl_conv, d_bd, GAT_GRADS[1])?;
         // d h_tx: neighbour sources, then neighbour destinations, then
         // belongs sources, as the CPU sums them.
         let next = 1 - cur;
@@ -526,12 +597,24 @@ fn record_step(
         let next_bd = Array::at(D_BD[next], 4, n_bd * in_dim);
         let wt = |w: LinearWeights| part(w.block, 0, w.in_dim * w.out_dim);
         for (n, dy, w, store, dx) in [
-            (n_tx, dxl_nb, layer.nb_l, Store::Overwrite, next_tx),
-            (n_tx, dxr_nb, layer.nb_r, Store::Add, next_tx),
-            (n_rows, dxl_bl, layer.bl_l, Store::AddTo(bl_rows), next_tx),
-            (n_bd, dxr_bl, layer.bl_r, Store::Overwrite, next_bd),
+            (n_tx, (dxl_nb, hc), layer.nb_l, Store::Overwrite, next_tx),
+            (n_tx, (dxr_nb, 2 * hc), layer.nb_r, Store::Add, next_tx),
+            (
+                n_rows,
+                (dxl_bl, hc),
+                layer.bl_l,
+                Store::AddTo(bl_rows, &bl_rows_v),
+                next_tx,
+            ),
+            (
+                n_bd,
+                (dxr_bl, 2 * hc),
+                layer.bl_r,
+                Store::Overwrite,
+                next_bd,
+            ),
         ] {
-            input_grad::record(program, n, in_dim, hc, dy, wt(w), store, dx)?;
+            input_grad::record(program, &mut aux, n, in_dim, hc, dy, wt(w), store, dx)?;
         }
         cur = next;
         d_tx = next_tx;
@@ -544,15 +627,16 @@ fn record_step(
     train_relu_backward::record(program, d_bd, in_bd)?;
     train_gather_rows::record(
         program,
-        layout.vocab,
+        &mut aux,
+        &by_token,
         emb,
-        by_token.offsets,
-        by_token.ids,
         d_tx,
+        n_tx,
         in_slot(layout.table, GRAD),
     )?;
     record_weight_grad(
         program,
+        &mut aux,
         &WeightGrad {
             n_rows: n_bd,
             in_dim: BD_FEATURES as u64,
@@ -561,6 +645,7 @@ fn record_step(
             x: bd_x,
             rows: None,
             dy: d_bd,
+            dy_stride: emb,
         },
         in_slot(layout.lin0.block, GRAD),
     )?;

@@ -4,6 +4,7 @@
 use anyhow::Result;
 
 use super::chunking::Aux;
+use super::kernels::train_gather_rows::DeviceCsr;
 use super::kernels::train_gatv2_backward::{self as gat_backward, Grads};
 use super::kernels::train_gatv2_forward::{self as gat_forward, Relation};
 use super::kernels::train_linear_input_grad::{self as input_grad, Store};
@@ -62,19 +63,20 @@ impl GpuBackend {
     }
 
     /// A relation's arrays for the GATv2 training kernels.
-    fn train_relation(
+    fn train_relation<'a>(
         program: &mut Program,
         aux: &mut Aux,
         gat: &Gat,
         xl: &[f32],
         xr: &[f32],
-        csr: &Csr,
-    ) -> Relation {
+        csr: &'a Csr,
+    ) -> Relation<'a> {
         let hc = (gat.heads * gat.channels) as u64;
         let x = upload(program, "k.x", &[xl, xr].concat());
         let w = upload(program, "k.w", &[gat.att, gat.bias].concat());
         let n_src = xl.len() as u64 / hc.max(1);
         Relation {
+            n_src,
             n_dst: csr.n_dst() as u64,
             heads: gat.heads as u64,
             channels: gat.channels as u64,
@@ -87,6 +89,7 @@ impl GpuBackend {
                 len: xr.len() as u64,
                 ..x
             },
+            csr,
             offsets: push(aux, &csr.offsets),
             sources: push(aux, &csr.sources),
             att: Array { len: hc, ..w },
@@ -115,7 +118,7 @@ impl GpuBackend {
         let mut aux = Aux::new(INDEX);
         let r = Self::train_relation(&mut program, &mut aux, gat, xl, xr, csr);
         let out = output(&mut program, "k.out", xr.len() as u64);
-        gat_forward::record(&mut program, &r, gat.relu, out)?;
+        gat_forward::record(&mut program, &mut aux, &r, gat.relu, out)?;
         let mut got = self.run_train_kernel(program, aux, &[out, r.alpha])?;
         let alpha = got.pop().expect("alpha");
         Ok((got.pop().expect("out"), alpha))
@@ -141,23 +144,21 @@ impl GpuBackend {
         let mut r = Self::train_relation(&mut program, &mut aux, gat, xl, xr, csr);
         r.alpha = upload(&mut program, "k.alpha", alpha);
         let g = upload(&mut program, "k.g", g);
-        let out = output(&mut program, "k.out", (2 * n_dst + n_edges) * hc);
-        let part = |first: u64, len: u64| Array {
-            base: first as i64,
-            len,
-            ..out
-        };
         let grads = Grads {
-            dxr: part(0, n_dst * hc),
-            datt: part(n_dst * hc, n_dst * hc),
-            dxl_edge: part(2 * n_dst * hc, n_edges * hc),
+            per_dst: output(&mut program, "k.out", 2 * n_dst * hc),
+            dxl_edge: output(&mut program, "k.edges", n_edges * hc),
         };
-        gat_backward::record(&mut program, &r, g, &grads)?;
-        let mut got =
-            self.run_train_kernel(program, aux, &[grads.dxr, grads.dxl_edge, grads.datt])?;
-        let datt = got.pop().expect("datt");
+        gat_backward::record(&mut program, &mut aux, &r, g, &grads)?;
+        let mut got = self.run_train_kernel(program, aux, &[grads.per_dst, grads.dxl_edge])?;
         let dxl = got.pop().expect("dxl");
-        Ok((got.pop().expect("dxr"), dxl, datt))
+        let per_dst = got.pop().expect("dxr and datt");
+        let (mut dxr, mut datt) = (Vec::new(), Vec::new());
+        for row in per_dst.chunks(2 * hc as usize) {
+            let (r, a) = row.split_at(hc as usize);
+            dxr.extend_from_slice(r);
+            datt.extend_from_slice(a);
+        }
+        Ok((dxr, dxl, datt))
     }
 
     /// `shaders/train_gather_rows.wgsl` alone: `[by.n_dst(), width]`.
@@ -170,11 +171,23 @@ impl GpuBackend {
         let n = by.n_dst() as u64;
         let mut program = self.program(format!("train_gather_rows kernel ({n} rows × {width})"));
         let mut aux = Aux::new(INDEX);
-        let offsets = push(&mut aux, &by.offsets);
-        let ids = push(&mut aux, &by.sources);
+        let csr = DeviceCsr {
+            host: by,
+            offsets: push(&mut aux, &by.offsets),
+            ids: push(&mut aux, &by.sources),
+        };
+        let value_rows = (values.len() / width.max(1)) as u64;
         let values = upload(&mut program, "k.x", values);
         let out = output(&mut program, "k.out", n * width as u64);
-        train_gather_rows::record(&mut program, n, width as u64, offsets, ids, values, out)?;
+        train_gather_rows::record(
+            &mut program,
+            &mut aux,
+            &csr,
+            width as u64,
+            values,
+            value_rows,
+            out,
+        )?;
         let mut got = self.run_train_kernel(program, aux, &[out])?;
         Ok(got.pop().expect("out"))
     }
@@ -215,16 +228,17 @@ impl GpuBackend {
             ),
             (Some(dx), None) => (Store::Add, upload(&mut program, "k.out", dx)),
             (Some(dx), Some(rows)) => (
-                Store::AddTo(push(&mut aux, rows)),
+                Store::AddTo(push(&mut aux, rows), rows),
                 upload(&mut program, "k.out", dx),
             ),
         };
         input_grad::record(
             &mut program,
+            &mut aux,
             n,
             in_dim as u64,
             out_dim as u64,
-            dy,
+            (dy, out_dim as u64),
             wt,
             store,
             dx,
@@ -234,24 +248,25 @@ impl GpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn weight_grad_problem(
+    fn weight_grad_problem<'a>(
         program: &mut Program,
         aux: &mut Aux,
         x: &[f32],
-        rows: Option<&[u32]>,
+        rows: Option<&'a [u32]>,
         dy: &[f32],
         in_dim: usize,
         out_dim: usize,
         with_bias: bool,
-    ) -> WeightGrad {
+    ) -> WeightGrad<'a> {
         WeightGrad {
             n_rows: (dy.len() / out_dim.max(1)) as u64,
             in_dim: in_dim as u64,
             out_dim: out_dim as u64,
             with_bias,
             x: upload(program, "k.x", x),
-            rows: rows.map(|r| push(aux, r)),
+            rows: rows.map(|r| (push(aux, r), r)),
             dy: upload(program, "k.g", dy),
+            dy_stride: out_dim as u64,
         }
     }
 
@@ -283,7 +298,7 @@ impl GpuBackend {
             with_bias,
         );
         let partial = output(&mut program, "k.out", p.chunks() * p.width());
-        weight_grad::record_partials(&mut program, &p, partial)?;
+        weight_grad::record(&mut program, &mut aux, &p, partial, None)?;
         let mut got = self.run_train_kernel(program, aux, &[partial])?;
         Ok(got.pop().expect("partials"))
     }
@@ -317,9 +332,14 @@ impl GpuBackend {
             out_dim,
             with_bias,
         );
-        let scratch = output(&mut program, "k.part", p.chunks() * p.width());
         let out = output(&mut program, "k.out", p.width());
-        weight_grad::record(&mut program, &p, scratch, out)?;
+        weight_grad::record(
+            &mut program,
+            &mut aux,
+            &p,
+            Array::at("k.part", 4, 0),
+            Some(out),
+        )?;
         let mut got = self.run_train_kernel(program, aux, &[out])?;
         Ok(got.pop().expect("gradient"))
     }
@@ -337,23 +357,31 @@ impl GpuBackend {
         let mut program = self.program(format!("train_pair_loss kernel ({n} pairs × {dim})"));
         let mut aux = Aux::new(INDEX);
         let all = || pairs.positive.iter().chain(&pairs.negative);
+        let tx_of: Vec<u32> = all().map(|p| p.0).collect();
+        let bd_of: Vec<u32> = all().map(|p| p.1).collect();
         let device = DevicePairs {
             n_pairs: n,
             n_pos: pairs.positive.len() as u64,
             pos_weight: pairs.pos_weight(),
-            tx: push(&mut aux, &all().map(|p| p.0).collect::<Vec<_>>()),
-            bd: push(&mut aux, &all().map(|p| p.1).collect::<Vec<_>>()),
+            tx: push(&mut aux, &tx_of),
+            bd: push(&mut aux, &bd_of),
+            tx_of: &tx_of,
+            bd_of: &bd_of,
         };
         let z_tx = upload(&mut program, "k.x", z_tx);
         let z_bd = upload(&mut program, "k.w", z_bd);
-        let out = output(&mut program, "k.out", 2 * n);
-        let loss = Array { len: n, ..out };
-        let d_logit = Array {
-            base: n as i64,
-            len: n,
-            ..out
-        };
-        pair_loss::record(&mut program, &device, dim as u64, z_tx, z_bd, loss, d_logit)?;
+        let loss = output(&mut program, "k.out", n);
+        let d_logit = output(&mut program, "k.edges", n);
+        pair_loss::record(
+            &mut program,
+            &mut aux,
+            &device,
+            dim as u64,
+            z_tx,
+            z_bd,
+            loss,
+            d_logit,
+        )?;
         let mut got = self.run_train_kernel(program, aux, &[loss, d_logit])?;
         let d = got.pop().expect("d_logit");
         Ok((got.pop().expect("loss"), d))
@@ -371,21 +399,31 @@ impl GpuBackend {
         let n = by_node.n_dst() as u64;
         let mut program = self.program(format!("train_pair_grad kernel ({n} nodes × {dim})"));
         let mut aux = Aux::new(INDEX);
-        let offsets = push(&mut aux, &by_node.offsets);
-        let ids = push(&mut aux, &by_node.sources);
-        let partner = push(&mut aux, partner);
+        let csr = DeviceCsr {
+            host: by_node,
+            offsets: push(&mut aux, &by_node.offsets),
+            ids: push(&mut aux, &by_node.sources),
+        };
+        // The partner of each entry's pair.
+        let by_entry: Vec<u32> = by_node
+            .sources
+            .iter()
+            .map(|&p| partner[p as usize])
+            .collect();
+        let partner = push(&mut aux, &by_entry);
+        let other_rows = (other.len() / dim.max(1)) as u64;
         let d_logit = upload(&mut program, "k.g", d_logit);
         let other = upload(&mut program, "k.x", other);
         let out = output(&mut program, "k.out", n * dim as u64);
         train_pair_grad::record(
             &mut program,
-            n,
+            &mut aux,
+            &csr,
             dim as u64,
-            offsets,
-            ids,
-            partner,
+            (partner, &by_entry),
             d_logit,
             other,
+            other_rows,
             out,
         )?;
         let mut got = self.run_train_kernel(program, aux, &[out])?;

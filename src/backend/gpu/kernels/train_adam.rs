@@ -1,7 +1,7 @@
 //! `shaders/train_adam.wgsl`: Adam over every parameter. Twin:
 //! [`crate::train::kernels::adam_at`].
 
-use super::train_common::{bind_one, groups};
+use super::train_common::{bind_range, element_chunks, groups};
 use crate::backend::gpu::program::{Array, Program};
 use crate::backend::gpu::shaders::{f32_only, Elem, Variant};
 use crate::backend::gpu::GpuError;
@@ -11,7 +11,8 @@ declare_kernel! {
     file: "train_adam.wgsl",
     variants: f32_only,
     params {
-        n: u32,
+        first: u32,
+        end: u32,
         lr: f32,
         beta1: f32,
         beta2: f32,
@@ -32,7 +33,7 @@ declare_kernel! {
 }
 
 /// Step `t` (1-based) of Adam with learning rate `lr` on the `param.len`
-/// elements of `param`.
+/// elements of `param`, a binding-sized chunk per dispatch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record(
     program: &mut Program,
@@ -44,28 +45,36 @@ pub(crate) fn record(
     m: Array,
     v: Array,
 ) -> Result<(), GpuError> {
-    let n = param.len;
-    let (param, param0) = bind_one(program, param)?;
-    let (grad, grad0) = bind_one(program, grad)?;
-    let (m, m0) = bind_one(program, m)?;
-    let (v, v0) = bind_one(program, v)?;
-    program.dispatch(
-        Variant::of(Elem::F32),
-        Params {
-            n: n as u32,
-            lr,
-            beta1: config.beta1,
-            beta2: config.beta2,
-            eps: config.eps,
-            // As the twin computes them.
-            bias1: 1.0 - config.beta1.powi(t as i32),
-            bias2: 1.0 - config.beta2.powi(t as i32),
-            param0,
-            grad0,
-            m0,
-            v0,
-        },
-        Bindings { param, grad, m, v },
-        groups(n),
-    )
+    for (first, end) in element_chunks(program, param.len, 4) {
+        let (param_b, param0) = bind_range(program, param, first, end)?;
+        let (grad_b, grad0) = bind_range(program, grad, first, end)?;
+        let (m_b, m0) = bind_range(program, m, first, end)?;
+        let (v_b, v0) = bind_range(program, v, first, end)?;
+        program.dispatch(
+            Variant::of(Elem::F32),
+            Params {
+                first: first as u32,
+                end: end as u32,
+                lr,
+                beta1: config.beta1,
+                beta2: config.beta2,
+                eps: config.eps,
+                // As the twin computes them.
+                bias1: 1.0 - config.beta1.powi(t as i32),
+                bias2: 1.0 - config.beta2.powi(t as i32),
+                param0,
+                grad0,
+                m0,
+                v0,
+            },
+            Bindings {
+                param: param_b,
+                grad: grad_b,
+                m: m_b,
+                v: v_b,
+            },
+            groups(end - first),
+        )?;
+    }
+    Ok(())
 }

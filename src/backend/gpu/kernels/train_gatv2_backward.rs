@@ -1,8 +1,9 @@
 //! `shaders/train_gatv2_backward.wgsl`: the GATv2 backward of each
 //! destination. Twin: [`crate::train::kernels::gatv2_backward_at`].
 
-use super::train_common::{bind_one, bind_together, groups};
+use super::train_common::{bind_one, bind_range, bind_rows, bind_windows, groups};
 use super::train_gatv2_forward::Relation;
+use crate::backend::gpu::chunking::Aux;
 use crate::backend::gpu::program::{Array, Program};
 use crate::backend::gpu::shaders::{f32_only, Elem, Variant};
 use crate::backend::gpu::GpuError;
@@ -11,7 +12,8 @@ declare_kernel! {
     file: "train_gatv2_backward.wgsl",
     variants: f32_only,
     params {
-        n_dst: u32,
+        first: u32,
+        end: u32,
         heads: u32,
         channels: u32,
         xl0: u32,
@@ -21,71 +23,116 @@ declare_kernel! {
         att0: u32,
         alpha0: u32,
         g0: u32,
-        dxr0: u32,
-        datt0: u32,
+        grads0: u32,
         dxl0: u32,
     }
     bindings {
-        x: Read,
+        xl: Read,
+        xr: Read,
         csr: Read,
         w: Read,
         alpha: Read,
         g: Read,
-        out: ReadWrite,
+        grads: ReadWrite,
+        dxl: ReadWrite,
     }
 }
 
-/// Where one relation's backward writes, all in one slot.
+/// Where one relation's backward writes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grads {
-    /// `[n_dst, H·C]` d/d xr.
-    pub dxr: Array,
-    /// `[n_dst, H·C]` each destination's d/d att.
-    pub datt: Array,
+    /// `[n_dst, 2·H·C]`: per destination d/d xr, then its d/d att (one
+    /// binding for both: the kernel already has eight).
+    pub per_dst: Array,
     /// `[E, H·C]` each edge's d/d xl of its source.
     pub dxl_edge: Array,
 }
 
+impl Grads {
+    /// d/d xr as rows `2·H·C` apart.
+    pub fn dxr(&self, hc: u64) -> Array {
+        Array {
+            len: self.per_dst.len.saturating_sub(hc),
+            ..self.per_dst
+        }
+    }
+
+    /// d/d att per destination as rows `2·H·C` apart.
+    pub fn datt(&self, hc: u64) -> Array {
+        Array {
+            base: self.per_dst.base + hc as i64,
+            len: self.per_dst.len.saturating_sub(hc),
+            ..self.per_dst
+        }
+    }
+}
+
 /// The backward of every destination of `r` given `g` `[n_dst, H·C]`
-/// (d loss / d output, ReLU mask applied).
+/// (d loss / d output, ReLU mask applied), a chunk of destinations per
+/// dispatch.
 pub(crate) fn record(
     program: &mut Program,
+    aux: &mut Aux,
     r: &Relation,
     g: Array,
     grads: &Grads,
 ) -> Result<(), GpuError> {
-    let (x, [xl0, xr0]) = bind_together(program, [r.xl, r.xr])?;
-    let (csr, [off0, src0]) = bind_together(program, [r.offsets, r.sources])?;
+    let hc = r.heads * r.channels;
+    let plan = r.plan(
+        program,
+        aux,
+        "train_gatv2_backward",
+        (2 * hc * 4, grads.per_dst.slot),
+        (hc * 4, grads.dxl_edge.slot),
+        1,
+    )?;
     let (w, att0) = bind_one(program, r.att)?;
-    let (alpha, alpha0) = bind_one(program, r.alpha)?;
-    let (g, g0) = bind_one(program, g)?;
-    let (out, [dxr0, datt0, dxl0]) =
-        bind_together(program, [grads.dxr, grads.datt, grads.dxl_edge])?;
-    program.dispatch(
-        Variant::of(Elem::F32),
-        Params {
-            n_dst: r.n_dst as u32,
-            heads: r.heads as u32,
-            channels: r.channels as u32,
-            xl0,
-            xr0,
-            off0,
-            src0,
-            att0,
-            alpha0,
-            g0,
-            dxr0,
-            datt0,
-            dxl0,
-        },
-        Bindings {
-            x,
-            csr,
-            w,
-            alpha,
-            g,
-            out,
-        },
-        groups(r.n_dst),
-    )
+    for (i, chunk) in plan.chunks.iter().enumerate() {
+        let rows = (chunk.begin, chunk.end);
+        let xl = plan.reach(program, aux, i, 0)?;
+        let (xl, xl0) = bind_range(program, xl.array, xl.first, xl.end)?;
+        let (xr, xr0) = bind_rows(program, r.xr, rows, hc, hc)?;
+        let (offsets, sources) = chunk.csr();
+        let (csr, [off0, src0]) = bind_windows(
+            program,
+            [
+                (offsets, chunk.begin, chunk.end + 1),
+                (sources, chunk.e0, chunk.e1),
+            ],
+        )?;
+        let (alpha, alpha0) = bind_range(program, r.alpha, chunk.e0 * r.heads, chunk.e1 * r.heads)?;
+        let (g, g0) = bind_rows(program, g, rows, hc, hc)?;
+        let (per_dst, grads0) = bind_rows(program, grads.per_dst, rows, 2 * hc, 2 * hc)?;
+        let (dxl, dxl0) = bind_range(program, grads.dxl_edge, chunk.e0 * hc, chunk.e1 * hc)?;
+        program.dispatch(
+            Variant::of(Elem::F32),
+            Params {
+                first: chunk.begin as u32,
+                end: chunk.end as u32,
+                heads: r.heads as u32,
+                channels: r.channels as u32,
+                xl0,
+                xr0,
+                off0,
+                src0,
+                att0,
+                alpha0,
+                g0,
+                grads0,
+                dxl0,
+            },
+            Bindings {
+                xl,
+                xr,
+                csr,
+                w,
+                alpha,
+                g,
+                grads: per_dst,
+                dxl,
+            },
+            groups(chunk.end - chunk.begin),
+        )?;
+    }
+    Ok(())
 }

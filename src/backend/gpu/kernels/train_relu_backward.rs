@@ -1,7 +1,7 @@
 //! `shaders/train_relu_backward.wgsl`: ReLU backward in place. Twin:
 //! [`crate::train::kernels::relu_backward`].
 
-use super::train_common::{bind_one, groups};
+use super::train_common::{bind_range, element_chunks, groups};
 use crate::backend::gpu::program::{Array, Program};
 use crate::backend::gpu::shaders::{f32_only, Elem, Variant};
 use crate::backend::gpu::GpuError;
@@ -10,7 +10,8 @@ declare_kernel! {
     file: "train_relu_backward.wgsl",
     variants: f32_only,
     params {
-        n: u32,
+        first: u32,
+        end: u32,
         g0: u32,
         out0: u32,
     }
@@ -20,19 +21,26 @@ declare_kernel! {
     }
 }
 
-/// `g[i] = 0` where `out[i] <= 0`, for the `g.len` elements of `g`.
+/// `g[i] = 0` where `out[i] <= 0`, for the `g.len` elements of `g`, a
+/// binding-sized chunk per dispatch.
 pub(crate) fn record(program: &mut Program, g: Array, out: Array) -> Result<(), GpuError> {
-    let n = g.len;
-    let (g, g0) = bind_one(program, g)?;
-    let (out, out0) = bind_one(program, out)?;
-    program.dispatch(
-        Variant::of(Elem::F32),
-        Params {
-            n: n as u32,
-            g0,
-            out0,
-        },
-        Bindings { g, out },
-        groups(n),
-    )
+    for (first, end) in element_chunks(program, g.len, 4) {
+        let (g_binding, g0) = bind_range(program, g, first, end)?;
+        let (out_binding, out0) = bind_range(program, out, first, end)?;
+        program.dispatch(
+            Variant::of(Elem::F32),
+            Params {
+                first: first as u32,
+                end: end as u32,
+                g0,
+                out0,
+            },
+            Bindings {
+                g: g_binding,
+                out: out_binding,
+            },
+            groups(end - first),
+        )?;
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ declare_kernel! {
     params {
         width: u32,
         n_chunks: u32,
+        accumulate: u32,
         part0: u32,
         out0: u32,
     }
@@ -23,12 +24,14 @@ declare_kernel! {
     }
 }
 
-/// `out[j] = Σ_chunk partial[chunk, j]` for `j < width`.
+/// `out[j] = Σ_chunk partial[chunk, j]` for `j < width`, from zero or, with
+/// `accumulate`, from `out[j]` (the chunks before this run).
 pub(crate) fn record(
     program: &mut Program,
     width: u64,
     n_chunks: u64,
     partial: Array,
+    accumulate: bool,
     out: Array,
 ) -> Result<(), GpuError> {
     let (partial, part0) = bind_one(program, partial)?;
@@ -38,6 +41,7 @@ pub(crate) fn record(
         Params {
             width: width as u32,
             n_chunks: n_chunks as u32,
+            accumulate: u32::from(accumulate),
             part0,
             out0,
         },
