@@ -21,5 +21,6 @@ pub mod simulate;
 pub mod staging;
 pub mod synthetic;
 pub mod tensorfile;
+mod test_hooks;
 pub mod tiles;
 pub mod train;

@@ -23,18 +23,10 @@ const BATCH_ROWS: usize = 64 * 1024;
 /// Environment variable (builds with the `testing` feature only): rows per
 /// record batch instead of 64 Ki, so that small files are read in several
 /// batches.
-#[cfg(feature = "testing")]
 pub const BATCH_ROWS_ENV: &str = "SEGGPU_TEST_BATCH_ROWS";
 
 fn batch_rows() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(BATCH_ROWS_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(1);
-    }
-    BATCH_ROWS
+    crate::test_hooks::value(BATCH_ROWS_ENV).map_or(BATCH_ROWS, |n: usize| n.max(1))
 }
 
 /// How a table is stored.

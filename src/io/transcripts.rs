@@ -562,18 +562,10 @@ pub const ID_PARTITIONS: usize = 256;
 
 /// Environment variable (builds with the `testing` feature only): id keys
 /// held in memory instead of [`ID_RUN`].
-#[cfg(feature = "testing")]
 pub const ID_RUN_ENV: &str = "SEGGPU_TEST_ID_RUN";
 
 fn id_run() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(ID_RUN_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(1);
-    }
-    ID_RUN
+    crate::test_hooks::value(ID_RUN_ENV).map_or(ID_RUN, |n: usize| n.max(1))
 }
 
 /// An id as the check orders it: numbers by a `u64` whose order is theirs

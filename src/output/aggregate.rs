@@ -169,18 +169,10 @@ impl PendingReport {
 const CELLS_PER_FILE: usize = 4096;
 /// Environment variable (builds with the `testing` feature only): cells
 /// per file of spilled points instead of [`CELLS_PER_FILE`].
-#[cfg(feature = "testing")]
 pub const CELLS_PER_FILE_ENV: &str = "SEGGPU_TEST_CELLS_PER_FILE";
 
 fn cells_per_file() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(CELLS_PER_FILE_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(1);
-    }
-    CELLS_PER_FILE
+    crate::test_hooks::value(CELLS_PER_FILE_ENV).map_or(CELLS_PER_FILE, |n: usize| n.max(1))
 }
 
 /// Most files of spilled points (all open during the pass).

@@ -53,17 +53,12 @@ const LADDER: std::ops::RangeInclusive<i32> = -3..=5;
 /// Environment variable (builds with the `testing` feature only): the
 /// available memory in bytes, instead of `/proc/meminfo`'s, so that tests
 /// can make the default budget small.
-#[cfg(feature = "testing")]
 pub const AVAILABLE_MEMORY_ENV: &str = "SEGGPU_TEST_AVAILABLE_MEMORY";
 
 /// Memory available to a new process in bytes (`MemAvailable` of
 /// `/proc/meminfo`; `None` where there is none).
 pub fn available_memory() -> Option<u64> {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(AVAILABLE_MEMORY_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(n) = crate::test_hooks::value(AVAILABLE_MEMORY_ENV) {
         return Some(n);
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -642,17 +642,10 @@ fn reads_in_batches(args: &SegmentArgs, bucketed: bool) -> bool {
 /// the bucketed path always takes the flow that holds every row, so that a
 /// test compares the two flows with the same command line (which the AnnData
 /// and SpatialData stores record).
-#[cfg(feature = "testing")]
 pub const ROWS_HELD_ENV: &str = "SEGGPU_TEST_ROWS_HELD";
 
-#[cfg(feature = "testing")]
 fn rows_held_for_tests() -> bool {
-    std::env::var_os(ROWS_HELD_ENV).is_some()
-}
-
-#[cfg(not(feature = "testing"))]
-fn rows_held_for_tests() -> bool {
-    false
+    crate::test_hooks::value::<String>(ROWS_HELD_ENV).is_some()
 }
 
 /// The bucketed path without the outputs that need every row: the input is

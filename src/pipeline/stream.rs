@@ -37,7 +37,6 @@ use arrow::array::RecordBatch;
 
 /// Environment variable (builds with the `testing` feature only): abort the
 /// process after this many finished bucket steps, as a kill would.
-#[cfg(feature = "testing")]
 pub const ABORT_AFTER_ENV: &str = "SEGGPU_TEST_ABORT_AFTER_BUCKETS";
 
 /// Bytes of one spilled record: kept index, x, y, z, token, nucleus.
@@ -322,19 +321,11 @@ fn load(
 }
 
 /// Aborts after `steps` finished bucket steps when the test hook asks for it.
-#[cfg(feature = "testing")]
 fn test_abort(steps: usize) {
-    if std::env::var(ABORT_AFTER_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| steps >= n)
-    {
+    if crate::test_hooks::value(ABORT_AFTER_ENV).is_some_and(|n: usize| steps >= n) {
         std::process::abort();
     }
 }
-
-#[cfg(not(feature = "testing"))]
-fn test_abort(_steps: usize) {}
 
 /// Segments one sample on the bucketed path; the same results as
 /// [`super::segment`], with the facts of the buckets. The input rows and
@@ -1200,18 +1191,11 @@ const WRITE_ROWS: usize = 64 * 1024;
 
 /// Environment variable (builds with the `testing` feature only): rows per
 /// written batch instead of [`WRITE_ROWS`] (a multiple of 1024).
-#[cfg(feature = "testing")]
 pub const WRITE_ROWS_ENV: &str = "SEGGPU_TEST_WRITE_ROWS";
 
 fn write_rows() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(WRITE_ROWS_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(1024) / 1024 * 1024;
-    }
-    WRITE_ROWS
+    crate::test_hooks::value(WRITE_ROWS_ENV)
+        .map_or(WRITE_ROWS, |n: usize| n.max(1024) / 1024 * 1024)
 }
 
 /// A spill file written record by record under a temporary name.
@@ -1713,18 +1697,10 @@ const OPEN_SPILL_FILES: usize = 256;
 
 /// Environment variable (builds with the `testing` feature only): spill
 /// files written or merged at once instead of [`OPEN_SPILL_FILES`].
-#[cfg(feature = "testing")]
 pub const OPEN_FILES_ENV: &str = "SEGGPU_TEST_OPEN_FILES";
 
 fn open_spill_files() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(OPEN_FILES_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(2);
-    }
-    OPEN_SPILL_FILES
+    crate::test_hooks::value(OPEN_FILES_ENV).map_or(OPEN_SPILL_FILES, |n: usize| n.max(2))
 }
 
 /// Scores gathered at once while the statistics walk them in order.
@@ -1732,18 +1708,10 @@ const SORT_GROUP: usize = 1 << 24;
 
 /// Environment variable (builds with the `testing` feature only): scores
 /// gathered at once instead of [`SORT_GROUP`].
-#[cfg(feature = "testing")]
 pub const SORT_GROUP_ENV: &str = "SEGGPU_TEST_SORT_GROUP";
 
 fn sort_group() -> usize {
-    #[cfg(feature = "testing")]
-    if let Some(n) = std::env::var(SORT_GROUP_ENV)
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        return n.max(1);
-    }
-    SORT_GROUP
+    crate::test_hooks::value(SORT_GROUP_ENV).map_or(SORT_GROUP, |n: usize| n.max(1))
 }
 
 /// A key of `s` whose unsigned order is [`f32::total_cmp`]'s.
