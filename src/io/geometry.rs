@@ -404,16 +404,22 @@ pub fn parse_wkt(text: &str) -> Result<Vec<Part>> {
 /// returns the closed polygon with its area. `Err` holds the reason for
 /// skipping the nucleus.
 pub fn clean_polygon(ring: &[[f64; 2]]) -> std::result::Result<(Polygon<f64>, f64), String> {
+    clean_ring(ring.to_vec())
+}
+
+/// [`clean_polygon`] taking the ring by value: the polygon keeps the ring's
+/// buffer (`[f64; 2]` and `Coord` have one layout, so the conversion is done
+/// in place), trimmed to its length, so a whole slide's nuclei are not held
+/// twice while they are read.
+pub fn clean_ring(ring: Vec<[f64; 2]>) -> std::result::Result<(Polygon<f64>, f64), String> {
     if ring.iter().any(|p| !(p[0].is_finite() && p[1].is_finite())) {
         return Err("a vertex is not a finite number".into());
     }
-    let mut v: Vec<Coord<f64>> = Vec::with_capacity(ring.len() + 1);
-    for p in ring {
-        let c = Coord { x: p[0], y: p[1] };
-        if v.last() != Some(&c) {
-            v.push(c);
-        }
-    }
+    let mut v: Vec<Coord<f64>> = ring
+        .into_iter()
+        .map(|p| Coord { x: p[0], y: p[1] })
+        .collect();
+    v.dedup();
     while v.len() > 1 && v.first() == v.last() {
         v.pop();
     }
@@ -426,6 +432,12 @@ pub fn clean_polygon(ring: &[[f64; 2]]) -> std::result::Result<(Polygon<f64>, f6
             distinct.len()
         ));
     }
+    drop(distinct);
+    // Closed here rather than by `Polygon::new`, so that the closing vertex
+    // does not double the buffer.
+    v.reserve_exact(1);
+    v.push(v[0]);
+    v.shrink_to_fit();
     let poly = Polygon::new(LineString::new(v), vec![]);
     let area = local(&poly).unsigned_area();
     if !(area.is_finite() && area > 0.0) {

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
+use indexmap::IndexMap;
 use rayon::prelude::*;
 
 use super::args::{ColumnChoice, InputSpec};
@@ -164,9 +165,9 @@ fn read_vertex_table(
     if let Some(f) = fov_col {
         cols.push((f, Want::Text));
     }
-    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut vertices: Vec<(String, Vec<[f64; 2]>)> = Vec::new();
-    let mut scattered: Vec<bool> = Vec::new();
+    // One entry per id, in first-seen order: its vertices and whether its
+    // rows were scattered; the id string is held once.
+    let mut by_id: IndexMap<String, (Vec<[f64; 2]>, bool)> = IndexMap::new();
     // The previous row's raw id and fov, so a run of rows of one nucleus
     // costs no key building or hashing.
     let mut last: Option<(String, Option<String>, usize)> = None;
@@ -182,40 +183,53 @@ fn read_vertex_table(
             Some(f) => Some(table::to_utf8(batch.column(3).as_ref(), Ctx::new(path, f))?),
             None => None,
         };
-        for i in 0..batch.num_rows() {
+        let fov_at = |r: usize| {
+            fovs.as_ref()
+                .and_then(|f| (!f.is_null(r)).then(|| f.value(r)))
+        };
+        let mut i = 0;
+        while i < batch.num_rows() {
             if ids.is_null(i) || ids.value(i).trim().is_empty() {
                 tally.null_ids += 1;
+                i += 1;
                 continue;
             }
             let raw = ids.value(i).trim();
-            let fov = fovs
-                .as_ref()
-                .and_then(|f| (!f.is_null(i)).then(|| f.value(i)));
+            let fov = fov_at(i);
+            // The run of rows of this nucleus, so its vertices are added
+            // with one exact reservation rather than grown by doubling.
+            let mut end = i + 1;
+            while end < batch.num_rows()
+                && !ids.is_null(end)
+                && ids.value(end).trim() == raw
+                && fov_at(end) == fov
+            {
+                end += 1;
+            }
             let k = match &last {
                 Some((r, f, k)) if r == raw && f.as_deref() == fov => *k,
                 _ => {
                     let key = cell_key(raw, fovs.as_ref(), i);
-                    let k = match index.get(&key) {
-                        Some(&k) => {
-                            scattered[k] = true;
+                    let k = match by_id.get_full_mut(&key) {
+                        Some((k, _, (_, scattered))) => {
+                            *scattered = true;
                             k
                         }
-                        None => {
-                            index.insert(key.clone(), vertices.len());
-                            vertices.push((key, Vec::new()));
-                            scattered.push(false);
-                            vertices.len() - 1
-                        }
+                        None => by_id.insert_full(key, (Vec::new(), false)).0,
                     };
                     last = Some((raw.to_string(), fov.map(str::to_string), k));
                     k
                 }
             };
-            vertices[k].1.push([xs[i], ys[i]]);
+            if let Some((_, (v, _))) = by_id.get_index_mut(k) {
+                v.reserve_exact(end - i);
+                v.extend((i..end).map(|r| [xs[r], ys[r]]));
+            }
+            i = end;
         }
     }
-    let mut out: Vec<Candidate> = Vec::with_capacity(vertices.len());
-    for ((id, v), scattered) in vertices.into_iter().zip(scattered) {
+    let mut out: Vec<Candidate> = Vec::with_capacity(by_id.len());
+    for (id, (v, scattered)) in by_id {
         if scattered {
             tally.scattered += 1;
             tally.altered.push((
@@ -223,10 +237,16 @@ fn read_vertex_table(
                 "rows not contiguous: grouped by id in file order",
             ));
         }
-        let rings = split_closed_rings(v);
-        let mut distinct: Vec<Vec<[f64; 2]>> = Vec::with_capacity(rings.len());
+        let rings = closed_ring_ranges(&v);
+        if let [only] = rings.as_slice() {
+            // The usual case: the ring is all of the id's vertices, moved as is.
+            debug_assert_eq!(*only, 0..v.len());
+            out.push((id, Ok(v)));
+            continue;
+        }
+        let mut distinct: Vec<std::ops::Range<usize>> = Vec::with_capacity(rings.len());
         for ring in rings {
-            if distinct.contains(&ring) {
+            if distinct.iter().any(|d| v[d.clone()] == v[ring.clone()]) {
                 tally.repeated += 1;
                 tally
                     .altered
@@ -235,30 +255,30 @@ fn read_vertex_table(
                 distinct.push(ring);
             }
         }
-        out.extend(distinct.into_iter().map(|ring| (id.clone(), Ok(ring))));
+        out.extend(
+            distinct
+                .into_iter()
+                .map(|ring| (id.clone(), Ok(v[ring].to_vec()))),
+        );
     }
     Ok(out)
 }
 
-/// Splits the vertices of one id into rings: a ring ends at the first
-/// vertex (after at least 3 others) equal to its starting one; what follows
-/// the last such closure is one more (open) ring.
-fn split_closed_rings(v: Vec<[f64; 2]>) -> Vec<Vec<[f64; 2]>> {
+/// Splits the vertices of one id into rings, as index ranges: a ring ends
+/// at the first vertex (after at least 3 others) equal to its starting one;
+/// what follows the last such closure is one more (open) ring. Vertices
+/// without any closure are one ring.
+fn closed_ring_ranges(v: &[[f64; 2]]) -> Vec<std::ops::Range<usize>> {
     let mut rings = Vec::new();
     let mut start = 0;
-    let mut j = 0;
-    while j < v.len() {
+    for j in 0..v.len() {
         if j >= start + 3 && v[j] == v[start] {
-            rings.push(v[start..=j].to_vec());
+            rings.push(start..j + 1);
             start = j + 1;
         }
-        j += 1;
     }
     if start < v.len() || rings.is_empty() {
-        if rings.is_empty() {
-            return vec![v];
-        }
-        rings.push(v[start..].to_vec());
+        rings.push(start..v.len());
     }
     rings
 }
@@ -350,34 +370,26 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
 
     // Group by id (sorted bytewise), validate, keep the largest valid polygon.
     candidates.par_sort_by(|a, b| a.0.cmp(&b.0));
-    let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut start = 0;
-    for i in 1..=candidates.len() {
-        if i == candidates.len() || candidates[i].0 != candidates[start].0 {
-            groups.push((start, i));
-            start = i;
-        }
-    }
-    let duplicated = groups.iter().filter(|(s, e)| e - s > 1).count();
-    for &(s, e) in &groups {
-        if e - s > 1 {
+    let mut duplicated = 0;
+    for group in candidates.chunk_by(|a, b| a.0 == b.0) {
+        if group.len() > 1 {
+            duplicated += 1;
             tally.altered.push((
-                candidates[s].0.clone(),
+                group[0].0.clone(),
                 "several polygons: kept the largest valid one",
             ));
         }
     }
-    let chosen: Vec<std::result::Result<(geo::Polygon<f64>, f64), String>> = groups
-        .par_iter()
-        .map(|&(s, e)| {
+    // Each group's id and rings are moved out of `candidates` into the
+    // result, so the vertices are never held twice.
+    type Chosen = (String, std::result::Result<geo::Polygon<f64>, String>);
+    let chosen: Vec<Chosen> = candidates
+        .par_chunk_by_mut(|a, b| a.0 == b.0)
+        .map(|group| {
             let mut best: Option<(geo::Polygon<f64>, f64)> = None;
             let mut reason = None;
-            for (_, ring) in &candidates[s..e] {
-                match ring
-                    .as_ref()
-                    .map_err(|r| r.clone())
-                    .and_then(|r| geometry::clean_polygon(r))
-                {
+            for (_, ring) in group.iter_mut() {
+                match std::mem::replace(ring, Ok(Vec::new())).and_then(geometry::clean_ring) {
                     Ok((poly, area)) => {
                         if best.as_ref().is_none_or(|b| area > b.1) {
                             best = Some((poly, area));
@@ -388,19 +400,27 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
                     }
                 }
             }
-            best.ok_or_else(|| reason.unwrap_or_else(|| "no polygon".into()))
+            let polygon = best
+                .map(|(poly, _)| poly)
+                .ok_or_else(|| reason.unwrap_or_else(|| "no polygon".into()));
+            (std::mem::take(&mut group[0].0), polygon)
         })
         .collect();
+    drop(candidates);
 
-    let mut nuclei = Nuclei::default();
-    for (&(s, _), c) in groups.iter().zip(chosen) {
-        let id = &candidates[s].0;
+    let kept = chosen.iter().filter(|(_, c)| c.is_ok()).count();
+    let mut nuclei = Nuclei {
+        ids: Vec::with_capacity(kept),
+        polygons: Vec::with_capacity(kept),
+        ..Nuclei::default()
+    };
+    for (id, c) in chosen {
         match c {
-            Ok((poly, _)) => {
-                nuclei.ids.push(id.clone());
+            Ok(poly) => {
+                nuclei.ids.push(id);
                 nuclei.polygons.push(poly);
             }
-            Err(reason) => nuclei.skipped.push((id.clone(), reason)),
+            Err(reason) => nuclei.skipped.push((id, reason)),
         }
     }
     if nuclei.ids.is_empty() {
@@ -499,4 +519,31 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
         nuclei.columns.push(("field of view", f.clone()));
     }
     Ok(nuclei)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closed_ring_ranges;
+
+    #[test]
+    fn ring_ranges_split_at_closures() {
+        let (a, b, c, d) = ([0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]);
+        // One closed ring: all vertices.
+        assert_eq!(closed_ring_ranges(&[a, b, c, a]), vec![0..4]);
+        // Open ring: all vertices.
+        assert_eq!(closed_ring_ranges(&[a, b, c, d]), vec![0..4]);
+        // A return to the start before 3 other vertices does not close.
+        assert_eq!(closed_ring_ranges(&[a, b, a, c, a]), vec![0..5]);
+        // Two closed rings, the second repeating the first.
+        assert_eq!(
+            closed_ring_ranges(&[a, b, c, a, a, b, c, a]),
+            vec![0..4, 4..8]
+        );
+        // A closed ring then an open tail.
+        assert_eq!(
+            closed_ring_ranges(&[a, b, c, d, a, b, c, d]),
+            vec![0..5, 5..8]
+        );
+        assert_eq!(closed_ring_ranges(&[]), vec![0..0]);
+    }
 }
