@@ -36,31 +36,45 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CROP = os.path.join(HERE, "..", "tests", "data", "xenium_breast_spatialdata")
 # Copy c's ids are offset by c times these, beyond the crop's own ranges.
 TX_ID_STRIDE = 10**15
-CELL_ID_STRIDE = 10**6
+# The crop's cell ids are at most 80,769, so 10**5 keeps copies apart and lets
+# 21,474 copies (509M transcripts) fit the int32 cell_id column.
+CELL_ID_STRIDE = 10**5
+CROP_MAX_CELL_ID = 80_769
 
 
-def tile_points(copies: int, cols: int, step: tuple[float, float]) -> tuple[pa.Table, list[str]]:
+def tile_points(copies: int, cols: int, step: tuple[float, float], path: str) -> tuple[int, list[str]]:
+    """Writes the copies to `path` a row group at a time (a 100M-row sample
+    never sits in memory whole) and returns the rows written and the genes."""
     points = pq.read_table(os.path.join(CROP, "points.parquet"))
     points = points.drop_columns([c for c in points.column_names if c.startswith("__")])
-    parts = []
-    for c in range(copies):
-        dx, dy = (c % cols) * step[0], (c // cols) * step[1]
-        cols_ = {}
-        for name in points.column_names:
-            col = points[name]
-            if name == "x":
-                col = pa.compute.add(col, pa.scalar(dx, pa.float32()))
-            elif name == "y":
-                col = pa.compute.add(col, pa.scalar(dy, pa.float32()))
-            elif name == "transcript_id":
-                col = pa.compute.add(col, pa.scalar(c * TX_ID_STRIDE, pa.uint64()))
-            elif name == "cell_id":
-                col = pa.compute.add(col, pa.scalar(c * CELL_ID_STRIDE, pa.int32()))
-            cols_[name] = col
-        parts.append(pa.table(cols_))
-    table = pa.concat_tables(parts).combine_chunks()
+    no_cell = pa.compute.less(points["cell_id"], pa.scalar(0, pa.int32()))
+    per_group = max(1, (1 << 20) // points.num_rows)
+    rows, parts = 0, []
+    with pq.ParquetWriter(path, points.schema) as writer:
+        for c in range(copies):
+            dx, dy = (c % cols) * step[0], (c // cols) * step[1]
+            cols_ = {}
+            for name in points.column_names:
+                col = points[name]
+                if name == "x":
+                    col = pa.compute.add(col, pa.scalar(dx, pa.float32()))
+                elif name == "y":
+                    col = pa.compute.add(col, pa.scalar(dy, pa.float32()))
+                elif name == "transcript_id":
+                    col = pa.compute.add(col, pa.scalar(c * TX_ID_STRIDE, pa.uint64()))
+                elif name == "cell_id":
+                    # -1 (no cell) stays -1.
+                    shifted = pa.compute.add(col, pa.scalar(c * CELL_ID_STRIDE, pa.int32()))
+                    col = pa.compute.if_else(no_cell, col, shifted)
+                cols_[name] = col
+            parts.append(pa.table(cols_, schema=points.schema))
+            if len(parts) == per_group or c + 1 == copies:
+                table = pa.concat_tables(parts).combine_chunks()
+                writer.write_table(table, row_group_size=1 << 20)
+                rows += table.num_rows
+                parts = []
     genes = sorted(set(points["feature_name"].combine_chunks().dictionary.to_pylist()))
-    return table, genes
+    return rows, genes
 
 
 def tile_nuclei(copies: int, cols: int, step: tuple[float, float]) -> pa.Table:
@@ -134,13 +148,15 @@ def main(argv=None) -> int:
     # The nucleus polygons span x 1516.6-1715.9, y 2744.2-2917.2 (GeoParquet bbox):
     # a step of one extent (rounded up) keeps copies from overlapping.
     step = (200.0, 175.0)
-    points, genes = tile_points(a.copies, cols, step)
-    pq.write_table(points, os.path.join(a.out, "points.parquet"), row_group_size=1 << 20)
+    if (a.copies - 1) * CELL_ID_STRIDE + CROP_MAX_CELL_ID > 2**31 - 1:
+        raise SystemExit(f"--copies {a.copies}: the cell ids would not fit int32 (at most "
+                         f"{(2**31 - 1 - CROP_MAX_CELL_ID) // CELL_ID_STRIDE + 1} copies)")
+    rows, genes = tile_points(a.copies, cols, step, os.path.join(a.out, "points.parquet"))
     nuclei = tile_nuclei(a.copies, cols, step)
     pq.write_table(nuclei, os.path.join(a.out, "sd_nucleus_boundaries.parquet"))
     if a.template_model:
         write_model(a.template_model, genes, os.path.join(a.out, "model.safetensors"), a.seed)
-    print(json.dumps({"out": a.out, "transcripts": points.num_rows, "nuclei": nuclei.num_rows,
+    print(json.dumps({"out": a.out, "transcripts": rows, "nuclei": nuclei.num_rows,
                       "genes": len(genes), "copies": a.copies}))
     return 0
 
