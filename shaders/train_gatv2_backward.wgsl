@@ -2,9 +2,12 @@
 // (`gatv2_backward_at`). With g the output gradient of the destination, α the
 // kept attention weights and m = xl[src]: dα_e = g · m_e (c increasing);
 // weighted = Σ_e α_e dα_e (edge order); de_e = α_e (dα_e − weighted);
-// d att += de · leaky(u), du = de · att · leaky'(u) with u = m + xr;
-// d xr += du; each edge's d m = α g + du, written per edge (its source sums
-// them later in a fixed order: no float atomics, which WGSL lacks). A
+// d att += de · leaky(u), du = de · att · leaky'(u) with u = m + xr; each
+// edge's d m = α g + du, written per edge (its source sums them later in a
+// fixed order: no float atomics, which WGSL lacks). d xr = Σ_e du_e is
+// summed as Σ_e de · att · (leaky'(u) − leaky'(u of the first edge)), equal
+// as Σ_e de_e = 0, but exactly 0 where all slopes agree (no rounding noise
+// for Adam to amplify); lin_l's bias row is g + d xr (0 without edges). A
 // dispatch covers destinations `first .. end`: a chunk.
 //!include common.wgsl
 
@@ -15,8 +18,8 @@ struct Params {
     channels: u32,
     // Binding index of element 0 of each array: `xl`, `xr`, offsets and
     // sources in `csr`, att in `w`, `alpha`, `g`, `grads` (per destination
-    // dxr then datt, `[n_dst, 2·H·C]`: one binding for both, the kernel has
-    // eight) and `dxl` (per edge, `[E, H·C]`).
+    // dxr, datt, then lin_l's bias row, `[n_dst, 3·H·C]`: one binding for
+    // the three, the kernel has eight) and `dxl` (per edge, `[E, H·C]`).
     xl0: u32,
     xr0: u32,
     off0: u32,
@@ -56,12 +59,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let end = csr[p.off0 + dst + 1u];
     let xr_row = p.xr0 + dst * hc;
     let g_row = p.g0 + dst * hc;
-    let dxr_row = p.grads0 + dst * 2u * hc;
+    let dxr_row = p.grads0 + dst * 3u * hc;
     let datt_row = dxr_row + hc;
+    let bias_row = datt_row + hc;
     for (var c = 0u; c < hc; c++) {
         grads[dxr_row + c] = 0.0;
         grads[datt_row + c] = 0.0;
+        grads[bias_row + c] = 0.0;
     }
+    if (begin == end) {
+        return;
+    }
+    let first_row = p.xl0 + csr[p.src0 + begin] * hc;
     for (var head = 0u; head < p.heads; head++) {
         let base = head * p.channels;
         var weighted = 0.0f;
@@ -84,11 +93,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             let edge = p.dxl0 + e * hc + base;
             for (var c = 0u; c < p.channels; c++) {
                 let u = xl[row + c] + xr[xr_row + base + c];
+                let u_first = xl[first_row + base + c] + xr[xr_row + base + c];
                 grads[datt_row + base + c] += d_logit * leaky_relu(u);
-                let du = d_logit * w[p.att0 + base + c] * leaky_relu_slope(u);
-                grads[dxr_row + base + c] += du;
-                dxl[edge + c] = a * g[g_row + base + c] + du;
+                let d = d_logit * w[p.att0 + base + c];
+                let slope = leaky_relu_slope(u);
+                grads[dxr_row + base + c] += d * (slope - leaky_relu_slope(u_first));
+                dxl[edge + c] = a * g[g_row + base + c] + d * slope;
             }
         }
+    }
+    for (var c = 0u; c < hc; c++) {
+        grads[bias_row + c] = g[g_row + c] + grads[dxr_row + c];
     }
 }

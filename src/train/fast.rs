@@ -125,7 +125,7 @@ simd_copy!(forward_destination_dispatch, forward_destination_simd, forward_desti
     (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, dst: usize, out: &mut [f32], alpha_dst: &mut [f32]));
 simd_copy!(backward_destination_dispatch, backward_destination_simd, backward_destination,
     (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, alpha: &[f32], g: &[f32], dst: usize,
-     dxr_row: &mut [f32], datt_row: &mut [f32], d_logit_dst: &mut [f32]));
+     dxr_row: &mut [f32], datt_row: &mut [f32], dbias_l_row: &mut [f32], d_logit_dst: &mut [f32]));
 simd_copy!(backward_source_dispatch, backward_source_simd, backward_source,
     (gat: &Gat, xl: &[f32], xr: &[f32], alpha: &[f32], g: &[f32], d_logit: &[f32],
      by_source: &Csr, edge_dst: &[u32], src: usize, row: &mut [f32]));
@@ -234,6 +234,9 @@ pub struct GatBackward<'a> {
     pub dxl: &'a mut [f32],
     /// `[n_dst, H·C]` each destination's contribution to d/d att.
     pub datt_dst: &'a mut [f32],
+    /// `[n_dst, H·C]` each destination's contribution to d/d lin_l's bias
+    /// (`g + d xr`, 0 without incoming edges).
+    pub dbias_l_dst: &'a mut [f32],
 }
 
 /// The GATv2 backward of one relation, as [`super::kernels::gatv2_backward`]
@@ -268,6 +271,7 @@ pub fn gatv2_backward(
                 dxr: grads.dxr,
                 dxl_edge: &mut dxl_edge,
                 datt_dst: grads.datt_dst,
+                dbias_l_dst: grads.dbias_l_dst,
             },
         );
         return super::kernels::gather_edges(by_source, &dxl_edge, hc, grads.dxl);
@@ -279,9 +283,10 @@ pub fn gatv2_backward(
         .dxr
         .par_chunks_mut(hc)
         .zip(grads.datt_dst.par_chunks_mut(hc))
+        .zip(grads.dbias_l_dst.par_chunks_mut(hc))
         .zip(d_logit_rows.into_par_iter())
         .enumerate()
-        .for_each(|(dst, ((dxr_row, datt_row), d_logit_dst))| {
+        .for_each(|(dst, (((dxr_row, datt_row), dbias_l_row), d_logit_dst))| {
             backward_destination_dispatch(
                 simd,
                 gat,
@@ -293,6 +298,7 @@ pub fn gatv2_backward(
                 dst,
                 dxr_row,
                 datt_row,
+                dbias_l_row,
                 d_logit_dst,
             )
         });
@@ -309,7 +315,9 @@ pub fn gatv2_backward(
 
 /// Destination `dst` of [`gatv2_backward`]: per head, dα_e = g · m_e,
 /// d logit_e = α_e (dα_e − Σ_f α_f dα_f) (into `d_logit_dst`); then d xr
-/// and d att over the edges in order.
+/// (relative to the first edge's slope, as the twin
+/// [`super::kernels::gatv2_backward_at`] explains), d att and lin_l's bias
+/// row `g + d xr` over the edges in order.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn backward_destination(
@@ -322,6 +330,7 @@ fn backward_destination(
     dst: usize,
     dxr_row: &mut [f32],
     datt_row: &mut [f32],
+    dbias_l_row: &mut [f32],
     d_logit_dst: &mut [f32],
 ) {
     let (heads, channels) = (gat.heads, gat.channels);
@@ -330,6 +339,13 @@ fn backward_destination(
     let sources = &csr.sources[begin..end];
     let g_row = &g[dst * hc..(dst + 1) * hc];
     let xr_row = &xr[dst * hc..(dst + 1) * hc];
+    dxr_row.fill(0.0);
+    datt_row.fill(0.0);
+    dbias_l_row.fill(0.0);
+    let Some(&first) = sources.first() else {
+        return;
+    };
+    let first_row = &xl[first as usize * hc..(first as usize + 1) * hc];
     for (i, &src) in sources.iter().enumerate() {
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
@@ -349,25 +365,28 @@ fn backward_destination(
             *slot = a * (*slot - weighted);
         }
     }
-    dxr_row.fill(0.0);
-    datt_row.fill(0.0);
     for (i, &src) in sources.iter().enumerate() {
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
             let d = d_logit_dst[i * heads + head];
             let span = head * channels..(head + 1) * channels;
-            for ((((datt, dxr), &w), &m), &r) in datt_row[span.clone()]
+            for (((((datt, dxr), &w), &m), &m_first), &r) in datt_row[span.clone()]
                 .iter_mut()
                 .zip(&mut dxr_row[span.clone()])
                 .zip(&gat.att[span.clone()])
                 .zip(&xl_row[span.clone()])
+                .zip(&first_row[span.clone()])
                 .zip(&xr_row[span])
             {
                 let u = m + r;
+                let slope_change = leaky_relu_slope(u) - leaky_relu_slope(m_first + r);
                 *datt = d.mul_add(u.max(u * NEGATIVE_SLOPE), *datt);
-                *dxr = (d * w).mul_add(leaky_relu_slope(u), *dxr);
+                *dxr = (d * w).mul_add(slope_change, *dxr);
             }
         }
+    }
+    for ((bias, &grad), &dxr) in dbias_l_row.iter_mut().zip(g_row).zip(&*dxr_row) {
+        *bias = grad + dxr;
     }
 }
 
@@ -736,15 +755,17 @@ mod tests {
             let g = values(&mut rng, n_dst * hc, 1.0);
             let by_source = kernels::edges_by_source(&csr, n_src);
             let edge_dst = edge_destinations(&csr);
-            let (mut dxr, mut dxl, mut datt) = (
+            let (mut dxr, mut dxl, mut datt, mut dbias_l) = (
                 vec![f32::NAN; n_dst * hc],
                 vec![f32::NAN; n_src * hc],
+                vec![f32::NAN; n_dst * hc],
                 vec![f32::NAN; n_dst * hc],
             );
             let grads = GatBackward {
                 dxr: &mut dxr,
                 dxl: &mut dxl,
                 datt_dst: &mut datt,
+                dbias_l_dst: &mut dbias_l,
             };
             gatv2_backward(
                 &gat,
@@ -757,15 +778,17 @@ mod tests {
                 &edge_dst,
                 grads,
             );
-            let (mut twin_dxr, mut dxl_edge, mut twin_datt) = (
+            let (mut twin_dxr, mut dxl_edge, mut twin_datt, mut twin_dbias_l) = (
                 vec![f32::NAN; n_dst * hc],
                 vec![f32::NAN; csr.n_edges() * hc],
+                vec![f32::NAN; n_dst * hc],
                 vec![f32::NAN; n_dst * hc],
             );
             let twin_grads = kernels::GatGrads {
                 dxr: &mut twin_dxr,
                 dxl_edge: &mut dxl_edge,
                 datt_dst: &mut twin_datt,
+                dbias_l_dst: &mut twin_dbias_l,
             };
             kernels::gatv2_backward(&gat, &xl, &xr, &csr, &twin_alpha, &g, twin_grads);
             let mut twin_dxl = vec![f32::NAN; n_src * hc];
@@ -776,6 +799,11 @@ mod tests {
                 &format!("{label}: d att per destination"),
                 &datt,
                 &twin_datt,
+            );
+            assert_near(
+                &format!("{label}: d lin_l bias per destination"),
+                &dbias_l,
+                &twin_dbias_l,
             );
         }
     }

@@ -303,6 +303,7 @@ fn conv_backward(
     let mut dxr = bufs.overwritten(n_dst * hc);
     let mut dxl = bufs.overwritten(n_src * hc);
     let mut datt_dst = bufs.overwritten(n_dst * hc);
+    let mut dbias_l_dst = bufs.overwritten(n_dst * hc);
     fast::gatv2_backward(
         &gat_of(w, false),
         &cache.xl,
@@ -316,19 +317,16 @@ fn conv_backward(
             dxr: &mut dxr,
             dxl: &mut dxl,
             datt_dst: &mut datt_dst,
+            dbias_l_dst: &mut dbias_l_dst,
         },
     );
     kernels::column_sums(&datt_dst, hc, &mut dw.att);
     bufs.give(datt_dst);
-    fast::linear_weight_grad(
-        src,
-        src_rows,
-        &dxl,
-        w.in_dim,
-        hc,
-        &mut dw.lin_l_wt,
-        Some(&mut dw.lin_l_b),
-    );
+    // lin_l's bias from the destinations, not as Σ d xl: the same in exact
+    // arithmetic, without the rounding noise of attention terms that cancel.
+    kernels::column_sums(&dbias_l_dst, hc, &mut dw.lin_l_b);
+    bufs.give(dbias_l_dst);
+    fast::linear_weight_grad(src, src_rows, &dxl, w.in_dim, hc, &mut dw.lin_l_wt, None);
     fast::linear_weight_grad(
         dst,
         dst_rows,

@@ -160,13 +160,25 @@ pub struct GatGrads<'a> {
     pub dxl_edge: &'a mut [f32],
     /// `[n_dst, H·C]` each destination's contribution to d/d att.
     pub datt_dst: &'a mut [f32],
+    /// `[n_dst, H·C]` each destination's contribution to d/d lin_l's bias:
+    /// `g + d xr` where it has incoming edges, else 0 (see [`gatv2_backward_at`]).
+    pub dbias_l_dst: &'a mut [f32],
 }
 
 /// One invocation of the GATv2 backward: destination `dst`, all heads. `g` is
 /// d loss / d (output before the bias and ReLU are applied but after the ReLU
 /// mask), row `dst`. With α the softmax weights and m = xl[src]:
 /// dα_e = g · m_e; de_e = α_e (dα_e − Σ_f α_f dα_f); d att += de · leaky(u);
-/// du = de · att · leaky'(u) with u = m + xr; d xr += du; d m = α g + du.
+/// du = de · att · leaky'(u) with u = m + xr; d m = α g + du.
+///
+/// d xr = Σ_e du_e is summed as Σ_e de_e · att · (leaky'(u_e) − leaky'(u_0)),
+/// u_0 that of the first edge: equal in exact arithmetic, since the softmax
+/// ignores a shift common to the destination's logits (Σ_e de_e = 0), but
+/// exactly 0 where every edge has the same slope, instead of float32
+/// rounding noise that Adam (eps 1e-8) would turn into ±lr steps. For the
+/// same reason lin_l's bias gradient (Σ over sources of d m) is summed per
+/// destination as `g + d xr` (Σ_e α_e = 1) into `dbias_l_row`, 0 without
+/// incoming edges.
 #[allow(clippy::too_many_arguments)]
 pub fn gatv2_backward_at(
     gat: &Gat,
@@ -179,12 +191,18 @@ pub fn gatv2_backward_at(
     dxr_row: &mut [f32],
     dxl_edges: &mut [f32],
     datt_row: &mut [f32],
+    dbias_l_row: &mut [f32],
 ) {
     let (heads, channels) = (gat.heads, gat.channels);
     let hc = heads * channels;
     let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
     dxr_row.fill(0.0);
     datt_row.fill(0.0);
+    dbias_l_row.fill(0.0);
+    if begin == end {
+        return;
+    }
+    let first_row = csr.sources[begin] as usize * hc;
     for head in 0..heads {
         let base = head * channels;
         let mut weighted = 0.0f32;
@@ -207,12 +225,17 @@ pub fn gatv2_backward_at(
             let edge = &mut dxl_edges[(e - begin) * hc + base..(e - begin) * hc + base + channels];
             for c in 0..channels {
                 let u = xl[row + c] + xr_row[base + c];
+                let u_first = xl[first_row + base + c] + xr_row[base + c];
                 datt_row[base + c] += d_logit * leaky_relu(u);
-                let du = d_logit * gat.att[base + c] * leaky_relu_slope(u);
-                dxr_row[base + c] += du;
-                edge[c] = a * g[base + c] + du;
+                let d = d_logit * gat.att[base + c];
+                let slope = leaky_relu_slope(u);
+                dxr_row[base + c] += d * (slope - leaky_relu_slope(u_first));
+                edge[c] = a * g[base + c] + d * slope;
             }
         }
+    }
+    for c in 0..hc {
+        dbias_l_row[c] = g[c] + dxr_row[c];
     }
 }
 
@@ -239,9 +262,10 @@ pub fn gatv2_backward(
         .dxr
         .par_chunks_mut(hc)
         .zip(grads.datt_dst.par_chunks_mut(hc))
+        .zip(grads.dbias_l_dst.par_chunks_mut(hc))
         .zip(edge_rows.into_par_iter())
         .enumerate()
-        .for_each(|(dst, ((dxr_row, datt_row), edges))| {
+        .for_each(|(dst, (((dxr_row, datt_row), dbias_l_row), edges))| {
             gatv2_backward_at(
                 gat,
                 xl,
@@ -253,6 +277,7 @@ pub fn gatv2_backward(
                 dxr_row,
                 edges,
                 datt_row,
+                dbias_l_row,
             );
         });
 }
@@ -784,6 +809,158 @@ mod tests {
                 bits(&db) == bits(&twin_db),
                 "bias, [{n}, {in_dim}] → {out_dim}"
             );
+        }
+    }
+
+    /// The twin's GATv2 backward (and the fast engine's) against the
+    /// textbook sums in f64: d xr = Σ_e du_e and lin_l's bias = Σ over
+    /// sources of d xl, within 1e-5 + 1e-4·|x|. With every input positive
+    /// (every leaky ReLU slope 1) d xr is exactly 0 and the bias rows are
+    /// exactly g, where the textbook sums are rounding noise.
+    #[test]
+    fn gatv2_backward_sums_equal_the_textbook_sums() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let (heads, channels, n_src, n_dst) = (2, 8, 60, 80);
+        let hc = heads * channels;
+        let mut edges = Vec::new();
+        for d in 0..n_dst {
+            for _ in 0..rng.random_range(0..=10usize) {
+                edges.push((rng.random_range(0..n_src as u32), d as u32));
+            }
+        }
+        let csr = Csr::from_edges(n_dst, edges.iter().copied());
+        let by_source = edges_by_source(&csr, n_src);
+        let edge_dst = crate::train::fast::edge_destinations(&csr);
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let (att, bias, g) = (values(hc), values(hc), values(n_dst * hc));
+        let (xl, xr) = (values(n_src * hc), values(n_dst * hc));
+        let gat = Gat {
+            heads,
+            channels,
+            att: &att,
+            bias: &bias,
+            relu: false,
+        };
+        let positive = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        for (all_positive, xl, xr) in [
+            (false, xl.clone(), xr.clone()),
+            (true, positive(&xl), positive(&xr)),
+        ] {
+            let mut out = vec![0.0; n_dst * hc];
+            let mut alpha = vec![0.0; csr.n_edges() * heads];
+            gatv2_forward(&gat, &xl, &xr, &csr, &mut out, &mut alpha);
+            let (mut dxr, mut dxl_edge, mut datt, mut dbias_l) = (
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; csr.n_edges() * hc],
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; n_dst * hc],
+            );
+            gatv2_backward(
+                &gat,
+                &xl,
+                &xr,
+                &csr,
+                &alpha,
+                &g,
+                GatGrads {
+                    dxr: &mut dxr,
+                    dxl_edge: &mut dxl_edge,
+                    datt_dst: &mut datt,
+                    dbias_l_dst: &mut dbias_l,
+                },
+            );
+            let (mut fast_dxr, mut fast_dxl, mut fast_datt, mut fast_dbias_l) = (
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; n_src * hc],
+                vec![f32::NAN; n_dst * hc],
+                vec![f32::NAN; n_dst * hc],
+            );
+            crate::train::fast::gatv2_backward(
+                &gat,
+                &xl,
+                &xr,
+                &csr,
+                &alpha,
+                &g,
+                &by_source,
+                &edge_dst,
+                crate::train::fast::GatBackward {
+                    dxr: &mut fast_dxr,
+                    dxl: &mut fast_dxl,
+                    datt_dst: &mut fast_datt,
+                    dbias_l_dst: &mut fast_dbias_l,
+                },
+            );
+            // Textbook: d xr[i] = Σ_e de_e · att · leaky'(u_e); lin_l's bias
+            // = Σ_e (α_e g_i + de_e · att · leaky'(u_e)), in f64.
+            let mut want_dxr = vec![0.0f64; n_dst * hc];
+            let mut want_bias = vec![0.0f64; hc];
+            for d in 0..n_dst {
+                let (begin, end) = (csr.offsets[d] as usize, csr.offsets[d + 1] as usize);
+                for h in 0..heads {
+                    let span = h * channels..(h + 1) * channels;
+                    let d_alpha = |e: usize| -> f64 {
+                        let s = csr.sources[e] as usize * hc;
+                        span.clone()
+                            .map(|c| g[d * hc + c] as f64 * xl[s + c] as f64)
+                            .sum()
+                    };
+                    let weighted: f64 = (begin..end)
+                        .map(|e| alpha[e * heads + h] as f64 * d_alpha(e))
+                        .sum();
+                    for e in begin..end {
+                        let a = alpha[e * heads + h] as f64;
+                        let d_logit = a * (d_alpha(e) - weighted);
+                        let s = csr.sources[e] as usize * hc;
+                        for c in span.clone() {
+                            let u = xl[s + c] + xr[d * hc + c];
+                            let du = d_logit * att[c] as f64 * leaky_relu_slope(u) as f64;
+                            want_dxr[d * hc + c] += du;
+                            want_bias[c] += a * g[d * hc + c] as f64 + du;
+                        }
+                    }
+                }
+            }
+            let mut bias_sums = vec![0.0f32; hc];
+            column_sums(&dbias_l, hc, &mut bias_sums);
+            let mut fast_bias_sums = vec![0.0f32; hc];
+            column_sums(&fast_dbias_l, hc, &mut fast_bias_sums);
+            for (what, got, want) in [
+                ("twin d xr", &dxr, &want_dxr),
+                ("fast d xr", &fast_dxr, &want_dxr),
+                ("twin lin_l bias", &bias_sums, &want_bias),
+                ("fast lin_l bias", &fast_bias_sums, &want_bias),
+            ] {
+                let mut worst = 0.0f64;
+                for (i, (&x, &w)) in got.iter().zip(want.iter()).enumerate() {
+                    let err = (x as f64 - w).abs();
+                    assert!(
+                        err <= 1e-5 + 1e-4 * w.abs(),
+                        "{what}[{i}] (positive {all_positive}): {x} against {w}"
+                    );
+                    worst = worst.max(err);
+                }
+                println!("{what} (positive {all_positive}): max |err| {worst:.3e}");
+            }
+            if all_positive {
+                for (side, dxr, dbias_l) in
+                    [("twin", &dxr, &dbias_l), ("fast", &fast_dxr, &fast_dbias_l)]
+                {
+                    assert!(dxr.iter().all(|&v| v == 0.0), "{side}: d xr not exactly 0");
+                    for d in 0..n_dst {
+                        let has_edges = csr.offsets[d] < csr.offsets[d + 1];
+                        for c in 0..hc {
+                            let want = if has_edges { g[d * hc + c] } else { 0.0 };
+                            assert_eq!(
+                                dbias_l[d * hc + c].to_bits(),
+                                want.to_bits(),
+                                "{side}: lin_l bias row {d}, column {c}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

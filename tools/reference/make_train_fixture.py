@@ -37,9 +37,10 @@ leaky_relu' is the same on all of a destination's edges) gets an Adam step of
 about lr · 1e-9 / (1e-9 + 1e-8) ≈ 0.1 · lr, whose sign is the rounding noise's.
 PyTorch's own float32 run then ends ~7e-3 from its float64 run (and two runs
 of this script differ by ~3e-3: PyG's CPU scatter is not bit-reproducible), so
-no float32 implementation can match it to 1e-4 after 20 steps. With eps = 1e-4
-the noise is not amplified (PyTorch float32 vs float64: < 4e-6) and 20 steps
-are compared to 1e-4.
+no float32 implementation that sums those gradients the textbook way can match
+it to 1e-4 after 20 steps; seggpu sums them so that they are exactly 0 there
+(docs/contract.md, section 12) and matches the float64 run at both eps. With
+eps = 1e-4 the noise is not amplified (PyTorch float32 vs float64: < 4e-6).
 
     /work/venv-ref/bin/python tools/reference/make_train_fixture.py tests/fixtures/train_grad
 """

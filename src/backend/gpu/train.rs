@@ -170,8 +170,8 @@ struct Conv<'a> {
 
 /// Records the backward of one relation given `g` (its output gradient,
 /// ReLU mask applied): every parameter gradient into [`GRAD`]; returns d xl
-/// per source (rows H·C apart) and d xr (rows 2·H·C apart), for the input
-/// gradients.
+/// per source (rows H·C apart) and d xr (rows [`Grads::row`] apart), for the
+/// input gradients.
 fn conv_backward(
     program: &mut Program,
     aux: &mut Aux,
@@ -195,15 +195,24 @@ fn conv_backward(
     };
     record_weight_grad(program, aux, &column_sums(g, hc), part(gat_block, hc, hc))?;
     let grads = Grads {
-        per_dst: f32s(program, grads_slot, 2 * conv.n_dst * hc),
+        per_dst: f32s(program, grads_slot, Grads::row(hc) * conv.n_dst),
         dxl_edge: f32s(program, edges_slot, n_edges * hc),
     };
     gat_backward::record(program, aux, &conv.relation, g, &grads)?;
     record_weight_grad(
         program,
         aux,
-        &column_sums(grads.datt(hc), 2 * hc),
+        &column_sums(grads.datt(hc), Grads::row(hc)),
         part(gat_block, 0, hc),
+    )?;
+    // lin_l's bias from the destinations' rows, not as the column sums of
+    // d xl (equal in exact arithmetic; see the shader).
+    let l_weights = conv.l_weights.in_dim * hc;
+    record_weight_grad(
+        program,
+        aux,
+        &column_sums(grads.dbias_l(hc), Grads::row(hc)),
+        part(in_slot(conv.l_weights.block, GRAD), l_weights, hc),
     )?;
     let dxl = f32s(program, dxl_slot, conv.n_src * hc);
     train_gather_rows::record(
@@ -216,7 +225,7 @@ fn conv_backward(
         dxl,
     )?;
     let dxr = grads.dxr(hc);
-    for (weights, x, rows, n_rows, dy, dy_stride) in [
+    for (weights, x, rows, n_rows, dy, dy_stride, with_bias) in [
         (
             conv.l_weights,
             conv.h_src,
@@ -224,14 +233,23 @@ fn conv_backward(
             conv.n_src,
             dxl,
             hc,
+            false,
         ),
-        (conv.r_weights, conv.h_dst, None, conv.n_dst, dxr, 2 * hc),
+        (
+            conv.r_weights,
+            conv.h_dst,
+            None,
+            conv.n_dst,
+            dxr,
+            Grads::row(hc),
+            true,
+        ),
     ] {
         let p = WeightGrad {
             n_rows,
             in_dim: weights.in_dim,
             out_dim: hc,
-            with_bias: true,
+            with_bias,
             x,
             rows,
             dy,
@@ -598,7 +616,13 @@ fn record_step(
         let wt = |w: LinearWeights| part(w.block, 0, w.in_dim * w.out_dim);
         for (n, dy, w, store, dx) in [
             (n_tx, (dxl_nb, hc), layer.nb_l, Store::Overwrite, next_tx),
-            (n_tx, (dxr_nb, 2 * hc), layer.nb_r, Store::Add, next_tx),
+            (
+                n_tx,
+                (dxr_nb, Grads::row(hc)),
+                layer.nb_r,
+                Store::Add,
+                next_tx,
+            ),
             (
                 n_rows,
                 (dxl_bl, hc),
@@ -608,7 +632,7 @@ fn record_step(
             ),
             (
                 n_bd,
-                (dxr_bl, 2 * hc),
+                (dxr_bl, Grads::row(hc)),
                 layer.bl_r,
                 Store::Overwrite,
                 next_bd,

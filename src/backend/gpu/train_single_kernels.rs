@@ -124,7 +124,8 @@ impl GpuBackend {
         Ok((got.pop().expect("out"), alpha))
     }
 
-    /// `shaders/train_gatv2_backward.wgsl` alone: (d xr, d xl per edge, d att per destination).
+    /// `shaders/train_gatv2_backward.wgsl` alone: [d xr, d xl per edge, d att
+    /// per destination, d lin_l bias per destination].
     #[allow(clippy::too_many_arguments)]
     pub fn train_gatv2_backward(
         &mut self,
@@ -134,7 +135,7 @@ impl GpuBackend {
         csr: &Csr,
         alpha: &[f32],
         g: &[f32],
-    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    ) -> Result<[Vec<f32>; 4]> {
         let hc = (gat.heads * gat.channels) as u64;
         let (n_dst, n_edges) = (csr.n_dst() as u64, csr.n_edges() as u64);
         let mut program = self.program(format!(
@@ -145,20 +146,22 @@ impl GpuBackend {
         r.alpha = upload(&mut program, "k.alpha", alpha);
         let g = upload(&mut program, "k.g", g);
         let grads = Grads {
-            per_dst: output(&mut program, "k.out", 2 * n_dst * hc),
+            per_dst: output(&mut program, "k.out", 3 * n_dst * hc),
             dxl_edge: output(&mut program, "k.edges", n_edges * hc),
         };
         gat_backward::record(&mut program, &mut aux, &r, g, &grads)?;
         let mut got = self.run_train_kernel(program, aux, &[grads.per_dst, grads.dxl_edge])?;
         let dxl = got.pop().expect("dxl");
-        let per_dst = got.pop().expect("dxr and datt");
-        let (mut dxr, mut datt) = (Vec::new(), Vec::new());
-        for row in per_dst.chunks(2 * hc as usize) {
-            let (r, a) = row.split_at(hc as usize);
+        let per_dst = got.pop().expect("dxr, datt and the bias rows");
+        let (mut dxr, mut datt, mut dbias_l) = (Vec::new(), Vec::new(), Vec::new());
+        for row in per_dst.chunks(3 * hc as usize) {
+            let (r, rest) = row.split_at(hc as usize);
+            let (a, b) = rest.split_at(hc as usize);
             dxr.extend_from_slice(r);
             datt.extend_from_slice(a);
+            dbias_l.extend_from_slice(b);
         }
-        Ok((dxr, dxl, datt))
+        Ok([dxr, dxl, datt, dbias_l])
     }
 
     /// `shaders/train_gather_rows.wgsl` alone: `[by.n_dst(), width]`.

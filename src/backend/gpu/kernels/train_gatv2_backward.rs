@@ -41,29 +41,43 @@ declare_kernel! {
 /// Where one relation's backward writes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grads {
-    /// `[n_dst, 2·H·C]`: per destination d/d xr, then its d/d att (one
-    /// binding for both: the kernel already has eight).
+    /// `[n_dst, 3·H·C]`: per destination d/d xr, its d/d att, then its
+    /// contribution to d/d lin_l's bias (one binding for the three: the
+    /// kernel already has eight).
     pub per_dst: Array,
     /// `[E, H·C]` each edge's d/d xl of its source.
     pub dxl_edge: Array,
 }
 
 impl Grads {
-    /// d/d xr as rows `2·H·C` apart.
-    pub fn dxr(&self, hc: u64) -> Array {
+    /// Values per destination row of [`Self::per_dst`], for `H·C` = `hc`.
+    pub fn row(hc: u64) -> u64 {
+        3 * hc
+    }
+
+    /// Block `k` (0 d/d xr, 1 d/d att, 2 lin_l's bias) as rows `3·H·C` apart.
+    fn block(&self, hc: u64, k: u64) -> Array {
         Array {
-            len: self.per_dst.len.saturating_sub(hc),
+            base: self.per_dst.base + (k * hc) as i64,
+            len: self.per_dst.len.saturating_sub(k * hc),
             ..self.per_dst
         }
     }
 
-    /// d/d att per destination as rows `2·H·C` apart.
+    /// d/d xr as rows `3·H·C` apart.
+    pub fn dxr(&self, hc: u64) -> Array {
+        self.block(hc, 0)
+    }
+
+    /// d/d att per destination as rows `3·H·C` apart.
     pub fn datt(&self, hc: u64) -> Array {
-        Array {
-            base: self.per_dst.base + hc as i64,
-            len: self.per_dst.len.saturating_sub(hc),
-            ..self.per_dst
-        }
+        self.block(hc, 1)
+    }
+
+    /// Each destination's d/d lin_l's bias (`g + d xr`, 0 without edges) as
+    /// rows `3·H·C` apart.
+    pub fn dbias_l(&self, hc: u64) -> Array {
+        self.block(hc, 2)
     }
 }
 
@@ -82,7 +96,7 @@ pub(crate) fn record(
         program,
         aux,
         "train_gatv2_backward",
-        (2 * hc * 4, grads.per_dst.slot),
+        (Grads::row(hc) * 4, grads.per_dst.slot),
         (hc * 4, grads.dxl_edge.slot),
         1,
     )?;
@@ -102,7 +116,8 @@ pub(crate) fn record(
         )?;
         let (alpha, alpha0) = bind_range(program, r.alpha, chunk.e0 * r.heads, chunk.e1 * r.heads)?;
         let (g, g0) = bind_rows(program, g, rows, hc, hc)?;
-        let (per_dst, grads0) = bind_rows(program, grads.per_dst, rows, 2 * hc, 2 * hc)?;
+        let row = Grads::row(hc);
+        let (per_dst, grads0) = bind_rows(program, grads.per_dst, rows, row, row)?;
         let (dxl, dxl0) = bind_range(program, grads.dxl_edge, chunk.e0 * hc, chunk.e1 * hc)?;
         program.dispatch(
             Variant::of(Elem::F32),
