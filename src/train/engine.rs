@@ -70,16 +70,6 @@ impl CpuEngine {
     }
 }
 
-/// Runs `step` on a thread of rayon's pool (called from outside it, the
-/// calling thread waits). A step starts a few hundred parallel loops; from
-/// inside the pool each starts where it is called, where from outside it
-/// every one would be handed to the pool and waited for (a wake-up and a
-/// sleep each: about 5% of a step). The results do not depend on the
-/// thread that runs them.
-fn in_pool<T: Send>(step: impl FnOnce() -> T + Send) -> T {
-    rayon::scope(|_| step())
-}
-
 impl TrainEngine for CpuEngine {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -90,33 +80,29 @@ impl TrainEngine for CpuEngine {
     }
 
     fn step(&mut self, batch: &Batch, lr: f32) -> Result<f32> {
-        let Self {
-            model,
-            grads,
-            adam,
-            bufs,
-        } = self;
-        Ok(in_pool(|| {
-            for (_, tensor) in super::params_mut(grads) {
-                tensor.fill(0.0);
-            }
-            let loss = loss_and_grad_with(bufs, model, &batch.graph, &batch.pairs, grads);
-            adam.update(model, grads, lr);
-            loss
-        }))
+        for (_, tensor) in super::params_mut(&mut self.grads) {
+            tensor.fill(0.0);
+        }
+        let loss = loss_and_grad_with(
+            &mut self.bufs,
+            &self.model,
+            &batch.graph,
+            &batch.pairs,
+            &mut self.grads,
+        );
+        self.adam.update(&mut self.model, &mut self.grads, lr);
+        Ok(loss)
     }
 
     fn loss_and_grad(&mut self, batch: &Batch) -> Result<(f32, Model)> {
         let mut grads = zeros_like(&self.model);
-        let loss = in_pool(|| {
-            loss_and_grad_with(
-                &mut self.bufs,
-                &self.model,
-                &batch.graph,
-                &batch.pairs,
-                &mut grads,
-            )
-        });
+        let loss = loss_and_grad_with(
+            &mut self.bufs,
+            &self.model,
+            &batch.graph,
+            &batch.pairs,
+            &mut grads,
+        );
         Ok((loss, grads))
     }
 
