@@ -88,7 +88,7 @@ fn gat_of(w: &GatWeights, relu: bool) -> Gat<'_> {
 /// is only handed to a kernel that overwrites all of it. A buffer keeps
 /// every value it ever held (a [`Buf`] shows the first `len`), so that
 /// handing it out again writes nothing: after the first steps no buffer
-/// is zeroed (resizing the vectors instead was a serial `memset` of 2–4%
+/// is zeroed (resizing the vectors instead was a serial `memset` of about 2%
 /// of a step).
 #[derive(Debug, Default)]
 pub struct Buffers {
