@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{portable_exp, REDUCE_ROWS};
+use super::kernels::{portable_exp, AdamConfig, REDUCE_ROWS};
 use crate::graph::Csr;
 use crate::kernels::gatv2::{Gat, NEGATIVE_SLOPE, SOFTMAX_EPS};
 use crate::kernels::linear::{self, Linear};
@@ -451,6 +451,37 @@ pub fn relu_backward(g: &mut [f32], out: &[f32]) {
         });
 }
 
+/// Adam over one tensor, as [`super::kernels::adam`] computes it (the same
+/// expression per element, so the same bits), with the bias corrections
+/// worked out once instead of per element and the elements in blocks
+/// instead of one task each.
+pub fn adam(
+    config: &AdamConfig,
+    lr: f32,
+    t: u32,
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    const BLOCK: usize = 1 << 13;
+    let bias1 = 1.0 - config.beta1.powi(t as i32);
+    let bias2 = 1.0 - config.beta2.powi(t as i32);
+    let (step, root2) = (lr / bias1, bias2.sqrt());
+    param
+        .par_chunks_mut(BLOCK)
+        .zip(grad.par_chunks(BLOCK))
+        .zip(m.par_chunks_mut(BLOCK).zip(v.par_chunks_mut(BLOCK)))
+        .for_each(|((param, grad), (m, v))| {
+            for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m).zip(v) {
+                *m = config.beta1 * *m + (1.0 - config.beta1) * g;
+                *v = config.beta2 * *v + (1.0 - config.beta2) * g * g;
+                let denom = v.sqrt() / root2 + config.eps;
+                *p -= step * *m / denom;
+            }
+        });
+}
+
 /// Each edge's destination: `[E]`, from the offsets of `csr`.
 pub fn edge_destinations(csr: &Csr) -> Vec<u32> {
     let mut out = Vec::with_capacity(csr.n_edges());
@@ -499,7 +530,11 @@ pub fn linear_weight_grad(
     let n_rows = dy.len() / out_dim;
     let weights = in_dim * out_dim;
     let width = weights + if db.is_some() { out_dim } else { 0 };
-    let mut partials = vec![0.0f32; n_rows.div_ceil(REDUCE_ROWS) * width];
+    // The partial sums' memory is kept from call to call (a fresh zeroed
+    // megabyte per call cost more than the sums of small layers); every
+    // chunk overwrites its own part.
+    let mut partials = PARTIALS.take();
+    partials.resize(n_rows.div_ceil(REDUCE_ROWS) * width, 0.0);
     let simd = simd_available();
     partials
         .par_chunks_mut(width)
@@ -519,6 +554,7 @@ pub fn linear_weight_grad(
                 weight_part,
             );
             if !bias_part.is_empty() {
+                bias_part.fill(0.0);
                 for r in r0..r1 {
                     for o in 0..out_dim {
                         bias_part[o] += dy[r * out_dim + o];
@@ -538,6 +574,14 @@ pub fn linear_weight_grad(
             }
         }
     }
+    PARTIALS.set(partials);
+}
+
+thread_local! {
+    /// [`linear_weight_grad`]'s partial sums, kept for its next call on
+    /// this thread (a call nested in another's finds it empty and
+    /// allocates its own).
+    static PARTIALS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Weight-gradient entries (k) one register block covers.
@@ -902,6 +946,28 @@ mod tests {
                 "[{n}, {in_dim}] → {out_dim}"
             );
         }
+    }
+
+    /// Same expression per element: the same bits as the twin, over
+    /// several steps (the bias corrections change with the step).
+    #[test]
+    fn adam_equals_the_twin() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let n = 20_000;
+        let config = AdamConfig::default();
+        let mut fast = (values(&mut rng, n, 1.0), vec![0.0; n], vec![0.0; n]);
+        let mut twin = fast.clone();
+        for t in 1..=5 {
+            let grad = values(&mut rng, n, 2.0);
+            let (p, m, v) = &mut fast;
+            adam(&config, 1e-3, t, p, &grad, m, v);
+            let (p, m, v) = &mut twin;
+            kernels::adam(&config, 1e-3, t, p, &grad, m, v);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast.0), bits(&twin.0), "weights");
+        assert_eq!(bits(&fast.1), bits(&twin.1), "first moments");
+        assert_eq!(bits(&fast.2), bits(&twin.2), "second moments");
     }
 
     #[test]

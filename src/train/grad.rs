@@ -32,17 +32,17 @@ impl Pairs {
 
 /// What one relation's forward keeps.
 struct ConvCache {
-    xl: Vec<f32>,
-    xr: Vec<f32>,
-    alpha: Vec<f32>,
+    xl: Buf,
+    xr: Buf,
+    alpha: Buf,
 }
 
 /// The forward activations of one graph.
 struct Forward {
     /// `h_tx` before each layer and after the last (L + 1 entries).
-    tx: Vec<Vec<f32>>,
+    tx: Vec<Buf>,
     /// `h_bd` likewise.
-    bd: Vec<Vec<f32>>,
+    bd: Vec<Buf>,
     /// Per layer: (neighbours, belongs).
     convs: Vec<(ConvCache, ConvCache)>,
     bd_x: Vec<f32>,
@@ -85,44 +85,69 @@ fn gat_of(w: &GatWeights, relu: bool) -> Gat<'_> {
 /// Float buffers kept from one step to the next: a step reuses the last
 /// step's memory instead of faulting in fresh pages from the system (about a
 /// tenth of a step's time otherwise). Contents never carry over: a buffer
-/// is only handed to a kernel that overwrites all of it.
+/// is only handed to a kernel that overwrites all of it. A buffer keeps
+/// every value it ever held (a [`Buf`] shows the first `len`), so that
+/// handing it out again writes nothing: after the first steps no buffer
+/// is zeroed (resizing the vectors instead was a serial `memset` of about 2%
+/// of a step).
 #[derive(Debug, Default)]
 pub struct Buffers {
     free: Vec<Vec<f32>>,
 }
 
+/// A buffer from [`Buffers`]: the first `len` values of a vector that may hold more.
+#[derive(Debug)]
+struct Buf {
+    values: Vec<f32>,
+    len: usize,
+}
+
+impl From<Vec<f32>> for Buf {
+    fn from(values: Vec<f32>) -> Self {
+        Self {
+            len: values.len(),
+            values,
+        }
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        &self.values[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.values[..self.len]
+    }
+}
+
 impl Buffers {
-    /// The smallest free buffer that holds `n` values (else the largest,
-    /// or a new one), with whatever it holds.
-    fn take(&mut self, n: usize) -> Vec<f32> {
-        let fits = |v: &Vec<f32>| v.capacity() >= n;
+    /// `n` values for a kernel that writes every one of them: the smallest
+    /// free buffer that holds `n` values already, else the largest one
+    /// lengthened (with zeros) to `n`, or a new one.
+    fn overwritten(&mut self, n: usize) -> Buf {
         let pick = self
             .free
             .iter()
             .enumerate()
-            .filter(|(_, v)| fits(v))
-            .min_by_key(|(_, v)| v.capacity())
-            .or_else(|| {
-                self.free
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, v)| v.capacity())
-            })
+            .filter(|(_, v)| v.len() >= n)
+            .min_by_key(|(_, v)| v.len())
+            .or_else(|| self.free.iter().enumerate().max_by_key(|(_, v)| v.len()))
             .map(|(i, _)| i);
-        pick.map_or_else(Vec::new, |i| self.free.swap_remove(i))
+        let mut values = pick.map_or_else(Vec::new, |i| self.free.swap_remove(i));
+        if values.len() < n {
+            values.resize(n, 0.0);
+        }
+        Buf { values, len: n }
     }
 
-    /// `n` values for a kernel that writes every one of them: the old
-    /// contents are left in place (zeroing them would be wasted work).
-    fn overwritten(&mut self, n: usize) -> Vec<f32> {
-        let mut v = self.take(n);
-        v.resize(n, 0.0);
-        v
-    }
-
-    /// Takes `v` back for later steps.
-    fn give(&mut self, v: Vec<f32>) {
-        self.free.push(v);
+    /// Takes `buf` back for later steps.
+    fn give(&mut self, buf: Buf) {
+        self.free.push(buf.values);
     }
 }
 
@@ -136,7 +161,7 @@ fn project(
     b: &[f32],
     in_dim: usize,
     out_dim: usize,
-) -> Vec<f32> {
+) -> Buf {
     let mut out = bufs.overwritten(n * out_dim);
     linear::linear(
         x,
@@ -166,7 +191,7 @@ fn conv_forward(
     dst: &[f32],
     dst_rows: Option<&[u32]>,
     csr: &Csr,
-) -> (Vec<f32>, ConvCache) {
+) -> (Buf, ConvCache) {
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
     let xl = project(
@@ -210,7 +235,7 @@ fn forward(
         bd: h_bd,
     } = input_layer(model, graph);
     let h_tx = if rows.levels[0].len() == graph.n_tx() {
-        h_tx
+        Buf::from(h_tx)
     } else {
         let emb = model.arch.emb;
         let mut compact = bufs.overwritten(rows.levels[0].len() * emb);
@@ -220,7 +245,7 @@ fn forward(
         compact
     };
     let mut tx = vec![h_tx];
-    let mut bd = vec![h_bd];
+    let mut bd = vec![Buf::from(h_bd)];
     let mut convs = Vec::new();
     for ((layer, layer_rows), n_in) in model
         .layers
@@ -274,8 +299,8 @@ pub fn zeros_like(model: &Model) -> Model {
 
 /// Gradients one relation hands back to its inputs.
 struct ConvBack {
-    d_src: Vec<f32>,
-    d_dst: Vec<f32>,
+    d_src: Buf,
+    d_dst: Buf,
 }
 
 /// Backward of one relation, inputs as in [`conv_forward`]. `g` is d loss /

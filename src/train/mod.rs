@@ -132,7 +132,7 @@ impl Adam {
             .zip(grads)
             .zip(self.first.iter_mut().zip(self.second.iter_mut()))
         {
-            kernels::adam(&self.config, lr, self.step, param, grad, m, v);
+            fast::adam(&self.config, lr, self.step, param, grad, m, v);
         }
     }
 }
