@@ -30,6 +30,7 @@ use super::anndata::{AnnData, CellCounts};
 use super::cells::{self, OutputCells};
 use super::html_report::{self, ReportData, ReportRow, ReportRows, RowFile, RowFileWriter};
 use super::polygons::CellPolygon;
+use super::xenium_ranger::{self, AssignmentWriter};
 use super::zarr::ZarrStore;
 use super::{CellRow, TableFormat, TableSink};
 use crate::io::Nuclei;
@@ -55,6 +56,8 @@ pub struct PerCellOutputs {
     pub tmp_dir: PathBuf,
     /// The output folder, naming the spill folder.
     pub out: PathBuf,
+    /// `xenium_ranger/` (`--xenium-ranger`).
+    pub xenium_ranger: Option<xenium_ranger::Folder>,
 }
 
 /// What the per-cell outputs hold, for the log.
@@ -278,6 +281,9 @@ pub struct CellAggregator {
     points_table: Option<PointsTable>,
     /// When the report is made.
     report_rows: Option<RowFileWriter>,
+    /// `--xenium-ranger`'s assignment file, once the output cells are known
+    /// ([`Self::start_assignment`]).
+    assignment: Option<AssignmentWriter>,
 }
 
 impl CellAggregator {
@@ -285,7 +291,7 @@ impl CellAggregator {
     pub fn new(outputs: &PerCellOutputs, n_cells: usize) -> Result<Self> {
         let scratch = Scratch::create(&outputs.tmp_dir, &outputs.out)?;
         let table = outputs.anndata.is_some() || outputs.spatialdata.is_some();
-        let points = (table || outputs.boundaries.is_some())
+        let points = (table || outputs.boundaries.is_some() || outputs.xenium_ranger.is_some())
             .then(|| PointSpill::create(&scratch, n_cells))
             .transpose()?;
         let counts = if table {
@@ -306,7 +312,38 @@ impl CellAggregator {
             points,
             points_table: None,
             report_rows,
+            assignment: None,
         })
+    }
+
+    /// With `--xenium-ranger`: creates `transcript_assignment.csv` for the
+    /// cells' transcripts (nuclei, then fragments) counted before the pass,
+    /// which decide the output cells and so their numbers.
+    pub fn start_assignment(&mut self, transcripts_per_cell: &[u64]) -> Result<()> {
+        let Some(folder) = &self.outputs.xenium_ranger else {
+            return Ok(());
+        };
+        let floor = self.outputs.min_transcripts.max(1) as u64;
+        let index: Vec<usize> = (0..transcripts_per_cell.len())
+            .filter(|&c| transcripts_per_cell[c] >= floor)
+            .collect();
+        let positions = OutputCells::positions(transcripts_per_cell.len(), &index);
+        self.assignment = Some(AssignmentWriter::create(folder, positions)?);
+        Ok(())
+    }
+
+    /// Whether [`Self::write_assignment`] writes rows.
+    pub fn writes_assignment(&self) -> bool {
+        self.assignment.is_some()
+    }
+
+    /// The next rows' passthrough columns and cells, for `--xenium-ranger`'s
+    /// assignment file (nothing without it).
+    pub fn write_assignment(&mut self, columns: &[(String, ArrayRef)], cell: &[u32]) -> Result<()> {
+        match self.assignment.as_mut() {
+            Some(assignment) => assignment.write(columns, cell),
+            None => Ok(()),
+        }
     }
 
     /// Whether the SpatialData points are written ([`Self::write_points`]).
@@ -431,6 +468,18 @@ impl CellAggregator {
             } else if self.outputs.spatialdata.is_some() {
                 bail!("internal: the SpatialData points were never written");
             }
+        }
+        if let Some(folder) = &self.outputs.xenium_ranger {
+            let (Some(assignment), Some(cells)) = (self.assignment.take(), &cells) else {
+                bail!("internal: the Xenium Ranger files were not started");
+            };
+            // The output cells counted before the pass are those of the pass.
+            anyhow::ensure!(
+                assignment.numbers(rows.len(), cells),
+                "internal: the cells counted before the last pass differ from its cells"
+            );
+            let low = assignment.finish()?;
+            xenium_ranger::finish(folder, rows, cells, low)?;
         }
         let report = match self.report_rows.take() {
             Some(writer) => {

@@ -77,8 +77,8 @@ pub struct SegmentArgs {
     /// Run the bucketed path within about this much memory (e.g. 4G; K, M, G, T are powers of
     /// 1024): kept transcripts are spilled into spatial buckets under --tmp-dir and scored
     /// bucket by bucket, with the same outputs as the in-memory path (docs/streaming.md).
-    /// Without --xenium-ranger and --demo the input is read and every output written in
-    /// batches; with either, every row is held in memory (a warning says so). Without it, an
+    /// Without --demo the input is read and every output written in batches; with --demo
+    /// (its accuracy), every row is held in memory (a warning says so). Without it, an
     /// input whose estimated in-memory footprint (320 bytes per row; rows from the parquet
     /// footer or the first MiB of CSV) exceeds half the available memory (4 GiB where that is
     /// unknown) runs the bucketed path within that default, with a warning; smaller inputs run
@@ -307,10 +307,9 @@ pub fn run(
             budget,
         );
     }
-    if budget.is_some() {
+    if budget.is_some() && args.demo {
         log::warn!(
-            "--max-memory: {} needs every row in memory; only the score and fragment stages are bounded (without it the input is read and the outputs written in batches; docs/streaming.md)",
-            if args.demo { "--demo's accuracy" } else { "--xenium-ranger" }
+            "--max-memory: --demo's accuracy needs every row in memory; only the score and fragment stages are bounded (without --demo the input is read and the outputs written in batches; docs/streaming.md)"
         );
     }
 
@@ -452,25 +451,12 @@ pub fn run(
             written.push(output::SPATIALDATA_FILE.to_string());
         }
     }
-    if let (true, Some(cells), Some(members)) = (args.xenium_ranger, &cells, &members) {
-        let bundle = if args.demo {
-            output::xenium_ranger::Bundle::Demo
-        } else {
-            match (spec.preset, spec.transcripts.parent()) {
-                (crate::io::args::Preset::Xenium, Some(folder)) => {
-                    output::xenium_ranger::Bundle::Folder(folder)
-                }
-                _ => output::xenium_ranger::Bundle::Unknown,
-            }
-        };
+    if let (true, Some(cells)) = (args.xenium_ranger, &cells) {
         output::xenium_ranger::write(
-            &out.staged(output::xenium_ranger::DIR)?,
-            &args.out.join(output::xenium_ranger::DIR),
-            bundle,
+            &xenium_ranger_folder(args, &spec, &mut out)?,
             &result,
             &transcripts,
             cells,
-            members,
         )?;
         written.push(output::xenium_ranger::DIR.to_string());
     }
@@ -536,6 +522,28 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// Where `--xenium-ranger`'s folder is staged and which bundle its README names.
+fn xenium_ranger_folder(
+    args: &SegmentArgs,
+    spec: &crate::io::InputSpec,
+    out: &mut OutputDir,
+) -> Result<output::xenium_ranger::Folder> {
+    use output::xenium_ranger::{Bundle, Folder, DIR};
+    let bundle = if args.demo {
+        Bundle::Demo
+    } else {
+        match (spec.preset, spec.transcripts.parent()) {
+            (crate::io::args::Preset::Xenium, Some(folder)) => Bundle::Folder(folder.to_path_buf()),
+            _ => Bundle::Unknown,
+        }
+    };
+    Ok(Folder {
+        dir: out.staged(DIR)?,
+        final_dir: args.out.join(DIR),
+        bundle,
+    })
 }
 
 /// `uns["seggpu"]` of the AnnData: what made it.
@@ -632,10 +640,10 @@ fn finish(mut out: OutputDir, f: Finish) -> Result<()> {
 }
 
 /// Whether the bucketed path (`bucketed`) reads and writes in batches:
-/// every output is written that way but `--xenium-ranger`'s (and `--demo`'s
-/// accuracy), which need every row's result in memory.
+/// every output is written that way; only `--demo`'s accuracy needs every
+/// row's result in memory.
 fn reads_in_batches(args: &SegmentArgs, bucketed: bool) -> bool {
-    bucketed && !rows_held_for_tests() && !args.demo && !args.xenium_ranger
+    bucketed && !rows_held_for_tests() && !args.demo
 }
 
 /// Environment variable (builds with the `testing` feature only): when set,
@@ -648,8 +656,8 @@ fn rows_held_for_tests() -> bool {
     crate::test_hooks::value::<String>(ROWS_HELD_ENV).is_some()
 }
 
-/// The bucketed path without the outputs that need every row: the input is
-/// read and the outputs written in batches ([`super::stream::segment_file`]).
+/// The bucketed path without `--demo`: the input is read and the outputs
+/// written in batches ([`super::stream::segment_file`]).
 #[allow(clippy::too_many_arguments)]
 fn run_in_batches(
     args: &SegmentArgs,
@@ -667,6 +675,9 @@ fn run_in_batches(
     let spinner = progress.spinner("reading");
     let layout = crate::io::TranscriptLayout::open(spec)?;
     let id_kind = layout.check_ids(args.tmp_dir.as_ref().unwrap_or(&args.out))?;
+    if args.xenium_ranger {
+        output::xenium_ranger::check_layout_ids(&layout, id_kind)?;
+    }
     let nuclei = crate::io::read_nuclei(spec, model.bd_features)?;
     spinner.finish_and_clear();
     report_nuclei(&nuclei, spec);
@@ -714,22 +725,38 @@ fn run_in_batches(
         _ => None,
     };
     let spatialdata = per_cell_file(output::OutputKind::Spatialdata, output::SPATIALDATA_FILE)?;
-    let report = per_cell_file(output::OutputKind::Report, output::html_report::REPORT_FILE)?;
-    let per_cell =
-        (boundaries.is_some() || anndata.is_some() || spatialdata.is_some() || report.is_some())
-            .then(|| -> Result<_> {
-                Ok(output::aggregate::PerCellOutputs {
-                    boundaries,
-                    anndata,
-                    spatialdata,
-                    report: report.is_some(),
-                    uns: anndata_uns(args, model, params, command_line)?,
-                    min_transcripts: args.min_transcripts(model),
-                    tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
-                    out: args.out.clone(),
-                })
-            })
-            .transpose()?;
+    // Listed in the in-memory path's order: the folder before the report.
+    let xenium_ranger = if args.xenium_ranger {
+        written.push(output::xenium_ranger::DIR.to_string());
+        Some(xenium_ranger_folder(args, spec, &mut out)?)
+    } else {
+        None
+    };
+    let report = if wants(output::OutputKind::Report) {
+        written.push(output::html_report::REPORT_FILE.to_string());
+        Some(out.staged(output::html_report::REPORT_FILE)?)
+    } else {
+        None
+    };
+    let per_cell = (boundaries.is_some()
+        || anndata.is_some()
+        || spatialdata.is_some()
+        || report.is_some()
+        || xenium_ranger.is_some())
+    .then(|| -> Result<_> {
+        Ok(output::aggregate::PerCellOutputs {
+            boundaries,
+            anndata,
+            spatialdata,
+            report: report.is_some(),
+            uns: anndata_uns(args, model, params, command_line)?,
+            min_transcripts: args.min_transcripts(model),
+            tmp_dir: args.tmp_dir.clone().unwrap_or_else(|| args.out.clone()),
+            out: args.out.clone(),
+            xenium_ranger,
+        })
+    })
+    .transpose()?;
     let outputs = super::stream::FileOutputs {
         transcripts,
         cells,

@@ -1609,6 +1609,13 @@ pub fn segment_file(
     let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
     cell_ids.extend(fragment_ids.iter().map(String::as_str));
     let index = model.gene_index();
+    // --xenium-ranger numbers the output cells in the pass: their sizes first.
+    let transcripts_per_cell = outputs
+        .per_cell
+        .as_ref()
+        .is_some_and(|o| o.xenium_ranger.is_some())
+        .then(|| transcripts_per_cell(&spill, &plan, cell_ids.len(), n_nuclei, &slots))
+        .transpose()?;
     let results = merged_results(&spill, &plan)?;
     let written = write_pass(
         layout,
@@ -1620,6 +1627,7 @@ pub fn segment_file(
         &cell_ids,
         n_nuclei,
         outputs,
+        transcripts_per_cell.as_deref(),
         &mut work,
     )?;
     let facts_spill = work.facts(
@@ -2046,19 +2054,54 @@ impl Merged {
     ) -> impl Iterator<Item = Result<(u32, f32)>> + 'a {
         std::iter::from_fn(move || self.next_entry().transpose()).map(move |entry| {
             let e = entry?;
-            let cell = if e.nucleus >= 0 {
-                e.nucleus as u32
-            } else if e.root != NO_ROOT {
-                let slot = slots
-                    .get(&e.root)
-                    .context("internal: a fragment without a name")?;
-                (n_nuclei + *slot as usize) as u32
-            } else {
-                Segmentation::NO_CELL
-            };
-            Ok((cell, e.score))
+            Ok((e.cell(n_nuclei, slots)?, e.score))
         })
     }
+}
+
+impl Settled {
+    /// Its cell: its nucleus, else its fragment (`slots`, after the
+    /// nuclei), else none.
+    fn cell(&self, n_nuclei: usize, slots: &HashMap<u32, u32>) -> Result<u32> {
+        Ok(if self.nucleus >= 0 {
+            self.nucleus as u32
+        } else if self.root != NO_ROOT {
+            let slot = slots
+                .get(&self.root)
+                .context("internal: a fragment without a name")?;
+            (n_nuclei + *slot as usize) as u32
+        } else {
+            Segmentation::NO_CELL
+        })
+    }
+}
+
+/// The transcripts of each of the `n_cells` cells (nuclei, then fragments
+/// by `slots`), counted over every bucket's settled results.
+fn transcripts_per_cell(
+    spill: &SpillDir,
+    plan: &BucketPlan,
+    n_cells: usize,
+    n_nuclei: usize,
+    slots: &HashMap<u32, u32>,
+) -> Result<Vec<u64>> {
+    use std::io::{BufRead, Read};
+    let mut counts = vec![0u64; n_cells];
+    let mut b = [0u8; RESULT_BYTES];
+    for bucket in 0..plan.cells.len() {
+        let path = spill.file("results", bucket);
+        let cannot = || format!("cannot read spill file {}", path.display());
+        let file = std::fs::File::open(&path).with_context(cannot)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        while !reader.fill_buf().with_context(cannot)?.is_empty() {
+            reader.read_exact(&mut b).with_context(cannot)?;
+            let cell = Settled::read(&b).cell(n_nuclei, slots)?;
+            if let Some(n) = counts.get_mut(cell as usize) {
+                *n += 1;
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// The settled results of every bucket merged by kept index (through
@@ -2192,6 +2235,7 @@ fn write_pass(
     cell_ids: &[&str],
     n_nuclei: usize,
     outputs: &FileOutputs,
+    transcripts_per_cell: Option<&[u64]>,
     work: &mut Work,
 ) -> Result<Written> {
     let mut sums = vec![(0u64, 0.0f64, 0.0f64); cell_ids.len()];
@@ -2208,8 +2252,13 @@ fn write_pass(
         .as_ref()
         .map(|o| CellAggregator::new(o, cell_ids.len()))
         .transpose()?;
+    if let (Some(aggregator), Some(counts)) = (per_cell.as_mut(), transcripts_per_cell) {
+        aggregator.start_assignment(counts)?;
+    }
     let write = outputs.transcripts.is_some()
-        || per_cell.as_ref().is_some_and(CellAggregator::writes_points);
+        || per_cell
+            .as_ref()
+            .is_some_and(|a| a.writes_points() || a.writes_assignment());
     while let Some(chunk) = stream.next_chunk()? {
         let n = chunk.x.len();
         anyhow::ensure!(
@@ -2373,11 +2422,14 @@ fn flush(
         p.assignment.iter().map(|a| a.as_str()),
         p.filter.iter().map(|f| f.map(FilterReason::as_str)),
     );
-    if let Some(aggregator) = per_cell.filter(|a| a.writes_points()) {
-        let names: Vec<String> = (0..stream.genes() as u32)
-            .map(|g| stream.gene_name(g).to_string())
-            .collect();
-        aggregator.write_points(&columns, &p.gene, &names)?;
+    if let Some(aggregator) = per_cell {
+        aggregator.write_assignment(&columns, &p.cell)?;
+        if aggregator.writes_points() {
+            let names: Vec<String> = (0..stream.genes() as u32)
+                .map(|g| stream.gene_name(g).to_string())
+                .collect();
+            aggregator.write_points(&columns, &p.gene, &names)?;
+        }
     }
     let Some(path) = &outputs.transcripts else {
         return Ok(());

@@ -372,20 +372,27 @@ fn the_checks_catch_broken_folders() {
 #[test]
 fn inputs_without_xenium_transcript_ids_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
+    // In memory, and with --max-memory reading in batches (the id pass).
     let refused = |name: &str, input: Vec<String>, extra: &[&str], expect: &str| {
-        let out = tmp.path().join(name);
-        let run = segment(&input, &out, extra);
-        assert_failure(&run, "--xenium-ranger");
-        assert_failure(&run, expect);
-        let left: Vec<PathBuf> = std::fs::read_dir(&out)
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default();
-        assert!(
-            left.iter().all(|p| p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))),
-            "{name}: outputs left {left:?}"
-        );
+        let batched = [extra, &["--max-memory", "1G"]].concat();
+        for (name, extra) in [
+            (name.to_string(), extra),
+            (format!("{name}_batched"), &batched),
+        ] {
+            let out = tmp.path().join(&name);
+            let run = segment(&input, &out, extra);
+            assert_failure(&run, "--xenium-ranger");
+            assert_failure(&run, expect);
+            let left: Vec<PathBuf> = std::fs::read_dir(&out)
+                .map(|d| d.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            assert!(
+                left.iter().all(|p| p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))),
+                "{name}: outputs left {left:?}"
+            );
+        }
     };
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
     refused(
@@ -468,31 +475,236 @@ fn cells_without_a_q20_transcript_are_counted_in_a_warning() {
         "nuclei.csv",
         "cell_id,vertex_x,vertex_y\na,0,0\na,10,0\na,10,10\na,0,10\n",
     );
-    let out = tmp.path().join("out");
-    let run = crate::common::seggpu()
-        .arg("segment")
-        .args(["--preset", "xenium", "--transcripts"])
-        .arg(&transcripts)
-        .arg("--boundaries")
-        .arg(&nuclei)
-        .arg("--model")
-        .arg(demo_model())
-        .arg("--out")
-        .arg(&out)
-        .args(["--backend", "cpu", "--xenium-ranger", "--outputs", "cells"])
-        .args([
+    // In memory, and reading and writing in batches.
+    for (name, extra) in [("out", &[][..]), ("batched", &["--max-memory", "1G"])] {
+        let out = tmp.path().join(name);
+        let run = crate::common::seggpu()
+            .arg("segment")
+            .args(["--preset", "xenium", "--transcripts"])
+            .arg(&transcripts)
+            .arg("--boundaries")
+            .arg(&nuclei)
+            .arg("--model")
+            .arg(demo_model())
+            .arg("--out")
+            .arg(&out)
+            .args(["--backend", "cpu", "--xenium-ranger", "--outputs", "cells"])
+            .args([
+                "--qv-min",
+                "0",
+                "--score-cut",
+                "0",
+                "--min-transcripts",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .expect("run seggpu");
+        let stderr = assert_success(&run);
+        assert!(
+            stderr.contains("1 of 1 cells have no transcript of qv >= 20"),
+            "{name}: {stderr}"
+        );
+        let log: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("segmentation_log.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            log["streaming"]["largest_rows_held"].is_u64(),
+            name == "batched",
+            "{name} read in batches"
+        );
+    }
+}
+
+/// Rows per reader batch and per written batch, and cells per file of
+/// spilled cell points, in the batched runs below: far fewer than the
+/// inputs hold, so that many batches and point files are crossed.
+const BATCH_ROWS: usize = 1000;
+const WRITE_ROWS: usize = 2048;
+const CELLS_PER_FILE: usize = 7;
+
+/// The files of the folder whose bytes do not name the output folder.
+const DATA_FILES: &[&str] = &[
+    "transcript_assignment.csv",
+    "viz_polygons.geojson",
+    "cell_id_map.csv",
+];
+
+/// Runs `input` with `--xenium-ranger` in memory, then with `--max-memory`
+/// (one tile per bucket, small batches, many point files) holding every
+/// row (the test hook) and reading and writing in batches, in the same
+/// output folder (README.txt names it): the batched run's folder is the
+/// rows-held run's byte for byte and its data files are the in-memory
+/// run's; the batched run held no more rows than two batches. Returns the
+/// batched output folder and its stderr.
+fn batched_folder_agrees(
+    tmp: &Path,
+    input: &[String],
+    extra: &[&str],
+    least_buckets: u64,
+) -> (PathBuf, String) {
+    // Not --quiet: the q20 warning is compared.
+    let command = |out: &Path, extra: &[&str]| {
+        let mut command = crate::common::seggpu();
+        command
+            .arg("segment")
+            .args(input)
+            .arg("--out")
+            .arg(out)
+            .args(["--backend", "cpu", "--xenium-ranger"])
+            .args(extra);
+        command
+    };
+    let memory = tmp.join("memory");
+    let memory_stderr = assert_success(&command(&memory, extra).output().expect("run seggpu"));
+    let mut flags = extra.to_vec();
+    flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
+    let run = |out: &Path, rows_held: bool| {
+        let mut command = command(out, &flags);
+        command
+            .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
+            .env(
+                seggpu::pipeline::stream::WRITE_ROWS_ENV,
+                WRITE_ROWS.to_string(),
+            )
+            .env(
+                seggpu::output::aggregate::CELLS_PER_FILE_ENV,
+                CELLS_PER_FILE.to_string(),
+            );
+        if rows_held {
+            command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
+        }
+        assert_success(&command.output().expect("run seggpu"))
+    };
+    // The batched run stays in `out`, which its README.txt names.
+    let (batched, held) = (tmp.join("out"), tmp.join("held"));
+    run(&batched, true);
+    std::fs::rename(&batched, &held).unwrap();
+    let stderr = run(&batched, false);
+
+    let log = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("segmentation_log.json")).unwrap()).unwrap()
+    };
+    let facts = &log(&batched)["streaming"];
+    println!("{facts}");
+    assert!(
+        log(&held)["streaming"]["largest_rows_held"].is_null(),
+        "the hook holds every row"
+    );
+    let rows = log(&batched)["result"]["counts"]["read"].as_u64().unwrap();
+    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    let held_rows = facts["largest_rows_held"].as_u64().unwrap();
+    assert!(rows > 2 * bound, "{rows} rows are too few to tell batches");
+    assert!(
+        held_rows <= bound,
+        "{held_rows} rows held at once, more than a reader and a written batch ({bound})"
+    );
+    assert!(
+        facts["buckets"].as_u64().unwrap() >= least_buckets,
+        "{facts}"
+    );
+    assert_eq!(log(&batched)["outputs"], log(&memory)["outputs"]);
+    let folder = |dir: &Path| dir.join("xenium_ranger");
+    let mut names: Vec<String> = std::fs::read_dir(folder(&batched))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "README.txt",
+            "cell_id_map.csv",
+            "transcript_assignment.csv",
+            "viz_polygons.geojson"
+        ]
+    );
+    for name in &names {
+        let read = |dir: &Path| std::fs::read(folder(dir).join(name)).unwrap();
+        assert!(
+            read(&held) == read(&batched),
+            "{name} differs between the rows-held and the batched run"
+        );
+        if DATA_FILES.contains(&name.as_str()) {
+            assert!(
+                read(&memory) == read(&batched),
+                "{name} differs between the in-memory and the batched run"
+            );
+        }
+    }
+    // The q20 warning counts the same cells.
+    let q20 = |stderr: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains("qv >= 20"))
+            .map(|l| l[l.find("--xenium-ranger").unwrap_or(0)..].to_string())
+    };
+    assert_eq!(q20(&stderr), q20(&memory_stderr));
+    let left: Vec<String> = std::fs::read_dir(&batched)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".seggpu-"))
+        .collect();
+    assert!(left.is_empty(), "spill folders left: {left:?}");
+    (batched, stderr)
+}
+
+/// The real crop below the default `--qv-min` with small cells: some have
+/// no transcript of qv ≥ 20, which both runs count alike.
+#[test]
+fn the_xenium_crop_folder_is_written_in_batches_with_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (batched, stderr) = batched_folder_agrees(
+        tmp.path(),
+        &xenium_crop_input(),
+        &[
+            "--tile-size",
+            "60",
             "--qv-min",
             "0",
-            "--score-cut",
-            "0",
             "--min-transcripts",
-            "1",
-        ])
-        .output()
-        .expect("run seggpu");
-    let stderr = assert_success(&run);
+            "3",
+            "--outputs",
+            "transcripts,cells",
+        ],
+        10,
+    );
     assert!(
-        stderr.contains("1 of 1 cells have no transcript of qv >= 20"),
-        "{stderr}"
+        stderr.contains("cells have no transcript of qv >= 20"),
+        "the q20 check has cells to count: {stderr}"
+    );
+    let ids = transcript_ids(&read_parquet(&data_path(
+        "xenium_breast_spatialdata/points.parquet",
+    )));
+    assert_passes(&batched, &ids, 3);
+}
+
+/// The demo-sized simulated Xenium folder, with cells dropped by
+/// `--min-transcripts` (numbered around).
+#[test]
+fn a_simulated_folder_is_written_in_batches_with_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = crate::common::simulated_xenium(tmp.path(), "input", 300);
+    let input = crate::common::segment::simulated_input(&input);
+    let (batched, _) = batched_folder_agrees(
+        tmp.path(),
+        &input,
+        &[
+            "--tile-size",
+            "100",
+            "--min-transcripts",
+            "100",
+            "--outputs",
+            "transcripts,cells",
+        ],
+        4,
+    );
+    let ids = transcript_ids(&read_parquet(&tmp.path().join("input/transcripts.parquet")));
+    assert_passes(&batched, &ids, 100);
+    let cells = read_parquet(&batched.join("cells.parquet"));
+    let n = primitives::<arrow::datatypes::UInt64Type>(&cells, "n_transcripts");
+    assert!(
+        n.iter().any(|&n| (1..100).contains(&n)),
+        "some cells dropped"
     );
 }
