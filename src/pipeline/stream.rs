@@ -352,9 +352,10 @@ impl Drop for SpillDir {
 }
 
 /// Records of the buckets `near`, within `bounds`, sorted by kept index;
-/// with whether each is owned by bucket `own`. Each file is decoded and
-/// filtered, and the whole sorted, on the rayon pool (kept indices are
-/// unique, so the order does not depend on the threads).
+/// with whether each is owned by bucket `own`. The sort and the split run
+/// on the rayon pool (kept indices are unique, so the order does not
+/// depend on the threads); decoding stays in one pass over each file, so
+/// that no second copy of the records is held.
 fn load(
     spill: &SpillDir,
     near: &[usize],
@@ -365,17 +366,13 @@ fn load(
     let mut records: Vec<(Record, bool)> = Vec::new();
     for &o in near {
         let bytes = spill.read(&spill.file("records", o))?;
-        let part: Vec<(Record, bool)> = bytes
-            .par_chunks_exact(RECORD_BYTES)
-            .map(Record::read)
-            .filter(|r| {
-                let [x, y, _] = r.pos;
-                o == own || (x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3])
-            })
-            .map(|r| (r, o == own))
-            .collect();
-        drop(bytes);
-        records.extend_from_slice(&part);
+        for chunk in bytes.chunks_exact(RECORD_BYTES) {
+            let r = Record::read(chunk);
+            let [x, y, _] = r.pos;
+            if o == own || (x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]) {
+                records.push((r, o == own));
+            }
+        }
     }
     records.par_sort_unstable_by_key(|(r, _)| r.kept);
     Ok(records.into_par_iter().unzip())
