@@ -185,10 +185,12 @@ impl Buckets {
 
 /// Groups item indices by the core that owns them.
 pub fn bucket(grid: &TileGrid, points: &[[f64; 2]]) -> Buckets {
-    let owner: Vec<Cell> = points.iter().map(|&p| grid.owner(p)).collect();
+    use rayon::prelude::*;
+    let owner: Vec<Cell> = points.par_iter().map(|&p| grid.owner(p)).collect();
     let mut items: Vec<u32> = (0..points.len() as u32).collect();
-    // Stable, so items stay in increasing order within a core.
-    items.sort_by_key(|&i| owner[i as usize]);
+    // Stable, so items stay in increasing order within a core (on the
+    // rayon pool: the stable order does not depend on the threads).
+    items.par_sort_by_key(|&i| owner[i as usize]);
     let mut cells: Vec<Cell> = Vec::new();
     let mut starts = Vec::new();
     for (at, &i) in items.iter().enumerate() {

@@ -29,6 +29,60 @@ fn batch_rows() -> usize {
     crate::test_hooks::value(BATCH_ROWS_ENV).map_or(BATCH_ROWS, |n: usize| n.max(1))
 }
 
+/// Batches a [`read_ahead`] reader decodes beyond the one its consumer
+/// holds: one waiting in the channel, one being decoded.
+pub const READ_AHEAD: usize = 2;
+
+/// Runs `batches` on a thread of its own, so that decoding the next batch
+/// (parquet decompression and decoding, CSV parsing) overlaps the
+/// consumer's work on the current one. The batches come in the same order;
+/// at most [`READ_AHEAD`] are decoded ahead (a bounded channel). After an
+/// error the thread stops; a consumer that stops early stops it at its next
+/// batch.
+pub fn read_ahead<T: Send + 'static>(
+    batches: Box<dyn Iterator<Item = Result<T>> + Send>,
+) -> Result<ReadAhead<T>> {
+    let (send, receive) = std::sync::mpsc::sync_channel(READ_AHEAD - 1);
+    let thread = std::thread::Builder::new()
+        .name("seggpu-reader".into())
+        .spawn(move || {
+            for batch in batches {
+                let failed = batch.is_err();
+                if send.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .context("cannot start the reader thread")?;
+    Ok(ReadAhead {
+        receive,
+        thread: Some(thread),
+    })
+}
+
+/// The batches of [`read_ahead`], in order.
+pub struct ReadAhead<T> {
+    receive: std::sync::mpsc::Receiver<Result<T>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T> Iterator for ReadAhead<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        match self.receive.recv() {
+            Ok(batch) => Some(batch),
+            // The thread ended: after the last batch, or by a panic, which
+            // must not pass for the end of the file.
+            Err(_) => self.thread.take().and_then(|t| {
+                t.join()
+                    .err()
+                    .map(|_| Err(anyhow::anyhow!("internal: the reader thread panicked")))
+            }),
+        }
+    }
+}
+
 /// How a table is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -1184,12 +1184,13 @@ impl TranscriptStream<'_> {
 }
 
 impl TranscriptLayout {
-    /// Reads the file batch by batch.
+    /// Reads the file batch by batch, the next batches decoded on a thread
+    /// of their own ([`super::table::read_ahead`]).
     pub fn stream<'a>(&'a self, spec: &'a InputSpec) -> Result<TranscriptStream<'a>> {
         Ok(TranscriptStream {
             layout: self,
             spec,
-            batches: self.batches()?,
+            batches: Box::new(super::table::read_ahead(self.batches()?)?),
             genes: GeneMap::default(),
             control: Vec::new(),
             rows: 0,
@@ -1204,12 +1205,13 @@ impl TranscriptLayout {
         )
     }
 
-    /// The id column alone, batch by batch.
+    /// The id column alone, batch by batch (read ahead on a thread).
     fn id_batches(&self) -> Result<Option<(Ctx<'_>, impl Iterator<Item = Result<ArrayRef>>)>> {
         let Some(name) = &self.id_col else {
             return Ok(None);
         };
-        let batches = self.table.batches(&[(name.as_str(), Want::Text)])?;
+        let batches =
+            super::table::read_ahead(self.table.batches(&[(name.as_str(), Want::Text)])?)?;
         Ok(Some((
             Ctx::new(&self.path, name),
             batches.map(|b| b.map(|b| b.column(0).clone())),

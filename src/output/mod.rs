@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, Float32Array, Float64Array, StringArray, UInt64Array};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -180,14 +180,41 @@ fn parquet_properties(row_group: usize, metadata: Vec<KeyValue>) -> Result<Write
 
 /// A table written batch by batch in `format`, with the bytes of
 /// [`write_table`] when the batches hold [`ROW_GROUP`] rows (the last fewer).
+/// The batches are encoded and compressed on a thread of its own, in order,
+/// while the caller makes the next ones; at most [`WRITE_AHEAD`] wait.
 pub struct TableSink {
     path: PathBuf,
-    writer: SinkWriter,
+    send: Option<std::sync::mpsc::SyncSender<RecordBatch>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
+
+/// Batches handed to a [`TableSink`] and not yet written: one waiting in
+/// the channel, one being encoded.
+pub const WRITE_AHEAD: usize = 2;
 
 enum SinkWriter {
     Parquet(Box<ArrowWriter<BufWriter<std::fs::File>>>),
     Csv(Box<arrow::csv::Writer<BufWriter<std::fs::File>>>),
+}
+
+impl SinkWriter {
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            SinkWriter::Parquet(w) => w.write(batch).map_err(anyhow::Error::from),
+            SinkWriter::Csv(w) => w.write(batch).map_err(anyhow::Error::from),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self {
+            SinkWriter::Parquet(w) => w.close().map(|_| ()).map_err(anyhow::Error::from),
+            SinkWriter::Csv(w) => w
+                .into_inner()
+                .into_inner()
+                .map(|_| ())
+                .map_err(|e| e.into_error().into()),
+        }
+    }
 }
 
 impl TableSink {
@@ -195,7 +222,7 @@ impl TableSink {
     pub fn create(path: &Path, schema: SchemaRef, format: TableFormat) -> Result<Self> {
         let file = std::fs::File::create(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        let writer = match format {
+        let mut writer = match format {
             TableFormat::Parquet => SinkWriter::Parquet(Box::new(ArrowWriter::try_new(
                 BufWriter::new(file),
                 schema,
@@ -207,33 +234,72 @@ impl TableSink {
                     .build(BufWriter::new(file)),
             )),
         };
+        let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(WRITE_AHEAD - 1);
+        let named = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("seggpu-writer".into())
+            .spawn(move || {
+                // The first error stops the thread; the caller learns of it
+                // at its next write or at finish.
+                for batch in receive {
+                    writer
+                        .write(&batch)
+                        .with_context(|| format!("cannot write {}", named.display()))?;
+                }
+                writer
+                    .finish()
+                    .with_context(|| format!("cannot finish {}", named.display()))
+            })
+            .context("cannot start the writer thread")?;
         Ok(TableSink {
             path: path.to_path_buf(),
-            writer,
+            send: Some(send),
+            thread: Some(thread),
         })
     }
 
-    /// Appends a batch.
+    /// Appends a batch (written on the sink's thread; an error of an
+    /// earlier batch is returned here).
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        match &mut self.writer {
-            SinkWriter::Parquet(w) => w.write(batch).map_err(anyhow::Error::from),
-            SinkWriter::Csv(w) => w.write(batch).map_err(anyhow::Error::from),
+        let sent = self
+            .send
+            .as_ref()
+            .is_some_and(|send| send.send(batch.clone()).is_ok());
+        if sent {
+            return Ok(());
         }
-        .with_context(|| format!("cannot write {}", self.path.display()))
+        // The thread stopped: its error.
+        self.send = None;
+        self.join()?;
+        bail!("internal: the writer of {} stopped", self.path.display())
     }
 
     /// Finishes the file.
-    pub fn finish(self) -> Result<()> {
-        let path = self.path;
-        match self.writer {
-            SinkWriter::Parquet(w) => w.close().map(|_| ()).map_err(anyhow::Error::from),
-            SinkWriter::Csv(w) => w
-                .into_inner()
-                .into_inner()
-                .map(|_| ())
-                .map_err(|e| e.into_error().into()),
+    pub fn finish(mut self) -> Result<()> {
+        self.send = None;
+        self.join()
+    }
+
+    /// Waits for the writer thread; its result.
+    fn join(&mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "internal: the writer of {} panicked",
+                    self.path.display()
+                ))
+            }),
+            None => Ok(()),
         }
-        .with_context(|| format!("cannot finish {}", path.display()))
+    }
+}
+
+impl Drop for TableSink {
+    /// A sink dropped unfinished (on an error) still waits for its thread,
+    /// so that nothing writes the file after the caller moved on.
+    fn drop(&mut self) {
+        self.send = None;
+        let _ = self.join();
     }
 }
 

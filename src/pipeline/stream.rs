@@ -24,6 +24,7 @@ use super::report::Assignment;
 use super::score_tiles::{self, Overlap, OwnedBest, ScoreClock, TileScores, TileSource};
 use super::{SegmentParams, Segmentation, Summary, UnknownGenes};
 use crate::backend::{Backend, FragmentSlots};
+use crate::io::table::READ_AHEAD;
 use crate::io::{
     FilterReason, IdKind, InputSpec, MembershipReport, MembershipTally, Nuclei, TranscriptLayout,
     Transcripts,
@@ -31,7 +32,7 @@ use crate::io::{
 use crate::kernels::edge_similarity::HISTOGRAM_BINS;
 use crate::model::Model;
 use crate::output::aggregate::{CellAggregator, PerCellFacts, PerCellOutputs, WrittenRow};
-use crate::output::{TableFormat, TableSink};
+use crate::output::{TableFormat, TableSink, WRITE_AHEAD};
 use crate::tiles::{self, Cell, TileGrid};
 use arrow::array::RecordBatch;
 
@@ -91,9 +92,11 @@ pub struct StreamFacts {
     /// Records loaded by the score stage per record owned: the
     /// recompute factor of the buckets.
     pub bucket_load_factor: f64,
-    /// Most input rows decoded and held at once: a batch of the reader and
-    /// the rows waiting to be written (the path that reads and writes in
-    /// batches; absent where the input rows are held whole).
+    /// Most input rows decoded and held at once: the batch being worked
+    /// on and those the reader thread decodes ahead, the rows waiting to be
+    /// written and the batches the writer thread encodes (the path that
+    /// reads and writes in batches; absent where the input rows are held
+    /// whole).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub largest_rows_held: Option<usize>,
     /// Most items held at once by one in-memory structure of the path that
@@ -103,6 +106,57 @@ pub struct StreamFacts {
     /// the input (absent where the input rows are held whole).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub largest_items_held: Option<usize>,
+    /// Wall and CPU seconds of each phase of the path, in the order first
+    /// met (a phase met once per bucket is summed over the buckets).
+    pub phases: Vec<PhaseTime>,
+}
+
+/// Wall and CPU seconds of one phase of the bucketed path (the log's
+/// `streaming.phases`): CPU seconds over wall seconds is how many cores the
+/// phase kept busy; the driving thread's share says how much of it ran on
+/// one thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    /// What the phase does.
+    pub phase: &'static str,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// CPU seconds of the process, user and system (Linux; absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// CPU seconds of the thread that drives the phase (Linux; absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver_cpu_seconds: Option<f64>,
+}
+
+/// The start of a phase: wall clock and CPU seconds (process, calling thread).
+struct PhaseStart {
+    wall: Instant,
+    cpu: Option<(f64, f64)>,
+}
+
+impl PhaseStart {
+    fn now() -> Self {
+        PhaseStart {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+}
+
+/// CPU seconds (user and system) used so far by this process and by the
+/// calling thread (Linux; `None` elsewhere).
+fn cpu_seconds() -> Option<(f64, f64)> {
+    // Fields after the command's closing parenthesis: state is field 3,
+    // utime and stime fields 14 and 15, in clock ticks (USER_HZ, 100).
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let user: f64 = fields.next()?.parse().ok()?;
+    let system: f64 = fields.next()?.parse().ok()?;
+    // The thread's time on a CPU, in nanoseconds.
+    let thread = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let thread_ns: f64 = thread.split_whitespace().next()?.parse().ok()?;
+    Some(((user + system) / 100.0, thread_ns * 1e-9))
 }
 
 /// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
@@ -298,13 +352,17 @@ impl Drop for SpillDir {
 }
 
 /// Records of the buckets `near`, within `bounds`, sorted by kept index;
-/// with whether each is owned by bucket `own`.
+/// with whether each is owned by bucket `own`. The sort and the split run
+/// on the rayon pool (kept indices are unique, so the order does not
+/// depend on the threads); decoding stays in one pass over each file, so
+/// that no second copy of the records is held.
 fn load(
     spill: &SpillDir,
     near: &[usize],
     own: usize,
     bounds: [f64; 4],
 ) -> Result<(Vec<Record>, Vec<bool>)> {
+    use rayon::prelude::*;
     let mut records: Vec<(Record, bool)> = Vec::new();
     for &o in near {
         let bytes = spill.read(&spill.file("records", o))?;
@@ -316,8 +374,8 @@ fn load(
             }
         }
     }
-    records.sort_unstable_by_key(|(r, _)| r.kept);
-    Ok(records.into_iter().unzip())
+    records.par_sort_unstable_by_key(|(r, _)| r.kept);
+    Ok(records.into_par_iter().unzip())
 }
 
 /// Aborts after `steps` finished bucket steps when the test hook asks for it.
@@ -538,6 +596,8 @@ struct Work {
     rows_held: usize,
     /// Most items held at once by one structure (the bounded path).
     items_held: usize,
+    /// Seconds per phase, in the order first met.
+    phases: Vec<PhaseTime>,
 }
 
 impl Work {
@@ -549,6 +609,35 @@ impl Work {
     /// Notes a structure of `n` items held at once.
     fn held(&mut self, n: usize) {
         self.items_held = self.items_held.max(n);
+    }
+
+    /// Adds the time since `start` to `phase` (summed when met again).
+    fn phase(&mut self, phase: &'static str, start: &PhaseStart) {
+        let seconds = start.wall.elapsed().as_secs_f64();
+        let cpu = start
+            .cpu
+            .zip(cpu_seconds())
+            .map(|((p0, t0), (p1, t1))| (p1 - p0, t1 - t0));
+        let at = match self.phases.iter().position(|p| p.phase == phase) {
+            Some(at) => at,
+            None => {
+                self.phases.push(PhaseTime {
+                    phase,
+                    seconds: 0.0,
+                    cpu_seconds: cpu.map(|_| 0.0),
+                    driver_cpu_seconds: cpu.map(|_| 0.0),
+                });
+                self.phases.len() - 1
+            }
+        };
+        let p = &mut self.phases[at];
+        p.seconds += seconds;
+        if let (Some(total), Some(driver), Some((c, d))) =
+            (&mut p.cpu_seconds, &mut p.driver_cpu_seconds, cpu)
+        {
+            *total += c;
+            *driver += d;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -574,6 +663,7 @@ impl Work {
             largest_bucket_records: self.largest,
             largest_rows_held: (self.rows_held > 0).then_some(self.rows_held),
             largest_items_held: None,
+            phases: self.phases.clone(),
             recompute_factor: ratio(self.clock.gathered, n_kept as u64),
             bucket_load_factor: ratio(self.loaded, n_kept as u64),
         }
@@ -607,12 +697,15 @@ fn score_stage(
         if reuse && path.exists() {
             work.reused += 1;
         } else {
+            let start = PhaseStart::now();
             let near = plan.near(grid, b, margin);
             let bounds = plan.reach(grid, b, margin);
             let (records, _) = load(spill, &near, b, bounds)?;
             work.loaded += records.len() as u64;
             work.largest = work.largest.max(records.len());
             work.held(records.len());
+            work.phase("score_load", &start);
+            let start = PhaseStart::now();
             let mut found = score_bucket(
                 &records,
                 grid,
@@ -625,6 +718,8 @@ fn score_stage(
                 overlap,
                 &mut work.clock,
             )?;
+            work.phase("score_tiles", &start);
+            let start = PhaseStart::now();
             found.sort_unstable_by_key(|f| f.0);
             let mut bytes = Vec::with_capacity(found.len() * SCORE_BYTES);
             for &(k, s, n) in &found {
@@ -633,6 +728,7 @@ fn score_stage(
                 bytes.extend_from_slice(&n.to_le_bytes());
             }
             spill.write(&path, &bytes)?;
+            work.phase("score_write", &start);
         }
         work.step();
     }
@@ -686,6 +782,14 @@ fn dense_scores(spill: &SpillDir, plan: &BucketPlan, n_kept: usize) -> Result<Ti
         }
     }
     Ok(scores)
+}
+
+fn ratio_f(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -840,10 +944,11 @@ fn score_bucket(
     overlap: Overlap,
     work: &mut ScoreClock,
 ) -> Result<Vec<(u32, f32, i32)>> {
-    let flat: Vec<[f64; 2]> = records.iter().map(|r| [r.pos[0], r.pos[1]]).collect();
-    let pos: Vec<[f64; 3]> = records.iter().map(|r| r.pos).collect();
-    let tokens: Vec<u32> = records.iter().map(|r| r.token).collect();
-    let member: Vec<i32> = records.iter().map(|r| r.member).collect();
+    use rayon::prelude::*;
+    let flat: Vec<[f64; 2]> = records.par_iter().map(|r| [r.pos[0], r.pos[1]]).collect();
+    let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
+    let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
+    let member: Vec<i32> = records.par_iter().map(|r| r.member).collect();
     let members = tiles::bucket(grid, &flat);
     let source = TileSource {
         grid,
@@ -1033,6 +1138,7 @@ fn bucketed_fragments(
     reuse: bool,
     work: &mut Work,
 ) -> Result<(Components, FragmentCounts)> {
+    use rayon::prelude::*;
     let dim = model.arch.emb;
     let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
     let k = params.k_tx;
@@ -1049,12 +1155,15 @@ fn bucketed_fragments(
             work.reused += 1;
             FragmentBucket::from_bytes(&spill.read(&path)?, &path)?
         } else {
+            let start = PhaseStart::now();
             let near = plan.near(grid, b, reach);
             let (records, own) = load(spill, &near, b, plan.reach(grid, b, reach))?;
             work.held(records.len());
             let assigned = claimed(spill, &near, score_cut, &records)?;
-            let pos: Vec<[f64; 3]> = records.iter().map(|r| r.pos).collect();
-            let tokens: Vec<u32> = records.iter().map(|r| r.token).collect();
+            let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
+            let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
+            work.phase("fragment_load", &start);
+            let start = PhaseStart::now();
             let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
             // Only the bucket's own transcripts count here; the others are
             // counted by their own buckets.
@@ -1063,6 +1172,8 @@ fn bucketed_fragments(
                     row.fill(-1);
                 }
             }
+            work.phase("fragment_neighbours", &start);
+            let start = PhaseStart::now();
             let scored = backend.fragment_similarity(FragmentSlots {
                 neighbors: &neighbors,
                 k,
@@ -1070,6 +1181,8 @@ fn bucketed_fragments(
                 unit: &unit,
                 dim,
             })?;
+            work.phase("fragment_similarity", &start);
+            let start = PhaseStart::now();
             let mut bucket = FragmentBucket {
                 histogram: scored
                     .histogram
@@ -1098,6 +1211,7 @@ fn bucketed_fragments(
                 }
             }
             spill.write(&path, &bucket.to_bytes())?;
+            work.phase("fragment_edges", &start);
             bucket
         };
         for &(bin, count) in &bucket.histogram {
@@ -1110,6 +1224,7 @@ fn bucketed_fragments(
     let median = fragments::histogram_median(&histogram);
     let threshold = median.map_or(params.cut, |m| m.max(params.cut));
 
+    let start = PhaseStart::now();
     let mut components = Components::default();
     let mut kept_edges = 0usize;
     for b in 0..plan.cells.len() {
@@ -1123,6 +1238,7 @@ fn bucketed_fragments(
         }
         work.held(components.parent.len());
     }
+    work.phase("fragment_components", &start);
     let counts = FragmentCounts {
         neighbour_edges,
         candidate_edges,
@@ -1142,6 +1258,7 @@ fn claimed(
     score_cut: f32,
     records: &[Record],
 ) -> Result<Vec<bool>> {
+    use rayon::prelude::*;
     let mut claimed: Vec<u32> = Vec::new();
     for &o in near {
         claimed.extend(
@@ -1151,9 +1268,9 @@ fn claimed(
                 .map(|(k, _, _)| k),
         );
     }
-    claimed.sort_unstable();
+    claimed.par_sort_unstable();
     Ok(records
-        .iter()
+        .par_iter()
         .map(|r| claimed.binary_search(&r.kept).is_ok())
         .collect())
 }
@@ -1328,9 +1445,11 @@ fn read_pass(
     let mut hi = [[f64::NEG_INFINITY; 2]; 2];
     let mut out = SpillWriter::create(spill, path.to_path_buf())?;
     let mut bytes = Vec::new();
+    let mut largest_batch = 0usize;
     while let Some(chunk) = stream.next_chunk()? {
         let n = chunk.x.len();
-        work.rows_held = work.rows_held.max(n);
+        largest_batch = largest_batch.max(n);
+        work.rows_held = work.rows_held.max((1 + READ_AHEAD) * largest_batch);
         while token_of.len() < stream.genes() {
             let name = stream.gene_name(token_of.len() as u32);
             token_of.push(index.get(name).copied());
@@ -1490,9 +1609,11 @@ pub fn segment_file(
     let (spill, previous) = open_spill(settings)?;
     let kept_path = spill.path.join("kept.bin");
     let rows_path = spill.path.join("rows.bin");
+    let start = PhaseStart::now();
     let kept = read_pass(
         layout, spec, nuclei, model, params, &spill, &kept_path, &rows_path, &mut work,
     )?;
+    work.phase("read", &start);
     let n_kept = kept.n_kept;
     let exact_margin = tiles::exact_margin(
         model.arch.layers(),
@@ -1501,6 +1622,7 @@ pub fn segment_file(
         kept.largest_radius,
     );
     let margin = params.margin.unwrap_or(exact_margin);
+    let start = PhaseStart::now();
     let tile = budget::tile_size(
         settings.tile_size,
         params.tile_size,
@@ -1537,9 +1659,11 @@ pub fn segment_file(
         None => budget::bucket_side(&grid, margin, fullest, settings.max_memory)?,
     };
     let plan = BucketPlan::new(&grid, side);
+    work.phase("tile_size_and_grid", &start);
 
     // Records by bucket, each file in kept order; a bounded number of
     // files open at once.
+    let start = PhaseStart::now();
     let mut key = start_key(params, model, plan.side, grid.size)?;
     let mut spilled_bytes = 0u64;
     let buckets: Vec<usize> = (0..plan.cells.len()).collect();
@@ -1569,6 +1693,7 @@ pub fn segment_file(
     std::fs::remove_file(&kept_path)
         .with_context(|| format!("cannot remove spill file {}", kept_path.display()))?;
     let reuse = settle_key(&spill, key, previous, settings)?;
+    work.phase("bucket_files", &start);
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
 
     let overlap = settings.overlap.resolve(backend);
@@ -1580,21 +1705,27 @@ pub fn segment_file(
     seconds.push(("model+score", work.clock.model));
 
     let clock = Instant::now();
+    let start = PhaseStart::now();
     let stats = score_statistics(&spill, &plan, &mut work)?;
     let cut = assign::cut_of(&stats, params.score_cut);
+    work.phase("score_statistics", &start);
     let mut fragment_stage = fragment_stage(
         &spill, &plan, &grid, cut, model, params, backend, reuse, &mut work,
     )?;
+    let start = PhaseStart::now();
     let settled = settle_results(&spill, &plan, cut, fragment_stage.as_mut(), &mut work)?;
+    work.phase("settle", &start);
     // The records are rewritten by every run (--resume included): free their
     // disk before the tables are written.
     let records = spill.path.join("records");
     std::fs::remove_dir_all(&records)
         .with_context(|| format!("cannot remove spill folder {}", records.display()))?;
+    let start = PhaseStart::now();
     let (slots, fragment_ids) = match fragment_stage {
         Some(_) => name_fragments(layout, id_kind, &spill, &plan, &rows_path, &mut work)?,
         None => (HashMap::new(), Vec::new()),
     };
+    work.phase("fragment_names", &start);
     let fragment_summary = fragment_stage.map(|(_, counts, _)| {
         counts.summary(
             settled.candidates,
@@ -1609,6 +1740,7 @@ pub fn segment_file(
     let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
     cell_ids.extend(fragment_ids.iter().map(String::as_str));
     let index = model.gene_index();
+    let start = PhaseStart::now();
     // --xenium-ranger numbers the output cells in the pass: their sizes first.
     let transcripts_per_cell = outputs
         .per_cell
@@ -1630,6 +1762,7 @@ pub fn segment_file(
         transcripts_per_cell.as_deref(),
         &mut work,
     )?;
+    work.phase("write_pass", &start);
     let facts_spill = work.facts(
         settings,
         &tile,
@@ -1691,6 +1824,19 @@ pub fn segment_file(
     let mut facts = facts_spill;
     facts.largest_rows_held = Some(work.rows_held);
     facts.largest_items_held = Some(work.items_held.max(work.rows_held));
+    for p in &facts.phases {
+        match (p.cpu_seconds, p.driver_cpu_seconds) {
+            (Some(cpu), Some(driver)) => log::info!(
+                "streaming phase {}: {:.2} s wall, {:.2} s CPU ({:.2} cores busy, {:.2} s on the driving thread)",
+                p.phase,
+                p.seconds,
+                cpu,
+                ratio_f(cpu, p.seconds),
+                driver
+            ),
+            _ => log::info!("streaming phase {}: {:.2} s wall", p.phase, p.seconds),
+        }
+    }
     Ok(FileRun {
         summary,
         stage_seconds: seconds,
@@ -2247,6 +2393,7 @@ fn write_pass(
     // another gene was filtered as unknown (pass 1 stops otherwise).
     let mut known: Vec<bool> = Vec::new();
     let batch_rows = write_rows();
+    let mut largest_batch = 0usize;
     let mut per_cell = outputs
         .per_cell
         .as_ref()
@@ -2259,6 +2406,9 @@ fn write_pass(
         || per_cell
             .as_ref()
             .is_some_and(|a| a.writes_points() || a.writes_assignment());
+    // Tables written batch by batch, each by a writer thread.
+    let sinks = usize::from(outputs.transcripts.is_some())
+        + usize::from(per_cell.as_ref().is_some_and(CellAggregator::writes_points));
     while let Some(chunk) = stream.next_chunk()? {
         let n = chunk.x.len();
         anyhow::ensure!(
@@ -2266,7 +2416,12 @@ fn write_pass(
             "{}: the file holds more rows than when it was first read",
             layout.path().display()
         );
-        work.rows_held = work.rows_held.max(n + pending.x.len());
+        largest_batch = largest_batch.max(n);
+        // Batches the reader decodes ahead, those the writers encode.
+        let writing = WRITE_AHEAD * batch_rows * sinks;
+        work.rows_held = work
+            .rows_held
+            .max((1 + READ_AHEAD) * largest_batch + pending.x.len() + writing);
         while known.len() < stream.genes() {
             known.push(known_gene(stream.gene_name(known.len() as u32)));
         }

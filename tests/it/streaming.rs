@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::common::seggpu_with_file_limit;
 use crate::common::segment::{merscope_crop_input, segment_cpu, xenium_crop_input};
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
+use seggpu::io::table::READ_AHEAD;
+use seggpu::output::WRITE_AHEAD;
 
 /// Outputs whose bytes do not depend on the command line (the AnnData and
 /// SpatialData stores record it under `uns/seggpu/command_line`, the report
@@ -182,7 +184,8 @@ const ID_RUN: usize = 1500;
 /// Runs `input` in memory and with `--max-memory` reading and writing in
 /// batches (`--outputs transcripts,cells`, one tile per bucket, small
 /// batches) and compares; the batched run must never have held more rows
-/// than a reader batch and a written batch.
+/// than the reader's batches (the one worked on and those decoded ahead)
+/// and the writer's (the rows waiting and the batches being encoded).
 fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let mut flags = extra.to_vec();
@@ -238,14 +241,16 @@ fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u6
     assert_eq!(log(&batched)["membership"], log(&memory)["membership"]);
     let rows = log(&batched)["result"]["counts"]["read"].as_u64().unwrap();
     let held = facts["largest_rows_held"].as_u64().unwrap();
-    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    // The batch being worked on and those the reader thread decodes ahead;
+    // the rows waiting to be written and the batches the writer encodes.
+    let bound = ((1 + READ_AHEAD) * BATCH_ROWS + (1 + WRITE_AHEAD) * WRITE_ROWS) as u64;
     assert!(
         rows > 2 * bound,
         "{rows} rows are too few to tell batches from the whole input"
     );
     assert!(
         held <= bound,
-        "{held} rows were held at once, more than a reader batch and a written batch ({bound})"
+        "{held} rows were held at once, more than the reader's and the writer's batches ({bound})"
     );
     // No structure holds an item per input row: the largest is a batch, a
     // bucket's records, a sorted group of scores or the fragment nodes.
@@ -429,10 +434,12 @@ fn per_cell_outputs_agree(
         "{facts}"
     );
     let held_rows = facts["largest_rows_held"].as_u64().unwrap();
-    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    // As in_memory_and_batched_agree, with a writer thread for each of the
+    // transcripts table and the SpatialData points.
+    let bound = ((1 + READ_AHEAD) * BATCH_ROWS + (1 + 2 * WRITE_AHEAD) * WRITE_ROWS) as u64;
     assert!(
         held_rows <= bound,
-        "{held_rows} rows were held at once, more than a reader batch and a written batch ({bound})"
+        "{held_rows} rows were held at once, more than the reader's and the writer's batches ({bound})"
     );
     assert!(!spill_left(&batched), "the spill folder is removed");
     assert!(!cell_points_left(&batched), "the cell points are removed");
