@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use geo::{Area, Validation};
+use seggpu::io::table::READ_AHEAD;
+use seggpu::output::WRITE_AHEAD;
 
 use crate::common::segment::{segment_cpu, xenium_crop_input};
 use crate::common::tables::{primitives, read_parquet, strings, transcript_ids};
@@ -592,12 +594,14 @@ fn batched_folder_agrees(
         "the hook holds every row"
     );
     let rows = log(&batched)["result"]["counts"]["read"].as_u64().unwrap();
-    let bound = (BATCH_ROWS + WRITE_ROWS) as u64;
+    // The reader's batch and those it decodes ahead, the written batch and
+    // those the transcripts table's writer thread encodes.
+    let bound = ((1 + READ_AHEAD) * BATCH_ROWS + (1 + WRITE_AHEAD) * WRITE_ROWS) as u64;
     let held_rows = facts["largest_rows_held"].as_u64().unwrap();
     assert!(rows > 2 * bound, "{rows} rows are too few to tell batches");
     assert!(
         held_rows <= bound,
-        "{held_rows} rows held at once, more than a reader and a written batch ({bound})"
+        "{held_rows} rows held at once, more than the reader's and the writer's batches ({bound})"
     );
     assert!(
         facts["buckets"].as_u64().unwrap() >= least_buckets,
