@@ -10,12 +10,13 @@ pub mod args;
 pub mod geometry;
 mod membership;
 mod nuclei;
+pub mod scratch;
 pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
-pub use nuclei::read_nuclei;
+pub use nuclei::{read_nuclei, SpilledPolygons};
 #[cfg(feature = "testing")]
 pub use transcripts::ID_RUN_ENV;
 pub use transcripts::{read_transcripts, Chunk, IdKind, TranscriptLayout, TranscriptStream};
@@ -126,4 +127,7 @@ pub struct Nuclei {
     pub notes: Vec<String>,
     /// Columns used (role, name), for the run log.
     pub columns: Vec<(&'static str, String)>,
+    /// Where the polygons are when they are not held (`polygons` is then
+    /// empty): [`Nuclei::spill_polygons`].
+    pub spilled: Option<SpilledPolygons>,
 }

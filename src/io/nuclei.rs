@@ -1,14 +1,22 @@
 //! Reading nucleus polygons (docs/contract.md §4) from vertex tables or WKB/WKT
 //! geometry tables, with their centroids and shape features.
 
+use std::borrow::Cow;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
+use geo::{Coord, LineString, Polygon};
 use indexmap::IndexMap;
 use rayon::prelude::*;
 
 use super::args::{ColumnChoice, InputSpec};
 use super::geometry::{self, Part};
+use super::scratch::ScratchDir;
 use super::table::{self, cell_key, Ctx, Table, Want};
 use super::Nuclei;
 use crate::model::BdFeatureMode;
@@ -521,9 +529,224 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
     Ok(nuclei)
 }
 
+/// Bytes of a spilled vertex: x, y (f64, little-endian).
+const VERTEX_BYTES: usize = 16;
+
+/// Prefix of the folder under `--tmp-dir` holding the spilled polygons.
+const SPILL_PREFIX: &str = ".seggpu-nuclei-";
+
+/// The nuclei's exterior rings in a file under `--tmp-dir`
+/// ([`Nuclei::spill_polygons`]), read back by range of nuclei, with what a
+/// run needs of every polygon without its vertices: its area and the
+/// largest distance from its centroid to a vertex. The vertices are stored
+/// as read (f64), so the polygons read back are the ones spilled, bit for bit.
+#[derive(Debug, Clone)]
+pub struct SpilledPolygons {
+    // Removed with the last clone.
+    folder: Arc<ScratchDir>,
+    path: PathBuf,
+    /// Index of the first vertex of each nucleus's ring, then the total.
+    starts: Vec<u64>,
+    /// Each nucleus's polygon area (as `cells.parquet` records it).
+    areas: Vec<f32>,
+    /// Largest distance from a nucleus centroid to its vertices.
+    radius: f64,
+}
+
+impl Nuclei {
+    /// Moves the polygons' vertices to a file in `<tmp_dir>/.seggpu-nuclei-<hash
+    /// of out>/` (removed when the last clone of these nuclei is dropped, or by
+    /// the next run into `out` after a killed one), so that what stays in
+    /// memory per nucleus is its id, centroid, features, area and the place
+    /// of its vertices in the file. The polygons are read back with
+    /// [`Nuclei::polygons_in`].
+    pub fn spill_polygons(&mut self, tmp_dir: &Path, out: &Path) -> Result<()> {
+        if self.spilled.is_some() {
+            return Ok(());
+        }
+        let radius = self.polygon_radius();
+        let folder = ScratchDir::create(SPILL_PREFIX, tmp_dir, out)?;
+        let path = folder.dir.join("polygons.bin");
+        let file = std::fs::File::create(&path).with_context(|| folder.error(&path, "create"))?;
+        let mut writer = BufWriter::new(file);
+        let mut starts = Vec::with_capacity(self.polygons.len() + 1);
+        let mut areas = Vec::with_capacity(self.polygons.len());
+        let mut at = 0u64;
+        for polygon in &self.polygons {
+            starts.push(at);
+            areas.push(polygon_area(polygon));
+            for c in polygon.exterior().coords() {
+                writer
+                    .write_all(&c.x.to_le_bytes())
+                    .and_then(|()| writer.write_all(&c.y.to_le_bytes()))
+                    .with_context(|| folder.error(&path, "write"))?;
+                at += 1;
+            }
+        }
+        starts.push(at);
+        writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| folder.error(&path, "write"))?;
+        self.polygons = Vec::new();
+        release_free_memory();
+        self.spilled = Some(SpilledPolygons {
+            folder: Arc::new(folder),
+            path,
+            starts,
+            areas,
+            radius,
+        });
+        Ok(())
+    }
+
+    /// The polygons of nuclei `range`: borrowed when held, else read back
+    /// from the spilled file (one read of the range's vertices).
+    pub fn polygons_in(&self, range: Range<usize>) -> Result<Cow<'_, [Polygon<f64>]>> {
+        let Some(spilled) = &self.spilled else {
+            return Ok(Cow::Borrowed(&self.polygons[range]));
+        };
+        if range.is_empty() {
+            return Ok(Cow::Owned(Vec::new()));
+        }
+        let (first, end) = (spilled.starts[range.start], spilled.starts[range.end]);
+        let error = || spilled.folder.error(&spilled.path, "read");
+        let mut file = std::fs::File::open(&spilled.path).with_context(error)?;
+        file.seek(SeekFrom::Start(first * VERTEX_BYTES as u64))
+            .with_context(error)?;
+        let mut bytes = vec![0u8; ((end - first) as usize) * VERTEX_BYTES];
+        file.read_exact(&mut bytes).with_context(error)?;
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            f64::from_le_bytes(w)
+        };
+        let polygons = range
+            .map(|n| {
+                let ring: Vec<Coord<f64>> = (spilled.starts[n]..spilled.starts[n + 1])
+                    .map(|v| {
+                        let at = ((v - first) as usize) * VERTEX_BYTES;
+                        Coord {
+                            x: word(at),
+                            y: word(at + 8),
+                        }
+                    })
+                    .collect();
+                Polygon::new(LineString::new(ring), Vec::new())
+            })
+            .collect();
+        Ok(Cow::Owned(polygons))
+    }
+
+    /// The area of nucleus `n`'s polygon, as `cells.parquet` records it.
+    pub fn nucleus_area(&self, n: usize) -> f32 {
+        match &self.spilled {
+            Some(spilled) => spilled.areas[n],
+            None => polygon_area(&self.polygons[n]),
+        }
+    }
+
+    /// Largest distance from a nucleus centroid to its polygon's vertices.
+    pub fn polygon_radius(&self) -> f64 {
+        if let Some(spilled) = &self.spilled {
+            return spilled.radius;
+        }
+        let mut r: f64 = 0.0;
+        for (poly, c) in self.polygons.iter().zip(&self.centroid) {
+            for v in poly.exterior().coords() {
+                r = r.max(((v.x - c[0]).powi(2) + (v.y - c[1]).powi(2)).sqrt());
+            }
+        }
+        r
+    }
+}
+
+/// Hands the allocator's free pages back to the system. The polygons are
+/// hundreds of thousands of small allocations: freed, they stay in the
+/// process's heap (its resident memory) until trimmed, and the large arrays
+/// that follow (a bucket's records) do not reuse them.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_free_memory() {
+    extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: glibc's malloc_trim only returns free memory of the
+    // allocator's arenas to the system; it takes no pointer.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+/// Elsewhere the allocator keeps its own policy.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
+/// A polygon's area as `cells.parquet` records it.
+fn polygon_area(p: &Polygon<f64>) -> f32 {
+    use geo::Area;
+    p.unsigned_area() as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::closed_ring_ranges;
+    use crate::io::Nuclei;
+
+    #[test]
+    fn spilled_polygons_read_back_bit_for_bit() {
+        let ring =
+            |v: &[[f64; 2]]| geo::Polygon::new(v.iter().map(|&[x, y]| (x, y)).collect(), vec![]);
+        let polygons = vec![
+            ring(&[[0.1, 0.2], [10.3, 0.0], [10.0, 7.7], [0.1, 0.2]]),
+            ring(&[
+                [-1e-300, 3.0],
+                [5.0, 1.0 / 3.0],
+                [2.0, 9.0],
+                [1.5, 12.25],
+                [-1e-300, 3.0],
+            ]),
+            ring(&[[1e9, 1e9], [1e9 + 1.0, 1e9], [1e9, 1e9 + 0.5], [1e9, 1e9]]),
+        ];
+        let mut nuclei = Nuclei {
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            polygons: polygons.clone(),
+            centroid: polygons.iter().map(crate::io::geometry::centroid).collect(),
+            features: vec![[0.0; 4]; 3],
+            ..Nuclei::default()
+        };
+        let areas: Vec<f32> = (0..3).map(|n| nuclei.nucleus_area(n)).collect();
+        let radius = nuclei.polygon_radius();
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        nuclei.spill_polygons(tmp.path(), &out).unwrap();
+        assert!(nuclei.polygons.is_empty(), "the vertices left memory");
+        assert_eq!(
+            nuclei.polygons_in(0..3).unwrap().as_ref(),
+            polygons.as_slice()
+        );
+        assert_eq!(nuclei.polygons_in(1..3).unwrap().as_ref(), &polygons[1..]);
+        assert_eq!(nuclei.polygons_in(2..2).unwrap().len(), 0);
+        for (n, area) in areas.iter().enumerate() {
+            assert_eq!(nuclei.nucleus_area(n).to_bits(), area.to_bits());
+        }
+        assert_eq!(nuclei.polygon_radius().to_bits(), radius.to_bits());
+        let folders = || std::fs::read_dir(tmp.path()).unwrap().count();
+        assert_eq!(folders(), 1, "one spill folder");
+        let copy = nuclei.clone();
+        drop(nuclei);
+        assert_eq!(
+            copy.polygons_in(0..1).unwrap()[0],
+            polygons[0],
+            "a clone keeps the file"
+        );
+        drop(copy);
+        assert_eq!(
+            folders(),
+            0,
+            "the spill folder is removed with the last clone"
+        );
+    }
 
     #[test]
     fn ring_ranges_split_at_closures() {

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
-use sha2::{Digest, Sha256};
 
 use super::anndata::{AnnData, CellCounts};
 use super::cells::{self, OutputCells};
@@ -33,6 +32,7 @@ use super::polygons::CellPolygon;
 use super::xenium_ranger::{self, AssignmentWriter};
 use super::zarr::ZarrStore;
 use super::{CellRow, TableFormat, TableSink};
+use crate::io::scratch::ScratchDir;
 use crate::io::Nuclei;
 use crate::pipeline::{Assignment, SegmentParams, Segmentation, Summary};
 
@@ -89,47 +89,11 @@ pub struct WrittenRow {
     pub score: f32,
 }
 
-/// A folder under `--tmp-dir` for the spilled points and report rows,
-/// named after the output folder (one run at a time writes there, so a
-/// folder of that name is a killed run's), removed when dropped.
-struct Scratch {
-    dir: PathBuf,
-    tmp_dir: PathBuf,
-}
+/// The folder under `--tmp-dir` for the spilled points and report rows.
+type Scratch = ScratchDir;
 
-impl Scratch {
-    fn create(tmp_dir: &Path, out: &Path) -> Result<Self> {
-        let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
-        let digest = Sha256::digest(out.to_string_lossy().as_bytes());
-        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let dir = tmp_dir.join(format!(".seggpu-cell-points-{name}"));
-        if dir.exists() {
-            // Left by a killed run.
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {} (--tmp-dir)", dir.display()))?;
-        Ok(Scratch {
-            dir,
-            tmp_dir: tmp_dir.to_path_buf(),
-        })
-    }
-
-    fn error(&self, path: &Path, what: &str) -> String {
-        format!(
-            "cannot {what} spill file {} (--tmp-dir {}: is it full?)",
-            path.display(),
-            self.tmp_dir.display()
-        )
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// Prefix of [`Scratch`]'s name.
+const SCRATCH_PREFIX: &str = ".seggpu-cell-points-";
 
 /// The report's rows and everything else it shows but the summary and the
 /// stage seconds, which are known only at the end of the run.
@@ -289,7 +253,7 @@ pub struct CellAggregator {
 impl CellAggregator {
     /// Aggregates for `n_cells` cells (nuclei, then fragments).
     pub fn new(outputs: &PerCellOutputs, n_cells: usize) -> Result<Self> {
-        let scratch = Scratch::create(&outputs.tmp_dir, &outputs.out)?;
+        let scratch = Scratch::create(SCRATCH_PREFIX, &outputs.tmp_dir, &outputs.out)?;
         let table = outputs.anndata.is_some() || outputs.spatialdata.is_some();
         let points = (table || outputs.boundaries.is_some() || outputs.xenium_ranger.is_some())
             .then(|| PointSpill::create(&scratch, n_cells))
@@ -486,7 +450,7 @@ impl CellAggregator {
                 let rows_file = writer.finish(sorted)?;
                 let (rings, label) = match &cells {
                     Some(cells) => (html_report::polygon_rings(cells), "cell polygons"),
-                    None => (html_report::nucleus_rings(nuclei), "nucleus polygons"),
+                    None => (html_report::nucleus_rings(nuclei)?, "nucleus polygons"),
                 };
                 Some(PendingReport {
                     rows: rows_file,
@@ -525,11 +489,14 @@ impl CellAggregator {
             let n = per_file.min(rows.len() - first);
             let end = at + index[at..].partition_point(|&c| c < first + n);
             let points = read_cells(&self.scratch, path, first, n)?;
+            // The nuclei among the file's cells (read back when spilled).
+            let nucleus_polygons =
+                nuclei.polygons_in(first.min(n_nuclei)..(first + n).min(n_nuclei))?;
             let here = &index[at..end];
             polygons.extend(cells::polygons_of(
                 here.len(),
                 |i| points[here[i] - first].clone(),
-                |i| (here[i] < n_nuclei).then(|| &nuclei.polygons[here[i]]),
+                |i| (here[i] < n_nuclei).then(|| &nucleus_polygons[here[i] - first]),
                 |i| rows[here[i]].id.as_str(),
             )?);
             at = end;

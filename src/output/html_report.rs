@@ -323,12 +323,12 @@ pub fn polygon_rings(cells: &super::cells::OutputCells) -> Vec<Vec<[f64; 2]>> {
 }
 
 /// Outer rings of the nuclei (µm), to draw until cell polygons are given.
-pub fn nucleus_rings(nuclei: &Nuclei) -> Vec<Vec<[f64; 2]>> {
-    nuclei
-        .polygons
+pub fn nucleus_rings(nuclei: &Nuclei) -> Result<Vec<Vec<[f64; 2]>>> {
+    Ok(nuclei
+        .polygons_in(0..nuclei.ids.len())?
         .iter()
         .map(|p| p.exterior().coords().map(|c| [c.x, c.y]).collect())
-        .collect()
+        .collect())
 }
 
 /// Writes the report to `path`.

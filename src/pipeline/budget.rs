@@ -29,6 +29,17 @@ pub const TILE_SHARE: f64 = 0.5;
 /// See [`TILE_SHARE`].
 pub const BUCKET_SHARE: f64 = 0.25;
 
+/// Bytes the path that reads and writes in batches holds per nucleus for
+/// the whole run: its id, centroid, features, area and the place of its
+/// polygon in the spill file (the vertices are on disk), then its cell's
+/// running sums, name and row of `cells.parquet` (measured about 210 bytes
+/// at 670,000 nuclei, docs/streaming.md; rounded up).
+pub const HELD_BYTES_PER_NUCLEUS: f64 = 256.0;
+
+/// Share of the budget for what grows with the nuclei: the rest beside
+/// [`TILE_SHARE`] and [`BUCKET_SHARE`].
+pub const HELD_SHARE: f64 = 1.0 - TILE_SHARE - BUCKET_SHARE;
+
 /// Bytes the in-memory path holds per input row (measured 274–316 at 10M
 /// rows, docs/streaming.md; rounded up).
 pub const IN_MEMORY_BYTES_PER_ROW: u64 = 320;
@@ -351,6 +362,22 @@ pub fn fullest_tile(grid: &TileGrid, points: &[[f64; 2]]) -> u64 {
     per_tile.values().copied().max().unwrap_or(1)
 }
 
+/// Checks, before the transcripts are read, that `nuclei` nuclei held for
+/// the whole run ([`HELD_BYTES_PER_NUCLEUS`] each) fit the share of `budget`
+/// that is theirs ([`HELD_SHARE`]); an error naming `--max-memory` and the
+/// budget that fits them otherwise.
+pub fn check_nuclei(nuclei: usize, budget: u64) -> Result<()> {
+    let bytes = nuclei as f64 * HELD_BYTES_PER_NUCLEUS;
+    if bytes > budget as f64 * HELD_SHARE {
+        bail!(
+            "--max-memory {budget} bytes is too small for the {nuclei} nuclei of the sample: held for the whole run, they take about {} MB (a quarter of --max-memory is for them); --max-memory {} or more fits them",
+            (bytes / 1e6).ceil(),
+            as_flag(bytes / HELD_SHARE)
+        );
+    }
+    Ok(())
+}
+
 /// Tiles per bucket side for `budget` bytes: the largest block whose
 /// records with the margin fit its share, at the density of the fullest
 /// tile (`fullest` transcripts); an error, naming the budget that would
@@ -414,6 +441,17 @@ mod tests {
         // 3200 (recompute 1.06) would fit 64 GB but is not needed.
         assert_eq!(pick(4_000_000_000), 1600.0);
         assert_eq!(pick(64_000_000_000), 1600.0);
+    }
+
+    #[test]
+    fn the_nuclei_must_fit_their_share() {
+        // 4096 nuclei at 256 bytes: 1 MiB, a quarter of 4 MiB.
+        assert!(check_nuclei(4096, 4 << 20).is_ok());
+        let refused = check_nuclei(4097, 4 << 20).unwrap_err().to_string();
+        assert!(refused.contains("4097 nuclei"), "{refused}");
+        // 4097 · 256 · 4 bytes = 4,195,328 bytes, rounded up to 5 MiB.
+        assert!(refused.contains("--max-memory 5M or more"), "{refused}");
+        assert!(check_nuclei(4097, 5 << 20).is_ok());
     }
 
     #[test]

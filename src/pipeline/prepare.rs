@@ -1,6 +1,7 @@
 //! Stage `prepare`: gene tokens (docs/contract.md §3), nuclear membership
 //! (§5 "belongs"), the exact tile margin (§10) and the tile grid.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
@@ -64,7 +65,7 @@ pub fn run(
         })
         .collect();
     let tokens: Vec<u32> = kept.iter().map(|&r| row_tokens[r as usize]).collect();
-    let member = memberships(transcripts, &kept, nuclei);
+    let member = memberships(transcripts, &kept, nuclei)?;
     let largest_radius = largest_radius(nuclei, &pos, &member);
     let exact_margin = tiles::exact_margin(
         model.arch.layers(),
@@ -137,17 +138,18 @@ pub fn unknown_genes_error(mut missing: Vec<&str>) -> anyhow::Error {
 /// Finds the nucleus a point lies strictly inside (the lowest index when
 /// several do; −1 for none).
 pub struct NucleusLocator<'a> {
-    nuclei: &'a Nuclei,
+    polygons: Cow<'a, [geo::Polygon<f64>]>,
     tree: RTree<GeomWithData<Rectangle<[f64; 2]>, i32>>,
 }
 
 impl<'a> NucleusLocator<'a> {
-    /// Indexes the nuclei's bounding boxes.
-    pub fn new(nuclei: &'a Nuclei) -> Self {
+    /// Indexes the nuclei's bounding boxes (the polygons are read back when
+    /// spilled).
+    pub fn new(nuclei: &'a Nuclei) -> Result<Self> {
         use geo::BoundingRect;
+        let polygons = nuclei.polygons_in(0..nuclei.ids.len())?;
         let tree = RTree::bulk_load(
-            nuclei
-                .polygons
+            polygons
                 .iter()
                 .enumerate()
                 .filter_map(|(i, p)| {
@@ -159,7 +161,7 @@ impl<'a> NucleusLocator<'a> {
                 })
                 .collect(),
         );
-        NucleusLocator { nuclei, tree }
+        Ok(NucleusLocator { polygons, tree })
     }
 
     /// The nucleus containing `p`, −1 for none.
@@ -168,7 +170,7 @@ impl<'a> NucleusLocator<'a> {
         self.tree
             .locate_all_at_point(&p)
             .map(|r| r.data)
-            .filter(|&n| self.nuclei.polygons[n as usize].contains(&geo::Point::new(p[0], p[1])))
+            .filter(|&n| self.polygons[n as usize].contains(&geo::Point::new(p[0], p[1])))
             .min()
             .unwrap_or(-1)
     }
@@ -215,7 +217,7 @@ fn tokens_for(
 
 /// Nucleus each kept transcript belongs to (−1 if none): by the file's
 /// nuclear flag and cell id, or else by strict point-in-polygon.
-fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Vec<i32> {
+fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Result<Vec<i32>> {
     if let Some(flags) = &transcripts.nuclear_cell {
         let by_id: HashMap<&str, i32> = nuclei
             .ids
@@ -223,7 +225,7 @@ fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Vec<
             .enumerate()
             .map(|(i, id)| (id.as_str(), i as i32))
             .collect();
-        return kept
+        return Ok(kept
             .iter()
             .map(|&row| {
                 flags[row as usize]
@@ -231,13 +233,14 @@ fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Vec<
                     .and_then(|cell| by_id.get(cell).copied())
                     .unwrap_or(-1)
             })
-            .collect();
+            .collect());
     }
-    let locator = NucleusLocator::new(nuclei);
+    let locator = NucleusLocator::new(nuclei)?;
     use rayon::prelude::*;
-    kept.par_iter()
+    Ok(kept
+        .par_iter()
         .map(|&row| locator.locate([transcripts.x[row as usize], transcripts.y[row as usize]]))
-        .collect()
+        .collect())
 }
 
 /// Largest distance from a nucleus centroid to its vertices or members.
@@ -251,13 +254,7 @@ fn largest_radius(nuclei: &Nuclei, pos: &[[f64; 3]], member: &[i32]) -> f64 {
 
 /// Largest distance from a nucleus centroid to its vertices.
 pub fn polygon_radius(nuclei: &Nuclei) -> f64 {
-    let mut r: f64 = 0.0;
-    for (poly, c) in nuclei.polygons.iter().zip(&nuclei.centroid) {
-        for v in poly.exterior().coords() {
-            r = r.max(((v.x - c[0]).powi(2) + (v.y - c[1]).powi(2)).sqrt());
-        }
-    }
-    r
+    nuclei.polygon_radius()
 }
 
 /// Distance from the centroid of nucleus `n` to a member at `p` (0 when

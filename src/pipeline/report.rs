@@ -327,7 +327,7 @@ pub fn cell_rows(
             n_transcripts: cell_sum[n].0,
             centroid_x: cx,
             centroid_y: cy,
-            nucleus_area: Some(polygon_area(&nuclei.polygons[n]) as f32),
+            nucleus_area: Some(nuclei.nucleus_area(n)),
         });
     }
     for (f, id) in fragment_ids.iter().enumerate() {
@@ -342,9 +342,4 @@ pub fn cell_rows(
         });
     }
     cells
-}
-
-fn polygon_area(p: &geo::Polygon<f64>) -> f64 {
-    use geo::Area;
-    p.unsigned_area()
 }

@@ -467,7 +467,7 @@ pub fn run(
         let (rings, label) = match &cells {
             Some(cells) => (output::html_report::polygon_rings(cells), "cell polygons"),
             None => (
-                output::html_report::nucleus_rings(&nuclei),
+                output::html_report::nucleus_rings(&nuclei)?,
                 "nucleus polygons",
             ),
         };
@@ -678,7 +678,12 @@ fn run_in_batches(
     if args.xenium_ranger {
         output::xenium_ranger::check_layout_ids(&layout, id_kind)?;
     }
-    let nuclei = crate::io::read_nuclei(spec, model.bd_features)?;
+    let mut nuclei = crate::io::read_nuclei(spec, model.bd_features)?;
+    super::budget::check_nuclei(nuclei.ids.len(), budget.bytes)?;
+    // The vertices go to disk: what stays per nucleus is bounded by the
+    // budget's share for the nuclei.
+    nuclei.spill_polygons(args.tmp_dir.as_ref().unwrap_or(&args.out), &args.out)?;
+    let read_memory = super::stream::PhaseMemory::now("read nuclei");
     spinner.finish_and_clear();
     report_nuclei(&nuclei, spec);
     let columns = InputColumns {
@@ -768,6 +773,7 @@ fn run_in_batches(
         &layout, id_kind, spec, &nuclei, model, params, backend, progress, &settings, &outputs,
     )?;
     stages.extend(run.stage_seconds.iter().copied());
+    run.facts.rss_by_phase.splice(0..0, read_memory);
     let params = &SegmentParams {
         tile_size: run.facts.tile.tile_size,
         ..params.clone()

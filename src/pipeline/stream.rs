@@ -109,6 +109,9 @@ pub struct StreamFacts {
     /// Wall and CPU seconds of each phase of the path, in the order first
     /// met (a phase met once per bucket is summed over the buckets).
     pub phases: Vec<PhaseTime>,
+    /// Resident memory at the end of each phase (Linux; empty elsewhere).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rss_by_phase: Vec<PhaseMemory>,
 }
 
 /// Wall and CPU seconds of one phase of the bucketed path (the log's
@@ -157,6 +160,28 @@ fn cpu_seconds() -> Option<(f64, f64)> {
     let thread = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let thread_ns: f64 = thread.split_whitespace().next()?.parse().ok()?;
     Some(((user + system) / 100.0, thread_ns * 1e-9))
+}
+
+/// Resident memory of the process at the end of a phase, for the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseMemory {
+    /// The phase just ended.
+    pub phase: &'static str,
+    /// Resident memory then (`VmRSS`), bytes.
+    pub rss_bytes: u64,
+    /// Peak resident memory so far (`VmHWM`), bytes.
+    pub peak_rss_bytes: u64,
+}
+
+impl PhaseMemory {
+    /// The memory now, at the end of `phase` (`None` where not known).
+    pub fn now(phase: &'static str) -> Option<Self> {
+        Some(PhaseMemory {
+            phase,
+            rss_bytes: status_bytes("VmRSS:")?,
+            peak_rss_bytes: peak_rss_bytes()?,
+        })
+    }
 }
 
 /// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
@@ -664,6 +689,7 @@ impl Work {
             largest_rows_held: (self.rows_held > 0).then_some(self.rows_held),
             largest_items_held: None,
             phases: self.phases.clone(),
+            rss_by_phase: Vec::new(),
             recompute_factor: ratio(self.clock.gathered, n_kept as u64),
             bucket_load_factor: ratio(self.loaded, n_kept as u64),
         }
@@ -1430,7 +1456,9 @@ fn read_pass(
         .enumerate()
         .map(|(i, id)| (id.as_str(), i as i32))
         .collect();
-    let locator = prepare::NucleusLocator::new(nuclei);
+    // Built at the first row that needs point-in-polygon, so that a file
+    // whose flags give the membership never holds the polygons.
+    let mut locator: Option<prepare::NucleusLocator> = None;
     let mut tally = MembershipTally::new(nuclei);
     let mut stream = layout.stream(spec)?;
     let mut token_of: Vec<Option<u32>> = Vec::new();
@@ -1494,10 +1522,16 @@ fn read_pass(
                         .unwrap_or(-1)
                 })
                 .collect(),
-            None => kept_here
-                .par_iter()
-                .map(|&i| locator.locate([chunk.x[i], chunk.y[i]]))
-                .collect(),
+            None => {
+                let locator = match &locator {
+                    Some(locator) => locator,
+                    None => locator.insert(prepare::NucleusLocator::new(nuclei)?),
+                };
+                kept_here
+                    .par_iter()
+                    .map(|&i| locator.locate([chunk.x[i], chunk.y[i]]))
+                    .collect()
+            }
         };
         bytes.clear();
         row_bytes.clear();
@@ -1545,6 +1579,10 @@ fn read_pass(
     }
     if layout.has_membership() && membership.source == "point_in_polygon" {
         // The flag column never marks a row: membership by the polygons.
+        let locator = match locator {
+            Some(locator) => locator,
+            None => prepare::NucleusLocator::new(nuclei)?,
+        };
         radius = relocate(spill, path, nuclei, &locator)?;
     }
     Ok(Kept {
@@ -1604,6 +1642,7 @@ pub fn segment_file(
     outputs: &FileOutputs,
 ) -> Result<FileRun> {
     let mut seconds = Vec::new();
+    let mut memory = Vec::new();
     let mut work = Work::default();
     let clock = Instant::now();
     let (spill, previous) = open_spill(settings)?;
@@ -1695,6 +1734,7 @@ pub fn segment_file(
     let reuse = settle_key(&spill, key, previous, settings)?;
     work.phase("bucket_files", &start);
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
+    memory.extend(PhaseMemory::now("read+spill"));
 
     let overlap = settings.overlap.resolve(backend);
     score_stage(
@@ -1703,6 +1743,7 @@ pub fn segment_file(
     )?;
     seconds.push(("graphs", work.clock.graph));
     seconds.push(("model+score", work.clock.model));
+    memory.extend(PhaseMemory::now("score"));
 
     let clock = Instant::now();
     let start = PhaseStart::now();
@@ -1734,6 +1775,7 @@ pub fn segment_file(
         )
     });
     seconds.push(("assign+fragments", clock.elapsed().as_secs_f64()));
+    memory.extend(PhaseMemory::now("assign+fragments"));
 
     let clock = Instant::now();
     let n_nuclei = nuclei.ids.len();
@@ -1782,10 +1824,12 @@ pub fn segment_file(
     if let Some(path) = &outputs.cells {
         crate::output::write_cells(path, &cells, outputs.format)?;
     }
+    memory.extend(PhaseMemory::now("transcripts+cells"));
     let per_cell = match written.per_cell {
         Some(aggregator) => {
             let facts = aggregator.finish(&cells, nuclei, written.gene_names)?;
             seconds.push(("polygons", facts.polygon_seconds));
+            memory.extend(PhaseMemory::now("per-cell outputs"));
             Some(facts)
         }
         None => None,
@@ -1837,6 +1881,7 @@ pub fn segment_file(
             _ => log::info!("streaming phase {}: {:.2} s wall", p.phase, p.seconds),
         }
     }
+    facts.rss_by_phase = memory;
     Ok(FileRun {
         summary,
         stage_seconds: seconds,

@@ -159,3 +159,33 @@ fn a_budget_too_small_for_the_smallest_tile_is_refused_naming_one_that_fits() {
         println!("{fits}: {}", log(&out)["streaming"]);
     }
 }
+
+#[test]
+fn a_budget_too_small_for_the_nuclei_is_refused_before_reading_the_transcripts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated_xenium(tmp.path(), "input", 300);
+    let out = tmp.path().join("small");
+    let run = segment(&input, &out, 1 << 40, &["--max-memory", "100K"]);
+    assert_failure(&run, "nuclei of the sample");
+    assert!(!out.join("segger_transcripts.parquet").exists());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let fits = stderr
+        .split_once(" or more fits them")
+        .and_then(|(before, _)| before.rsplit_once("--max-memory "))
+        .unwrap_or_else(|| panic!("no budget that fits the nuclei is named: {stderr}"))
+        .1
+        .to_string();
+    // The budget named holds the nuclei: the run goes on to the next check,
+    // the tile's (a tile needs tens of MB).
+    let run = segment(
+        &input,
+        &tmp.path().join("fits"),
+        1 << 40,
+        &["--max-memory", fits.as_str()],
+    );
+    assert_failure(&run, "even the smallest tile tried");
+    assert!(
+        !String::from_utf8_lossy(&run.stderr).contains("nuclei of the sample"),
+        "{fits} fits the nuclei"
+    );
+}

@@ -276,6 +276,28 @@ fn in_memory_and_batched_agree(input: &[&str], extra: &[&str], least_buckets: u6
         );
     }
     assert!(!spill_left(&batched), "the spill folder is removed");
+    assert!(!nuclei_left(&batched), "the nuclei's polygons are removed");
+    // The memory at the end of every phase, nuclei read first.
+    if cfg!(target_os = "linux") {
+        let phases = facts["rss_by_phase"].as_array().expect("rss_by_phase");
+        let names: Vec<&str> = phases
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "read nuclei",
+                "read+spill",
+                "score",
+                "assign+fragments",
+                "transcripts+cells"
+            ]
+        );
+        for p in phases {
+            assert!(p["rss_bytes"].as_u64().unwrap() <= p["peak_rss_bytes"].as_u64().unwrap());
+        }
+    }
 }
 
 #[test]
@@ -303,16 +325,20 @@ fn the_real_merscope_crop_is_read_and_written_in_batches_with_the_same_csv_outpu
     );
 }
 
+/// Whether a folder named `prefix…` is left in `dir`.
+fn scratch_left(dir: &Path, prefix: &str) -> bool {
+    std::fs::read_dir(dir)
+        .is_ok_and(|mut d| d.any(|e| e.unwrap().file_name().to_string_lossy().starts_with(prefix)))
+}
+
 /// Whether a spill folder of the batched flow's cell points is left in `dir`.
 fn cell_points_left(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| {
-        d.any(|e| {
-            e.unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".seggpu-cell-points-")
-        })
-    })
+    scratch_left(dir, ".seggpu-cell-points-")
+}
+
+/// Whether the batched flow's spilled nucleus polygons are left in `dir`.
+fn nuclei_left(dir: &Path) -> bool {
+    scratch_left(dir, ".seggpu-nuclei-")
 }
 
 /// The report: the same page but for its stage seconds.
@@ -443,6 +469,7 @@ fn per_cell_outputs_agree(
     );
     assert!(!spill_left(&batched), "the spill folder is removed");
     assert!(!cell_points_left(&batched), "the cell points are removed");
+    assert!(!nuclei_left(&batched), "the nuclei's polygons are removed");
 }
 
 #[test]
@@ -670,26 +697,38 @@ fn killed_half_way_and_resumed(outputs: &str) {
 #[cfg(unix)]
 #[test]
 fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
-    full_tmp_dir(&[
-        "--outputs",
-        "transcripts,cells,polygons,anndata,spatialdata,report",
-    ]);
+    full_tmp_dir(
+        &[
+            "--outputs",
+            "transcripts,cells,polygons,anndata,spatialdata,report",
+        ],
+        16,
+    );
 }
 
 #[cfg(unix)]
 #[test]
 fn a_full_tmp_dir_reading_in_batches_is_a_clear_error_and_leaves_nothing() {
-    full_tmp_dir(&["--outputs", "transcripts,cells"]);
+    // 16 blocks: the nuclei's polygons, the first file spilled, do not fit.
+    let stderr = full_tmp_dir(&["--outputs", "transcripts,cells"], 16);
+    assert!(stderr.contains("polygons.bin"), "{stderr}");
+    // 256 blocks hold the polygons (150 nuclei, about 30 vertices of 16
+    // bytes each), not the records of the transcripts.
+    let stderr = full_tmp_dir(&["--outputs", "transcripts,cells"], 256);
+    assert!(!stderr.contains("polygons.bin"), "{stderr}");
 }
 
+/// A run whose files may not exceed `blocks` blocks fails naming the spill
+/// file and `--tmp-dir`, leaving no output and no spill folder; returns its
+/// stderr.
 #[cfg(unix)]
-fn full_tmp_dir(outputs: &[&str]) {
+fn full_tmp_dir(outputs: &[&str], blocks: u32) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let input = simulated(tmp.path());
     let out = tmp.path().join("out");
     let spill = tmp.path().join("spill");
     std::fs::create_dir(&spill).unwrap();
-    let run = seggpu_with_file_limit(16)
+    let run = seggpu_with_file_limit(blocks)
         .args(["segment", "--xenium"])
         .arg(&input)
         .arg("--model")
@@ -706,6 +745,7 @@ fn full_tmp_dir(outputs: &[&str]) {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("--tmp-dir"), "{stderr}");
     assert!(!spill_left(&spill), "the spill folder is removed");
+    assert!(!nuclei_left(&spill), "the nuclei's polygons are removed");
     let left: Vec<_> = std::fs::read_dir(&out)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
@@ -714,6 +754,7 @@ fn full_tmp_dir(outputs: &[&str]) {
             .all(|n| n.to_string_lossy().starts_with(".seggpu")),
         "outputs left: {left:?}"
     );
+    stderr.into_owned()
 }
 
 #[test]
