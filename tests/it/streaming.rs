@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 #[cfg(unix)]
 use crate::common::seggpu_with_file_limit;
-use crate::common::segment::{merscope_crop_input, segment_cpu, xenium_crop_input};
+use crate::common::segment::{merscope_crop_input, segment_cpu, small_batches, xenium_crop_input};
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
 use seggpu::io::table::READ_AHEAD;
 use seggpu::output::WRITE_AHEAD;
@@ -389,19 +389,14 @@ fn per_cell_outputs_agree(
             .arg("--out")
             .arg(out)
             .args(["--backend", "cpu", "--quiet"])
-            .args(&flags)
-            .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
-            .env(
-                seggpu::pipeline::stream::WRITE_ROWS_ENV,
-                WRITE_ROWS.to_string(),
-            )
-            .env(
-                seggpu::output::aggregate::CELLS_PER_FILE_ENV,
-                CELLS_PER_FILE.to_string(),
-            );
-        if rows_held {
-            command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
-        }
+            .args(&flags);
+        small_batches(
+            &mut command,
+            BATCH_ROWS,
+            WRITE_ROWS,
+            CELLS_PER_FILE,
+            rows_held,
+        );
         assert_success(&command.output().expect("run seggpu"));
     };
     // One output folder for both, moved aside after each run: the command

@@ -17,7 +17,7 @@ use geo::{Area, Validation};
 use seggpu::io::table::READ_AHEAD;
 use seggpu::output::WRITE_AHEAD;
 
-use crate::common::segment::{segment_cpu, xenium_crop_input};
+use crate::common::segment::{segment_cpu, small_batches, xenium_crop_input};
 use crate::common::tables::{primitives, read_parquet, strings, transcript_ids};
 use crate::common::{
     assert_failure, assert_success, data_path, demo_model, one_nucleus_csv, write_file,
@@ -563,19 +563,13 @@ fn batched_folder_agrees(
     flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
     let run = |out: &Path, rows_held: bool| {
         let mut command = command(out, &flags);
-        command
-            .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
-            .env(
-                seggpu::pipeline::stream::WRITE_ROWS_ENV,
-                WRITE_ROWS.to_string(),
-            )
-            .env(
-                seggpu::output::aggregate::CELLS_PER_FILE_ENV,
-                CELLS_PER_FILE.to_string(),
-            );
-        if rows_held {
-            command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
-        }
+        small_batches(
+            &mut command,
+            BATCH_ROWS,
+            WRITE_ROWS,
+            CELLS_PER_FILE,
+            rows_held,
+        );
         assert_success(&command.output().expect("run seggpu"))
     };
     // The batched run stays in `out`, which its README.txt names.

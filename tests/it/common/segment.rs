@@ -59,3 +59,28 @@ pub fn merscope_crop_input() -> Vec<String> {
         path("merscope_mouse_brain_model.safetensors"),
     ]
 }
+
+/// Sets the test-only size overrides of the batched flow on `command`:
+/// rows per reader batch, rows per written batch, cells per points file,
+/// and (with `rows_held`) the rows-held flow instead of the batched one.
+pub fn small_batches(
+    command: &mut std::process::Command,
+    batch_rows: usize,
+    write_rows: usize,
+    cells_per_file: usize,
+    rows_held: bool,
+) {
+    command
+        .env(seggpu::io::table::BATCH_ROWS_ENV, batch_rows.to_string())
+        .env(
+            seggpu::pipeline::stream::WRITE_ROWS_ENV,
+            write_rows.to_string(),
+        )
+        .env(
+            seggpu::output::aggregate::CELLS_PER_FILE_ENV,
+            cells_per_file.to_string(),
+        );
+    if rows_held {
+        command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
+    }
+}
