@@ -42,19 +42,26 @@ pub fn exact_margin(layers: usize, dist_tx: f64, dist_bd: f64, radius: f64) -> f
     (layers as f64 + 1.0) * dist_tx + dist_bd + radius
 }
 
+/// The least and largest x and y of `points` (their first two coordinates);
+/// infinite when `points` is empty.
+pub fn bounds<const N: usize>(points: &[[f64; N]]) -> ([f64; 2], [f64; 2]) {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for p in points {
+        for a in 0..2 {
+            lo[a] = lo[a].min(p[a]);
+            hi[a] = hi[a].max(p[a]);
+        }
+    }
+    (lo, hi)
+}
+
 impl TileGrid {
     /// Covers `points` (x, y) with cores of `size` µm; the tiles are the
     /// cores that own a point. An error when the bounding box spans more
     /// than [`MAX_CORES_PER_AXIS`] cores along an axis.
     pub fn covering(points: &[[f64; 2]], size: f64, margin: f64) -> Result<Self> {
-        let mut lo = [f64::INFINITY; 2];
-        let mut hi = [f64::NEG_INFINITY; 2];
-        for p in points {
-            for a in 0..2 {
-                lo[a] = lo[a].min(p[a]);
-                hi[a] = hi[a].max(p[a]);
-            }
-        }
+        let (mut lo, mut hi) = bounds(points);
         if !lo[0].is_finite() {
             lo = [0.0; 2];
             hi = [0.0; 2];

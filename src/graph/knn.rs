@@ -138,14 +138,7 @@ fn grid_knn(
     if k == 0 || n == 0 {
         return Neighbors { k, index };
     }
-    let mut lo = [f64::INFINITY; 2];
-    let mut hi = [f64::NEG_INFINITY; 2];
-    for p in points {
-        for a in 0..2 {
-            lo[a] = lo[a].min(p[a]);
-            hi[a] = hi[a].max(p[a]);
-        }
-    }
+    let (lo, hi) = crate::tiles::bounds(points);
     let cap_cells = grid_cells(points, cap_len) as f64;
     let per_cap_cell = n as f64 / cap_cells;
     let mut m =

@@ -314,14 +314,7 @@ impl Densities {
 
 /// The least and largest x and y of `points` (two points).
 pub fn extremes(points: &[[f64; 2]]) -> Vec<[f64; 2]> {
-    let mut lo = [f64::INFINITY; 2];
-    let mut hi = [f64::NEG_INFINITY; 2];
-    for p in points {
-        for a in 0..2 {
-            lo[a] = lo[a].min(p[a]);
-            hi[a] = hi[a].max(p[a]);
-        }
-    }
+    let (lo, hi) = crate::tiles::bounds(points);
     vec![lo, hi]
 }
 
