@@ -17,7 +17,8 @@
 
 use super::chunking::{Aux, Indexed};
 use super::kernels::gather;
-use super::program::{Array, Program, Slot};
+use super::kernels::train_common::bind_windows;
+use super::program::{Array, Binding, Program, Slot};
 use super::shaders::Elem;
 use super::GpuError;
 #[cfg(test)]
@@ -130,6 +131,19 @@ impl Chunk {
     /// The chunk's CSR offsets and entries, to bind together.
     pub fn csr(&self) -> (Array, Array) {
         self.csr.expect("a CSR kernel's chunk")
+    }
+
+    /// The chunk's offsets (`begin ..= end`) and entries (`e0 .. e1`)
+    /// bound together: the binding and the index of each one's element 0.
+    pub fn bind_csr(&self, program: &Program) -> Result<(Binding, [u32; 2]), GpuError> {
+        let (offsets, entries) = self.csr();
+        bind_windows(
+            program,
+            [
+                (offsets, self.begin, self.end + 1),
+                (entries, self.e0, self.e1),
+            ],
+        )
     }
 }
 

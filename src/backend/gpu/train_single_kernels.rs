@@ -285,25 +285,7 @@ impl GpuBackend {
         out_dim: usize,
         with_bias: bool,
     ) -> Result<Vec<f32>> {
-        let mut program = self.program(format!(
-            "train_linear_weight_grad kernel ({} rows, {in_dim} → {out_dim})",
-            dy.len() / out_dim.max(1)
-        ));
-        let mut aux = Aux::new(INDEX);
-        let p = Self::weight_grad_problem(
-            &mut program,
-            &mut aux,
-            x,
-            rows,
-            dy,
-            in_dim,
-            out_dim,
-            with_bias,
-        );
-        let partial = output(&mut program, "k.out", p.chunks() * p.width());
-        weight_grad::record(&mut program, &mut aux, &p, partial, None)?;
-        let mut got = self.run_train_kernel(program, aux, &[partial])?;
-        Ok(got.pop().expect("partials"))
+        self.weight_grad(x, rows, dy, (in_dim, out_dim), with_bias, false)
     }
 
     /// `shaders/train_linear_weight_grad.wgsl` then
@@ -320,8 +302,27 @@ impl GpuBackend {
         out_dim: usize,
         with_bias: bool,
     ) -> Result<Vec<f32>> {
+        self.weight_grad(x, rows, dy, (in_dim, out_dim), with_bias, true)
+    }
+
+    /// The two entry points above: the per-chunk partials alone, or
+    /// (`summed`) reduced to one gradient by the partial-sum kernel.
+    fn weight_grad(
+        &mut self,
+        x: &[f32],
+        rows: Option<&[u32]>,
+        dy: &[f32],
+        (in_dim, out_dim): (usize, usize),
+        with_bias: bool,
+        summed: bool,
+    ) -> Result<Vec<f32>> {
+        let kernels = if summed {
+            "train_linear_weight_grad + train_sum_partials kernels"
+        } else {
+            "train_linear_weight_grad kernel"
+        };
         let mut program = self.program(format!(
-            "train_linear_weight_grad + train_sum_partials kernels ({} rows, {in_dim} → {out_dim})",
+            "{kernels} ({} rows, {in_dim} → {out_dim})",
             dy.len() / out_dim.max(1)
         ));
         let mut aux = Aux::new(INDEX);
@@ -335,14 +336,21 @@ impl GpuBackend {
             out_dim,
             with_bias,
         );
-        let out = output(&mut program, "k.out", p.width());
-        weight_grad::record(
-            &mut program,
-            &mut aux,
-            &p,
-            Array::at("k.part", 4, 0),
-            Some(out),
-        )?;
+        let out = if summed {
+            let out = output(&mut program, "k.out", p.width());
+            weight_grad::record(
+                &mut program,
+                &mut aux,
+                &p,
+                Array::at("k.part", 4, 0),
+                Some(out),
+            )?;
+            out
+        } else {
+            let partial = output(&mut program, "k.out", p.chunks() * p.width());
+            weight_grad::record(&mut program, &mut aux, &p, partial, None)?;
+            partial
+        };
         let mut got = self.run_train_kernel(program, aux, &[out])?;
         Ok(got.pop().expect("gradient"))
     }

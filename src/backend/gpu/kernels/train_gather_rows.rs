@@ -2,7 +2,7 @@
 //! gradients of GATv2, the embedding gradient). Twin:
 //! [`crate::train::kernels::gather_edges_at`].
 
-use super::train_common::{bind_range, bind_rows, bind_windows, groups};
+use super::train_common::{bind_range, bind_rows, groups};
 use crate::backend::gpu::chunking::Aux;
 use crate::backend::gpu::program::{Array, Program};
 use crate::backend::gpu::shaders::{f32_only, Elem, Variant, WG};
@@ -78,14 +78,7 @@ pub(crate) fn record(
     for (i, chunk) in plan.chunks.iter().enumerate() {
         let read = plan.reach(program, aux, i, 0)?;
         let (values, values0) = bind_range(program, read.array, read.first, read.end)?;
-        let (offsets, ids) = chunk.csr();
-        let (csr, [off0, ids0]) = bind_windows(
-            program,
-            [
-                (offsets, chunk.begin, chunk.end + 1),
-                (ids, chunk.e0, chunk.e1),
-            ],
-        )?;
+        let (csr, [off0, ids0]) = chunk.bind_csr(program)?;
         let (out, out0) = bind_rows(program, out, (chunk.begin, chunk.end), width, width)?;
         program.dispatch(
             Variant::of(Elem::F32),

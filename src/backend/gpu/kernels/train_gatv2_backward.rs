@@ -1,7 +1,7 @@
 //! `shaders/train_gatv2_backward.wgsl`: the GATv2 backward of each
 //! destination. Twin: [`crate::train::kernels::gatv2_backward_at`].
 
-use super::train_common::{bind_one, bind_range, bind_rows, bind_windows, groups};
+use super::train_common::{bind_one, bind_range, bind_rows, groups};
 use super::train_gatv2_forward::Relation;
 use crate::backend::gpu::chunking::Aux;
 use crate::backend::gpu::program::{Array, Program};
@@ -106,14 +106,7 @@ pub(crate) fn record(
         let xl = plan.reach(program, aux, i, 0)?;
         let (xl, xl0) = bind_range(program, xl.array, xl.first, xl.end)?;
         let (xr, xr0) = bind_rows(program, r.xr, rows, hc, hc)?;
-        let (offsets, sources) = chunk.csr();
-        let (csr, [off0, src0]) = bind_windows(
-            program,
-            [
-                (offsets, chunk.begin, chunk.end + 1),
-                (sources, chunk.e0, chunk.e1),
-            ],
-        )?;
+        let (csr, [off0, src0]) = chunk.bind_csr(program)?;
         let (alpha, alpha0) = bind_range(program, r.alpha, chunk.e0 * r.heads, chunk.e1 * r.heads)?;
         let (g, g0) = bind_rows(program, g, rows, hc, hc)?;
         let row = Grads::row(hc);

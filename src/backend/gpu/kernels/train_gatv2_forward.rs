@@ -1,7 +1,7 @@
 //! `shaders/train_gatv2_forward.wgsl`: the GATv2 forward keeping its
 //! attention weights. Twin: [`crate::train::kernels::gatv2_forward_at`].
 
-use super::train_common::{bind_range, bind_rows, bind_together, bind_windows, groups};
+use super::train_common::{bind_range, bind_rows, bind_together, groups};
 use crate::backend::gpu::chunking::Aux;
 use crate::backend::gpu::program::{Array, Program, Slot};
 use crate::backend::gpu::shaders::{f32_only, Elem, Variant, WG};
@@ -124,14 +124,7 @@ pub(crate) fn record(
         let xl = plan.reach(program, aux, i, 0)?;
         let (xl, xl0) = bind_range(program, xl.array, xl.first, xl.end)?;
         let (xr, xr0) = bind_rows(program, r.xr, rows, hc, hc)?;
-        let (offsets, sources) = chunk.csr();
-        let (csr, [off0, src0]) = bind_windows(
-            program,
-            [
-                (offsets, chunk.begin, chunk.end + 1),
-                (sources, chunk.e0, chunk.e1),
-            ],
-        )?;
+        let (csr, [off0, src0]) = chunk.bind_csr(program)?;
         let (out, out0) = bind_rows(program, out, rows, hc, hc)?;
         let (alpha, alpha0) = bind_range(program, r.alpha, chunk.e0 * r.heads, chunk.e1 * r.heads)?;
         program.dispatch(

@@ -1,7 +1,7 @@
 //! `shaders/train_pair_grad.wgsl`: the pair loss's gradient w.r.t. one
 //! side's embeddings. Twin: [`crate::train::kernels::pair_grad_at`].
 
-use super::train_common::{bind_range, bind_rows, bind_windows, groups};
+use super::train_common::{bind_range, bind_rows, groups};
 use super::train_gather_rows::DeviceCsr;
 use crate::backend::gpu::chunking::Aux;
 use crate::backend::gpu::program::{Array, Program};
@@ -86,14 +86,7 @@ pub(crate) fn record(
     for (i, chunk) in plan.chunks.iter().enumerate() {
         let d = plan.reach(program, aux, i, 0)?;
         let o = plan.reach(program, aux, i, 1)?;
-        let (offsets, ids) = chunk.csr();
-        let (csr, [off0, ids0]) = bind_windows(
-            program,
-            [
-                (offsets, chunk.begin, chunk.end + 1),
-                (ids, chunk.e0, chunk.e1),
-            ],
-        )?;
+        let (csr, [off0, ids0]) = chunk.bind_csr(program)?;
         let (partner_b, partner0) = bind_range(program, o.index, chunk.e0, chunk.e1)?;
         let (loss, dlogit0) = bind_range(program, d.array, d.first, d.end)?;
         let (other_b, other0) = bind_range(program, o.array, o.first, o.end)?;
