@@ -349,36 +349,16 @@ fn check_unique(keys: &[TranscriptKey], ctx: Ctx) -> Result<()> {
         v.par_sort_unstable();
         v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
     }
-    let repeated: Option<TranscriptKey> = match keys.first() {
+    // One column holds one id type. Numbers compare by their bits (ids are
+    // finite, checked when read; +0 and −0 are one id), strings bytewise.
+    let numeric = |k: &TranscriptKey| match k {
+        TranscriptKey::U64(v) => *v,
+        TranscriptKey::I64(v) => *v as u64,
+        TranscriptKey::F64(v) => (*v + 0.0).to_bits(),
+        TranscriptKey::Str(_) => 0,
+    };
+    let repeated: Option<&TranscriptKey> = match keys.first() {
         None => None,
-        Some(TranscriptKey::U64(_)) => first_repeat(
-            keys.iter()
-                .map(|k| match k {
-                    TranscriptKey::U64(v) => *v,
-                    _ => 0,
-                })
-                .collect(),
-        )
-        .map(TranscriptKey::U64),
-        Some(TranscriptKey::I64(_)) => first_repeat(
-            keys.iter()
-                .map(|k| match k {
-                    TranscriptKey::I64(v) => *v,
-                    _ => 0,
-                })
-                .collect(),
-        )
-        .map(TranscriptKey::I64),
-        Some(TranscriptKey::F64(_)) => first_repeat(
-            keys.iter()
-                .map(|k| match k {
-                    // Ids are finite (checked when read); +0 and −0 are one id.
-                    TranscriptKey::F64(v) => (*v + 0.0).to_bits(),
-                    _ => 0,
-                })
-                .collect(),
-        )
-        .map(|b| TranscriptKey::F64(f64::from_bits(b))),
         Some(TranscriptKey::Str(_)) => first_repeat(
             keys.iter()
                 .map(|k| match k {
@@ -387,13 +367,18 @@ fn check_unique(keys: &[TranscriptKey], ctx: Ctx) -> Result<()> {
                 })
                 .collect(),
         )
-        .map(|s| TranscriptKey::Str(s.to_string())),
+        .and_then(|s| {
+            keys.iter()
+                .find(|k| matches!(k, TranscriptKey::Str(v) if v == s))
+        }),
+        Some(_) => first_repeat(keys.iter().map(numeric).collect())
+            .and_then(|bits| keys.iter().find(|k| numeric(k) == bits)),
     };
     if let Some(id) = repeated {
         let rows: Vec<String> = keys
             .iter()
             .enumerate()
-            .filter(|(_, k)| **k == id)
+            .filter(|(_, k)| *k == id)
             .take(3)
             .map(|(i, _)| (i + 1).to_string())
             .collect();
