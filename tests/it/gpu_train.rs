@@ -33,7 +33,8 @@ use crate::common::train_fixture::{batch, load, GRAPHS};
 use seggpu::tensorfile::TensorFile;
 
 use crate::common::{
-    all_close, assert_close, assert_success, seggpu, Fixture, Tolerance, XorShift, QUICK_TRAIN,
+    all_close, assert_close, assert_success, seggpu, segment_quick_train, Fixture, Tolerance,
+    XorShift, QUICK_TRAIN,
 };
 
 /// The kernels' tolerance: 1e-5 + 1e-4·|x|.
@@ -1638,19 +1639,7 @@ fn train_backend_gpu_on_the_command_line() {
     assert!(engine.starts_with("cpu"), "{engine}");
 
     let out = dir.path().join("segmented");
-    let mut args = vec![
-        "segment",
-        "--xenium",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--train",
-        "--backend",
-        "gpu",
-        "-q",
-    ];
-    args.extend_from_slice(QUICK_TRAIN);
-    assert_success(&seggpu().args(&args).output().unwrap());
+    assert_success(&segment_quick_train(&input, &out, "gpu"));
     let log: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("training_log.json")).unwrap()).unwrap();
     let engine = log["engine"].as_str().unwrap();

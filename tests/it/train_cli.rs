@@ -16,7 +16,10 @@ use seggpu::tensorfile::TensorFile;
 use seggpu::train::data::TrainingData;
 use seggpu::train::validate::{validate, Validation};
 
-use crate::common::{assert_failure, assert_success, demo_model, seggpu, write_file, QUICK_TRAIN};
+use crate::common::{
+    assert_failure, assert_success, demo_model, seggpu, segment_quick_train, write_file,
+    QUICK_TRAIN,
+};
 
 fn run(args: &[&str]) -> Output {
     seggpu().args(args).output().expect("run seggpu")
@@ -353,19 +356,7 @@ fn segment_train_trains_then_segments_with_that_model() {
     let dir = tempfile::tempdir().unwrap();
     let input = simulated(dir.path(), 80);
     let out = dir.path().join("out");
-    let mut args = vec![
-        "segment",
-        "--xenium",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--train",
-        "--backend",
-        "cpu",
-        "-q",
-    ];
-    args.extend_from_slice(QUICK_TRAIN);
-    assert_success(&run(&args));
+    assert_success(&segment_quick_train(&input, &out, "cpu"));
     for name in [
         "segger_transcripts.parquet",
         "cells.parquet",

@@ -415,6 +415,24 @@ impl XorShift {
     }
 }
 
+/// `seggpu segment --xenium INPUT --out OUT --train --backend BACKEND -q`
+/// with [`QUICK_TRAIN`]'s flags.
+pub fn segment_quick_train(input: &Path, out: &Path, backend: &str) -> Output {
+    let mut args = vec![
+        "segment",
+        "--xenium",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--train",
+        "--backend",
+        backend,
+        "-q",
+    ];
+    args.extend_from_slice(QUICK_TRAIN);
+    seggpu().args(&args).output().expect("run seggpu")
+}
+
 /// `train` flags for tests: a small architecture, few steps.
 pub const QUICK_TRAIN: &[&str] = &[
     "--steps",
