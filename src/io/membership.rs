@@ -73,7 +73,7 @@ impl<'a> MembershipTally<'a> {
     /// No row seen yet.
     pub fn new(nuclei: &'a Nuclei) -> Self {
         MembershipTally {
-            ids: nuclei.ids.iter().map(String::as_str).collect(),
+            ids: nuclei.ids.iter().collect(),
             flagged: 0,
             unmatched: 0,
             examples: Vec::new(),
@@ -129,7 +129,8 @@ impl<'a> MembershipTally<'a> {
                 .join(", ")
         };
         if unmatched == flagged {
-            let nucleus_examples: Vec<String> = nuclei.ids.iter().take(5).cloned().collect();
+            let nucleus_examples: Vec<String> =
+                nuclei.ids.iter().take(5).map(str::to_string).collect();
             bail!(
                 "no nuclear-flagged transcript names a nucleus: the {} rows flagged nuclear in \
                  column `{flag_col}` have cell ids (column `{cell_col}` of {}) such as {}, but the \

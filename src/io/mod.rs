@@ -10,13 +10,15 @@ pub mod args;
 pub mod geometry;
 mod membership;
 mod nuclei;
+mod nucleus_ids;
 pub mod scratch;
 pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
-pub use nuclei::{read_nuclei, SpilledPolygons};
+pub use nuclei::{read_nuclei, release_free_memory, SpilledPolygons};
+pub use nucleus_ids::{AlteredNuclei, NucleusIds};
 #[cfg(feature = "testing")]
 pub use transcripts::ID_RUN_ENV;
 pub use transcripts::{read_transcripts, Chunk, IdKind, TranscriptLayout, TranscriptStream};
@@ -108,8 +110,9 @@ impl std::fmt::Display for TranscriptKey {
 /// Nucleus polygons, sorted by id (bytewise), with docs/contract.md §4 features.
 #[derive(Debug, Clone, Default)]
 pub struct Nuclei {
-    /// Nucleus (cell) id as a string, sorted ascending; index = nucleus index.
-    pub ids: Vec<String>,
+    /// Nucleus (cell) ids, sorted ascending (bytewise); index = nucleus
+    /// index. Packed in one buffer: see [`NucleusIds`].
+    pub ids: NucleusIds,
     /// Exterior ring of every nucleus (closed, no repeated closing vertex duplicates).
     pub polygons: Vec<geo::Polygon<f64>>,
     /// Area-weighted centroid.
@@ -121,7 +124,7 @@ pub struct Nuclei {
     /// Nuclei kept but altered while reading (id, what was done): a
     /// multipolygon reduced to its largest part, holes ignored, several
     /// polygons of one id, repeated or scattered vertex rows.
-    pub altered: Vec<(String, String)>,
+    pub altered: AlteredNuclei,
     /// Facts about the reading worth reporting (polygons read, multipolygons
     /// reduced to their largest part, duplicate ids, holes ignored).
     pub notes: Vec<String>,

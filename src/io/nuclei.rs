@@ -18,7 +18,7 @@ use super::args::{ColumnChoice, InputSpec};
 use super::geometry::{self, Part};
 use super::scratch::ScratchDir;
 use super::table::{self, cell_key, Ctx, Table, Want};
-use super::Nuclei;
+use super::{Nuclei, NucleusIds};
 use crate::model::BdFeatureMode;
 
 /// Counts of things worth a note in the run log, and the nuclei altered
@@ -416,9 +416,12 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
         .collect();
     drop(candidates);
 
-    let kept = chosen.iter().filter(|(_, c)| c.is_ok()).count();
+    let (kept, id_bytes) = chosen
+        .iter()
+        .filter(|(_, c)| c.is_ok())
+        .fold((0, 0), |(n, b), (id, _)| (n + 1, b + id.len()));
     let mut nuclei = Nuclei {
-        ids: Vec::with_capacity(kept),
+        ids: NucleusIds::with_capacity(kept, id_bytes),
         polygons: Vec::with_capacity(kept),
         ..Nuclei::default()
     };
@@ -513,11 +516,8 @@ pub fn read_nuclei(spec: &InputSpec, mode: BdFeatureMode) -> Result<Nuclei> {
     }
     tally.altered.sort();
     tally.altered.dedup();
-    nuclei.altered = tally
-        .altered
-        .into_iter()
-        .map(|(id, what)| (id, what.to_string()))
-        .collect();
+    // Moved into one buffer, so the ids allocated while reading are freed.
+    nuclei.altered = tally.altered.into_iter().collect();
     nuclei.columns = vec![("nucleus id", id_col.clone())];
     match &geom_col {
         Some(g) => nuclei.columns.push(("geometry", g.clone())),
@@ -667,7 +667,7 @@ impl Nuclei {
 /// process's heap (its resident memory) until trimmed, and the large arrays
 /// that follow (a bucket's records) do not reuse them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
+pub fn release_free_memory() {
     extern "C" {
         fn malloc_trim(pad: usize) -> std::ffi::c_int;
     }
@@ -680,7 +680,7 @@ fn release_free_memory() {
 
 /// Elsewhere the allocator keeps its own policy.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
+pub fn release_free_memory() {}
 
 /// A polygon's area as `cells.parquet` records it.
 fn polygon_area(p: &Polygon<f64>) -> f32 {
@@ -709,7 +709,7 @@ mod tests {
             ring(&[[1e9, 1e9], [1e9 + 1.0, 1e9], [1e9, 1e9 + 0.5], [1e9, 1e9]]),
         ];
         let mut nuclei = Nuclei {
-            ids: vec!["a".into(), "b".into(), "c".into()],
+            ids: ["a", "b", "c"].into_iter().collect(),
             polygons: polygons.clone(),
             centroid: polygons.iter().map(crate::io::geometry::centroid).collect(),
             features: vec![[0.0; 4]; 3],

@@ -32,8 +32,9 @@ pub const BUCKET_SHARE: f64 = 0.25;
 /// Bytes the path that reads and writes in batches holds per nucleus for
 /// the whole run: its id, centroid, features, area and the place of its
 /// polygon in the spill file (the vertices are on disk), then its cell's
-/// running sums, name and row of `cells.parquet` (measured about 210 bytes
-/// at 670,000 nuclei, docs/streaming.md; rounded up).
+/// running sums, name and row of `cells.parquet` (measured about 60 bytes
+/// a nucleus held through the score stage, ids packed in one buffer, and
+/// about 190 more for the cells' rows at the end, docs/streaming.md).
 pub const HELD_BYTES_PER_NUCLEUS: f64 = 256.0;
 
 /// Share of the budget for what grows with the nuclei: the rest beside

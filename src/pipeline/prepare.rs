@@ -223,7 +223,7 @@ fn memberships(transcripts: &Transcripts, kept: &[u32], nuclei: &Nuclei) -> Resu
             .ids
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.as_str(), i as i32))
+            .map(|(i, id)| (id, i as i32))
             .collect();
         return Ok(kept
             .iter()

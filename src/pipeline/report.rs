@@ -289,7 +289,7 @@ pub fn run(stages: Stages) -> Segmentation {
         fragments: fragment_summary,
         backend,
     };
-    let mut cell_ids = nuclei.ids.clone();
+    let mut cell_ids: Vec<String> = nuclei.ids.iter().map(str::to_string).collect();
     cell_ids.extend(fragment_ids);
     Segmentation {
         assignment,
@@ -322,7 +322,7 @@ pub fn cell_rows(
     for (n, id) in nuclei.ids.iter().enumerate() {
         let (cx, cy) = mean(cell_sum[n]);
         cells.push(CellRow {
-            id: id.clone(),
+            id: id.to_string(),
             kind: "cell",
             n_transcripts: cell_sum[n].0,
             centroid_x: cx,

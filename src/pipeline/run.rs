@@ -216,7 +216,7 @@ fn report_nuclei(nuclei: &crate::io::Nuclei, spec: &crate::io::InputSpec) {
     if nuclei.skipped.is_empty() && nuclei.altered.is_empty() {
         return;
     }
-    let mut altered_ids: Vec<&str> = nuclei.altered.iter().map(|(id, _)| id.as_str()).collect();
+    let mut altered_ids: Vec<&str> = nuclei.altered.iter().map(|(id, _)| id).collect();
     altered_ids.dedup();
     log::warn!(
         "{}: {} nuclei skipped (e.g. {}), {} altered while reading; ids and reasons in {}",

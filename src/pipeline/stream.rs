@@ -1454,7 +1454,7 @@ fn read_pass(
         .ids
         .iter()
         .enumerate()
-        .map(|(i, id)| (id.as_str(), i as i32))
+        .map(|(i, id)| (id, i as i32))
         .collect();
     // Built at the first row that needs point-in-polygon, so that a file
     // whose flags give the membership never holds the polygons.
@@ -1652,6 +1652,9 @@ pub fn segment_file(
     let kept = read_pass(
         layout, spec, nuclei, model, params, &spill, &kept_path, &rows_path, &mut work,
     )?;
+    // Point-in-polygon read every polygon back (the locator, dropped now):
+    // their pages go back to the system rather than stay resident.
+    crate::io::release_free_memory();
     work.phase("read", &start);
     let n_kept = kept.n_kept;
     let exact_margin = tiles::exact_margin(
@@ -1779,7 +1782,7 @@ pub fn segment_file(
 
     let clock = Instant::now();
     let n_nuclei = nuclei.ids.len();
-    let mut cell_ids: Vec<&str> = nuclei.ids.iter().map(String::as_str).collect();
+    let mut cell_ids: Vec<&str> = nuclei.ids.iter().collect();
     cell_ids.extend(fragment_ids.iter().map(String::as_str));
     let index = model.gene_index();
     let start = PhaseStart::now();

@@ -86,8 +86,12 @@ fn io_spatialdata_points_and_geoparquet_nuclei() {
     );
     assert_eq!(nuclei.ids.len() + nuclei.skipped.len(), 132);
     assert_eq!(nuclei.ids.len(), 132);
-    assert!(nuclei.ids.windows(2).all(|w| w[0] < w[1]));
-    assert!(nuclei.ids.contains(&"4613".to_string()));
+    assert!(nuclei
+        .ids
+        .iter()
+        .zip(nuclei.ids.iter().skip(1))
+        .all(|(a, b)| a < b));
+    assert!(nuclei.ids.iter().any(|i| i == "4613"));
     for (p, (c, f)) in nuclei
         .polygons
         .iter()
@@ -105,7 +109,7 @@ fn io_spatialdata_points_and_geoparquet_nuclei() {
         assert!(c[0] > r.min().x && c[0] < r.max().x && c[1] > r.min().y && c[1] < r.max().y);
     }
     // The nuclear flag's cell ids name these nuclei.
-    let ids: std::collections::HashSet<&str> = nuclei.ids.iter().map(|s| s.as_str()).collect();
+    let ids: std::collections::HashSet<&str> = nuclei.ids.iter().collect();
     let matched = flags
         .iter()
         .flatten()
@@ -236,7 +240,11 @@ fn io_schema_sample_xenium_float_ids_int_cells() {
         nuclei.ids.iter().all(|i| i.parse::<i32>().is_ok()),
         "int32 ids as text"
     );
-    assert!(nuclei.ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(nuclei
+        .ids
+        .iter()
+        .zip(nuclei.ids.iter().skip(1))
+        .all(|(a, b)| a < b));
     for f in &nuclei.features {
         assert!(f[0] > 5.0 && f[0] < 200.0);
     }

@@ -71,7 +71,7 @@ fn sample(model: &Model, seed: u64) -> (Transcripts, Nuclei) {
         t.nuclear_cell
             .as_mut()
             .unwrap()
-            .push(inside.then(|| nuclei.ids[home].clone()));
+            .push(inside.then(|| nuclei.ids[home].to_string()));
         t.filter.push(if i.is_multiple_of(50) {
             Some(FilterReason::Qv)
         } else {
