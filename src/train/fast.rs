@@ -67,6 +67,107 @@ fn lane_sum(v: Lanes) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
+/// [`attention_logit`] in AVX2 registers (the sums' lanes in one register):
+/// the same fused sums per lane and the same tree over the lanes, so the
+/// same bits. The compiler vectorised the portable loop two lanes at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn attention_logit_fma(att: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    assert!(att.len().is_multiple_of(LANES) && a.len() >= att.len() && b.len() >= att.len());
+    let slope = _mm256_set1_ps(NEGATIVE_SLOPE);
+    let mut acc = _mm256_setzero_ps();
+    for c0 in (0..att.len()).step_by(LANES) {
+        // SAFETY: c0 + LANES <= att.len() <= a.len(), b.len() (asserted above).
+        let (w, x, y) = unsafe {
+            (
+                _mm256_loadu_ps(att.as_ptr().add(c0)),
+                _mm256_loadu_ps(a.as_ptr().add(c0)),
+                _mm256_loadu_ps(b.as_ptr().add(c0)),
+            )
+        };
+        let u = _mm256_add_ps(x, y);
+        // `u.max(u · slope)`: the two differ only where u is NaN, and then
+        // both operands are NaN.
+        let leaky = _mm256_max_ps(_mm256_mul_ps(u, slope), u);
+        acc = _mm256_fmadd_ps(w, leaky, acc);
+    }
+    lane_sum_fma(acc)
+}
+
+/// [`dot`] in AVX2 registers, as [`attention_logit_fma`]: the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    assert!(a.len().is_multiple_of(LANES) && b.len() >= a.len());
+    let mut acc = _mm256_setzero_ps();
+    for c0 in (0..a.len()).step_by(LANES) {
+        // SAFETY: c0 + LANES <= a.len() <= b.len() (asserted above).
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(c0)),
+                _mm256_loadu_ps(b.as_ptr().add(c0)),
+            )
+        };
+        acc = _mm256_fmadd_ps(x, y, acc);
+    }
+    lane_sum_fma(acc)
+}
+
+/// [`lane_sum`] of one AVX register: `(v0 + v4) + (v2 + v6)` plus
+/// `(v1 + v5) + (v3 + v7)`, the same tree.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn lane_sum_fma(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let r = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+}
+
+/// [`attention_logit`], in AVX2 registers where `avx` says the CPU has them.
+#[inline(always)]
+fn attention_logit_on(avx: bool, att: &[f32], a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: `avx` is `simd_available()`: the features are present.
+        return unsafe { attention_logit_fma(att, a, b) };
+    }
+    let _ = avx;
+    attention_logit(att, a, b)
+}
+
+/// [`dot`], in AVX2 registers where `avx` says the CPU has them.
+#[inline(always)]
+fn dot_on(avx: bool, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: `avx` is `simd_available()`: the features are present.
+        return unsafe { dot_fma(a, b) };
+    }
+    let _ = avx;
+    dot(a, b)
+}
+
+/// Asks for `row` in the cache ahead of its use: the kernels gather rows
+/// by index, which the hardware prefetchers do not foresee. A hint only:
+/// no effect on any result.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of x86_64; a prefetch reads and writes nothing.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 #[inline(always)]
 fn leaky_relu_slope(u: f32) -> f32 {
     if u > 0.0 {
@@ -122,9 +223,10 @@ macro_rules! simd_copy {
 }
 
 simd_copy!(forward_destination_dispatch, forward_destination_simd, forward_destination,
-    (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, dst: usize, out: &mut [f32], alpha_dst: &mut [f32]));
+    (avx: bool, gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, dst: usize, out: &mut [f32],
+     alpha_dst: &mut [f32]));
 simd_copy!(backward_destination_dispatch, backward_destination_simd, backward_destination,
-    (gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, alpha: &[f32], g: &[f32], dst: usize,
+    (avx: bool, gat: &Gat, xl: &[f32], xr: &[f32], csr: &Csr, alpha: &[f32], g: &[f32], dst: usize,
      dxr_row: &mut [f32], datt_row: &mut [f32], dbias_l_row: &mut [f32], d_logit_dst: &mut [f32]));
 simd_copy!(backward_source_dispatch, backward_source_simd, backward_source,
     (gat: &Gat, xl: &[f32], xr: &[f32], alpha: &[f32], g: &[f32], d_logit: &[f32],
@@ -163,15 +265,17 @@ pub fn gatv2_forward(
         .zip(alpha_rows.into_par_iter())
         .enumerate()
         .for_each(|(dst, (row, alpha_dst))| {
-            forward_destination_dispatch(simd, gat, xl, xr, csr, dst, row, alpha_dst)
+            forward_destination_dispatch(simd, simd, gat, xl, xr, csr, dst, row, alpha_dst)
         });
 }
 
 /// Every head of destination `dst`: logits, softmax (max subtracted, sum
 /// plus 1e-16, edges in order), then the weighted sum of messages, all
 /// heads of one edge at a time.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn forward_destination(
+    avx: bool,
     gat: &Gat,
     xl: &[f32],
     xr: &[f32],
@@ -186,11 +290,18 @@ fn forward_destination(
     let (begin, end) = (csr.offsets[dst] as usize, csr.offsets[dst + 1] as usize);
     let sources = &csr.sources[begin..end];
     for (i, &src) in sources.iter().enumerate() {
+        if let Some(&next) = sources.get(i + 1) {
+            prefetch(&xl[next as usize * hc..(next as usize + 1) * hc]);
+        }
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
             let span = head * channels..(head + 1) * channels;
-            alpha_dst[i * heads + head] =
-                attention_logit(&gat.att[span.clone()], &xl_row[span.clone()], &xr_row[span]);
+            alpha_dst[i * heads + head] = attention_logit_on(
+                avx,
+                &gat.att[span.clone()],
+                &xl_row[span.clone()],
+                &xr_row[span],
+            );
         }
     }
     for head in 0..heads {
@@ -289,6 +400,7 @@ pub fn gatv2_backward(
         .for_each(|(dst, (((dxr_row, datt_row), dbias_l_row), d_logit_dst))| {
             backward_destination_dispatch(
                 simd,
+                simd,
                 gat,
                 xl,
                 xr,
@@ -321,6 +433,7 @@ pub fn gatv2_backward(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn backward_destination(
+    avx: bool,
     gat: &Gat,
     xl: &[f32],
     xr: &[f32],
@@ -350,7 +463,7 @@ fn backward_destination(
         let xl_row = &xl[src as usize * hc..(src as usize + 1) * hc];
         for head in 0..heads {
             let span = head * channels..(head + 1) * channels;
-            d_logit_dst[i * heads + head] = dot(&g_row[span.clone()], &xl_row[span]);
+            d_logit_dst[i * heads + head] = dot_on(avx, &g_row[span.clone()], &xl_row[span]);
         }
     }
     for head in 0..heads {
@@ -412,7 +525,12 @@ fn backward_source(
     row.fill(0.0);
     let edges =
         &by_source.sources[by_source.offsets[src] as usize..by_source.offsets[src + 1] as usize];
-    for &e in edges {
+    for (i, &e) in edges.iter().enumerate() {
+        if let Some(&next) = edges.get(i + 1) {
+            let next = edge_dst[next as usize] as usize;
+            prefetch(&g[next * hc..(next + 1) * hc]);
+            prefetch(&xr[next * hc..(next + 1) * hc]);
+        }
         let e = e as usize;
         let dst = edge_dst[e] as usize;
         let g_row = &g[dst * hc..(dst + 1) * hc];
@@ -478,6 +596,40 @@ pub fn adam(
                 *v = config.beta2 * *v + (1.0 - config.beta2) * g * g;
                 let denom = v.sqrt() / root2 + config.eps;
                 *p -= step * *m / denom;
+            }
+        });
+}
+
+/// `next[at[i]] += add[i]` for every row i of each `(at, add)` in turn
+/// (`dim` values per row; each `at` ascending), as a loop over the pairs
+/// then their rows would add them, in blocks of `next`'s rows in parallel.
+pub fn scatter_add_rows<const N: usize>(next: &mut [f32], dim: usize, adds: [(&[u32], &[f32]); N]) {
+    const BLOCK: usize = 256;
+    for (at, add) in &adds {
+        assert!(at.is_sorted() && add.len() == at.len() * dim);
+        assert!(at
+            .last()
+            .is_none_or(|&r| (r as usize + 1) * dim <= next.len()));
+    }
+    next.par_chunks_mut(BLOCK * dim)
+        .enumerate()
+        .for_each(|(block, next)| {
+            let first = (block * BLOCK) as u32;
+            let end = first + (next.len() / dim) as u32;
+            for (at, add) in &adds {
+                let (lo, hi) = (
+                    at.partition_point(|&r| r < first),
+                    at.partition_point(|&r| r < end),
+                );
+                for (&row, d) in at[lo..hi]
+                    .iter()
+                    .zip(add[lo * dim..hi * dim].chunks_exact(dim))
+                {
+                    let target = &mut next[(row - first) as usize * dim..][..dim];
+                    for (v, d) in target.iter_mut().zip(d) {
+                        *v += d;
+                    }
+                }
             }
         });
 }
@@ -562,11 +714,18 @@ pub fn linear_weight_grad(
                 }
             }
         });
-    for partial in partials.chunks(width) {
-        for (d, p) in dwt.iter_mut().zip(&partial[..weights]) {
-            *d += p;
-        }
-    }
+    // Each entry adds the chunks' partial sums in chunk order; blocks of
+    // entries in parallel (a serial pass here was a step's longest one at 2 threads).
+    const ENTRIES: usize = 1 << 10;
+    dwt.par_chunks_mut(ENTRIES)
+        .enumerate()
+        .for_each(|(block, dwt)| {
+            for partial in partials.chunks(width) {
+                for (d, p) in dwt.iter_mut().zip(&partial[block * ENTRIES..weights]) {
+                    *d += p;
+                }
+            }
+        });
     if let Some(db) = db {
         for partial in partials.chunks(width) {
             for (d, p) in db.iter_mut().zip(&partial[weights..]) {
@@ -980,5 +1139,63 @@ mod tests {
         kernels::relu_backward(&mut twin_g, &out);
         assert_eq!(fast_g, twin_g);
         assert!(fast_g.iter().filter(|&&v| v == 0.0).count() > 10_000);
+    }
+
+    /// The AVX2 channel sums give the portable sums' bits (the same fused
+    /// sums per lane, the same tree), zeros and signs of zero included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn register_channel_sums_equal_the_portable_sums() {
+        assert!(simd_available(), "this test needs AVX2 and FMA");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let bits = |v: f32| v.to_bits();
+        for channels in [8, 32, 64] {
+            for _ in 0..2_000 {
+                let mut a = values(&mut rng, channels, 3.0);
+                let (att, b) = (
+                    values(&mut rng, channels, 1.0),
+                    values(&mut rng, channels, 3.0),
+                );
+                a[0] = -b[0];
+                a[1] = 0.0;
+                // SAFETY: the CPU has AVX2 and FMA (asserted above).
+                let (logit, product) =
+                    unsafe { (attention_logit_fma(&att, &a, &b), dot_fma(&a, &b)) };
+                assert_eq!(bits(logit), bits(attention_logit(&att, &a, &b)), "logit");
+                assert_eq!(bits(product), bits(dot(&a, &b)), "dot");
+            }
+        }
+    }
+
+    /// The blocks add each row's values in the order the plain loop over
+    /// the pairs and then their rows does: the same bits.
+    #[test]
+    fn scatter_add_rows_equals_the_plain_loop() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let (n, dim) = (1_000, 96);
+        let subset = |rng: &mut rand::rngs::StdRng, p: f64| -> Vec<u32> {
+            (0..n as u32).filter(|_| rng.random_bool(p)).collect()
+        };
+        let (at_a, at_b) = (subset(&mut rng, 0.8), subset(&mut rng, 0.1));
+        let add_a = values(&mut rng, at_a.len() * dim, 1.0);
+        let add_b = values(&mut rng, at_b.len() * dim, 1.0);
+        let start = values(&mut rng, n * dim, 1.0);
+        let mut fast = start.clone();
+        scatter_add_rows(
+            &mut fast,
+            dim,
+            [(&at_a[..], &add_a[..]), (&at_b[..], &add_b[..])],
+        );
+        let mut plain = start.clone();
+        for (at, add) in [(&at_a, &add_a), (&at_b, &add_b)] {
+            for (&row, d) in at.iter().zip(add.chunks_exact(dim)) {
+                for (v, d) in plain[row as usize * dim..][..dim].iter_mut().zip(d) {
+                    *v += d;
+                }
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&plain));
+        assert_ne!(fast, start, "rows were added to");
     }
 }

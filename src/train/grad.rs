@@ -474,18 +474,15 @@ pub fn loss_and_grad_with(
             &structure.belongs_dst,
         );
         // d h_tx: neighbour sources, then neighbour destinations, then belongs sources.
-        let in_dim = layer.neighbors.in_dim;
         let mut next_tx = back_tt.d_src;
-        let scatter = |next: &mut [f32], at: &[u32], add: &[f32]| {
-            for (&row, d) in at.iter().zip(add.chunks_exact(in_dim)) {
-                let target = &mut next[row as usize * in_dim..(row as usize + 1) * in_dim];
-                for (v, d) in target.iter_mut().zip(d) {
-                    *v += d;
-                }
-            }
-        };
-        scatter(&mut next_tx, &layer_rows.out_in_input, &back_tt.d_dst);
-        scatter(&mut next_tx, &layer_rows.belongs_in_input, &back_tb.d_src);
+        fast::scatter_add_rows(
+            &mut next_tx,
+            layer.neighbors.in_dim,
+            [
+                (&layer_rows.out_in_input[..], &back_tt.d_dst[..]),
+                (&layer_rows.belongs_in_input[..], &back_tb.d_src[..]),
+            ],
+        );
         bufs.give(back_tt.d_dst);
         bufs.give(back_tb.d_src);
         bufs.give(std::mem::replace(&mut d_tx, next_tx));
