@@ -2831,6 +2831,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_margin_is_merged_into_a_bucket_in_kept_order() {
+        let record = |kept: u32| Record {
+            kept,
+            pos: [f64::from(kept), 0.0, 0.0],
+            token: kept + 1,
+            member: -1,
+        };
+        let cases: [(&[u32], &[u32]); 5] = [
+            (&[2, 5, 9], &[0, 1, 7, 10]),
+            (&[4, 6], &[]),
+            (&[], &[3, 8]),
+            (&[1, 2, 3], &[10, 11]),
+            (&[10, 11], &[1, 2, 3]),
+        ];
+        for (own, margin) in cases {
+            let loaded = merge_from_back(
+                own.iter().map(|&k| record(k)).collect(),
+                &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+            );
+            let mut expected: Vec<(u32, bool)> = own
+                .iter()
+                .map(|&k| (k, true))
+                .chain(margin.iter().map(|&k| (k, false)))
+                .collect();
+            expected.sort();
+            let got: Vec<(u32, bool)> = loaded
+                .records
+                .iter()
+                .zip(&loaded.own)
+                .map(|(r, &o)| (r.kept, o))
+                .collect();
+            assert_eq!(got, expected, "own {own:?}, margin {margin:?}");
+            for r in &loaded.records {
+                assert_eq!(r.token, r.kept + 1, "a record moves whole");
+            }
+        }
+    }
+
+    #[test]
     fn sizes_parse_with_binary_units() {
         assert_eq!(parse_size("4G"), Ok(4 << 30));
         assert_eq!(parse_size("512m"), Ok(512 << 20));
