@@ -22,6 +22,11 @@ pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
 /// its tile index).
 pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
 
+/// Bytes a record of the next bucket costs while it is loaded on a thread
+/// beside the current one (the record, 40 bytes; its file's bytes while
+/// decoded, 36; its owned flag; rounded up).
+pub const LOADED_AHEAD_BYTES_PER_RECORD: f64 = 80.0;
+
 /// Share of the budget given to the tile being scored and to the records
 /// of its bucket; the rest holds what the bucketed path still keeps in
 /// memory (per-row results, and the input rows where they are held).
@@ -374,7 +379,8 @@ pub fn check_nuclei(nuclei: usize, budget: u64) -> Result<()> {
 
 /// Tiles per bucket side for `budget` bytes: the largest block whose
 /// records with the margin fit its share, at the density of the fullest
-/// tile (`fullest` transcripts); an error, naming the budget that would
+/// tile (`fullest` transcripts), beside the next bucket's records loaded
+/// ahead (of the same size at most); an error, naming the budget that would
 /// fit, when the fullest tile with its margin does not fit its share.
 pub fn bucket_side(grid: &TileGrid, margin: f64, fullest: u64, budget: u64) -> Result<u64> {
     let whole = grid.cols.max(grid.rows);
@@ -393,8 +399,10 @@ pub fn bucket_side(grid: &TileGrid, margin: f64, fullest: u64, budget: u64) -> R
             as_flag(bytes / TILE_SHARE)
         );
     }
-    // fullest · ((side·size + 2·margin) / size)² ≤ records
-    let records = budget as f64 * BUCKET_SHARE / BUCKET_BYTES_PER_RECORD;
+    // fullest · ((side·size + 2·margin) / size)² ≤ records, where the
+    // share holds the bucket being worked on and the next one loaded ahead.
+    let records =
+        budget as f64 * BUCKET_SHARE / (BUCKET_BYTES_PER_RECORD + LOADED_AHEAD_BYTES_PER_RECORD);
     let side = ((records / fullest).sqrt() * size - 2.0 * margin) / size;
     Ok((side.floor().max(1.0) as u64).min(whole))
 }

@@ -86,6 +86,9 @@ pub struct StreamFacts {
     pub spilled_bytes: u64,
     /// Most records loaded for one bucket (its own and its margin's).
     pub largest_bucket_records: usize,
+    /// Bucket steps (score and fragment) whose records were loaded on a
+    /// thread while the bucket before was worked on.
+    pub buckets_loaded_ahead: usize,
     /// Transcripts gathered by the tiles (core and margin) per kept
     /// transcript scored: the recompute factor of the tiles.
     pub recompute_factor: f64,
@@ -145,6 +148,36 @@ impl PhaseStart {
             cpu: cpu_seconds(),
         }
     }
+
+    /// Wall seconds since the start, with the CPU seconds of the process
+    /// and of the calling thread.
+    fn elapsed(&self) -> PhaseSample {
+        PhaseSample {
+            seconds: self.wall.elapsed().as_secs_f64(),
+            cpu: self
+                .cpu
+                .zip(cpu_seconds())
+                .map(|((p0, t0), (p1, t1))| (p1 - p0, t1 - t0)),
+        }
+    }
+
+    /// Wall seconds since the start, with the calling thread's CPU seconds
+    /// for both: the phase of a thread beside the driving one, whose
+    /// process CPU is counted in the phase it overlaps.
+    fn elapsed_on_thread(&self) -> PhaseSample {
+        let sample = self.elapsed();
+        PhaseSample {
+            cpu: sample.cpu.map(|(_, thread)| (thread, thread)),
+            ..sample
+        }
+    }
+}
+
+/// Wall seconds of one pass of a phase, with its CPU seconds (process,
+/// driving thread) where known.
+struct PhaseSample {
+    seconds: f64,
+    cpu: Option<(f64, f64)>,
 }
 
 /// CPU seconds (user and system) used so far by this process and by the
@@ -376,31 +409,129 @@ impl Drop for SpillDir {
     }
 }
 
+/// A bucket's records as loaded: its own and those of its margin, sorted
+/// by kept index, with whether each is owned by the bucket.
+struct Loaded {
+    records: Vec<Record>,
+    own: Vec<bool>,
+}
+
 /// Records of the buckets `near`, within `bounds`, sorted by kept index;
-/// with whether each is owned by bucket `own`. The sort and the split run
-/// on the rayon pool (kept indices are unique, so the order does not
-/// depend on the threads); decoding stays in one pass over each file, so
-/// that no second copy of the records is held.
-fn load(
-    spill: &SpillDir,
-    near: &[usize],
-    own: usize,
-    bounds: [f64; 4],
-) -> Result<(Vec<Record>, Vec<bool>)> {
+/// with whether each is owned by bucket `own`. Every record file is in kept
+/// order already, so the margin's records (a few per cent) are sorted
+/// alone and merged into the bucket's own from the back, in place: no
+/// second copy of the bucket is held and nothing of it is sorted again.
+/// Decoding runs on the rayon pool, in file order.
+fn load(spill: &SpillDir, near: &[usize], own: usize, bounds: [f64; 4]) -> Result<Loaded> {
     use rayon::prelude::*;
-    let mut records: Vec<(Record, bool)> = Vec::new();
-    for &o in near {
-        let bytes = spill.read(&spill.file("records", o))?;
-        for chunk in bytes.chunks_exact(RECORD_BYTES) {
-            let r = Record::read(chunk);
-            let [x, y, _] = r.pos;
-            if o == own || (x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]) {
-                records.push((r, o == own));
-            }
+    let decode = |o: usize, records: &mut Vec<Record>, inside: bool| -> Result<()> {
+        let path = spill.file("records", o);
+        let bytes = spill.read(&path)?;
+        if bytes.len() % RECORD_BYTES != 0 {
+            bail!("spill file {} is damaged", path.display());
+        }
+        let decoded = bytes.par_chunks_exact(RECORD_BYTES).map(Record::read);
+        if inside {
+            records.par_extend(decoded.filter(|r| {
+                let [x, y, _] = r.pos;
+                x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]
+            }));
+        } else {
+            records.par_extend(decoded);
+        }
+        Ok(())
+    };
+    let mut records = Vec::new();
+    decode(own, &mut records, false)?;
+    let mut margin = Vec::new();
+    for &o in near.iter().filter(|&&o| o != own) {
+        decode(o, &mut margin, true)?;
+    }
+    margin.par_sort_unstable_by_key(|r: &Record| r.kept);
+    Ok(merge_from_back(records, &margin))
+}
+
+/// Merges `margin` into `records` (both ascending by kept index, which is
+/// unique), writing from the back so that every record moves at most once
+/// and only `margin` is held twice; a record taken from `records` is owned.
+fn merge_from_back(mut records: Vec<Record>, margin: &[Record]) -> Loaded {
+    let mut i = records.len();
+    let mut j = margin.len();
+    let total = i + j;
+    records.reserve_exact(j);
+    records.extend_from_slice(margin);
+    let mut own = vec![true; total];
+    for k in (0..total).rev() {
+        if j == 0 {
+            // The rest of `records` is already in place (i == k + 1).
+            break;
+        }
+        if i > 0 && records[i - 1].kept > margin[j - 1].kept {
+            records[k] = records[i - 1];
+            i -= 1;
+        } else {
+            records[k] = margin[j - 1];
+            own[k] = false;
+            j -= 1;
         }
     }
-    records.par_sort_unstable_by_key(|(r, _)| r.kept);
-    Ok(records.into_par_iter().unzip())
+    Loaded { records, own }
+}
+
+/// Visits the buckets `todo` in order, each loaded by `load` one bucket
+/// ahead on a thread of its own, so that the next bucket is read, decoded
+/// and sorted while `visit` works on the current one. `visit` also gets
+/// the wall and CPU seconds the driving thread waited for the load and,
+/// for a bucket loaded ahead, those of the loading thread. The budget's
+/// bucket share counts the bucket loaded ahead ([`budget::bucket_side`]).
+/// Nothing is written while loading, so a run killed with a bucket loaded
+/// ahead has recorded only the buckets `visit` finished.
+fn visit_loaded_ahead<T: Send>(
+    todo: &[usize],
+    load: impl Fn(usize) -> Result<T> + Sync,
+    mut visit: impl FnMut(usize, T, Loading) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let load = &load;
+        let mut ahead = None;
+        for (at, &b) in todo.iter().enumerate() {
+            let wait = PhaseStart::now();
+            let (loaded, ahead_seconds) = match ahead.take() {
+                Some(handle) => {
+                    let (loaded, seconds) = std::thread::ScopedJoinHandle::join(handle)
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (loaded, Some(seconds))
+                }
+                None => (load(b), None),
+            };
+            let loaded = loaded?;
+            let waited = wait.elapsed();
+            if let Some(&next) = todo.get(at + 1) {
+                ahead = Some(scope.spawn(move || {
+                    let start = PhaseStart::now();
+                    let loaded = load(next);
+                    (loaded, start.elapsed_on_thread())
+                }));
+            }
+            visit(
+                b,
+                loaded,
+                Loading {
+                    waited,
+                    ahead: ahead_seconds,
+                },
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// What loading a bucket cost ([`visit_loaded_ahead`]).
+struct Loading {
+    /// The driving thread's wait: wall, process CPU and its own CPU seconds.
+    waited: PhaseSample,
+    /// The loading thread's work when the bucket was loaded ahead.
+    ahead: Option<PhaseSample>,
 }
 
 /// Aborts after `steps` finished bucket steps when the test hook asks for it.
@@ -617,6 +748,8 @@ struct Work {
     loaded: u64,
     /// Most records loaded for one bucket.
     largest: usize,
+    /// Buckets loaded on a thread while the one before was worked on.
+    loaded_ahead: usize,
     /// Most input rows decoded and held at once (the bounded path).
     rows_held: usize,
     /// Most items held at once by one structure (the bounded path).
@@ -626,6 +759,17 @@ struct Work {
 }
 
 impl Work {
+    /// Notes what loading a bucket cost: the driving thread's wait under
+    /// `waited`, the loading thread's work under `ahead` when the bucket was
+    /// loaded ahead.
+    fn note_loading(&mut self, waited: &'static str, ahead: &'static str, loading: Loading) {
+        self.add_phase(waited, loading.waited);
+        if let Some(sample) = loading.ahead {
+            self.loaded_ahead += 1;
+            self.add_phase(ahead, sample);
+        }
+    }
+
     fn step(&mut self) {
         self.steps += 1;
         test_abort(self.steps);
@@ -638,11 +782,12 @@ impl Work {
 
     /// Adds the time since `start` to `phase` (summed when met again).
     fn phase(&mut self, phase: &'static str, start: &PhaseStart) {
-        let seconds = start.wall.elapsed().as_secs_f64();
-        let cpu = start
-            .cpu
-            .zip(cpu_seconds())
-            .map(|((p0, t0), (p1, t1))| (p1 - p0, t1 - t0));
+        self.add_phase(phase, start.elapsed());
+    }
+
+    /// Adds `sample` to `phase` (summed when met again).
+    fn add_phase(&mut self, phase: &'static str, sample: PhaseSample) {
+        let PhaseSample { seconds, cpu } = sample;
         let at = match self.phases.iter().position(|p| p.phase == phase) {
             Some(at) => at,
             None => {
@@ -686,6 +831,7 @@ impl Work {
             bucket_steps_reused: self.reused,
             spilled_bytes,
             largest_bucket_records: self.largest,
+            buckets_loaded_ahead: self.loaded_ahead,
             largest_rows_held: (self.rows_held > 0).then_some(self.rows_held),
             largest_items_held: None,
             phases: self.phases.clone(),
@@ -717,47 +863,55 @@ fn score_stage(
 ) -> Result<()> {
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
     let bar = progress.bar("buckets", plan.cells.len() as u64);
+    let mut todo = Vec::new();
     for b in 0..plan.cells.len() {
-        bar.inc(1);
-        let path = spill.file("scores", b);
-        if reuse && path.exists() {
+        if reuse && spill.file("scores", b).exists() {
             work.reused += 1;
+            bar.inc(1);
+            work.step();
         } else {
-            let start = PhaseStart::now();
-            let near = plan.near(grid, b, margin);
-            let bounds = plan.reach(grid, b, margin);
-            let (records, _) = load(spill, &near, b, bounds)?;
-            work.loaded += records.len() as u64;
-            work.largest = work.largest.max(records.len());
-            work.held(records.len());
-            work.phase("score_load", &start);
-            let start = PhaseStart::now();
-            let mut found = score_bucket(
-                &records,
-                grid,
-                &plan.tiles[b],
-                &bd_members,
-                nuclei,
-                model,
-                params,
-                backend,
-                overlap,
-                &mut work.clock,
-            )?;
-            work.phase("score_tiles", &start);
-            let start = PhaseStart::now();
-            found.sort_unstable_by_key(|f| f.0);
-            let mut bytes = Vec::with_capacity(found.len() * SCORE_BYTES);
-            for &(k, s, n) in &found {
-                bytes.extend_from_slice(&k.to_le_bytes());
-                bytes.extend_from_slice(&s.to_le_bytes());
-                bytes.extend_from_slice(&n.to_le_bytes());
-            }
-            spill.write(&path, &bytes)?;
-            work.phase("score_write", &start);
+            todo.push(b);
         }
-        work.step();
     }
+    let load_bucket = |b: usize| {
+        let near = plan.near(grid, b, margin);
+        load(spill, &near, b, plan.reach(grid, b, margin))
+    };
+    visit_loaded_ahead(&todo, load_bucket, |b, loaded, loading| {
+        bar.inc(1);
+        let records = loaded.records;
+        work.loaded += records.len() as u64;
+        work.largest = work.largest.max(records.len());
+        work.held(records.len());
+        work.note_loading("score_load", "score_load_ahead", loading);
+        let start = PhaseStart::now();
+        let mut found = score_bucket(
+            &records,
+            grid,
+            &plan.tiles[b],
+            &bd_members,
+            nuclei,
+            model,
+            params,
+            backend,
+            overlap,
+            &mut work.clock,
+        )?;
+        drop(records);
+        work.phase("score_tiles", &start);
+        let start = PhaseStart::now();
+        found.sort_unstable_by_key(|f| f.0);
+        let mut bytes = Vec::with_capacity(found.len() * SCORE_BYTES);
+        for &(k, s, n) in &found {
+            bytes.extend_from_slice(&k.to_le_bytes());
+            bytes.extend_from_slice(&s.to_le_bytes());
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        spill.write(&spill.file("scores", b), &bytes)?;
+        work.phase("score_write", &start);
+        work.step();
+        Ok(())
+    })?;
     bar.finish_and_clear();
     Ok(())
 }
@@ -1175,78 +1329,93 @@ fn bucketed_fragments(
         .map_or(f64::INFINITY, |d| d + 1e-6 * (1.0 + d));
     let mut histogram = vec![0u32; HISTOGRAM_BINS];
     let (mut neighbour_edges, mut candidate_edges) = (0u64, 0u64);
-    for b in 0..plan.cells.len() {
-        let path = spill.file("fragments", b);
-        let bucket = if reuse && path.exists() {
-            work.reused += 1;
-            FragmentBucket::from_bytes(&spill.read(&path)?, &path)?
-        } else {
-            let start = PhaseStart::now();
-            let near = plan.near(grid, b, reach);
-            let (records, own) = load(spill, &near, b, plan.reach(grid, b, reach))?;
-            work.held(records.len());
-            let assigned = claimed(spill, &near, score_cut, &records)?;
-            let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
-            let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
-            work.phase("fragment_load", &start);
-            let start = PhaseStart::now();
-            let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
-            // Only the bucket's own transcripts count here; the others are
-            // counted by their own buckets.
-            for (row, &mine) in neighbors.chunks_mut(k.max(1)).zip(&own) {
-                if !mine {
-                    row.fill(-1);
-                }
-            }
-            work.phase("fragment_neighbours", &start);
-            let start = PhaseStart::now();
-            let scored = backend.fragment_similarity(FragmentSlots {
-                neighbors: &neighbors,
-                k,
-                tokens: &tokens,
-                unit: &unit,
-                dim,
-            })?;
-            work.phase("fragment_similarity", &start);
-            let start = PhaseStart::now();
-            let mut bucket = FragmentBucket {
-                histogram: scored
-                    .histogram
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &c)| c > 0)
-                    .map(|(bin, &c)| (bin as u32, c))
-                    .collect(),
-                neighbour_edges: 0,
-                candidate_edges: 0,
-                edges: Vec::new(),
-            };
-            for (e, (&j, &s)) in neighbors.iter().zip(&scored.similarity).enumerate() {
-                if j < 0 {
-                    continue;
-                }
-                bucket.neighbour_edges += 1;
-                let (a, b) = (e / k, j as usize);
-                if assigned[a] || assigned[b] {
-                    continue;
-                }
-                bucket.candidate_edges += 1;
-                // The threshold is at least the cut, so lower edges never count.
-                if s >= params.cut {
-                    bucket.edges.push((records[a].kept, records[b].kept, s));
-                }
-            }
-            spill.write(&path, &bucket.to_bytes())?;
-            work.phase("fragment_edges", &start);
-            bucket
-        };
+    let mut add = |bucket: &FragmentBucket| {
         for &(bin, count) in &bucket.histogram {
             histogram[bin as usize] += count;
         }
         neighbour_edges += bucket.neighbour_edges;
         candidate_edges += bucket.candidate_edges;
-        work.step();
+    };
+    let mut todo = Vec::new();
+    for b in 0..plan.cells.len() {
+        let path = spill.file("fragments", b);
+        if reuse && path.exists() {
+            work.reused += 1;
+            add(&FragmentBucket::from_bytes(&spill.read(&path)?, &path)?);
+            work.step();
+        } else {
+            todo.push(b);
+        }
     }
+    // A bucket's records and which of them a nucleus claims.
+    let load_bucket = |b: usize| -> Result<(Loaded, Vec<bool>)> {
+        let near = plan.near(grid, b, reach);
+        let loaded = load(spill, &near, b, plan.reach(grid, b, reach))?;
+        let assigned = claimed(spill, &near, score_cut, &loaded.records)?;
+        Ok((loaded, assigned))
+    };
+    visit_loaded_ahead(&todo, load_bucket, |b, (loaded, assigned), loading| {
+        let Loaded { records, own } = loaded;
+        work.held(records.len());
+        work.note_loading("fragment_load", "fragment_load_ahead", loading);
+        let start = PhaseStart::now();
+        let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
+        let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
+        work.phase("fragment_columns", &start);
+        let start = PhaseStart::now();
+        let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
+        drop(pos);
+        // Only the bucket's own transcripts count here; the others are
+        // counted by their own buckets.
+        for (row, &mine) in neighbors.chunks_mut(k.max(1)).zip(&own) {
+            if !mine {
+                row.fill(-1);
+            }
+        }
+        work.phase("fragment_neighbours", &start);
+        let start = PhaseStart::now();
+        let scored = backend.fragment_similarity(FragmentSlots {
+            neighbors: &neighbors,
+            k,
+            tokens: &tokens,
+            unit: &unit,
+            dim,
+        })?;
+        work.phase("fragment_similarity", &start);
+        let start = PhaseStart::now();
+        let mut bucket = FragmentBucket {
+            histogram: scored
+                .histogram
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c > 0)
+                .map(|(bin, &c)| (bin as u32, c))
+                .collect(),
+            neighbour_edges: 0,
+            candidate_edges: 0,
+            edges: Vec::new(),
+        };
+        for (e, (&j, &s)) in neighbors.iter().zip(&scored.similarity).enumerate() {
+            if j < 0 {
+                continue;
+            }
+            bucket.neighbour_edges += 1;
+            let (a, b) = (e / k, j as usize);
+            if assigned[a] || assigned[b] {
+                continue;
+            }
+            bucket.candidate_edges += 1;
+            // The threshold is at least the cut, so lower edges never count.
+            if s >= params.cut {
+                bucket.edges.push((records[a].kept, records[b].kept, s));
+            }
+        }
+        spill.write(&spill.file("fragments", b), &bucket.to_bytes())?;
+        work.phase("fragment_edges", &start);
+        add(&bucket);
+        work.step();
+        Ok(())
+    })?;
     let median = fragments::histogram_median(&histogram);
     let threshold = median.map_or(params.cut, |m| m.max(params.cut));
 
@@ -1295,9 +1464,14 @@ fn claimed(
         );
     }
     claimed.par_sort_unstable();
+    // Both ascending by kept index: one walk instead of a search per record.
+    let mut claimed = claimed.into_iter().peekable();
     Ok(records
-        .par_iter()
-        .map(|r| claimed.binary_search(&r.kept).is_ok())
+        .iter()
+        .map(|r| {
+            while claimed.next_if(|&k| k < r.kept).is_some() {}
+            claimed.peek() == Some(&r.kept)
+        })
         .collect())
 }
 
@@ -2658,6 +2832,45 @@ fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_margin_is_merged_into_a_bucket_in_kept_order() {
+        let record = |kept: u32| Record {
+            kept,
+            pos: [f64::from(kept), 0.0, 0.0],
+            token: kept + 1,
+            member: -1,
+        };
+        let cases: [(&[u32], &[u32]); 5] = [
+            (&[2, 5, 9], &[0, 1, 7, 10]),
+            (&[4, 6], &[]),
+            (&[], &[3, 8]),
+            (&[1, 2, 3], &[10, 11]),
+            (&[10, 11], &[1, 2, 3]),
+        ];
+        for (own, margin) in cases {
+            let loaded = merge_from_back(
+                own.iter().map(|&k| record(k)).collect(),
+                &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+            );
+            let mut expected: Vec<(u32, bool)> = own
+                .iter()
+                .map(|&k| (k, true))
+                .chain(margin.iter().map(|&k| (k, false)))
+                .collect();
+            expected.sort();
+            let got: Vec<(u32, bool)> = loaded
+                .records
+                .iter()
+                .zip(&loaded.own)
+                .map(|(r, &o)| (r.kept, o))
+                .collect();
+            assert_eq!(got, expected, "own {own:?}, margin {margin:?}");
+            for r in &loaded.records {
+                assert_eq!(r.token, r.kept + 1, "a record moves whole");
+            }
+        }
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

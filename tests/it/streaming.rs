@@ -689,6 +689,63 @@ fn killed_half_way_and_resumed(outputs: &str) {
     assert_same_outputs(&whole, &fresh);
 }
 
+#[test]
+fn a_run_killed_with_the_next_bucket_loading_resumes_from_the_finished_ones() {
+    // Each bucket's records are loaded on a thread while the bucket before
+    // is scored; a kill after some score steps finds the next bucket loaded
+    // (or loading) ahead, which must not count as finished.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path());
+    let model = demo_model();
+    let args = xenium_args(&input, &model);
+    let args = strs(&args);
+    let flags = [
+        "--tile-size",
+        "100",
+        "--max-memory",
+        "2G",
+        "--bucket-tiles",
+        "1",
+        "--outputs",
+        "transcripts,cells",
+    ];
+    let whole = tmp.path().join("whole");
+    assert_success(&segment_cpu(&args, &whole, &flags));
+    let facts = &log(&whole)["streaming"];
+    let buckets = facts["buckets"].as_u64().unwrap();
+    assert!(buckets >= 4, "{buckets} buckets");
+    // Every score and fragment step but the first of each stage had its
+    // bucket loaded ahead.
+    assert_eq!(facts["buckets_loaded_ahead"], 2 * (buckets - 1), "{facts}");
+    let finished = buckets / 2;
+    let out = tmp.path().join("resumed");
+    let killed = seggpu()
+        .arg("segment")
+        .args(&args)
+        .arg("--out")
+        .arg(&out)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(flags)
+        .env(
+            seggpu::pipeline::stream::ABORT_AFTER_ENV,
+            finished.to_string(),
+        )
+        .output()
+        .expect("run seggpu");
+    assert!(!killed.status.success(), "the hook stops the run");
+    assert!(spill_left(&out), "the killed run leaves its buckets");
+    let mut resume = flags.to_vec();
+    resume.push("--resume");
+    assert_success(&segment_cpu(&args, &out, &resume));
+    let facts = &log(&out)["streaming"];
+    assert_eq!(
+        facts["bucket_steps_reused"], finished,
+        "only the buckets scored before the kill are reused: {facts}"
+    );
+    assert_same_outputs(&whole, &out);
+    assert!(!spill_left(&out));
+}
+
 #[cfg(unix)]
 #[test]
 fn a_full_tmp_dir_is_a_clear_error_and_leaves_nothing() {
