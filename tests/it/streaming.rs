@@ -5,6 +5,7 @@
 //! rows; `--resume` after a kill; a full `--tmp-dir`.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 #[cfg(unix)]
 use crate::common::seggpu_with_file_limit;
@@ -622,13 +623,9 @@ fn a_run_reading_in_batches_killed_half_way_resumes_to_the_same_outputs() {
     killed_half_way_and_resumed("transcripts,cells");
 }
 
-fn killed_half_way_and_resumed(outputs: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = simulated(tmp.path());
-    let model = demo_model();
-    let args = xenium_args(&input, &model);
-    let args = strs(&args);
-    let flags = [
+/// Flags that give the small simulated sample several one-tile buckets.
+fn one_tile_buckets(outputs: &str) -> [&str; 8] {
+    [
         "--tile-size",
         "100",
         "--max-memory",
@@ -637,7 +634,35 @@ fn killed_half_way_and_resumed(outputs: &str) {
         "1",
         "--outputs",
         outputs,
-    ];
+    ]
+}
+
+/// `segment` on the CPU stopped by the test hook after `steps` bucket steps.
+fn segment_killed_after(
+    args: &[&str],
+    out: &Path,
+    flags: &[&str],
+    steps: impl AsRef<std::ffi::OsStr>,
+) -> Output {
+    seggpu()
+        .arg("segment")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .args(["--backend", "cpu", "--quiet"])
+        .args(flags)
+        .env(seggpu::pipeline::stream::ABORT_AFTER_ENV, steps)
+        .output()
+        .expect("run seggpu")
+}
+
+fn killed_half_way_and_resumed(outputs: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = simulated(tmp.path());
+    let model = demo_model();
+    let args = xenium_args(&input, &model);
+    let args = strs(&args);
+    let flags = one_tile_buckets(outputs);
     let whole = tmp.path().join("whole");
     assert_success(&segment_cpu(&args, &whole, &flags));
     let buckets = log(&whole)["streaming"]["buckets"].as_u64().unwrap();
@@ -645,16 +670,7 @@ fn killed_half_way_and_resumed(outputs: &str) {
     // Score and fragment steps are one per bucket each; stop half way.
     let half = buckets.to_string();
     let out = tmp.path().join("resumed");
-    let killed = seggpu()
-        .arg("segment")
-        .args(&args)
-        .arg("--out")
-        .arg(&out)
-        .args(["--backend", "cpu", "--quiet"])
-        .args(flags)
-        .env(seggpu::pipeline::stream::ABORT_AFTER_ENV, &half)
-        .output()
-        .expect("run seggpu");
+    let killed = segment_killed_after(&args, &out, &flags, half);
     assert!(!killed.status.success(), "the hook stops the run");
     assert!(
         !out.join("segger_transcripts.parquet").exists(),
@@ -673,16 +689,7 @@ fn killed_half_way_and_resumed(outputs: &str) {
 
     // Without --resume the leftovers of a killed run are not reused.
     let fresh = tmp.path().join("fresh");
-    let killed = seggpu()
-        .arg("segment")
-        .args(&args)
-        .arg("--out")
-        .arg(&fresh)
-        .args(["--backend", "cpu", "--quiet"])
-        .args(flags)
-        .env(seggpu::pipeline::stream::ABORT_AFTER_ENV, "1")
-        .output()
-        .expect("run seggpu");
+    let killed = segment_killed_after(&args, &fresh, &flags, "1");
     assert!(!killed.status.success());
     assert_success(&segment_cpu(&args, &fresh, &flags));
     assert_eq!(log(&fresh)["streaming"]["bucket_steps_reused"], 0);
@@ -699,16 +706,7 @@ fn a_run_killed_with_the_next_bucket_loading_resumes_from_the_finished_ones() {
     let model = demo_model();
     let args = xenium_args(&input, &model);
     let args = strs(&args);
-    let flags = [
-        "--tile-size",
-        "100",
-        "--max-memory",
-        "2G",
-        "--bucket-tiles",
-        "1",
-        "--outputs",
-        "transcripts,cells",
-    ];
+    let flags = one_tile_buckets("transcripts,cells");
     let whole = tmp.path().join("whole");
     assert_success(&segment_cpu(&args, &whole, &flags));
     let facts = &log(&whole)["streaming"];
@@ -719,19 +717,7 @@ fn a_run_killed_with_the_next_bucket_loading_resumes_from_the_finished_ones() {
     assert_eq!(facts["buckets_loaded_ahead"], 2 * (buckets - 1), "{facts}");
     let finished = buckets / 2;
     let out = tmp.path().join("resumed");
-    let killed = seggpu()
-        .arg("segment")
-        .args(&args)
-        .arg("--out")
-        .arg(&out)
-        .args(["--backend", "cpu", "--quiet"])
-        .args(flags)
-        .env(
-            seggpu::pipeline::stream::ABORT_AFTER_ENV,
-            finished.to_string(),
-        )
-        .output()
-        .expect("run seggpu");
+    let killed = segment_killed_after(&args, &out, &flags, finished.to_string());
     assert!(!killed.status.success(), "the hook stops the run");
     assert!(spill_left(&out), "the killed run leaves its buckets");
     let mut resume = flags.to_vec();
