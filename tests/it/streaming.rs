@@ -9,7 +9,9 @@ use std::process::Output;
 
 #[cfg(unix)]
 use crate::common::seggpu_with_file_limit;
-use crate::common::segment::{merscope_crop_input, segment_cpu, small_batches, xenium_crop_input};
+use crate::common::segment::{
+    merscope_crop_input, segment_cpu, small_batches, xenium_crop_input, BATCH_ROWS, WRITE_ROWS,
+};
 use crate::common::{assert_failure, assert_success, data_path, demo_model, seggpu};
 use seggpu::io::table::READ_AHEAD;
 use seggpu::output::WRITE_AHEAD;
@@ -169,10 +171,6 @@ fn the_real_merscope_crop_gives_the_same_outputs_bucketed() {
     );
 }
 
-/// Rows per reader batch and per written batch in the runs below, far
-/// fewer than the inputs hold.
-const BATCH_ROWS: usize = 1000;
-const WRITE_ROWS: usize = 2048;
 /// Scores the statistics sort at once: far fewer than the inputs hold, so
 /// that the scores are walked in many groups and some bins value by value.
 const SORT_GROUP: usize = 700;
@@ -359,9 +357,6 @@ fn without_stage_seconds(page: &[u8]) -> Vec<u8> {
     format!("{}{}", &page[..start], &page[end..]).into_bytes()
 }
 
-/// Cells per file of spilled cell points in the runs below: many files.
-const CELLS_PER_FILE: usize = 7;
-
 /// Runs `input` with `--outputs outputs` in memory, with `--max-memory`
 /// holding every row (the test hook, so the command line is the batched
 /// run's) and reading and writing in batches (one tile per bucket, small
@@ -391,13 +386,7 @@ fn per_cell_outputs_agree(
             .arg(out)
             .args(["--backend", "cpu", "--quiet"])
             .args(&flags);
-        small_batches(
-            &mut command,
-            BATCH_ROWS,
-            WRITE_ROWS,
-            CELLS_PER_FILE,
-            rows_held,
-        );
+        small_batches(&mut command, rows_held);
         assert_success(&command.output().expect("run seggpu"));
     };
     // One output folder for both, moved aside after each run: the command

@@ -17,7 +17,9 @@ use geo::{Area, Validation};
 use seggpu::io::table::READ_AHEAD;
 use seggpu::output::WRITE_AHEAD;
 
-use crate::common::segment::{segment_cpu, small_batches, xenium_crop_input};
+use crate::common::segment::{
+    segment_cpu, small_batches, xenium_crop_input, BATCH_ROWS, WRITE_ROWS,
+};
 use crate::common::tables::{primitives, read_parquet, strings, transcript_ids};
 use crate::common::{
     assert_failure, assert_success, data_path, demo_model, one_nucleus_csv, write_file,
@@ -518,13 +520,6 @@ fn cells_without_a_q20_transcript_are_counted_in_a_warning() {
     }
 }
 
-/// Rows per reader batch and per written batch, and cells per file of
-/// spilled cell points, in the batched runs below: far fewer than the
-/// inputs hold, so that many batches and point files are crossed.
-const BATCH_ROWS: usize = 1000;
-const WRITE_ROWS: usize = 2048;
-const CELLS_PER_FILE: usize = 7;
-
 /// The files of the folder whose bytes do not name the output folder.
 const DATA_FILES: &[&str] = &[
     "transcript_assignment.csv",
@@ -563,13 +558,7 @@ fn batched_folder_agrees(
     flags.extend(["--max-memory", "2G", "--bucket-tiles", "1"]);
     let run = |out: &Path, rows_held: bool| {
         let mut command = command(out, &flags);
-        small_batches(
-            &mut command,
-            BATCH_ROWS,
-            WRITE_ROWS,
-            CELLS_PER_FILE,
-            rows_held,
-        );
+        small_batches(&mut command, rows_held);
         assert_success(&command.output().expect("run seggpu"))
     };
     // The batched run stays in `out`, which its README.txt names.

@@ -60,25 +60,26 @@ pub fn merscope_crop_input() -> Vec<String> {
     ]
 }
 
-/// Sets the test-only size overrides of the batched flow on `command`:
-/// rows per reader batch, rows per written batch, cells per points file,
-/// and (with `rows_held`) the rows-held flow instead of the batched one.
-pub fn small_batches(
-    command: &mut std::process::Command,
-    batch_rows: usize,
-    write_rows: usize,
-    cells_per_file: usize,
-    rows_held: bool,
-) {
+/// Rows per reader batch and per written batch, and cells per file of
+/// spilled cell points, in the tests' batched runs: far fewer than the
+/// inputs hold, so that many batches and point files are crossed.
+pub const BATCH_ROWS: usize = 1000;
+pub const WRITE_ROWS: usize = 2048;
+pub const CELLS_PER_FILE: usize = 7;
+
+/// Sets the test-only size overrides of the batched flow on `command`
+/// ([`BATCH_ROWS`], [`WRITE_ROWS`], [`CELLS_PER_FILE`]) and, with
+/// `rows_held`, the rows-held flow instead of the batched one.
+pub fn small_batches(command: &mut std::process::Command, rows_held: bool) {
     command
-        .env(seggpu::io::table::BATCH_ROWS_ENV, batch_rows.to_string())
+        .env(seggpu::io::table::BATCH_ROWS_ENV, BATCH_ROWS.to_string())
         .env(
             seggpu::pipeline::stream::WRITE_ROWS_ENV,
-            write_rows.to_string(),
+            WRITE_ROWS.to_string(),
         )
         .env(
             seggpu::output::aggregate::CELLS_PER_FILE_ENV,
-            cells_per_file.to_string(),
+            CELLS_PER_FILE.to_string(),
         );
     if rows_held {
         command.env(seggpu::pipeline::run::ROWS_HELD_ENV, "1");
