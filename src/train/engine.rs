@@ -83,14 +83,20 @@ impl TrainEngine for CpuEngine {
         for (_, tensor) in super::params_mut(&mut self.grads) {
             tensor.fill(0.0);
         }
-        let loss = loss_and_grad_with(
-            &mut self.bufs,
-            &self.model,
-            &batch.graph,
-            &batch.pairs,
-            &mut self.grads,
-        );
-        self.adam.update(&mut self.model, &mut self.grads, lr);
+        // The whole step on a thread of rayon's pool: its parallel loops
+        // start there instead of waking the pool from outside and sleeping
+        // until it is done, loop after loop.
+        let loss = rayon::scope(|_| {
+            let loss = loss_and_grad_with(
+                &mut self.bufs,
+                &self.model,
+                &batch.graph,
+                &batch.pairs,
+                &mut self.grads,
+            );
+            self.adam.update(&mut self.model, &mut self.grads, lr);
+            loss
+        });
         Ok(loss)
     }
 
