@@ -3166,7 +3166,12 @@ mod tests {
         // claimed when its nucleus is set and its score at least the cut.
         let cut = 0.5f32;
         let entry = |k: u32| -> Option<(f32, i32)> {
-            (k % 7 != 3).then(|| ((k % 10) as f32 / 10.0, if k % 5 == 0 { -1 } else { 2 }))
+            (k % 7 != 3).then(|| {
+                (
+                    (k % 10) as f32 / 10.0,
+                    if k.is_multiple_of(5) { -1 } else { 2 },
+                )
+            })
         };
         for b in 0..3u32 {
             let mut bytes = Vec::new();
