@@ -5,7 +5,7 @@
 //! exact margin, so that every result equals the in-memory path's. Finished
 //! buckets are kept as files, so that `--resume` reuses them after a kill.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -414,47 +414,112 @@ impl Drop for SpillDir {
 struct Loaded {
     records: Vec<Record>,
     own: Vec<bool>,
+    /// The bucket owning each record of the margin (those not `own`), in
+    /// their order in `records`.
+    sources: Vec<u32>,
 }
 
-/// Records of the buckets `near`, within `bounds`, sorted by kept index;
-/// with whether each is owned by bucket `own`. Every record file is in kept
-/// order already, so the margin's records (a few per cent) are sorted
-/// alone and merged into the bucket's own from the back, in place: no
-/// second copy of the bucket is held and nothing of it is sorted again.
-/// Decoding runs on the rayon pool, in file order.
-fn load(spill: &SpillDir, near: &[usize], own: usize, bounds: [f64; 4]) -> Result<Loaded> {
-    use rayon::prelude::*;
-    let decode = |o: usize, records: &mut Vec<Record>, inside: bool| -> Result<()> {
-        let path = spill.file("records", o);
-        let bytes = spill.read(&path)?;
-        if bytes.len() % RECORD_BYTES != 0 {
-            bail!("spill file {} is damaged", path.display());
-        }
-        let decoded = bytes.par_chunks_exact(RECORD_BYTES).map(Record::read);
-        if inside {
-            records.par_extend(decoded.filter(|r| {
-                let [x, y, _] = r.pos;
-                x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]
-            }));
-        } else {
-            records.par_extend(decoded);
-        }
-        Ok(())
-    };
-    let mut records = Vec::new();
-    decode(own, &mut records, false)?;
-    let mut margin = Vec::new();
-    for &o in near.iter().filter(|&&o| o != own) {
-        decode(o, &mut margin, true)?;
+/// Bytes of a margin entry: the record and the bucket that owns it.
+const MARGIN_BYTES: usize = RECORD_BYTES + 4;
+
+/// Where each record also goes besides its own bucket's file: the margin
+/// file of every other bucket whose region extended by the spill reach
+/// ([`spill_reach`]) holds it, so that a bucket is loaded from two files
+/// (its own and its margin) instead of every neighbour's whole file.
+struct Margins {
+    /// Per owning bucket: the other buckets near it and their extended
+    /// bounds.
+    targets: Vec<Vec<(usize, [f64; 4])>>,
+}
+
+impl Margins {
+    fn new(plan: &BucketPlan, grid: &TileGrid, reach: f64) -> Self {
+        let bounds: Vec<[f64; 4]> = (0..plan.cells.len())
+            .map(|b| plan.reach(grid, b, reach))
+            .collect();
+        // `near` is symmetric: `b` is near `o` exactly when `o` is near `b`.
+        let targets = (0..plan.cells.len())
+            .map(|o| {
+                plan.near(grid, o, reach)
+                    .into_iter()
+                    .filter(|&b| b != o)
+                    .map(|b| (b, bounds[b]))
+                    .collect()
+            })
+            .collect();
+        Margins { targets }
     }
-    margin.par_sort_unstable_by_key(|r: &Record| r.kept);
-    Ok(merge_from_back(records, &margin))
+
+    /// The buckets other than its owner `owner` whose margin holds `p`.
+    fn of(&self, owner: usize, p: [f64; 2]) -> impl Iterator<Item = usize> + '_ {
+        self.targets[owner]
+            .iter()
+            .filter(move |(_, bounds)| inside(bounds, p))
+            .map(|&(b, _)| b)
+    }
+}
+
+/// Whether `p` lies within `bounds` `[x0, y0, x1, y1]` (lower sides
+/// included, upper excluded, as tiles' regions).
+fn inside(bounds: &[f64; 4], [x, y]: [f64; 2]) -> bool {
+    x >= bounds[0] && y >= bounds[1] && x < bounds[2] && y < bounds[3]
+}
+
+/// How far around a bucket its margin file reaches: the score stage's
+/// margin and, with fragments, the fragment neighbours' reach.
+fn spill_reach(margin: f64, params: &SegmentParams) -> f64 {
+    match params.fragments {
+        Some(_) => margin.max(fragment_reach(params.graph.dist_tx)),
+        None => margin,
+    }
+}
+
+/// How far the fragment stage loads around a bucket: fragment neighbours
+/// lie within `dist_tx` (inclusive, in 3-D, so also in x–y); the slack only
+/// loads a few more records, which cannot change them.
+fn fragment_reach(dist_tx: Option<f64>) -> f64 {
+    dist_tx.map_or(f64::INFINITY, |d| d + 1e-6 * (1.0 + d))
+}
+
+/// Records of bucket `own` and those of its margin file within `bounds`
+/// (at most the spill reach), sorted by kept index; with whether each is
+/// owned by the bucket. Both files are in kept order already, so the
+/// margin's records (a few per cent) are merged into the bucket's own from
+/// the back, in place: no second copy of the bucket is held and nothing is
+/// sorted. Decoding runs on the rayon pool, in file order.
+fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
+    use rayon::prelude::*;
+    let path = spill.file("records", own);
+    let bytes = spill.read(&path)?;
+    if bytes.len() % RECORD_BYTES != 0 {
+        bail!("spill file {} is damaged", path.display());
+    }
+    let records: Vec<Record> = bytes
+        .par_chunks_exact(RECORD_BYTES)
+        .map(Record::read)
+        .collect();
+    drop(bytes);
+    let path = spill.file("margins", own);
+    let bytes = spill.read(&path)?;
+    if bytes.len() % MARGIN_BYTES != 0 {
+        bail!("spill file {} is damaged", path.display());
+    }
+    let (margin, sources): (Vec<Record>, Vec<u32>) = bytes
+        .par_chunks_exact(MARGIN_BYTES)
+        .map(|c| {
+            let source = u32::from_le_bytes([c[36], c[37], c[38], c[39]]);
+            (Record::read(c), source)
+        })
+        .filter(|(r, _)| inside(&bounds, [r.pos[0], r.pos[1]]))
+        .unzip();
+    drop(bytes);
+    Ok(merge_from_back(records, &margin, sources))
 }
 
 /// Merges `margin` into `records` (both ascending by kept index, which is
 /// unique), writing from the back so that every record moves at most once
 /// and only `margin` is held twice; a record taken from `records` is owned.
-fn merge_from_back(mut records: Vec<Record>, margin: &[Record]) -> Loaded {
+fn merge_from_back(mut records: Vec<Record>, margin: &[Record], sources: Vec<u32>) -> Loaded {
     let mut i = records.len();
     let mut j = margin.len();
     let total = i + j;
@@ -475,7 +540,11 @@ fn merge_from_back(mut records: Vec<Record>, margin: &[Record]) -> Loaded {
             j -= 1;
         }
     }
-    Loaded { records, own }
+    Loaded {
+        records,
+        own,
+        sources,
+    }
 }
 
 /// Visits the buckets `todo` in order, each loaded by `load` one bucket
@@ -861,6 +930,7 @@ fn score_stage(
     reuse: bool,
     work: &mut Work,
 ) -> Result<()> {
+    use rayon::prelude::*;
     let bd_members = tiles::bucket(grid, &nuclei.centroid);
     let bar = progress.bar("buckets", plan.cells.len() as u64);
     let mut todo = Vec::new();
@@ -873,10 +943,7 @@ fn score_stage(
             todo.push(b);
         }
     }
-    let load_bucket = |b: usize| {
-        let near = plan.near(grid, b, margin);
-        load(spill, &near, b, plan.reach(grid, b, margin))
-    };
+    let load_bucket = |b: usize| load(spill, b, plan.reach(grid, b, margin));
     visit_loaded_ahead(&todo, load_bucket, |b, loaded, loading| {
         bar.inc(1);
         let records = loaded.records;
@@ -900,7 +967,8 @@ fn score_stage(
         drop(records);
         work.phase("score_tiles", &start);
         let start = PhaseStart::now();
-        found.sort_unstable_by_key(|f| f.0);
+        // Kept indices are unique: the order does not depend on the threads.
+        found.par_sort_unstable_by_key(|f| f.0);
         let mut bytes = Vec::with_capacity(found.len() * SCORE_BYTES);
         for &(k, s, n) in &found {
             bytes.extend_from_slice(&k.to_le_bytes());
@@ -994,7 +1062,7 @@ fn open_spill(settings: &StreamSettings) -> Result<(SpillDir, Option<String>)> {
         std::fs::remove_dir_all(&path)
             .with_context(|| format!("cannot remove the old spill folder {}", path.display()))?;
     }
-    for kind in ["records", "scores", "fragments", "results"] {
+    for kind in ["records", "margins", "scores", "fragments", "results"] {
         std::fs::create_dir_all(path.join(kind)).with_context(|| {
             format!(
                 "cannot create the spill folder {} (--tmp-dir {})",
@@ -1079,25 +1147,40 @@ fn spill(
         order[next[b as usize]] = i as u32;
         next[b as usize] += 1;
     }
-    drop(bucket_of);
     let mut key = start_key(params, model, plan.side, prepared.grid.size)?;
+    let record = |i: usize| Record {
+        kept: i as u32,
+        pos: prepared.pos[i],
+        token: prepared.tokens[i],
+        member: prepared.member[i],
+    };
     let mut bytes = Vec::new();
     let mut total = 0u64;
     for b in 0..plan.cells.len() {
         bytes.clear();
         for &i in &order[starts[b]..starts[b + 1]] {
-            let i = i as usize;
-            Record {
-                kept: i as u32,
-                pos: prepared.pos[i],
-                token: prepared.tokens[i],
-                member: prepared.member[i],
-            }
-            .write(&mut bytes);
+            record(i as usize).write(&mut bytes);
         }
         key.update(&bytes);
         total += bytes.len() as u64;
         spill.write(&spill.file("records", b), &bytes)?;
+    }
+    // Each bucket's margin, in kept order.
+    let margins = Margins::new(plan, &prepared.grid, spill_reach(prepared.margin, params));
+    let mut margin_of: Vec<Vec<u32>> = vec![Vec::new(); plan.cells.len()];
+    for (i, &b) in bucket_of.iter().enumerate() {
+        for m in margins.of(b as usize, prepared.flat[i]) {
+            margin_of[m].push(i as u32);
+        }
+    }
+    for (b, kept) in margin_of.iter().enumerate() {
+        bytes.clear();
+        for &i in kept {
+            record(i as usize).write(&mut bytes);
+            bytes.extend_from_slice(&bucket_of[i as usize].to_le_bytes());
+        }
+        total += bytes.len() as u64;
+        spill.write(&spill.file("margins", b), &bytes)?;
     }
     let reuse = settle_key(&spill, key, previous, settings)?;
     Ok((spill, reuse, total))
@@ -1322,11 +1405,7 @@ fn bucketed_fragments(
     let dim = model.arch.emb;
     let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
     let k = params.k_tx;
-    // Neighbours lie within dist_tx (inclusive, in 3-D, so also in x–y);
-    // the slack only loads a few more records, which cannot change them.
-    let reach = params
-        .dist_tx
-        .map_or(f64::INFINITY, |d| d + 1e-6 * (1.0 + d));
+    let reach = fragment_reach(params.dist_tx);
     let mut histogram = vec![0u32; HISTOGRAM_BINS];
     let (mut neighbour_edges, mut candidate_edges) = (0u64, 0u64);
     let mut add = |bucket: &FragmentBucket| {
@@ -1349,13 +1428,12 @@ fn bucketed_fragments(
     }
     // A bucket's records and which of them a nucleus claims.
     let load_bucket = |b: usize| -> Result<(Loaded, Vec<bool>)> {
-        let near = plan.near(grid, b, reach);
-        let loaded = load(spill, &near, b, plan.reach(grid, b, reach))?;
-        let assigned = claimed(spill, &near, score_cut, &loaded.records)?;
+        let loaded = load(spill, b, plan.reach(grid, b, reach))?;
+        let assigned = claimed(spill, b, score_cut, &loaded)?;
         Ok((loaded, assigned))
     };
     visit_loaded_ahead(&todo, load_bucket, |b, (loaded, assigned), loading| {
-        let Loaded { records, own } = loaded;
+        let Loaded { records, own, .. } = loaded;
         work.held(records.len());
         work.note_loading("fragment_load", "fragment_load_ahead", loading);
         let start = PhaseStart::now();
@@ -1444,35 +1522,78 @@ fn bucketed_fragments(
     Ok((components, counts))
 }
 
-/// Whether each of `records` (sorted by kept index, loaded from the
-/// buckets `near`) joins its best nucleus at `score_cut`, from the score
-/// files of those buckets.
-fn claimed(
-    spill: &SpillDir,
-    near: &[usize],
-    score_cut: f32,
-    records: &[Record],
-) -> Result<Vec<bool>> {
-    use rayon::prelude::*;
-    let mut claimed: Vec<u32> = Vec::new();
-    for &o in near {
-        claimed.extend(
-            read_scores(spill, o)?
-                .into_iter()
-                .filter(|&(_, s, n)| n >= 0 && s >= score_cut)
-                .map(|(k, _, _)| k),
-        );
+/// Whether each record of bucket `b` as loaded joins its best nucleus at
+/// `score_cut`, from the score file of the bucket that owns it. Every score
+/// file and the records from each bucket are ascending by kept index, so
+/// each file is searched forward from the last entry found (galloping):
+/// the bucket's own file is walked once, a neighbour's is only probed for
+/// the few records of the margin it owns.
+fn claimed(spill: &SpillDir, b: usize, score_cut: f32, loaded: &Loaded) -> Result<Vec<bool>> {
+    let mut claimed = vec![false; loaded.records.len()];
+    let mut by_source: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let mut sources = loaded.sources.iter();
+    for (i, &mine) in loaded.own.iter().enumerate() {
+        if !mine {
+            let &source = sources.next().ok_or_else(|| {
+                anyhow::anyhow!("internal: a margin record of bucket {b} without its source")
+            })?;
+            by_source.entry(source).or_default().push(i);
+        }
     }
-    claimed.par_sort_unstable();
-    // Both ascending by kept index: one walk instead of a search per record.
-    let mut claimed = claimed.into_iter().peekable();
-    Ok(records
-        .iter()
-        .map(|r| {
-            while claimed.next_if(|&k| k < r.kept).is_some() {}
-            claimed.peek() == Some(&r.kept)
-        })
-        .collect())
+    let mut mark = |source: usize, at: &mut dyn Iterator<Item = usize>| -> Result<()> {
+        let path = spill.file("scores", source);
+        let bytes = spill.read(&path)?;
+        if bytes.len() % SCORE_BYTES != 0 {
+            bail!("spill file {} is damaged", path.display());
+        }
+        let word = |e: usize, at: usize| {
+            let o = e * SCORE_BYTES + at;
+            [bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]
+        };
+        let key = |e: usize| u32::from_le_bytes(word(e, 0));
+        let n = bytes.len() / SCORE_BYTES;
+        let mut from = 0usize;
+        for i in at {
+            let kept = loaded.records[i].kept;
+            // Gallop: the first entry at or after `from` whose key is not
+            // below `kept` lies in [lo, hi).
+            let (mut lo, mut hi, mut step) = (from, from, 1usize);
+            while hi < n && key(hi) < kept {
+                lo = hi + 1;
+                hi = lo + step;
+                step *= 2;
+            }
+            let mut hi = hi.min(n);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if key(mid) < kept {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            from = lo;
+            if lo < n && key(lo) == kept {
+                let score = f32::from_le_bytes(word(lo, 4));
+                let nucleus = i32::from_le_bytes(word(lo, 8));
+                claimed[i] = nucleus >= 0 && score >= score_cut;
+            }
+        }
+        Ok(())
+    };
+    mark(
+        b,
+        &mut loaded
+            .own
+            .iter()
+            .enumerate()
+            .filter(|(_, &mine)| mine)
+            .map(|(i, _)| i),
+    )?;
+    for (source, at) in by_source {
+        mark(source as usize, &mut at.into_iter())?;
+    }
+    Ok(claimed)
 }
 
 /// Where the path that reads and writes in batches writes its tables.
@@ -1564,11 +1685,36 @@ fn spill_error(path: &Path, tmp_dir: &Path) -> String {
 
 /// The records of a spill file, read in blocks.
 fn each_record(path: &Path, mut f: impl FnMut(Record) -> Result<()>) -> Result<()> {
+    each_block(path, 4096, |block| {
+        for chunk in block.chunks_exact(RECORD_BYTES) {
+            f(Record::read(chunk))?;
+        }
+        Ok(())
+    })
+}
+
+/// Records decoded at once by the passes over `kept.bin`.
+const PASS_BLOCK: usize = 1 << 16;
+
+/// The records of a spill file, block by block, each block's decoded on
+/// the rayon pool (in file order) with its bytes as read.
+fn each_decoded(path: &Path, mut f: impl FnMut(&[Record], &[u8]) -> Result<()>) -> Result<()> {
+    use rayon::prelude::*;
+    let mut records = Vec::with_capacity(PASS_BLOCK);
+    each_block(path, PASS_BLOCK, |block| {
+        records.clear();
+        records.par_extend(block.par_chunks_exact(RECORD_BYTES).map(Record::read));
+        f(&records, block)
+    })
+}
+
+/// The bytes of a spill file of records, `records` records at a time.
+fn each_block(path: &Path, records: usize, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
     use std::io::Read;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read spill file {}", path.display()))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut block = vec![0u8; RECORD_BYTES * 4096];
+    let mut block = vec![0u8; RECORD_BYTES * records];
     loop {
         let mut filled = 0;
         while filled < block.len() {
@@ -1583,9 +1729,7 @@ fn each_record(path: &Path, mut f: impl FnMut(Record) -> Result<()>) -> Result<(
         if filled % RECORD_BYTES != 0 {
             bail!("spill file {} is damaged", path.display());
         }
-        for chunk in block[..filled].chunks_exact(RECORD_BYTES) {
-            f(Record::read(chunk))?;
-        }
+        f(&block[..filled])?;
         if filled < block.len() {
             return Ok(());
         }
@@ -1846,8 +1990,10 @@ pub fn segment_file(
         margin,
         settings.max_memory,
         |densities| {
-            each_record(&kept_path, |r| {
-                densities.add([r.pos[0], r.pos[1]]);
+            each_decoded(&kept_path, |records, _| {
+                records
+                    .iter()
+                    .for_each(|r| densities.add([r.pos[0], r.pos[1]]));
                 Ok(())
             })
         },
@@ -1860,9 +2006,18 @@ pub fn segment_file(
     // the in-memory path.
     let extent = prepare::tile_grid(&kept.extremes, params.tile_size, margin)?;
     let mut per_tile: HashMap<Cell, (u64, [f64; 2])> = HashMap::new();
-    each_record(&kept_path, |r| {
-        let p = [r.pos[0], r.pos[1]];
-        per_tile.entry(extent.owner(p)).or_insert((0, p)).0 += 1;
+    let mut owners = Vec::with_capacity(PASS_BLOCK);
+    each_decoded(&kept_path, |records, _| {
+        use rayon::prelude::*;
+        owners.clear();
+        owners.par_extend(
+            records
+                .par_iter()
+                .map(|r| extent.owner([r.pos[0], r.pos[1]])),
+        );
+        for (r, &tile) in records.iter().zip(&owners) {
+            per_tile.entry(tile).or_insert((0, [r.pos[0], r.pos[1]])).0 += 1;
+        }
         Ok(())
     })?;
     let fullest = per_tile.values().map(|v| v.0).max().unwrap_or(1);
@@ -1882,27 +2037,53 @@ pub fn segment_file(
     let start = PhaseStart::now();
     let mut key = start_key(params, model, plan.side, grid.size)?;
     let mut spilled_bytes = 0u64;
+    let margins = Margins::new(&plan, &grid, spill_reach(margin, params));
     let buckets: Vec<usize> = (0..plan.cells.len()).collect();
-    for (sweep, group) in buckets.chunks(open_spill_files()).enumerate() {
-        let mut writers = group
-            .iter()
-            .map(|&b| SpillWriter::create(&spill, spill.file("records", b)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut bytes = Vec::with_capacity(RECORD_BYTES);
-        each_record(&kept_path, |r| {
-            bytes.clear();
-            r.write(&mut bytes);
+    // Each bucket of a sweep has two files open: its records and its margin.
+    let per_sweep = (open_spill_files() / 2).max(1);
+    let mut owners = Vec::with_capacity(PASS_BLOCK);
+    for (sweep, group) in buckets.chunks(per_sweep).enumerate() {
+        let open = |kind: &str| {
+            group
+                .iter()
+                .map(|&b| SpillWriter::create(&spill, spill.file(kind, b)))
+                .collect::<Result<Vec<_>>>()
+        };
+        let mut writers = open("records")?;
+        let mut margin_writers = open("margins")?;
+        let in_sweep = |b: usize| (group[0]..group[0] + group.len()).contains(&b);
+        each_decoded(&kept_path, |records, block| {
+            use rayon::prelude::*;
             if sweep == 0 {
-                key.update(&bytes);
+                key.update(block);
             }
-            let b = plan.index_of(grid.owner([r.pos[0], r.pos[1]]));
-            if b >= group[0] && b < group[0] + group.len() {
-                spilled_bytes += RECORD_BYTES as u64;
-                writers[b - group[0]].write(&bytes)?;
+            owners.clear();
+            owners.par_extend(
+                records
+                    .par_iter()
+                    .map(|r| plan.index_of(grid.owner([r.pos[0], r.pos[1]]))),
+            );
+            for ((r, &b), bytes) in records
+                .iter()
+                .zip(&owners)
+                .zip(block.chunks_exact(RECORD_BYTES))
+            {
+                if in_sweep(b) {
+                    spilled_bytes += RECORD_BYTES as u64;
+                    writers[b - group[0]].write(bytes)?;
+                }
+                for m in margins.of(b, [r.pos[0], r.pos[1]]) {
+                    if in_sweep(m) {
+                        spilled_bytes += MARGIN_BYTES as u64;
+                        let w = &mut margin_writers[m - group[0]];
+                        w.write(bytes)?;
+                        w.write(&(b as u32).to_le_bytes())?;
+                    }
+                }
             }
             Ok(())
         })?;
-        for w in writers {
+        for w in writers.into_iter().chain(margin_writers) {
             w.finish()?;
         }
     }
@@ -1935,9 +2116,11 @@ pub fn segment_file(
     work.phase("settle", &start);
     // The records are rewritten by every run (--resume included): free their
     // disk before the tables are written.
-    let records = spill.path.join("records");
-    std::fs::remove_dir_all(&records)
-        .with_context(|| format!("cannot remove spill folder {}", records.display()))?;
+    for kind in ["records", "margins"] {
+        let records = spill.path.join(kind);
+        std::fs::remove_dir_all(&records)
+            .with_context(|| format!("cannot remove spill folder {}", records.display()))?;
+    }
     let start = PhaseStart::now();
     let (slots, fragment_ids) = match fragment_stage {
         Some(_) => name_fragments(layout, id_kind, &spill, &plan, &rows_path, &mut work)?,
@@ -2155,7 +2338,17 @@ fn score_statistics(
     Ok(stats)
 }
 
-/// Hands every finite best score to `see` in ascending order.
+/// A run of histogram bins whose scores are walked together.
+enum SortGroup {
+    /// Consecutive bins of at most [`sort_group`] scores: gathered and sorted.
+    Sorted,
+    /// One bin of more: counted value by value (a bin holds 2^16 values).
+    Counted(usize),
+}
+
+/// Hands every finite best score to `see` in ascending order: one pass
+/// over the score files sends each key to the file of its sort group
+/// (bounded by the open files at once), then each group is read alone.
 fn walk_sorted(
     spill: &SpillDir,
     plan: &BucketPlan,
@@ -2164,22 +2357,13 @@ fn walk_sorted(
     work: &mut Work,
     see: &mut dyn FnMut(f32) -> Result<()>,
 ) -> Result<()> {
+    let mut groups = Vec::new();
+    let mut group_of = vec![u32::MAX; histogram.len()];
     let mut bin = 0usize;
     while bin < histogram.len() {
         if histogram[bin] > group {
-            // One bin holds 2^16 values: count each.
-            let mut counts = vec![0usize; 1 << 16];
-            each_score_key(spill, plan, |key| {
-                if (key >> 16) as usize == bin {
-                    counts[(key & 0xffff) as usize] += 1;
-                }
-            })?;
-            for (low, &c) in counts.iter().enumerate() {
-                let s = key_score(((bin as u32) << 16) | low as u32);
-                for _ in 0..c {
-                    see(s)?;
-                }
-            }
+            group_of[bin] = groups.len() as u32;
+            groups.push(SortGroup::Counted(bin));
             bin += 1;
             continue;
         }
@@ -2189,26 +2373,74 @@ fn walk_sorted(
             total += histogram[bin];
             bin += 1;
         }
-        if total == 0 {
-            continue;
+        if total > 0 {
+            group_of[first..bin].fill(groups.len() as u32);
+            groups.push(SortGroup::Sorted);
         }
-        let mut keys: Vec<u32> = Vec::with_capacity(total);
+    }
+    let dir = spill.path.join("sorted");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| spill_error(&dir, spill.path.parent().unwrap_or(&spill.path)))?;
+    let file = |g: usize| dir.join(format!("g{g}.bin"));
+    let ids: Vec<usize> = (0..groups.len()).collect();
+    for sweep in ids.chunks(open_spill_files()) {
+        let mut writers = sweep
+            .iter()
+            .map(|&g| SpillWriter::create(spill, file(g)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut failed = Ok(());
         each_score_key(spill, plan, |key| {
-            if (first..bin).contains(&((key >> 16) as usize)) {
-                keys.push(key);
+            let g = group_of[(key >> 16) as usize] as usize;
+            if failed.is_ok() && (sweep[0]..sweep[0] + sweep.len()).contains(&g) {
+                failed = writers[g - sweep[0]].write(&key.to_le_bytes());
             }
         })?;
-        work.held(keys.len());
-        keys.sort_unstable();
-        for k in keys {
-            see(key_score(k))?;
+        failed?;
+        for w in writers {
+            w.finish()?;
         }
+    }
+    for (g, kind) in groups.iter().enumerate() {
+        let path = file(g);
+        match kind {
+            SortGroup::Counted(bin) => {
+                let mut counts = vec![0usize; 1 << 16];
+                each_word(&path, &mut |w| {
+                    counts[(u32::from_le_bytes(w) & 0xffff) as usize] += 1
+                })?;
+                for (low, &c) in counts.iter().enumerate() {
+                    let s = key_score(((*bin as u32) << 16) | low as u32);
+                    for _ in 0..c {
+                        see(s)?;
+                    }
+                }
+            }
+            SortGroup::Sorted => {
+                let len = std::fs::metadata(&path)
+                    .with_context(|| format!("cannot read spill file {}", path.display()))?
+                    .len();
+                let mut keys: Vec<u32> = Vec::with_capacity((len / 4) as usize);
+                each_word(&path, &mut |w| keys.push(u32::from_le_bytes(w)))?;
+                work.held(keys.len());
+                keys.sort_unstable();
+                for k in keys {
+                    see(key_score(k))?;
+                }
+            }
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove spill file {}", path.display()))?;
     }
     Ok(())
 }
 
 /// The scores of a spill file of `f32`s, in order.
 fn each_sorted(path: &Path, see: &mut dyn FnMut(f32)) -> Result<()> {
+    each_word(path, &mut |w| see(f32::from_le_bytes(w)))
+}
+
+/// The 4-byte words of a spill file, in order.
+fn each_word(path: &Path, see: &mut dyn FnMut([u8; 4])) -> Result<()> {
     use std::io::Read;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read spill file {}", path.display()))?;
@@ -2222,7 +2454,7 @@ fn each_sorted(path: &Path, see: &mut dyn FnMut(f32)) -> Result<()> {
         filled += n;
         let whole = filled / 4 * 4;
         for c in block[..whole].chunks_exact(4) {
-            see(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            see([c[0], c[1], c[2], c[3]]);
         }
         block.copy_within(whole..filled, 0);
         filled -= whole;
@@ -2852,6 +3084,7 @@ mod tests {
             let loaded = merge_from_back(
                 own.iter().map(|&k| record(k)).collect(),
                 &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+                margin.iter().map(|&k| k + 100).collect(),
             );
             let mut expected: Vec<(u32, bool)> = own
                 .iter()
@@ -2869,7 +3102,112 @@ mod tests {
             for r in &loaded.records {
                 assert_eq!(r.token, r.kept + 1, "a record moves whole");
             }
+            let sources: Vec<u32> = loaded
+                .records
+                .iter()
+                .zip(&loaded.own)
+                .filter(|(_, &o)| !o)
+                .map(|(r, _)| r.kept + 100)
+                .collect();
+            assert_eq!(
+                loaded.sources, sources,
+                "the margin's sources in their order"
+            );
         }
+    }
+
+    /// Points spread over a 1 mm square, a few outside it.
+    fn scattered(n: usize) -> Vec<[f64; 2]> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| [next() * 1100.0 - 50.0, next() * 1100.0 - 50.0])
+            .collect()
+    }
+
+    #[test]
+    fn a_margin_file_holds_what_a_bucket_took_from_its_neighbours() {
+        let points = scattered(4000);
+        let grid = prepare::tile_grid(&points, 60.0, 25.0).unwrap();
+        for (side, reach) in [(2, 25.0), (1, 25.0), (3, 130.0), (2, 0.0)] {
+            let plan = BucketPlan::new(&grid, side);
+            let margins = Margins::new(&plan, &grid, reach);
+            for &p in &points {
+                let owner = plan.index_of(grid.owner(p));
+                // The rule of a bucket loading its neighbours' whole files.
+                let mut expected: Vec<usize> = (0..plan.cells.len())
+                    .filter(|&b| {
+                        b != owner
+                            && plan.near(&grid, b, reach).contains(&owner)
+                            && inside(&plan.reach(&grid, b, reach), p)
+                    })
+                    .collect();
+                expected.sort_unstable();
+                let mut got: Vec<usize> = margins.of(owner, p).collect();
+                got.sort_unstable();
+                assert_eq!(got, expected, "side {side}, reach {reach}, point {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn claimed_flags_come_from_the_owning_buckets_score_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir {
+            path: dir.path().join("spill"),
+        };
+        std::fs::create_dir_all(spill.path.join("scores")).unwrap();
+        // Three buckets own the kept indices k % 3; a score entry for most,
+        // claimed when its nucleus is set and its score at least the cut.
+        let cut = 0.5f32;
+        let entry = |k: u32| -> Option<(f32, i32)> {
+            (k % 7 != 3).then(|| {
+                (
+                    (k % 10) as f32 / 10.0,
+                    if k.is_multiple_of(5) { -1 } else { 2 },
+                )
+            })
+        };
+        for b in 0..3u32 {
+            let mut bytes = Vec::new();
+            for k in (0..3000u32).filter(|k| k % 3 == b) {
+                if let Some((s, n)) = entry(k) {
+                    bytes.extend_from_slice(&k.to_le_bytes());
+                    bytes.extend_from_slice(&s.to_le_bytes());
+                    bytes.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            spill
+                .write(&spill.file("scores", b as usize), &bytes)
+                .unwrap();
+        }
+        let record = |kept: u32| Record {
+            kept,
+            pos: [0.0; 3],
+            token: 0,
+            member: -1,
+        };
+        // Bucket 1 with all its own records and a sparse margin of the others.
+        let own: Vec<Record> = (0..3000).filter(|k| k % 3 == 1).map(record).collect();
+        let margin: Vec<u32> = (0..3000).filter(|k| k % 3 != 1 && k % 11 < 2).collect();
+        let loaded = merge_from_back(
+            own,
+            &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+            margin.iter().map(|&k| k % 3).collect(),
+        );
+        let got = claimed(&spill, 1, cut, &loaded).unwrap();
+        let expected: Vec<bool> = loaded
+            .records
+            .iter()
+            .map(|r| entry(r.kept).is_some_and(|(s, n)| n >= 0 && s >= cut))
+            .collect();
+        assert!(expected.iter().any(|&c| c) && expected.iter().any(|&c| !c));
+        assert_eq!(got, expected);
     }
 
     #[test]
