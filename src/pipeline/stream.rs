@@ -1952,6 +1952,9 @@ pub fn segment_file(
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
     memory.extend(PhaseMemory::now("read+spill"));
 
+    // The passes above freed their buffers: the first bucket starts from
+    // the live heap alone, as every later one does (`bucket_done`).
+    crate::io::release_free_memory();
     let overlap = settings.overlap.resolve(backend);
     score_stage(
         &spill, &plan, &grid, overlap, margin, nuclei, model, params, backend, progress, reuse,
@@ -1966,6 +1969,7 @@ pub fn segment_file(
     let stats = score_statistics(&spill, &plan, &mut work)?;
     let cut = assign::cut_of(&stats, params.score_cut);
     work.phase("score_statistics", &start);
+    crate::io::release_free_memory();
     let mut fragment_stage = fragment_stage(
         &spill, &plan, &grid, cut, model, params, backend, reuse, &mut work,
     )?;
