@@ -17,7 +17,7 @@ mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
-pub use nuclei::{read_nuclei, release_free_memory, SpilledPolygons};
+pub use nuclei::{heap_bytes, read_nuclei, release_free_memory, SpilledPolygons};
 pub use nucleus_ids::{AlteredNuclei, NucleusIds};
 #[cfg(feature = "testing")]
 pub use transcripts::ID_RUN_ENV;

@@ -204,6 +204,14 @@ pub struct PhaseMemory {
     pub rss_bytes: u64,
     /// Peak resident memory so far (`VmHWM`), bytes.
     pub peak_rss_bytes: u64,
+    /// Bytes the allocator holds for live data then (glibc's `mallinfo2`;
+    /// absent elsewhere).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_in_use_bytes: Option<u64>,
+    /// Bytes freed but kept by the allocator then, part of the resident
+    /// memory unless trimmed (absent where not known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap_free_bytes: Option<u64>,
 }
 
 impl PhaseMemory {
@@ -213,8 +221,35 @@ impl PhaseMemory {
             phase,
             rss_bytes: status_bytes("VmRSS:")?,
             peak_rss_bytes: peak_rss_bytes()?,
+            heap_in_use_bytes: crate::io::heap_bytes().map(|h| h.0),
+            heap_free_bytes: crate::io::heap_bytes().map(|h| h.1),
         })
     }
+}
+
+/// After `stage` finished bucket `b`: hands the heap it freed back to the
+/// system and logs (at debug level) the memory: resident, and the
+/// allocator's heap in use and free.
+///
+/// A bucket's buffers are freed among allocations that live on (the next
+/// bucket, loaded ahead on another thread; the cells' and fragments'
+/// state), so the allocator cannot give their pages back by itself: without
+/// the trim the freed heap stays resident and grows with the number of
+/// buckets (docs/streaming.md, "Memory that grew with the slide").
+fn bucket_done(stage: &str, b: usize) {
+    crate::io::release_free_memory();
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let mb = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
+    let heap = crate::io::heap_bytes();
+    log::debug!(
+        "{stage} bucket {b}: resident {} MB (peak {} MB), heap in use {} MB, heap free {} MB",
+        mb(status_bytes("VmRSS:")),
+        mb(peak_rss_bytes()),
+        mb(heap.map(|h| h.0)),
+        mb(heap.map(|h| h.1)),
+    );
 }
 
 /// Parses a size such as `4G`, `512M`, `1.5GiB` or `1000000` (bytes);
@@ -976,8 +1011,10 @@ fn score_stage(
             bytes.extend_from_slice(&n.to_le_bytes());
         }
         spill.write(&spill.file("scores", b), &bytes)?;
+        drop((found, bytes));
         work.phase("score_write", &start);
         work.step();
+        bucket_done("score", b);
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -1491,7 +1528,9 @@ fn bucketed_fragments(
         spill.write(&spill.file("fragments", b), &bucket.to_bytes())?;
         work.phase("fragment_edges", &start);
         add(&bucket);
+        drop((records, tokens, neighbors, scored, bucket, assigned));
         work.step();
+        bucket_done("fragment", b);
         Ok(())
     })?;
     let median = fragments::histogram_median(&histogram);
@@ -2094,6 +2133,9 @@ pub fn segment_file(
     seconds.push(("read+spill", clock.elapsed().as_secs_f64()));
     memory.extend(PhaseMemory::now("read+spill"));
 
+    // The passes above freed their buffers: the first bucket starts from
+    // the live heap alone, as every later one does (`bucket_done`).
+    crate::io::release_free_memory();
     let overlap = settings.overlap.resolve(backend);
     score_stage(
         &spill, &plan, &grid, overlap, margin, nuclei, model, params, backend, progress, reuse,
@@ -2108,6 +2150,7 @@ pub fn segment_file(
     let stats = score_statistics(&spill, &plan, &mut work)?;
     let cut = assign::cut_of(&stats, params.score_cut);
     work.phase("score_statistics", &start);
+    crate::io::release_free_memory();
     let mut fragment_stage = fragment_stage(
         &spill, &plan, &grid, cut, model, params, backend, reuse, &mut work,
     )?;
