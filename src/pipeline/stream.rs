@@ -217,12 +217,14 @@ pub struct PhaseMemory {
 impl PhaseMemory {
     /// The memory now, at the end of `phase` (`None` where not known).
     pub fn now(phase: &'static str) -> Option<Self> {
+        // One reading, so that in use and free describe the same moment.
+        let heap = crate::io::heap_bytes();
         Some(PhaseMemory {
             phase,
             rss_bytes: status_bytes("VmRSS:")?,
             peak_rss_bytes: peak_rss_bytes()?,
-            heap_in_use_bytes: crate::io::heap_bytes().map(|h| h.0),
-            heap_free_bytes: crate::io::heap_bytes().map(|h| h.1),
+            heap_in_use_bytes: heap.map(|h| h.0),
+            heap_free_bytes: heap.map(|h| h.1),
         })
     }
 }
