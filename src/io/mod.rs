@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod geometry;
+mod heap;
 mod membership;
 mod nuclei;
 mod nucleus_ids;
@@ -16,8 +17,9 @@ pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
+pub use heap::{heap_bytes, release_free_memory};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
-pub use nuclei::{heap_bytes, read_nuclei, release_free_memory, SpilledPolygons};
+pub use nuclei::{read_nuclei, SpilledPolygons};
 pub use nucleus_ids::{AlteredNuclei, NucleusIds};
 #[cfg(feature = "testing")]
 pub use transcripts::ID_RUN_ENV;

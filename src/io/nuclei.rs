@@ -590,7 +590,7 @@ impl Nuclei {
             .and_then(|f| f.sync_all())
             .with_context(|| folder.error(&path, "write"))?;
         self.polygons = Vec::new();
-        release_free_memory();
+        super::release_free_memory();
         self.spilled = Some(SpilledPolygons {
             folder: Arc::new(folder),
             path,
@@ -660,62 +660,6 @@ impl Nuclei {
         }
         r
     }
-}
-
-/// Hands the allocator's free pages back to the system. The polygons are
-/// hundreds of thousands of small allocations: freed, they stay in the
-/// process's heap (its resident memory) until trimmed, and the large arrays
-/// that follow (a bucket's records) do not reuse them.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn release_free_memory() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: glibc's malloc_trim only returns free memory of the
-    // allocator's arenas to the system; it takes no pointer.
-    unsafe {
-        malloc_trim(0);
-    }
-}
-
-/// Elsewhere the allocator keeps its own policy.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn release_free_memory() {}
-
-/// The allocator's heap now: (bytes in use, bytes free but kept by the
-/// process), from glibc's `mallinfo2`; tells live data from freed-but-resident
-/// heap in the run log's memory figures.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn heap_bytes() -> Option<(u64, u64)> {
-    // glibc's `struct mallinfo2`: ten `size_t` fields.
-    #[repr(C)]
-    struct MallInfo2 {
-        arena: usize,
-        ordblks: usize,
-        smblks: usize,
-        hblks: usize,
-        hblkhd: usize,
-        usmblks: usize,
-        fsmblks: usize,
-        uordblks: usize,
-        fordblks: usize,
-        keepcost: usize,
-    }
-    extern "C" {
-        fn mallinfo2() -> MallInfo2;
-    }
-    // SAFETY: mallinfo2 (glibc 2.33+) only reads the allocator's counters and
-    // returns them by value.
-    let info = unsafe { mallinfo2() };
-    // In use: chunks of the arenas plus mmapped blocks; free: the arenas'
-    // free chunks.
-    Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64))
-}
-
-/// Elsewhere the allocator's counters are not read.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn heap_bytes() -> Option<(u64, u64)> {
-    None
 }
 
 /// A polygon's area as `cells.parquet` records it.
