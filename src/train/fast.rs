@@ -476,8 +476,8 @@ fn backward_destination(
     let xr_row = &xr[dst * hc..(dst + 1) * hc];
     dxr_row.fill(0.0);
     datt_row.fill(0.0);
-    dbias_l_row.fill(0.0);
     let Some(&first) = sources.first() else {
+        dbias_l_row.fill(0.0);
         return;
     };
     let first_row = &xl[first as usize * hc..(first as usize + 1) * hc];
@@ -577,19 +577,51 @@ fn backward_source(
 
 /// ReLU backward in place, as [`super::kernels::relu_backward`]: `g[i] = 0`
 /// where the layer's output `out[i]` is not positive; in blocks of rows
-/// (one task per element costs more than the element).
+/// (one task per element costs more than the element). Every element is
+/// written (a select, not a branch), so that the loop vectorises.
 pub fn relu_backward(g: &mut [f32], out: &[f32]) {
     const BLOCK: usize = 1 << 14;
     g.par_chunks_mut(BLOCK)
         .zip(out.par_chunks(BLOCK))
         .for_each(|(g, out)| {
             for (g, &o) in g.iter_mut().zip(out) {
-                if o <= 0.0 {
-                    *g = 0.0;
-                }
+                *g = if o <= 0.0 { 0.0 } else { *g };
             }
         });
 }
+
+/// Adds the column sums of `rows` (`[n, width]`) to `out`, as
+/// [`super::kernels::column_sums`] does (per column: each chunk of
+/// [`REDUCE_ROWS`] rows summed from zero in row order, then the chunks in
+/// order; the same bits), a chunk's rows added whole rows at a time so that
+/// the columns run in vector lanes.
+pub fn column_sums(rows: &[f32], width: usize, out: &mut [f32]) {
+    let n = rows.len() / width;
+    let mut partials = vec![0.0f32; n.div_ceil(REDUCE_ROWS) * width];
+    let simd = simd_available();
+    partials
+        .par_chunks_mut(width)
+        .zip(rows.par_chunks(REDUCE_ROWS * width))
+        .for_each(|(partial, chunk)| column_sums_chunk(simd, chunk, partial));
+    for partial in partials.chunks_exact(width) {
+        for (o, p) in out.iter_mut().zip(partial) {
+            *o += p;
+        }
+    }
+}
+
+/// `partial[c] += Σ_r rows[r, c]`, r increasing (`partial` starts at zero).
+#[inline(always)]
+fn column_sums_chunk_body(rows: &[f32], partial: &mut [f32]) {
+    for row in rows.chunks_exact(partial.len()) {
+        for (p, &v) in partial.iter_mut().zip(row) {
+            *p += v;
+        }
+    }
+}
+
+simd_copy!(column_sums_chunk, column_sums_chunk_simd, column_sums_chunk_body,
+    (rows: &[f32], partial: &mut [f32]));
 
 /// Adam over one tensor, as [`super::kernels::adam`] computes it (the same
 /// expression per element, so the same bits), with the bias corrections
@@ -1304,5 +1336,35 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&fast), bits(&plain));
         assert_ne!(fast, start, "rows were added to");
+    }
+
+    /// The column sums and the ReLU backward give the twins' bits, on
+    /// widths and row counts with partial chunks, zeros of both signs and
+    /// a NaN.
+    #[test]
+    fn column_sums_and_relu_backward_equal_the_twins() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (n, width) in [(1_000, 96), (256, 16), (7, 5), (0, 8)] {
+            let mut rows = values(&mut rng, n * width, 3.0);
+            for (i, v) in rows.iter_mut().enumerate().step_by(11) {
+                *v = if i % 2 == 0 { 0.0 } else { -0.0 };
+            }
+            let start = values(&mut rng, width, 1.0);
+            let (mut fast, mut twin) = (start.clone(), start.clone());
+            column_sums(&rows, width, &mut fast);
+            kernels::column_sums(&rows, width, &mut twin);
+            assert_eq!(bits(&fast), bits(&twin), "column sums, {n} x {width}");
+            assert!(n == 0 || fast != start, "columns were added to");
+
+            let mut out = values(&mut rng, n * width, 1.0);
+            if let Some(o) = out.get_mut(3) {
+                *o = f32::NAN;
+            }
+            let (mut fast, mut twin) = (rows.clone(), rows.clone());
+            relu_backward(&mut fast, &out);
+            kernels::relu_backward(&mut twin, &out);
+            assert_eq!(bits(&fast), bits(&twin), "ReLU backward, {n} x {width}");
+        }
     }
 }
