@@ -83,6 +83,11 @@ fn run_block<'x>(
     let (in_dim, out_dim) = (layer.in_dim, layer.out_dim);
     let n_rows = block.len() / out_dim;
     #[cfg(target_arch = "x86_64")]
+    if out_dim >= WIDE && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present (checked just now).
+        return unsafe { run_block_avx512(layer, first, block, input_row) };
+    }
+    #[cfg(target_arch = "x86_64")]
     let fma =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let mut r = 0;
@@ -125,6 +130,108 @@ fn run_block<'x>(
             }
         }
         r += rows_here;
+    }
+}
+
+/// Lanes of one AVX-512 register.
+const WIDE: usize = 16;
+/// Rows one AVX-512 register block covers.
+const WIDE_ROWS: usize = 8;
+
+/// [`run_block`] in AVX-512 registers: blocks of 8 rows × 48 columns (24
+/// accumulators of the 32 registers), then 32 or 16 columns, then the
+/// columns left one by one as the twin computes them. Every output is the
+/// same fused sum over k increasing, bias added after, as in the AVX2 and
+/// portable paths: the width of a register changes which outputs are
+/// computed together, not how each is computed, so the bits are the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn run_block_avx512<'x>(
+    layer: &Linear,
+    first: usize,
+    block: &mut [f32],
+    input_row: &(dyn Fn(usize) -> &'x [f32] + Sync),
+) {
+    let (in_dim, out_dim) = (layer.in_dim, layer.out_dim);
+    let n_rows = block.len() / out_dim;
+    let mut r = 0;
+    while r < n_rows {
+        let rows_here = WIDE_ROWS.min(n_rows - r);
+        let inputs: [&[f32]; WIDE_ROWS] =
+            std::array::from_fn(|i| &input_row(first + r + i.min(rows_here - 1))[..in_dim]);
+        let out = &mut block[r * out_dim..(r + rows_here) * out_dim];
+        let mut o0 = 0;
+        // SAFETY (each tile): AVX-512F is present (this function's
+        // feature); the tile reads `inputs[i][..in_dim]` and V · 16 weights
+        // at `wt[k · out_dim + o0..]` for k < in_dim, in bounds since
+        // o0 + V · 16 <= out_dim, and writes as many columns of the rows of `out`.
+        while o0 + 3 * WIDE <= out_dim {
+            tile_avx512::<3>(layer, o0, &inputs, out);
+            o0 += 3 * WIDE;
+        }
+        if o0 + 2 * WIDE <= out_dim {
+            tile_avx512::<2>(layer, o0, &inputs, out);
+            o0 += 2 * WIDE;
+        }
+        if o0 + WIDE <= out_dim {
+            tile_avx512::<1>(layer, o0, &inputs, out);
+            o0 += WIDE;
+        }
+        for (i, input) in inputs.iter().enumerate().take(rows_here) {
+            for o in o0..out_dim {
+                out[i * out_dim + o] = layer.at(input, o);
+            }
+        }
+        r += rows_here;
+    }
+}
+
+/// [`tile_fma_x86`] in AVX-512 registers: 8 rows × `V` · 16 columns at
+/// column `o0` of the rows of `out` (at most 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_avx512<const V: usize>(
+    layer: &Linear,
+    o0: usize,
+    inputs: &[&[f32]; WIDE_ROWS],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let out_dim = layer.out_dim;
+    let mut regs = [[_mm512_setzero_ps(); V]; WIDE_ROWS];
+    let in_dim = inputs[0].len();
+    let w_ptr = layer.wt.as_ptr().add(o0);
+    for k in 0..in_dim {
+        let mut w = [_mm512_setzero_ps(); V];
+        for (v, w) in w.iter_mut().enumerate() {
+            *w = _mm512_loadu_ps(w_ptr.add(k * out_dim + v * WIDE));
+        }
+        for i in 0..WIDE_ROWS {
+            let x = _mm512_set1_ps(*inputs[i].get_unchecked(k));
+            for v in 0..V {
+                regs[i][v] = _mm512_fmadd_ps(x, w[v], regs[i][v]);
+            }
+        }
+    }
+    if let Some(bias) = layer.bias {
+        for v in 0..V {
+            let b = _mm512_loadu_ps(bias.as_ptr().add(o0 + v * WIDE));
+            for reg in regs.iter_mut() {
+                reg[v] = _mm512_add_ps(reg[v], b);
+            }
+        }
+    }
+    for (i, out_row) in out.chunks_exact_mut(out_dim).enumerate() {
+        let dst = out_row.as_mut_ptr().add(o0);
+        for v in 0..V {
+            _mm512_storeu_ps(dst.add(v * WIDE), regs[i][v]);
+        }
+        if layer.relu {
+            for v in &mut out_row[o0..o0 + V * WIDE] {
+                *v = v.max(0.0);
+            }
+        }
     }
 }
 
@@ -196,7 +303,15 @@ mod tests {
     /// bit, for widths that exercise full blocks, partial blocks and row tails.
     #[test]
     fn blocked_equals_single_invocation() {
-        for (n, in_dim, out_dim) in [(13, 16, 96), (7, 96, 40), (300, 4, 16), (5, 33, 7)] {
+        for (n, in_dim, out_dim) in [
+            (13, 16, 96),
+            (7, 96, 40),
+            (300, 4, 16),
+            (5, 33, 7),
+            (21, 96, 96),
+            (9, 96, 16),
+            (11, 7, 83),
+        ] {
             let x: Vec<f32> = (0..n * in_dim)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
                 .collect();

@@ -324,7 +324,7 @@ fn conv_backward(
 ) -> ConvBack {
     let hc = w.out_dim();
     let n_dst = csr.n_dst();
-    kernels::column_sums(g, hc, &mut dw.bias);
+    fast::column_sums(g, hc, &mut dw.bias);
     let mut dxr = bufs.overwritten(n_dst * hc);
     let mut dxl = bufs.overwritten(n_src * hc);
     let mut datt_dst = bufs.overwritten(n_dst * hc);
@@ -345,11 +345,11 @@ fn conv_backward(
             dbias_l_dst: &mut dbias_l_dst,
         },
     );
-    kernels::column_sums(&datt_dst, hc, &mut dw.att);
+    fast::column_sums(&datt_dst, hc, &mut dw.att);
     bufs.give(datt_dst);
     // lin_l's bias from the destinations, not as Σ d xl: the same in exact
     // arithmetic, without the rounding noise of attention terms that cancel.
-    kernels::column_sums(&dbias_l_dst, hc, &mut dw.lin_l_b);
+    fast::column_sums(&dbias_l_dst, hc, &mut dw.lin_l_b);
     bufs.give(dbias_l_dst);
     fast::linear_weight_grad(src, src_rows, &dxl, w.in_dim, hc, &mut dw.lin_l_wt, None);
     fast::linear_weight_grad(
