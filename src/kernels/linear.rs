@@ -83,7 +83,7 @@ fn run_block<'x>(
     let (in_dim, out_dim) = (layer.in_dim, layer.out_dim);
     let n_rows = block.len() / out_dim;
     #[cfg(target_arch = "x86_64")]
-    if out_dim >= WIDE && std::arch::is_x86_feature_detected!("avx512f") {
+    if out_dim >= WIDE && super::avx512_available() {
         // SAFETY: AVX-512F is present (checked just now).
         return unsafe { run_block_avx512(layer, first, block, input_row) };
     }

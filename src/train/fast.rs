@@ -225,7 +225,7 @@ macro_rules! simd_copy {
             unsafe fn wide($($arg: $ty),*) {
                 $body($($arg),*)
             }
-            if avx512_available() {
+            if crate::kernels::avx512_available() {
                 // SAFETY: AVX-512F is present (checked just now), AVX2 and
                 // FMA by the contract of the function this block opens.
                 return wide($($arg),*);
@@ -842,7 +842,7 @@ fn weight_grad_chunk_body(
     assert!(x.len() >= x_rows * in_dim && dy.len() >= span.end * out_dim);
     assert_eq!(partial.len(), in_dim * out_dim);
     partial.fill(0.0);
-    let wide = blocks && avx512_available();
+    let wide = blocks && crate::kernels::avx512_available();
     let (k_step, o_step) = if wide {
         (WIDE_GRAD_K, WIDE_GRAD_O)
     } else {
@@ -915,19 +915,6 @@ simd_copy!(weight_grad_chunk, weight_grad_chunk_simd, weight_grad_chunk_body,
 const WIDE_GRAD_K: usize = 8;
 /// Weight-gradient entries (o) one AVX-512 register block covers: three registers.
 const WIDE_GRAD_O: usize = 48;
-
-/// Whether the CPU has AVX-512F, for which the dense kernels have copies
-/// with twice the lanes: the same fused sum per entry, so the same bits.
-fn avx512_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// [`weight_grad_block_fma`] in AVX-512 registers: a block of
 /// [`WIDE_GRAD_K`] × [`WIDE_GRAD_O`] entries (24 of the 32 registers), each
