@@ -18,13 +18,16 @@ use crate::tiles::{Cell, TileGrid};
 /// the demo model's sizes; rounded up).
 pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
 
-/// Bytes a record loaded for a bucket costs (the record, its columns and
-/// its tile index).
+/// Bytes a record loaded for a bucket costs while the bucket is worked on
+/// (its columns, 52 bytes; its tile index; the owned results).
 pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
 
-/// Bytes a record of the next bucket costs while it is loaded on a thread
-/// beside the current one (the record, 40 bytes; its file's bytes while
-/// decoded, 36; its owned flag; rounded up).
+/// Bytes a record of the next bucket is counted while it is loaded on a
+/// thread beside the current one. It is held in its spilled form until it
+/// is visited (36 bytes and its owned flag); the figure is the one from
+/// when it was held decoded (40 bytes, and the file's 36 while decoding),
+/// kept so that the buckets keep their size: a lower one widens them, and
+/// the bucket being worked on with them.
 pub const LOADED_AHEAD_BYTES_PER_RECORD: f64 = 80.0;
 
 /// Share of the budget given to the tile being scored and to the records

@@ -447,13 +447,128 @@ impl Drop for SpillDir {
 }
 
 /// A bucket's records as loaded: its own and those of its margin, sorted
-/// by kept index, with whether each is owned by the bucket.
+/// by kept index, with whether each is owned by the bucket. The records
+/// stay in their spilled form ([`RECORD_BYTES`] each) until the bucket is
+/// visited ([`Columns`]): a bucket loaded ahead is held beside the one
+/// being worked on, and its bytes take less than the records decoded.
 struct Loaded {
-    records: Vec<Record>,
+    bytes: Vec<u8>,
     own: Vec<bool>,
     /// The bucket owning each record of the margin (those not `own`), in
-    /// their order in `records`.
+    /// their order in `bytes`.
     sources: Vec<u32>,
+}
+
+impl Loaded {
+    /// Records loaded.
+    fn len(&self) -> usize {
+        self.own.len()
+    }
+
+    /// The kept index of record `i`.
+    fn kept(&self, i: usize) -> u32 {
+        record_kept(&self.bytes[i * RECORD_BYTES..])
+    }
+}
+
+/// The kept index of the spilled record at the start of `b`.
+fn record_kept(b: &[u8]) -> u32 {
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The columns the stages work on, decoded from a bucket's records when it
+/// is visited, in the records' order.
+struct Columns {
+    /// (x, y) of every record.
+    flat: Vec<[f64; 2]>,
+    /// Position of every record.
+    pos: Vec<[f64; 3]>,
+    /// Model token of every record.
+    tokens: Vec<u32>,
+    /// Nucleus every record belongs to (−1 for none).
+    member: Vec<i32>,
+    /// Kept index of every record.
+    kept: Vec<u32>,
+}
+
+impl Columns {
+    /// Decodes `bytes` (whole records) on the rayon pool.
+    fn decode(bytes: &[u8]) -> Self {
+        use rayon::prelude::*;
+        let n = bytes.len() / RECORD_BYTES;
+        // Zeroed allocations: their pages are first touched when written.
+        let mut c = Columns {
+            flat: vec![[0.0; 2]; n],
+            pos: vec![[0.0; 3]; n],
+            tokens: vec![0; n],
+            member: vec![0; n],
+            kept: vec![0; n],
+        };
+        (
+            c.flat.par_iter_mut(),
+            c.pos.par_iter_mut(),
+            c.tokens.par_iter_mut(),
+            c.member.par_iter_mut(),
+            c.kept.par_iter_mut(),
+        )
+            .into_par_iter()
+            .zip(bytes.par_chunks_exact(RECORD_BYTES))
+            .for_each(|((flat, pos, token, member, kept), chunk)| {
+                let r = Record::read(chunk);
+                *flat = [r.pos[0], r.pos[1]];
+                *pos = r.pos;
+                *token = r.token;
+                *member = r.member;
+                *kept = r.kept;
+            });
+        c
+    }
+}
+
+/// What the fragment stage works on, decoded from a bucket's records when
+/// it is visited, in the records' order.
+struct FragmentColumns {
+    /// Position of every record.
+    pos: Vec<[f64; 3]>,
+    /// Model token of every record.
+    tokens: Vec<u32>,
+    /// Kept index of every record.
+    kept: Vec<u32>,
+    /// Whether the bucket owns each record.
+    own: Vec<bool>,
+    /// Whether a nucleus claims each record ([`claimed`]).
+    assigned: Vec<bool>,
+}
+
+impl FragmentColumns {
+    /// Decodes `loaded` on the rayon pool, with its records' claimed flags.
+    fn decode(loaded: Loaded, assigned: Vec<bool>) -> Self {
+        use rayon::prelude::*;
+        let n = loaded.len();
+        let mut pos = vec![[0.0; 3]; n];
+        let mut tokens = vec![0; n];
+        let mut kept = vec![0; n];
+        (
+            pos.par_iter_mut(),
+            tokens.par_iter_mut(),
+            kept.par_iter_mut(),
+        )
+            .into_par_iter()
+            .zip(loaded.bytes.par_chunks_exact(RECORD_BYTES))
+            .for_each(|((pos, token, kept), chunk)| {
+                let r = Record::read(chunk);
+                *pos = r.pos;
+                *token = r.token;
+                *kept = r.kept;
+            });
+        FragmentColumns {
+            pos,
+            tokens,
+            kept,
+            own: loaded.own,
+            assigned,
+        }
+    }
 }
 
 /// Bytes of a margin entry: the record and the bucket that owns it.
@@ -519,83 +634,99 @@ fn fragment_reach(dist_tx: Option<f64>) -> f64 {
 }
 
 /// Records of bucket `own` and those of its margin file within `bounds`
-/// (at most the spill reach), sorted by kept index; with whether each is
-/// owned by the bucket. Both files are in kept order already, so the
-/// margin's records (a few per cent) are merged into the bucket's own from
-/// the back, in place: no second copy of the bucket is held and nothing is
-/// sorted. Decoding runs on the rayon pool, in file order.
+/// (at most the spill reach), sorted by kept index, in their spilled form;
+/// with whether each is owned by the bucket. Both files are in kept order
+/// already, so the margin's records (a few per cent) are merged into the
+/// bucket's own from the back, in place: the bucket's file is read
+/// straight into a buffer that holds both, no second copy of it is held
+/// and nothing is sorted. The margin file is read in blocks.
 fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
-    use rayon::prelude::*;
+    use std::io::Read;
+    let mut margin = Vec::new();
+    let mut sources = Vec::new();
+    each_block(
+        &spill.file("margins", own),
+        MARGIN_BYTES,
+        LOAD_BLOCK,
+        |block| {
+            for c in block.chunks_exact(MARGIN_BYTES) {
+                let r = Record::read(c);
+                if inside(&bounds, [r.pos[0], r.pos[1]]) {
+                    margin.extend_from_slice(&c[..RECORD_BYTES]);
+                    sources.push(u32::from_le_bytes([c[36], c[37], c[38], c[39]]));
+                }
+            }
+            Ok(())
+        },
+    )?;
     let path = spill.file("records", own);
-    let bytes = spill.read(&path)?;
-    if bytes.len() % RECORD_BYTES != 0 {
+    let cannot = || format!("cannot read spill file {}", path.display());
+    let mut file = std::fs::File::open(&path).with_context(cannot)?;
+    let len = usize::try_from(file.metadata().with_context(cannot)?.len())?;
+    if len % RECORD_BYTES != 0 {
         bail!("spill file {} is damaged", path.display());
     }
-    let records: Vec<Record> = bytes
-        .par_chunks_exact(RECORD_BYTES)
-        .map(Record::read)
-        .collect();
-    drop(bytes);
-    let path = spill.file("margins", own);
-    let bytes = spill.read(&path)?;
-    if bytes.len() % MARGIN_BYTES != 0 {
+    let mut bytes = Vec::with_capacity(len + margin.len());
+    file.read_to_end(&mut bytes).with_context(cannot)?;
+    if bytes.len() != len {
         bail!("spill file {} is damaged", path.display());
     }
-    let (margin, sources): (Vec<Record>, Vec<u32>) = bytes
-        .par_chunks_exact(MARGIN_BYTES)
-        .map(|c| {
-            let source = u32::from_le_bytes([c[36], c[37], c[38], c[39]]);
-            (Record::read(c), source)
-        })
-        .filter(|(r, _)| inside(&bounds, [r.pos[0], r.pos[1]]))
-        .unzip();
-    drop(bytes);
-    Ok(merge_from_back(records, &margin, sources))
+    Ok(merge_from_back(bytes, &margin, sources))
 }
 
-/// Merges `margin` into `records` (both ascending by kept index, which is
-/// unique), writing from the back so that every record moves at most once
-/// and only `margin` is held twice; a record taken from `records` is owned.
-fn merge_from_back(mut records: Vec<Record>, margin: &[Record], sources: Vec<u32>) -> Loaded {
-    let mut i = records.len();
-    let mut j = margin.len();
+/// Records read at once from a margin file.
+const LOAD_BLOCK: usize = 1 << 16;
+
+/// Merges the records of `margin` into those of `bytes` (both whole
+/// spilled records, ascending by kept index, which is unique), writing
+/// from the back so that every record moves at most once and only
+/// `margin` is held twice; a record taken from `bytes` is owned.
+fn merge_from_back(mut bytes: Vec<u8>, margin: &[u8], sources: Vec<u32>) -> Loaded {
+    const R: usize = RECORD_BYTES;
+    let mut i = bytes.len() / R;
+    let mut j = margin.len() / R;
     let total = i + j;
-    records.reserve_exact(j);
-    records.extend_from_slice(margin);
+    bytes.reserve_exact(margin.len());
+    bytes.extend_from_slice(margin);
     let mut own = vec![true; total];
     for k in (0..total).rev() {
         if j == 0 {
-            // The rest of `records` is already in place (i == k + 1).
+            // The rest of the bucket's own records is already in place (i == k + 1).
             break;
         }
-        if i > 0 && records[i - 1].kept > margin[j - 1].kept {
-            records[k] = records[i - 1];
+        if i > 0 && record_kept(&bytes[(i - 1) * R..]) > record_kept(&margin[(j - 1) * R..]) {
+            bytes.copy_within((i - 1) * R..i * R, k * R);
             i -= 1;
         } else {
-            records[k] = margin[j - 1];
+            bytes[k * R..(k + 1) * R].copy_from_slice(&margin[(j - 1) * R..j * R]);
             own[k] = false;
             j -= 1;
         }
     }
     Loaded {
-        records,
+        bytes,
         own,
         sources,
     }
 }
 
 /// Visits the buckets `todo` in order, each loaded by `load` one bucket
-/// ahead on a thread of its own, so that the next bucket is read, decoded
-/// and sorted while `visit` works on the current one. `visit` also gets
-/// the wall and CPU seconds the driving thread waited for the load and,
-/// for a bucket loaded ahead, those of the loading thread. The budget's
-/// bucket share counts the bucket loaded ahead ([`budget::bucket_side`]).
-/// Nothing is written while loading, so a run killed with a bucket loaded
-/// ahead has recorded only the buckets `visit` finished.
-fn visit_loaded_ahead<T: Send>(
+/// ahead on a thread of its own, so that the next bucket is read and
+/// merged while `visit` works on the current one. A loaded bucket is
+/// handed to `decode` on the driving thread before the next bucket's load
+/// starts, so that its loaded form and what `decode` makes of it are not
+/// held together beside a bucket being loaded. `visit` also gets the wall
+/// and CPU seconds the driving thread waited for the load and took to
+/// decode and, for a bucket loaded ahead, those of the loading thread. The
+/// budget's bucket share counts the bucket loaded ahead
+/// ([`budget::bucket_side`]). Nothing is written while loading, so a run
+/// killed with a bucket loaded ahead has recorded only the buckets `visit`
+/// finished.
+fn visit_loaded_ahead<T: Send, D>(
     todo: &[usize],
     load: impl Fn(usize) -> Result<T> + Sync,
-    mut visit: impl FnMut(usize, T, Loading) -> Result<()>,
+    mut decode: impl FnMut(T) -> D,
+    mut visit: impl FnMut(usize, D, Loading) -> Result<()>,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let load = &load;
@@ -612,6 +743,9 @@ fn visit_loaded_ahead<T: Send>(
             };
             let loaded = loaded?;
             let waited = wait.elapsed();
+            let start = PhaseStart::now();
+            let decoded = decode(loaded);
+            let decoding = start.elapsed();
             if let Some(&next) = todo.get(at + 1) {
                 ahead = Some(scope.spawn(move || {
                     let start = PhaseStart::now();
@@ -621,9 +755,10 @@ fn visit_loaded_ahead<T: Send>(
             }
             visit(
                 b,
-                loaded,
+                decoded,
                 Loading {
                     waited,
+                    decoding,
                     ahead: ahead_seconds,
                 },
             )?;
@@ -636,6 +771,8 @@ fn visit_loaded_ahead<T: Send>(
 struct Loading {
     /// The driving thread's wait: wall, process CPU and its own CPU seconds.
     waited: PhaseSample,
+    /// Decoding the loaded bucket on the driving thread (and the pool).
+    decoding: PhaseSample,
     /// The loading thread's work when the bucket was loaded ahead.
     ahead: Option<PhaseSample>,
 }
@@ -866,10 +1003,11 @@ struct Work {
 
 impl Work {
     /// Notes what loading a bucket cost: the driving thread's wait under
-    /// `waited`, the loading thread's work under `ahead` when the bucket was
-    /// loaded ahead.
-    fn note_loading(&mut self, waited: &'static str, ahead: &'static str, loading: Loading) {
+    /// `waited`, its decoding under `decoding`, the loading thread's work
+    /// under `ahead` when the bucket was loaded ahead.
+    fn note_loading(&mut self, [waited, decoding, ahead]: [&'static str; 3], loading: Loading) {
         self.add_phase(waited, loading.waited);
+        self.add_phase(decoding, loading.decoding);
         if let Some(sample) = loading.ahead {
             self.loaded_ahead += 1;
             self.add_phase(ahead, sample);
@@ -981,16 +1119,17 @@ fn score_stage(
         }
     }
     let load_bucket = |b: usize| load(spill, b, plan.reach(grid, b, margin));
-    visit_loaded_ahead(&todo, load_bucket, |b, loaded, loading| {
+    let decode = |loaded: Loaded| Columns::decode(&loaded.bytes);
+    visit_loaded_ahead(&todo, load_bucket, decode, |b, columns, loading| {
         bar.inc(1);
-        let records = loaded.records;
-        work.loaded += records.len() as u64;
-        work.largest = work.largest.max(records.len());
-        work.held(records.len());
-        work.note_loading("score_load", "score_load_ahead", loading);
+        let n = columns.kept.len();
+        work.loaded += n as u64;
+        work.largest = work.largest.max(n);
+        work.held(n);
+        work.note_loading(["score_load", "score_columns", "score_load_ahead"], loading);
         let start = PhaseStart::now();
         let mut found = score_bucket(
-            &records,
+            &columns,
             grid,
             &plan.tiles[b],
             &bd_members,
@@ -1001,7 +1140,7 @@ fn score_stage(
             overlap,
             &mut work.clock,
         )?;
-        drop(records);
+        drop(columns);
         work.phase("score_tiles", &start);
         let start = PhaseStart::now();
         // Kept indices are unique: the order does not depend on the threads.
@@ -1235,7 +1374,7 @@ fn hex(bytes: &[u8]) -> String {
 /// backend scores the one before (as in the in-memory path).
 #[allow(clippy::too_many_arguments)]
 fn score_bucket(
-    records: &[Record],
+    columns: &Columns,
     grid: &TileGrid,
     bucket_tiles: &[Cell],
     bd_members: &tiles::Buckets,
@@ -1246,19 +1385,14 @@ fn score_bucket(
     overlap: Overlap,
     work: &mut ScoreClock,
 ) -> Result<Vec<(u32, f32, i32)>> {
-    use rayon::prelude::*;
-    let flat: Vec<[f64; 2]> = records.par_iter().map(|r| [r.pos[0], r.pos[1]]).collect();
-    let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
-    let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
-    let member: Vec<i32> = records.par_iter().map(|r| r.member).collect();
-    let members = tiles::bucket(grid, &flat);
+    let members = tiles::bucket(grid, &columns.flat);
     let source = TileSource {
         grid,
         members: &members,
-        flat: &flat,
-        pos: &pos,
-        tokens: &tokens,
-        member: &member,
+        flat: &columns.flat,
+        pos: &columns.pos,
+        tokens: &columns.tokens,
+        member: &columns.member,
         bd_members,
     };
     let mut found: Vec<OwnedBest> = Vec::new();
@@ -1276,7 +1410,7 @@ fn score_bucket(
     })?;
     Ok(found
         .into_iter()
-        .map(|(local, s, n)| (records[local as usize].kept, s, n))
+        .map(|(local, s, n)| (columns.kept[local as usize], s, n))
         .collect())
 }
 
@@ -1440,7 +1574,6 @@ fn bucketed_fragments(
     reuse: bool,
     work: &mut Work,
 ) -> Result<(Components, FragmentCounts)> {
-    use rayon::prelude::*;
     let dim = model.arch.emb;
     let unit = fragments::normalised_embeddings(&model.tx_embedding, dim);
     let k = params.k_tx;
@@ -1471,14 +1604,21 @@ fn bucketed_fragments(
         let assigned = claimed(spill, b, score_cut, &loaded)?;
         Ok((loaded, assigned))
     };
-    visit_loaded_ahead(&todo, load_bucket, |b, (loaded, assigned), loading| {
-        let Loaded { records, own, .. } = loaded;
-        work.held(records.len());
-        work.note_loading("fragment_load", "fragment_load_ahead", loading);
-        let start = PhaseStart::now();
-        let pos: Vec<[f64; 3]> = records.par_iter().map(|r| r.pos).collect();
-        let tokens: Vec<u32> = records.par_iter().map(|r| r.token).collect();
-        work.phase("fragment_columns", &start);
+    let decode =
+        |(loaded, assigned): (Loaded, Vec<bool>)| FragmentColumns::decode(loaded, assigned);
+    visit_loaded_ahead(&todo, load_bucket, decode, |b, columns, loading| {
+        let FragmentColumns {
+            pos,
+            tokens,
+            kept,
+            own,
+            assigned,
+        } = columns;
+        work.held(kept.len());
+        work.note_loading(
+            ["fragment_load", "fragment_columns", "fragment_load_ahead"],
+            loading,
+        );
         let start = PhaseStart::now();
         let mut neighbors = fragments::fragment_neighbours(&pos, k, params.dist_tx);
         drop(pos);
@@ -1524,13 +1664,13 @@ fn bucketed_fragments(
             bucket.candidate_edges += 1;
             // The threshold is at least the cut, so lower edges never count.
             if s >= params.cut {
-                bucket.edges.push((records[a].kept, records[b].kept, s));
+                bucket.edges.push((kept[a], kept[b], s));
             }
         }
         spill.write(&spill.file("fragments", b), &bucket.to_bytes())?;
         work.phase("fragment_edges", &start);
         add(&bucket);
-        drop((records, tokens, neighbors, scored, bucket, assigned));
+        drop((kept, tokens, neighbors, scored, bucket, assigned));
         work.step();
         bucket_done("fragment", b);
         Ok(())
@@ -1570,7 +1710,7 @@ fn bucketed_fragments(
 /// the bucket's own file is walked once, a neighbour's is only probed for
 /// the few records of the margin it owns.
 fn claimed(spill: &SpillDir, b: usize, score_cut: f32, loaded: &Loaded) -> Result<Vec<bool>> {
-    let mut claimed = vec![false; loaded.records.len()];
+    let mut claimed = vec![false; loaded.len()];
     let mut by_source: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     let mut sources = loaded.sources.iter();
     for (i, &mine) in loaded.own.iter().enumerate() {
@@ -1595,7 +1735,7 @@ fn claimed(spill: &SpillDir, b: usize, score_cut: f32, loaded: &Loaded) -> Resul
         let n = bytes.len() / SCORE_BYTES;
         let mut from = 0usize;
         for i in at {
-            let kept = loaded.records[i].kept;
+            let kept = loaded.kept(i);
             // Gallop: the first entry at or after `from` whose key is not
             // below `kept` lies in [lo, hi).
             let (mut lo, mut hi, mut step) = (from, from, 1usize);
@@ -1726,7 +1866,7 @@ fn spill_error(path: &Path, tmp_dir: &Path) -> String {
 
 /// The records of a spill file, read in blocks.
 fn each_record(path: &Path, mut f: impl FnMut(Record) -> Result<()>) -> Result<()> {
-    each_block(path, 4096, |block| {
+    each_block(path, RECORD_BYTES, 4096, |block| {
         for chunk in block.chunks_exact(RECORD_BYTES) {
             f(Record::read(chunk))?;
         }
@@ -1742,20 +1882,25 @@ const PASS_BLOCK: usize = 1 << 16;
 fn each_decoded(path: &Path, mut f: impl FnMut(&[Record], &[u8]) -> Result<()>) -> Result<()> {
     use rayon::prelude::*;
     let mut records = Vec::with_capacity(PASS_BLOCK);
-    each_block(path, PASS_BLOCK, |block| {
+    each_block(path, RECORD_BYTES, PASS_BLOCK, |block| {
         records.clear();
         records.par_extend(block.par_chunks_exact(RECORD_BYTES).map(Record::read));
         f(&records, block)
     })
 }
 
-/// The bytes of a spill file of records, `records` records at a time.
-fn each_block(path: &Path, records: usize, mut f: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+/// The bytes of a spill file of entries of `entry` bytes, `entries` at a time.
+fn each_block(
+    path: &Path,
+    entry: usize,
+    entries: usize,
+    mut f: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
     use std::io::Read;
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read spill file {}", path.display()))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut block = vec![0u8; RECORD_BYTES * records];
+    let mut block = vec![0u8; entry * entries];
     loop {
         let mut filled = 0;
         while filled < block.len() {
@@ -1767,7 +1912,7 @@ fn each_block(path: &Path, records: usize, mut f: impl FnMut(&[u8]) -> Result<()
             }
             filled += n;
         }
-        if filled % RECORD_BYTES != 0 {
+        if filled % entry != 0 {
             bail!("spill file {} is damaged", path.display());
         }
         f(&block[..filled])?;
@@ -3127,8 +3272,8 @@ mod tests {
         ];
         for (own, margin) in cases {
             let loaded = merge_from_back(
-                own.iter().map(|&k| record(k)).collect(),
-                &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+                records_bytes(own.iter().map(|&k| record(k))),
+                &records_bytes(margin.iter().map(|&k| record(k))),
                 margin.iter().map(|&k| k + 100).collect(),
             );
             let mut expected: Vec<(u32, bool)> = own
@@ -3137,18 +3282,23 @@ mod tests {
                 .chain(margin.iter().map(|&k| (k, false)))
                 .collect();
             expected.sort();
-            let got: Vec<(u32, bool)> = loaded
-                .records
+            let records: Vec<Record> = loaded
+                .bytes
+                .chunks_exact(RECORD_BYTES)
+                .map(Record::read)
+                .collect();
+            let got: Vec<(u32, bool)> = records
                 .iter()
                 .zip(&loaded.own)
                 .map(|(r, &o)| (r.kept, o))
                 .collect();
             assert_eq!(got, expected, "own {own:?}, margin {margin:?}");
-            for r in &loaded.records {
+            for (i, r) in records.iter().enumerate() {
                 assert_eq!(r.token, r.kept + 1, "a record moves whole");
+                assert_eq!(r.pos[0], f64::from(r.kept), "a record moves whole");
+                assert_eq!(loaded.kept(i), r.kept);
             }
-            let sources: Vec<u32> = loaded
-                .records
+            let sources: Vec<u32> = records
                 .iter()
                 .zip(&loaded.own)
                 .filter(|(_, &o)| !o)
@@ -3159,6 +3309,52 @@ mod tests {
                 "the margin's sources in their order"
             );
         }
+    }
+
+    /// `records` in their spilled form.
+    fn records_bytes(records: impl Iterator<Item = Record>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for r in records {
+            r.write(&mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_loaded_bucket_decodes_into_its_records_columns() {
+        let records: Vec<Record> = (0..70_000u32)
+            .map(|k| Record {
+                kept: k * 3 + 1,
+                pos: [f64::from(k) * 0.5, -f64::from(k), f64::from(k % 7)],
+                token: k % 13,
+                member: i32::try_from(k % 5).unwrap() - 1,
+            })
+            .collect();
+        let bytes = records_bytes(records.iter().copied());
+        let columns = Columns::decode(&bytes);
+        let own = vec![true; records.len()];
+        let assigned: Vec<bool> = (0..records.len()).map(|i| i % 3 == 0).collect();
+        let fragment = FragmentColumns::decode(
+            Loaded {
+                bytes,
+                own: own.clone(),
+                sources: Vec::new(),
+            },
+            assigned.clone(),
+        );
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(columns.flat[i], [r.pos[0], r.pos[1]]);
+            assert_eq!(columns.pos[i], r.pos);
+            assert_eq!(columns.tokens[i], r.token);
+            assert_eq!(columns.member[i], r.member);
+            assert_eq!(columns.kept[i], r.kept);
+            assert_eq!(fragment.pos[i], r.pos);
+            assert_eq!(fragment.tokens[i], r.token);
+            assert_eq!(fragment.kept[i], r.kept);
+        }
+        assert_eq!(columns.kept.len(), records.len());
+        assert_eq!(fragment.own, own);
+        assert_eq!(fragment.assigned, assigned);
     }
 
     /// Points spread over a 1 mm square, a few outside it.
@@ -3238,18 +3434,16 @@ mod tests {
             member: -1,
         };
         // Bucket 1 with all its own records and a sparse margin of the others.
-        let own: Vec<Record> = (0..3000).filter(|k| k % 3 == 1).map(record).collect();
+        let own = records_bytes((0..3000).filter(|k| k % 3 == 1).map(record));
         let margin: Vec<u32> = (0..3000).filter(|k| k % 3 != 1 && k % 11 < 2).collect();
         let loaded = merge_from_back(
             own,
-            &margin.iter().map(|&k| record(k)).collect::<Vec<_>>(),
+            &records_bytes(margin.iter().map(|&k| record(k))),
             margin.iter().map(|&k| k % 3).collect(),
         );
         let got = claimed(&spill, 1, cut, &loaded).unwrap();
-        let expected: Vec<bool> = loaded
-            .records
-            .iter()
-            .map(|r| entry(r.kept).is_some_and(|(s, n)| n >= 0 && s >= cut))
+        let expected: Vec<bool> = (0..loaded.len())
+            .map(|i| entry(loaded.kept(i)).is_some_and(|(s, n)| n >= 0 && s >= cut))
             .collect();
         assert!(expected.iter().any(|&c| c) && expected.iter().any(|&c| !c));
         assert_eq!(got, expected);
