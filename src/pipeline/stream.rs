@@ -1173,17 +1173,18 @@ fn read_scores(spill: &SpillDir, b: usize) -> Result<Vec<(u32, f32, i32)>> {
     if bytes.len() % SCORE_BYTES != 0 {
         bail!("spill file {} is damaged", path.display());
     }
-    Ok(bytes
-        .chunks_exact(SCORE_BYTES)
-        .map(|c| {
-            let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
-            (
-                u32::from_le_bytes(w(0)),
-                f32::from_le_bytes(w(4)),
-                i32::from_le_bytes(w(8)),
-            )
-        })
-        .collect())
+    Ok(bytes.chunks_exact(SCORE_BYTES).map(score_entry).collect())
+}
+
+/// The score entry at the start of `c`: (kept index, best score, best
+/// nucleus), as `score_stage` writes it.
+fn score_entry(c: &[u8]) -> (u32, f32, i32) {
+    let w = |at: usize| [c[at], c[at + 1], c[at + 2], c[at + 3]];
+    (
+        u32::from_le_bytes(w(0)),
+        f32::from_le_bytes(w(4)),
+        i32::from_le_bytes(w(8)),
+    )
 }
 
 /// Every kept transcript's best match from the score files (the path that
@@ -1727,11 +1728,8 @@ fn claimed(spill: &SpillDir, b: usize, score_cut: f32, loaded: &Loaded) -> Resul
         if bytes.len() % SCORE_BYTES != 0 {
             bail!("spill file {} is damaged", path.display());
         }
-        let word = |e: usize, at: usize| {
-            let o = e * SCORE_BYTES + at;
-            [bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]
-        };
-        let key = |e: usize| u32::from_le_bytes(word(e, 0));
+        let entry = |e: usize| score_entry(&bytes[e * SCORE_BYTES..]);
+        let key = |e: usize| entry(e).0;
         let n = bytes.len() / SCORE_BYTES;
         let mut from = 0usize;
         for i in at {
@@ -1755,8 +1753,7 @@ fn claimed(spill: &SpillDir, b: usize, score_cut: f32, loaded: &Loaded) -> Resul
             }
             from = lo;
             if lo < n && key(lo) == kept {
-                let score = f32::from_le_bytes(word(lo, 4));
-                let nucleus = i32::from_le_bytes(word(lo, 8));
+                let (_, score, nucleus) = entry(lo);
                 claimed[i] = nucleus >= 0 && score >= score_cut;
             }
         }
