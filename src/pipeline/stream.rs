@@ -436,7 +436,19 @@ impl SpillDir {
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>> {
-        std::fs::read(path).with_context(|| format!("cannot read spill file {}", path.display()))
+        self.read_with_spare(path, 0)
+    }
+
+    /// The whole file at `path`, in a buffer with room for `spare` more
+    /// bytes (a bucket's margin is merged into its records in place).
+    fn read_with_spare(&self, path: &Path, spare: usize) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let cannot = || format!("cannot read spill file {}", path.display());
+        let mut file = std::fs::File::open(path).with_context(cannot)?;
+        let len = usize::try_from(file.metadata().with_context(cannot)?.len())?;
+        let mut bytes = Vec::with_capacity(len + spare);
+        file.read_to_end(&mut bytes).with_context(cannot)?;
+        Ok(bytes)
     }
 }
 
@@ -641,7 +653,6 @@ fn fragment_reach(dist_tx: Option<f64>) -> f64 {
 /// straight into a buffer that holds both, no second copy of it is held
 /// and nothing is sorted. The margin file is read in blocks.
 fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
-    use std::io::Read;
     let mut margin = Vec::new();
     let mut sources = Vec::new();
     each_block(
@@ -660,15 +671,8 @@ fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
         },
     )?;
     let path = spill.file("records", own);
-    let cannot = || format!("cannot read spill file {}", path.display());
-    let mut file = std::fs::File::open(&path).with_context(cannot)?;
-    let len = usize::try_from(file.metadata().with_context(cannot)?.len())?;
-    if len % RECORD_BYTES != 0 {
-        bail!("spill file {} is damaged", path.display());
-    }
-    let mut bytes = Vec::with_capacity(len + margin.len());
-    file.read_to_end(&mut bytes).with_context(cannot)?;
-    if bytes.len() != len {
+    let bytes = spill.read_with_spare(&path, margin.len())?;
+    if bytes.len() % RECORD_BYTES != 0 {
         bail!("spill file {} is damaged", path.display());
     }
     Ok(merge_from_back(bytes, &margin, sources))
