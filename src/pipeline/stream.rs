@@ -653,8 +653,24 @@ fn fragment_reach(dist_tx: Option<f64>) -> f64 {
 /// straight into a buffer that holds both, no second copy of it is held
 /// and nothing is sorted. The margin file is read in blocks.
 fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
-    let mut margin = Vec::new();
-    let mut sources = Vec::new();
+    let margin = load_margin(spill, own, bounds)?;
+    load_with_margin(spill, own, margin)
+}
+
+/// The records of bucket `own`'s margin file inside `bounds`, in kept
+/// order, with the bucket owning each: a few per cent of a bucket.
+struct Margin {
+    bytes: Vec<u8>,
+    sources: Vec<u32>,
+}
+
+/// Reads bucket `own`'s margin file in blocks, keeping the records inside
+/// `bounds` ([`load`]).
+fn load_margin(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Margin> {
+    let mut margin = Margin {
+        bytes: Vec::new(),
+        sources: Vec::new(),
+    };
     each_block(
         &spill.file("margins", own),
         MARGIN_BYTES,
@@ -663,20 +679,38 @@ fn load(spill: &SpillDir, own: usize, bounds: [f64; 4]) -> Result<Loaded> {
             for c in block.chunks_exact(MARGIN_BYTES) {
                 let r = Record::read(c);
                 if inside(&bounds, [r.pos[0], r.pos[1]]) {
-                    margin.extend_from_slice(&c[..RECORD_BYTES]);
-                    sources.push(u32::from_le_bytes([c[36], c[37], c[38], c[39]]));
+                    margin.bytes.extend_from_slice(&c[..RECORD_BYTES]);
+                    margin
+                        .sources
+                        .push(u32::from_le_bytes([c[36], c[37], c[38], c[39]]));
                 }
             }
             Ok(())
         },
     )?;
+    Ok(margin)
+}
+
+/// Bucket `own`'s records with `margin` merged in ([`load`]).
+fn load_with_margin(spill: &SpillDir, own: usize, margin: Margin) -> Result<Loaded> {
     let path = spill.file("records", own);
-    let bytes = spill.read_with_spare(&path, margin.len())?;
+    let bytes = spill.read_with_spare(&path, margin.bytes.len())?;
     if bytes.len() % RECORD_BYTES != 0 {
         bail!("spill file {} is damaged", path.display());
     }
-    Ok(merge_from_back(bytes, &margin, sources))
+    Ok(merge_from_back(bytes, &margin.bytes, margin.sources))
 }
+
+/// Reads the file at `path` through a small buffer, dropping what it
+/// read: its pages are then in the system's page cache, which is not this
+/// process's memory, and reading it again costs a copy rather than a wait
+/// on the disk.
+fn warm(path: &Path) -> Result<()> {
+    each_block(path, 1, WARM_BLOCK, |_| Ok(()))
+}
+
+/// Bytes read at once by [`warm`].
+const WARM_BLOCK: usize = 1 << 20;
 
 /// Records read at once from a margin file.
 const LOAD_BLOCK: usize = 1 << 16;
@@ -714,55 +748,57 @@ fn merge_from_back(mut bytes: Vec<u8>, margin: &[u8], sources: Vec<u32>) -> Load
     }
 }
 
-/// Visits the buckets `todo` in order, each loaded by `load` one bucket
-/// ahead on a thread of its own, so that the next bucket is read and
-/// merged while `visit` works on the current one. A loaded bucket is
-/// handed to `decode` on the driving thread before the next bucket's load
-/// starts, so that its loaded form and what `decode` makes of it are not
-/// held together beside a bucket being loaded. `visit` also gets the wall
-/// and CPU seconds the driving thread waited for the load and took to
-/// decode and, for a bucket loaded ahead, those of the loading thread. The
-/// budget's bucket share counts the bucket loaded ahead
-/// ([`budget::bucket_side`]). Nothing is written while loading, so a run
-/// killed with a bucket loaded ahead has recorded only the buckets `visit`
-/// finished.
-fn visit_loaded_ahead<T: Send, D>(
+/// Visits the buckets `todo` in order. `ahead` starts loading a bucket on a
+/// thread of its own while `visit` works on the bucket before it; `finish`
+/// completes the load on the driving thread when the bucket's turn comes,
+/// before the next bucket's `ahead` starts, so that what `ahead` holds and
+/// what `finish` makes of it are not held together beside a bucket being
+/// loaded. What `ahead` holds is held beside the bucket being worked on:
+/// the score stage keeps it small (the margin, and the bucket's file
+/// warmed in the page cache), the fragment stage loads the whole bucket
+/// (the budget's bucket share counts a bucket loaded ahead,
+/// [`budget::bucket_side`]). `visit` also gets the wall and CPU seconds the
+/// driving thread waited for `ahead` and took to `finish` and, for a bucket
+/// started ahead, those of the loading thread. Nothing is written while
+/// loading, so a run killed with a bucket loaded ahead has recorded only
+/// the buckets `visit` finished.
+fn visit_loaded_ahead<A: Send, D>(
     todo: &[usize],
-    load: impl Fn(usize) -> Result<T> + Sync,
-    mut decode: impl FnMut(T) -> D,
+    ahead: impl Fn(usize) -> Result<A> + Sync,
+    mut finish: impl FnMut(usize, A) -> Result<D>,
     mut visit: impl FnMut(usize, D, Loading) -> Result<()>,
 ) -> Result<()> {
     std::thread::scope(|scope| {
-        let load = &load;
-        let mut ahead = None;
+        let ahead_of = &ahead;
+        let mut started = None;
         for (at, &b) in todo.iter().enumerate() {
             let wait = PhaseStart::now();
-            let (loaded, ahead_seconds) = match ahead.take() {
+            let (begun, ahead_seconds) = match started.take() {
                 Some(handle) => {
-                    let (loaded, seconds) = std::thread::ScopedJoinHandle::join(handle)
+                    let (begun, seconds) = std::thread::ScopedJoinHandle::join(handle)
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (loaded, Some(seconds))
+                    (begun, Some(seconds))
                 }
-                None => (load(b), None),
+                None => (ahead_of(b), None),
             };
-            let loaded = loaded?;
+            let begun = begun?;
             let waited = wait.elapsed();
             let start = PhaseStart::now();
-            let decoded = decode(loaded);
-            let decoding = start.elapsed();
+            let finished = finish(b, begun)?;
+            let finishing = start.elapsed();
             if let Some(&next) = todo.get(at + 1) {
-                ahead = Some(scope.spawn(move || {
+                started = Some(scope.spawn(move || {
                     let start = PhaseStart::now();
-                    let loaded = load(next);
-                    (loaded, start.elapsed_on_thread())
+                    let begun = ahead_of(next);
+                    (begun, start.elapsed_on_thread())
                 }));
             }
             visit(
                 b,
-                decoded,
+                finished,
                 Loading {
                     waited,
-                    decoding,
+                    finishing,
                     ahead: ahead_seconds,
                 },
             )?;
@@ -775,8 +811,9 @@ fn visit_loaded_ahead<T: Send, D>(
 struct Loading {
     /// The driving thread's wait: wall, process CPU and its own CPU seconds.
     waited: PhaseSample,
-    /// Decoding the loaded bucket on the driving thread (and the pool).
-    decoding: PhaseSample,
+    /// Finishing the load on the driving thread (and the pool): reading and
+    /// merging the score stage's records, decoding the columns.
+    finishing: PhaseSample,
     /// The loading thread's work when the bucket was loaded ahead.
     ahead: Option<PhaseSample>,
 }
@@ -1007,11 +1044,11 @@ struct Work {
 
 impl Work {
     /// Notes what loading a bucket cost: the driving thread's wait under
-    /// `waited`, its decoding under `decoding`, the loading thread's work
-    /// under `ahead` when the bucket was loaded ahead.
-    fn note_loading(&mut self, [waited, decoding, ahead]: [&'static str; 3], loading: Loading) {
+    /// `waited`, its finishing of the load under `finishing`, the loading
+    /// thread's work under `ahead` when the bucket was started ahead.
+    fn note_loading(&mut self, [waited, finishing, ahead]: [&'static str; 3], loading: Loading) {
         self.add_phase(waited, loading.waited);
-        self.add_phase(decoding, loading.decoding);
+        self.add_phase(finishing, loading.finishing);
         if let Some(sample) = loading.ahead {
             self.loaded_ahead += 1;
             self.add_phase(ahead, sample);
@@ -1122,9 +1159,17 @@ fn score_stage(
             todo.push(b);
         }
     }
-    let load_bucket = |b: usize| load(spill, b, plan.reach(grid, b, margin));
-    let decode = |loaded: Loaded| Columns::decode(&loaded.bytes);
-    visit_loaded_ahead(&todo, load_bucket, decode, |b, columns, loading| {
+    // Only the margin is held ahead (the bucket's own records, most of it,
+    // wait in the page cache): the next bucket is not held in memory beside
+    // the tiles of this one.
+    let ahead = |b: usize| {
+        let margin = load_margin(spill, b, plan.reach(grid, b, margin))?;
+        warm(&spill.file("records", b))?;
+        Ok(margin)
+    };
+    let finish =
+        |b: usize, margin: Margin| Ok(Columns::decode(&load_with_margin(spill, b, margin)?.bytes));
+    visit_loaded_ahead(&todo, ahead, finish, |b, columns, loading| {
         bar.inc(1);
         let n = columns.kept.len();
         work.loaded += n as u64;
@@ -1411,6 +1456,10 @@ fn score_bucket(
     });
     score_tiles::score_all(built, overlap, model, backend, work, |_, owned| {
         found.extend_from_slice(owned);
+        // A tile's buffers are freed among live allocations, so the
+        // allocator keeps their pages: trimmed here, they do not add up
+        // tile by tile within the bucket.
+        crate::io::release_free_memory();
         Ok(())
     })?;
     Ok(found
@@ -1610,7 +1659,7 @@ fn bucketed_fragments(
         Ok((loaded, assigned))
     };
     let decode =
-        |(loaded, assigned): (Loaded, Vec<bool>)| FragmentColumns::decode(loaded, assigned);
+        |_, (loaded, assigned): (Loaded, Vec<bool>)| Ok(FragmentColumns::decode(loaded, assigned));
     visit_loaded_ahead(&todo, load_bucket, decode, |b, columns, loading| {
         let FragmentColumns {
             pos,
