@@ -6,6 +6,12 @@
 //! fragments, report) → [`output`], computing through a
 //! [`backend::Backend`] whose CPU kernels live in [`kernels`].
 
+/// mimalloc for every allocation: its freed pages go back to the system,
+/// so the bucketed path's memory does not grow with the slide
+/// ([`io::heap`]).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod backend;
 pub mod cli;
 pub mod defaults;

@@ -1,97 +1,58 @@
-//! The C allocator's heap: handing freed pages back to the system and
-//! reading how much of the heap is live, for the bucketed path's memory
-//! figures (docs/streaming.md). Both need glibc; elsewhere they do nothing.
+//! The heap: seggpu allocates through mimalloc (the global allocator, set in
+//! `lib.rs`), which hands freed memory back to the system at once
+//! ([`purge_freed_memory_at_once`]), so that the bucketed path's memory
+//! does not grow with the slide (docs/streaming.md).
+//!
+//! Why not the C library's allocator: glibc's keeps freed memory in its
+//! arenas. Hundreds of thousands of nuclei read and freed leave its heap
+//! full of holes (0.35 GB at 670,000 nuclei, 1 GB at 2 million), and the
+//! tiles' buffers, placed in those holes, stayed resident until trimmed:
+//! the peak grew with the slide (1.18 / 1.32 / 1.44 GB at 10M / 100M / 300M
+//! transcripts, --max-memory 4G). mimalloc keeps each size of allocation in
+//! pages of its own and gives a page back when it is empty: 1.18 / 1.24 /
+//! 1.35 GB on the same runs.
 
-/// Hands the allocator's free pages back to the system. The polygons are
-/// hundreds of thousands of small allocations: freed, they stay in the
-/// process's heap (its resident memory) until trimmed, and the large arrays
-/// that follow (a bucket's records) do not reuse them.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+use libmimalloc_sys as mi;
+
+/// mimalloc's `mi_option_purge_delay` (the milliseconds a freed page waits
+/// before it goes back to the system), by its place in the C enum
+/// `mi_option_e`, which the `libmimalloc-sys` bindings do not name.
+const PURGE_DELAY_OPTION: mi::mi_option_t = 15;
+
+/// Makes the allocator give freed pages back to the system when they are
+/// freed rather than 10 ms later (`segment` sets it): within a tile,
+/// buffers are freed and others allocated in the same millisecond, and
+/// with the delay both are resident at once (1.50 GB rather than 1.18 GB
+/// at 10M transcripts, --max-memory 4G). The cost is system time (the
+/// pages handed back and faulted in again): docs/streaming.md, "The
+/// allocator and the bucket ahead".
+pub fn purge_freed_memory_at_once() {
+    // SAFETY: mi_option_set only stores an integer option of the allocator;
+    // the option index is checked by the test below.
+    unsafe { mi::mi_option_set(PURGE_DELAY_OPTION, 0) }
+}
+
+/// Hands the allocator's free memory (its threads' caches, empty pages)
+/// back to the system: after a bucket or a tile, whose buffers were freed
+/// among allocations that live on.
 pub fn release_free_memory() {
-    extern "C" {
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
-    }
-    // SAFETY: glibc's malloc_trim only returns free memory of the
-    // allocator's arenas to the system; it takes no pointer.
-    unsafe {
-        malloc_trim(0);
-    }
+    // SAFETY: mi_collect only frees memory the allocator holds unused; it
+    // takes no pointer.
+    unsafe { mi::mi_collect(true) }
 }
 
-/// Elsewhere the allocator keeps its own policy.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn release_free_memory() {}
-
-/// The allocator's heap now: (bytes in use, bytes free but kept by the
-/// process), from glibc's `mallinfo2`; tells live data from freed-but-resident
-/// heap in the run log's memory figures. `None` where the C library has no
-/// `mallinfo2` (glibc before 2.33).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn heap_bytes() -> Option<(u64, u64)> {
-    use std::sync::OnceLock;
-    // glibc's `struct mallinfo2`: ten `size_t` fields.
-    #[repr(C)]
-    struct MallInfo2 {
-        arena: usize,
-        ordblks: usize,
-        smblks: usize,
-        hblks: usize,
-        hblkhd: usize,
-        usmblks: usize,
-        fsmblks: usize,
-        uordblks: usize,
-        fordblks: usize,
-        keepcost: usize,
-    }
-    type MallInfo2Fn = unsafe extern "C" fn() -> MallInfo2;
-    extern "C" {
-        fn dlsym(
-            handle: *mut std::ffi::c_void,
-            symbol: *const std::ffi::c_char,
-        ) -> *mut std::ffi::c_void;
-    }
-    // Looked up when first needed, not linked: a binary that named the
-    // symbol would not build or start on glibc before 2.33 (RHEL 8 and
-    // other long-lived cluster systems), where the figures are just left out.
-    static MALLINFO2: OnceLock<Option<MallInfo2Fn>> = OnceLock::new();
-    let mallinfo2 = (*MALLINFO2.get_or_init(|| {
-        // SAFETY: dlsym with RTLD_DEFAULT (a null handle in glibc) searches
-        // the loaded libraries for a NUL-terminated name and returns null
-        // when none has it; the symbol, when found, is glibc's mallinfo2,
-        // whose type is `MallInfo2Fn`.
-        unsafe {
-            let symbol = dlsym(std::ptr::null_mut(), c"mallinfo2".as_ptr());
-            (!symbol.is_null())
-                .then(|| std::mem::transmute::<*mut std::ffi::c_void, MallInfo2Fn>(symbol))
-        }
-    }))?;
-    // SAFETY: mallinfo2 only reads the allocator's counters and returns them
-    // by value.
-    let info = unsafe { mallinfo2() };
-    // In use: chunks of the arenas plus mmapped blocks; free: the arenas'
-    // free chunks.
-    Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64))
-}
-
-/// Elsewhere the allocator's counters are not read.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn heap_bytes() -> Option<(u64, u64)> {
-    None
-}
-
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(test)]
 mod tests {
     #[test]
-    fn the_heap_in_use_counts_a_live_allocation() {
-        // This machine's glibc is newer than 2.33, so the lookup must succeed.
-        let (before, _) = super::heap_bytes().expect("mallinfo2 found at run time");
-        // black_box: an allocation never read may be optimised away.
-        let held = std::hint::black_box(vec![1u8; 64 << 20]);
-        let (during, _) = super::heap_bytes().expect("mallinfo2");
-        assert!(
-            during >= before + (64 << 20),
-            "64 MiB held: in use {during} bytes, {before} before"
+    fn the_purge_delay_option_index_names_the_purge_delay() {
+        // mimalloc's default purge delay is 10 ms: the index names that
+        // option (another option would read otherwise).
+        let default = unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY_OPTION) };
+        assert_eq!(
+            default,
+            10,
+            "option {} is not the purge delay (10 ms by default)",
+            super::PURGE_DELAY_OPTION
         );
-        drop(held);
     }
 }

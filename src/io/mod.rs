@@ -17,7 +17,7 @@ pub mod table;
 mod transcripts;
 
 pub use args::{InputArgs, InputSpec, Preset};
-pub use heap::{heap_bytes, release_free_memory};
+pub use heap::{purge_freed_memory_at_once, release_free_memory};
 pub use membership::{check_membership, MembershipReport, MembershipTally};
 pub use nuclei::{read_nuclei, SpilledPolygons};
 pub use nucleus_ids::{AlteredNuclei, NucleusIds};

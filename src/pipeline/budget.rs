@@ -23,11 +23,12 @@ pub const TILE_BYTES_PER_TRANSCRIPT: f64 = 2048.0;
 pub const BUCKET_BYTES_PER_RECORD: f64 = 128.0;
 
 /// Bytes a record of the next bucket is counted while it is loaded on a
-/// thread beside the current one. It is held in its spilled form until it
-/// is visited (36 bytes and its owned flag); the figure is the one from
-/// when it was held decoded (40 bytes, and the file's 36 while decoding),
-/// kept so that the buckets keep their size: a lower one widens them, and
-/// the bucket being worked on with them.
+/// thread beside the current one. The fragment stage holds it in its
+/// spilled form until it is visited (36 bytes, its owned and claimed
+/// flags); the score stage holds only the next bucket's margin. The figure
+/// is the one from when it was held decoded (40 bytes, and the file's 36
+/// while decoding), kept so that the buckets keep their size: a lower one
+/// widens them, and the bucket being worked on with them.
 pub const LOADED_AHEAD_BYTES_PER_RECORD: f64 = 80.0;
 
 /// Share of the budget given to the tile being scored and to the records

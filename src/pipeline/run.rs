@@ -244,6 +244,8 @@ pub fn run(
     verbosity: Verbosity,
 ) -> Result<()> {
     let started = Instant::now();
+    // Both paths, so that their memory and speed compare (docs/streaming.md).
+    crate::io::purge_freed_memory_at_once();
     let progress = Progress {
         quiet: verbosity == Verbosity::Quiet,
     };

@@ -204,53 +204,32 @@ pub struct PhaseMemory {
     pub rss_bytes: u64,
     /// Peak resident memory so far (`VmHWM`), bytes.
     pub peak_rss_bytes: u64,
-    /// Bytes the allocator holds for live data then (glibc's `mallinfo2`;
-    /// absent elsewhere).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heap_in_use_bytes: Option<u64>,
-    /// Bytes freed but kept by the allocator then, part of the resident
-    /// memory unless trimmed (absent where not known).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heap_free_bytes: Option<u64>,
 }
 
 impl PhaseMemory {
     /// The memory now, at the end of `phase` (`None` where not known).
     pub fn now(phase: &'static str) -> Option<Self> {
-        // One reading, so that in use and free describe the same moment.
-        let heap = crate::io::heap_bytes();
         Some(PhaseMemory {
             phase,
             rss_bytes: status_bytes("VmRSS:")?,
             peak_rss_bytes: peak_rss_bytes()?,
-            heap_in_use_bytes: heap.map(|h| h.0),
-            heap_free_bytes: heap.map(|h| h.1),
         })
     }
 }
 
-/// After `stage` finished bucket `b`: hands the heap it freed back to the
-/// system and logs (at debug level) the memory: resident, and the
-/// allocator's heap in use and free.
-///
-/// A bucket's buffers are freed among allocations that live on (the next
-/// bucket, loaded ahead on another thread; the cells' and fragments'
-/// state), so the allocator cannot give their pages back by itself: without
-/// the trim the freed heap stays resident and grows with the number of
-/// buckets (docs/streaming.md, "Memory that grew with the slide").
+/// After `stage` finished bucket `b`: hands what the allocator holds
+/// unused back to the system and logs (at debug level) the resident
+/// memory.
 fn bucket_done(stage: &str, b: usize) {
     crate::io::release_free_memory();
     if !log::log_enabled!(log::Level::Debug) {
         return;
     }
     let mb = |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{:.1}", v as f64 / 1e6));
-    let heap = crate::io::heap_bytes();
     log::debug!(
-        "{stage} bucket {b}: resident {} MB (peak {} MB), heap in use {} MB, heap free {} MB",
+        "{stage} bucket {b}: resident {} MB (peak {} MB)",
         mb(status_bytes("VmRSS:")),
         mb(peak_rss_bytes()),
-        mb(heap.map(|h| h.0)),
-        mb(heap.map(|h| h.1)),
     );
 }
 
@@ -1456,9 +1435,8 @@ fn score_bucket(
     });
     score_tiles::score_all(built, overlap, model, backend, work, |_, owned| {
         found.extend_from_slice(owned);
-        // A tile's buffers are freed among live allocations, so the
-        // allocator keeps their pages: trimmed here, they do not add up
-        // tile by tile within the bucket.
+        // What the tile freed and the threads' caches still hold goes back
+        // before the next tile, not at the end of the bucket.
         crate::io::release_free_memory();
         Ok(())
     })?;
