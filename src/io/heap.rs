@@ -8,9 +8,9 @@
 //! full of holes (0.35 GB at 670,000 nuclei, 1 GB at 2 million), and the
 //! tiles' buffers, placed in those holes, stayed resident until trimmed:
 //! the peak grew with the slide (1.18 / 1.32 / 1.44 GB at 10M / 100M / 300M
-//! transcripts, --max-memory 4G). mimalloc keeps each size of allocation in
-//! pages of its own and gives a page back when it is empty: 1.18 / 1.24 /
-//! 1.35 GB on the same runs.
+//! simulated transcripts, --max-memory 4G; the 300M run's first buckets).
+//! mimalloc keeps each size of allocation in pages of its own and gives a
+//! page back when it is empty: 1.195 / 1.260 / 1.393 GB (whole runs).
 
 use libmimalloc_sys as mi;
 
