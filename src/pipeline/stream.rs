@@ -680,16 +680,16 @@ fn load_with_margin(spill: &SpillDir, own: usize, margin: Margin) -> Result<Load
     Ok(merge_from_back(bytes, &margin.bytes, margin.sources))
 }
 
-/// Reads the file at `path` through a small buffer, dropping what it
-/// read: its pages are then in the system's page cache, which is not this
-/// process's memory, and reading it again costs a copy rather than a wait
-/// on the disk.
+/// Reads the file at `path` into nothing (`std::io::copy` to a sink, one
+/// small buffer): its pages are then in the system's page cache, which is
+/// not this process's memory, and reading it again costs a copy rather
+/// than a wait on the disk.
 fn warm(path: &Path) -> Result<()> {
-    each_block(path, 1, WARM_BLOCK, |_| Ok(()))
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::copy(&mut file, &mut std::io::sink()))
+        .with_context(|| format!("cannot read spill file {}", path.display()))?;
+    Ok(())
 }
-
-/// Bytes read at once by [`warm`].
-const WARM_BLOCK: usize = 1 << 20;
 
 /// Records read at once from a margin file.
 const LOAD_BLOCK: usize = 1 << 16;
