@@ -3,12 +3,14 @@
 //! SpatialData store and the report, made from what the last pass hands
 //! over row by row instead of from every row held in memory.
 //!
-//! - Gene counts: per cell a sorted list of (gene, count), and per gene its
-//!   kept and filtered transcripts — bounded by cells × genes per cell.
-//! - Polygons need every point of a cell: the assigned transcripts'
-//!   (cell, x, y) are spilled to files of consecutive cell ranges under
-//!   `--tmp-dir` (`.seggpu-cell-points-<hash of OUT>/`), in input order, and each file's cells get their polygons
-//!   after the pass (one file in memory at a time).
+//! - Polygons and gene counts need every transcript of a cell: the
+//!   assigned transcripts' (cell, x, y, gene) are spilled to files of
+//!   consecutive cell ranges under `--tmp-dir`
+//!   (`.seggpu-cell-points-<hash of OUT>/`), in input order, and each
+//!   file's cells get their polygons and counts after the pass (one file in
+//!   memory at a time). The counts (X of the AnnData) go to files there as
+//!   well, which the AnnData writers copy a block at a time; per gene the
+//!   kept and filtered transcripts are counted in the pass.
 //! - The SpatialData points (the transcripts table with the gene as a
 //!   categorical) are written batch by batch as the transcripts table is.
 //! - The report reads its rows (position, gene, assignment, score: 25
@@ -144,8 +146,9 @@ fn cells_per_file() -> usize {
 
 /// Most files of spilled points (all open during the pass).
 const POINT_FILES: usize = 256;
-/// Bytes of a spilled point: cell (u32), x, y (f64), little-endian.
-const POINT_BYTES: usize = 20;
+/// Bytes of a spilled point: cell (u32), x, y (f64), gene (u32),
+/// little-endian.
+const POINT_BYTES: usize = 24;
 
 /// The assigned transcripts' (cell, x, y), spilled by cell range.
 struct PointSpill {
@@ -169,11 +172,12 @@ impl PointSpill {
         })
     }
 
-    fn push(&mut self, scratch: &Scratch, cell: u32, x: f64, y: f64) -> Result<()> {
+    fn push(&mut self, scratch: &Scratch, cell: u32, x: f64, y: f64, gene: u32) -> Result<()> {
         let mut bytes = [0u8; POINT_BYTES];
         bytes[..4].copy_from_slice(&cell.to_le_bytes());
         bytes[4..12].copy_from_slice(&x.to_le_bytes());
-        bytes[12..].copy_from_slice(&y.to_le_bytes());
+        bytes[12..20].copy_from_slice(&y.to_le_bytes());
+        bytes[20..].copy_from_slice(&gene.to_le_bytes());
         let (path, file) = &mut self.files[cell as usize / self.cells_per_file];
         file.write_all(&bytes)
             .with_context(|| scratch.error(path, "write"))
@@ -192,19 +196,22 @@ impl PointSpill {
     }
 }
 
+/// The transcripts of one file of cells: per cell their positions and
+/// genes, in input order.
+struct FileCells {
+    points: Vec<Vec<[f64; 2]>>,
+    genes: Vec<Vec<u32>>,
+}
+
 /// The points of cells `first..first + n` from `path`, grouped by cell
 /// (input order within a cell).
-fn read_cells(
-    scratch: &Scratch,
-    path: &Path,
-    first: usize,
-    n: usize,
-) -> Result<Vec<Vec<[f64; 2]>>> {
+fn read_cells(scratch: &Scratch, path: &Path, first: usize, n: usize) -> Result<FileCells> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .with_context(|| scratch.error(path, "read"))?;
     let mut points = vec![Vec::new(); n];
+    let mut genes = vec![Vec::new(); n];
     for record in bytes.chunks_exact(POINT_BYTES) {
         let word = |a: usize| {
             let mut w = [0u8; 8];
@@ -212,15 +219,19 @@ fn read_cells(
             f64::from_le_bytes(w)
         };
         let cell = u32::from_le_bytes([record[0], record[1], record[2], record[3]]) as usize;
+        let gene = u32::from_le_bytes([record[20], record[21], record[22], record[23]]);
         match cell.checked_sub(first).filter(|&c| c < n) {
-            Some(c) => points[c].push([word(4), word(12)]),
+            Some(c) => {
+                points[c].push([word(4), word(12)]);
+                genes[c].push(gene);
+            }
             None => bail!(
                 "{}: a point of cell {cell} outside the file's cells",
                 path.display()
             ),
         }
     }
-    Ok(points)
+    Ok(FileCells { points, genes })
 }
 
 /// The SpatialData store while its points are written.
@@ -232,9 +243,6 @@ struct PointsTable {
 /// Running aggregates of the last pass for the per-cell outputs.
 pub struct CellAggregator {
     outputs: PerCellOutputs,
-    /// Per cell (nuclei, then fragments): (gene, count), genes ascending,
-    /// genes numbered as the pass reads them.
-    counts: Vec<Vec<(u32, u32)>>,
     /// Per gene (numbered as read): kept transcripts.
     n_kept: Vec<i64>,
     /// Per gene (numbered as read): filtered transcripts.
@@ -258,18 +266,12 @@ impl CellAggregator {
         let points = (table || outputs.boundaries.is_some() || outputs.xenium_ranger.is_some())
             .then(|| PointSpill::create(&scratch, n_cells))
             .transpose()?;
-        let counts = if table {
-            vec![Vec::new(); n_cells]
-        } else {
-            Vec::new()
-        };
         let report_rows = outputs
             .report
             .then(|| RowFileWriter::create(&scratch.dir.join("report-rows.bin")))
             .transpose()?;
         Ok(CellAggregator {
             outputs: outputs.clone(),
-            counts,
             n_kept: Vec::new(),
             n_filtered: Vec::new(),
             scratch,
@@ -340,14 +342,8 @@ impl CellAggregator {
         if cell == Segmentation::NO_CELL {
             return Ok(());
         }
-        if let Some(genes) = self.counts.get_mut(cell as usize) {
-            match genes.binary_search_by_key(&gene, |&(g, _)| g) {
-                Ok(at) => genes[at].1 += 1,
-                Err(at) => genes.insert(at, (gene, 1)),
-            }
-        }
         match self.points.as_mut() {
-            Some(points) => points.push(&self.scratch, cell, row.x, row.y),
+            Some(points) => points.push(&self.scratch, cell, row.x, row.y, gene),
             None => Ok(()),
         }
     }
@@ -398,10 +394,15 @@ impl CellAggregator {
             sorted[old] = new as u32;
         }
         let var_names: Vec<String> = order.iter().map(|&old| gene_names[old].clone()).collect();
+        let wants_table = self.outputs.anndata.is_some() || self.outputs.spatialdata.is_some();
+        let mut counts = wants_table
+            .then(|| CellCounts::spilled(var_names.len(), &self.scratch.dir))
+            .transpose()?;
         let clock = std::time::Instant::now();
         let cells = match self.points.take() {
             Some(mut points) => {
-                let polygons = self.polygons(&mut points, rows, nuclei, &index)?;
+                let polygons =
+                    self.polygons(&mut points, rows, nuclei, &index, &sorted, counts.as_mut())?;
                 Some(OutputCells {
                     index,
                     polygons,
@@ -414,11 +415,8 @@ impl CellAggregator {
             super::boundaries::write_geoparquet(parquet, rows, cells)?;
             super::boundaries::write_geojson(geojson, rows, cells)?;
         }
-        if let (true, Some(cells)) = (
-            self.outputs.anndata.is_some() || self.outputs.spatialdata.is_some(),
-            &cells,
-        ) {
-            let table = self.table(rows, cells, &sorted, var_names.clone(), &order);
+        if let (Some(counts), Some(cells)) = (counts, &cells) {
+            let table = self.table(rows, cells, counts, var_names.clone(), &order)?;
             if let Some((zarr, h5ad)) = &self.outputs.anndata {
                 let mut store = ZarrStore::create(zarr, serde_json::json!({}))?;
                 table.write_to(&mut store, "", serde_json::json!({}))?;
@@ -471,13 +469,17 @@ impl CellAggregator {
         })
     }
 
-    /// The polygons of the output cells `index`, a file of points at a time.
+    /// The polygons of the output cells `index`, a file of points at a
+    /// time, and their gene `counts` when wanted (`sorted[g]`: gene `g`'s
+    /// column).
     fn polygons(
         &self,
         points: &mut PointSpill,
         rows: &[CellRow],
         nuclei: &Nuclei,
         index: &[usize],
+        sorted: &[u32],
+        mut counts: Option<&mut CellCounts>,
     ) -> Result<Vec<CellPolygon>> {
         let files = points.close(&self.scratch)?;
         let per_file = points.cells_per_file;
@@ -488,14 +490,27 @@ impl CellAggregator {
             let first = f * per_file;
             let n = per_file.min(rows.len() - first);
             let end = at + index[at..].partition_point(|&c| c < first + n);
-            let points = read_cells(&self.scratch, path, first, n)?;
+            let file = read_cells(&self.scratch, path, first, n)?;
             // The nuclei among the file's cells (read back when spilled).
             let nucleus_polygons =
                 nuclei.polygons_in(first.min(n_nuclei)..(first + n).min(n_nuclei))?;
             let here = &index[at..end];
+            if let Some(counts) = counts.as_mut() {
+                let mut genes: Vec<u32> = Vec::new();
+                for &c in here {
+                    genes.clear();
+                    genes.extend(file.genes[c - first].iter().map(|&g| sorted[g as usize]));
+                    genes.sort_unstable();
+                    counts.push_cell(
+                        genes
+                            .chunk_by(|a, b| a == b)
+                            .map(|run| (run[0], run.len() as u64)),
+                    )?;
+                }
+            }
             polygons.extend(cells::polygons_of(
                 here.len(),
-                |i| points[here[i] - first].clone(),
+                |i| file.points[here[i] - first].clone(),
                 |i| (here[i] < n_nuclei).then(|| &nucleus_polygons[here[i] - first]),
                 |i| rows[here[i]].id.as_str(),
             )?);
@@ -504,16 +519,16 @@ impl CellAggregator {
         Ok(polygons)
     }
 
-    /// The AnnData; `sorted[g]` is gene `g`'s place among `var_names` (the
-    /// genes sorted by name), `order` its inverse.
+    /// The AnnData of the output cells with their `counts`; `order[new]`
+    /// is the gene numbered `new` among `var_names` (sorted by name).
     fn table(
         &mut self,
         rows: &[CellRow],
         cells: &OutputCells,
-        sorted: &[u32],
+        counts: CellCounts,
         var_names: Vec<String>,
         order: &[usize],
-    ) -> AnnData {
+    ) -> Result<AnnData> {
         let by_name = |per_gene: &[i64]| -> Vec<i64> {
             order
                 .iter()
@@ -522,18 +537,6 @@ impl CellAggregator {
         };
         let n_kept = by_name(&self.n_kept);
         let n_filtered = by_name(&self.n_filtered);
-        let mut counts = CellCounts::new(var_names.len());
-        let mut genes: Vec<(u32, u64)> = Vec::new();
-        for &c in &cells.index {
-            genes.clear();
-            genes.extend(
-                std::mem::take(&mut self.counts[c])
-                    .into_iter()
-                    .map(|(g, n)| (sorted[g as usize], u64::from(n))),
-            );
-            genes.sort_unstable();
-            counts.push_cell(genes.iter().copied());
-        }
         AnnData::assemble(
             rows,
             cells,

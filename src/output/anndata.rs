@@ -19,7 +19,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::cells::{CellMembers, OutputCells};
-use super::zarr::{Sink, ZarrType};
+use super::zarr::{Column, ColumnFile, ColumnWriter, Sink, ZarrType};
 use super::CellRow;
 use crate::io::Transcripts;
 use crate::pipeline::Segmentation;
@@ -53,43 +53,153 @@ pub struct AnnData {
     pub n_unassigned: Vec<i64>,
     /// Per gene: filtered transcripts.
     pub n_filtered: Vec<i64>,
-    /// CSR row pointers of X.
-    pub indptr: Vec<i64>,
-    /// CSR column indices of X (ascending within a row).
-    pub indices: Vec<i32>,
-    /// CSR values of X.
-    pub data: Vec<f32>,
+    /// X.
+    pub x: Csr,
     /// `uns["seggpu"]`: (key, text value).
     pub uns: Vec<(String, String)>,
 }
 
+/// X as CSR, held or spilled to files (a whole slide's counts need not
+/// fit in memory).
+pub enum Csr {
+    /// Held.
+    Memory {
+        /// Row pointers.
+        indptr: Vec<i64>,
+        /// Column indices (ascending within a row).
+        indices: Vec<i32>,
+        /// Values.
+        data: Vec<f32>,
+    },
+    /// Spilled, as written by [`CellCounts::spilled`].
+    Files {
+        /// Row pointers.
+        indptr: ColumnFile,
+        /// Column indices (ascending within a row).
+        indices: ColumnFile,
+        /// Values.
+        data: ColumnFile,
+    },
+}
+
+impl Csr {
+    fn indptr(&self) -> Column<'_, i64> {
+        match self {
+            Csr::Memory { indptr, .. } => Column::Memory(indptr),
+            Csr::Files { indptr, .. } => Column::File(indptr),
+        }
+    }
+    fn indices(&self) -> Column<'_, i32> {
+        match self {
+            Csr::Memory { indices, .. } => Column::Memory(indices),
+            Csr::Files { indices, .. } => Column::File(indices),
+        }
+    }
+    fn data(&self) -> Column<'_, f32> {
+        match self {
+            Csr::Memory { data, .. } => Column::Memory(data),
+            Csr::Files { data, .. } => Column::File(data),
+        }
+    }
+}
+
+/// Where [`CellCounts`] puts the CSR arrays.
+enum CsrStore {
+    Memory {
+        indptr: Vec<i64>,
+        indices: Vec<i32>,
+        data: Vec<f32>,
+    },
+    Files {
+        indptr: ColumnWriter<i64>,
+        indices: ColumnWriter<i32>,
+        data: ColumnWriter<f32>,
+    },
+}
+
 /// The cells × genes counts of the output cells as CSR, built a cell at a time.
-#[derive(Default)]
 pub struct CellCounts {
-    indptr: Vec<i64>,
-    indices: Vec<i32>,
-    data: Vec<f32>,
+    store: CsrStore,
+    entries: i64,
     n_assigned: Vec<i64>,
 }
 
 impl CellCounts {
-    /// No cell yet, `n_genes` columns.
+    /// No cell yet, `n_genes` columns, held in memory.
     pub fn new(n_genes: usize) -> Self {
         CellCounts {
-            indptr: vec![0],
+            store: CsrStore::Memory {
+                indptr: vec![0],
+                indices: Vec::new(),
+                data: Vec::new(),
+            },
+            entries: 0,
             n_assigned: vec![0; n_genes],
-            ..Self::default()
         }
     }
 
+    /// No cell yet, `n_genes` columns, written to files in `dir` as the
+    /// cells come.
+    pub fn spilled(n_genes: usize, dir: &std::path::Path) -> Result<Self> {
+        let mut indptr = ColumnWriter::create(&dir.join("x-indptr.bin"))?;
+        indptr.push(0)?;
+        Ok(CellCounts {
+            store: CsrStore::Files {
+                indptr,
+                indices: ColumnWriter::create(&dir.join("x-indices.bin"))?,
+                data: ColumnWriter::create(&dir.join("x-data.bin"))?,
+            },
+            entries: 0,
+            n_assigned: vec![0; n_genes],
+        })
+    }
+
     /// Appends the next output cell: its `(gene, count)` pairs, genes ascending.
-    pub fn push_cell(&mut self, genes: impl Iterator<Item = (u32, u64)>) {
+    pub fn push_cell(&mut self, genes: impl Iterator<Item = (u32, u64)>) -> Result<()> {
         for (g, count) in genes {
-            self.indices.push(g as i32);
-            self.data.push(count as f32);
+            match &mut self.store {
+                CsrStore::Memory { indices, data, .. } => {
+                    indices.push(g as i32);
+                    data.push(count as f32);
+                }
+                CsrStore::Files { indices, data, .. } => {
+                    indices.push(g as i32)?;
+                    data.push(count as f32)?;
+                }
+            }
+            self.entries += 1;
             self.n_assigned[g as usize] += count as i64;
         }
-        self.indptr.push(self.indices.len() as i64);
+        match &mut self.store {
+            CsrStore::Memory { indptr, .. } => indptr.push(self.entries),
+            CsrStore::Files { indptr, .. } => indptr.push(self.entries)?,
+        }
+        Ok(())
+    }
+
+    /// X, and per gene the counts in it.
+    fn finish(self) -> Result<(Csr, Vec<i64>)> {
+        let x = match self.store {
+            CsrStore::Memory {
+                indptr,
+                indices,
+                data,
+            } => Csr::Memory {
+                indptr,
+                indices,
+                data,
+            },
+            CsrStore::Files {
+                indptr,
+                indices,
+                data,
+            } => Csr::Files {
+                indptr: indptr.finish()?,
+                indices: indices.finish()?,
+                data: data.finish()?,
+            },
+        };
+        Ok((x, self.n_assigned))
     }
 }
 
@@ -101,7 +211,7 @@ impl AnnData {
         cells: &OutputCells,
         members: &CellMembers,
         uns: Vec<(String, String)>,
-    ) -> Self {
+    ) -> Result<Self> {
         let n_genes = transcripts.gene_names.len();
         let mut counts = CellCounts::new(n_genes);
         let mut genes: Vec<u32> = Vec::new();
@@ -118,7 +228,7 @@ impl AnnData {
                 genes
                     .chunk_by(|a, b| a == b)
                     .map(|run| (run[0], run.len() as u64)),
-            );
+            )?;
         }
         let mut n_kept = vec![0i64; n_genes];
         let mut n_filtered = vec![0i64; n_genes];
@@ -152,14 +262,11 @@ impl AnnData {
         n_kept: Vec<i64>,
         n_filtered: Vec<i64>,
         uns: Vec<(String, String)>,
-    ) -> Self {
-        let n_unassigned = n_kept
-            .iter()
-            .zip(&counts.n_assigned)
-            .map(|(k, a)| k - a)
-            .collect();
+    ) -> Result<Self> {
+        let (x, n_assigned) = counts.finish()?;
+        let n_unassigned = n_kept.iter().zip(&n_assigned).map(|(k, a)| k - a).collect();
         let rows = || cells.index.iter().map(|&c| &rows[c]);
-        AnnData {
+        Ok(AnnData {
             obs_names: rows().map(|c| c.id.clone()).collect(),
             kind: rows().map(|c| i8::from(c.kind != KINDS[0])).collect(),
             n_transcripts: rows().map(|c| c.n_transcripts as i64).collect(),
@@ -170,14 +277,12 @@ impl AnnData {
                 .collect(),
             cell_area: (0..cells.len()).map(|i| cells.area(i)).collect(),
             var_names,
-            n_assigned: counts.n_assigned,
+            n_assigned,
             n_unassigned,
             n_filtered,
-            indptr: counts.indptr,
-            indices: counts.indices,
-            data: counts.data,
+            x,
             uns,
-        }
+        })
     }
 
     /// Number of cells.
@@ -206,9 +311,9 @@ impl AnnData {
             &node("X"),
             json!({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": [n_obs, n_vars]}),
         )?;
-        write_1d(store, &node("X/data"), &self.data, None)?;
-        write_1d(store, &node("X/indices"), &self.indices, None)?;
-        write_1d(store, &node("X/indptr"), &self.indptr, None)?;
+        store.column(&node("X/data"), &self.x.data(), json!({}))?;
+        store.column(&node("X/indices"), &self.x.indices(), json!({}))?;
+        store.column(&node("X/indptr"), &self.x.indptr(), json!({}))?;
 
         let obs = node("obs");
         let columns = [

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 use hdf5_pure::{AttrValue, FileBuilder};
 use serde_json::Value;
 
-use super::zarr::{Sink, ZarrType};
+use super::zarr::{Column, ColumnFile, Fixed, Sink, ZarrType, COLUMN_BLOCK};
 
 /// Values of one HDF5 dataset.
 #[derive(Debug, Clone)]
@@ -33,8 +33,9 @@ pub enum H5Data {
 /// Attributes of a group or dataset.
 type Attrs = Vec<(String, AttrValue)>;
 
-/// A dataset: name, values, shape, attributes.
-type Dataset = (String, H5Data, Vec<u64>, Attrs);
+/// A dataset: name, values, shape, attributes, and for one whose values
+/// are appended later its chunk length.
+type Dataset = (String, H5Data, Vec<u64>, Attrs, Option<u64>);
 
 #[derive(Default)]
 struct Node {
@@ -43,10 +44,51 @@ struct Node {
     groups: BTreeMap<String, Node>,
 }
 
-/// An h5ad file being built in memory.
+/// An h5ad file being built in memory, but for its [`Column`]s: those are
+/// created empty (chunked, extensible) and their values appended a block
+/// at a time once the file is written.
 #[derive(Default)]
 pub struct H5adFile {
     root: Node,
+    appended: Vec<Appended>,
+}
+
+/// A column's values to append after the file is written: its dataset
+/// path, and the values as little-endian bytes in memory or in a file.
+struct Appended {
+    path: String,
+    values: AppendedValues,
+}
+
+enum AppendedValues {
+    F32(Held),
+    I32(Held),
+    I64(Held),
+}
+
+enum Held {
+    Memory(Vec<u8>),
+    File(ColumnFile),
+}
+
+/// Values per chunk of an appended dataset (fewer for a shorter column:
+/// a chunk takes its whole size on disk).
+const APPEND_CHUNK: u64 = 1 << 16;
+
+/// The values of `held` (little-endian `T`), a block at a time.
+fn each_block<T: Fixed>(held: &Held, mut block: impl FnMut(&[T]) -> Result<()>) -> Result<()> {
+    match held {
+        Held::Memory(bytes) => {
+            let mut values = Vec::new();
+            for part in bytes.chunks(COLUMN_BLOCK * T::BYTES) {
+                values.clear();
+                values.extend(part.chunks_exact(T::BYTES).map(T::get));
+                block(&values)?;
+            }
+            Ok(())
+        }
+        Held::File(file) => Column::<T>::File(file).each_block(COLUMN_BLOCK, block),
+    }
 }
 
 fn attrs(value: &Value) -> Result<Attrs> {
@@ -100,15 +142,46 @@ impl H5adFile {
         node
     }
 
-    /// Writes the file to `path`.
-    pub fn write(self, path: &Path) -> Result<()> {
+    /// Writes the file to `path`, then appends the columns' values.
+    pub fn write(mut self, path: &Path) -> Result<()> {
+        let appended = std::mem::take(&mut self.appended);
+        self.write_tree(path)?;
+        if appended.is_empty() {
+            return Ok(());
+        }
+        let cannot = |e: hdf5_pure::Error| anyhow!("cannot write {}: {e}", path.display());
+        let file = hdf5_pure::File::open_rw_with_options(
+            path,
+            hdf5_pure::FileAccessProperties::new()
+                .with_memory_strategy(hdf5_pure::MemoryStrategy::Bounded)
+                .with_sync_policy(hdf5_pure::SyncPolicy::OnClose),
+        )
+        .map_err(cannot)?;
+        for column in &appended {
+            let mut dataset = file.dataset(&column.path).map_err(cannot)?;
+            match &column.values {
+                AppendedValues::F32(held) => {
+                    each_block::<f32>(held, |v| dataset.append(v).map_err(cannot))?
+                }
+                AppendedValues::I32(held) => {
+                    each_block::<i32>(held, |v| dataset.append(v).map_err(cannot))?
+                }
+                AppendedValues::I64(held) => {
+                    each_block::<i64>(held, |v| dataset.append(v).map_err(cannot))?
+                }
+            }
+        }
+        file.close().map_err(cannot)
+    }
+
+    fn write_tree(self, path: &Path) -> Result<()> {
         let mut file = FileBuilder::new();
         for (k, v) in self.root.attrs {
             file.set_attr(&k, v);
         }
-        for (name, data, shape, a) in &self.root.datasets {
+        for (name, data, shape, a, chunk) in &self.root.datasets {
             let d = file.create_dataset(name);
-            fill(d, data, shape, a);
+            fill(d, data, shape, a, *chunk);
         }
         for (name, node) in self.root.groups {
             let mut g = file.create_group(&name);
@@ -125,6 +198,7 @@ fn fill(
     data: &H5Data,
     shape: &[u64],
     a: &[(String, AttrValue)],
+    chunk: Option<u64>,
 ) {
     match data {
         H5Data::F32(v) => d.with_f32_data(v),
@@ -138,6 +212,10 @@ fn fill(
         }
     };
     d.with_shape(shape);
+    if let Some(chunk) = chunk {
+        d.with_maxshape(&[hdf5_pure::MaxExtent::Unlimited])
+            .with_chunks(&[chunk]);
+    }
     for (k, v) in a {
         d.set_attr(k, v.clone());
     }
@@ -147,9 +225,9 @@ fn build(g: &mut hdf5_pure::GroupBuilder, node: Node) {
     for (k, v) in node.attrs {
         g.set_attr(&k, v);
     }
-    for (name, data, shape, a) in &node.datasets {
+    for (name, data, shape, a, chunk) in &node.datasets {
         let d = g.create_dataset(name);
-        fill(d, data, shape, a);
+        fill(d, data, shape, a, *chunk);
     }
     for (name, child) in node.groups {
         let mut sub = g.create_group(&name);
@@ -185,7 +263,45 @@ impl Sink for H5adFile {
         let parent = self.node(parent);
         parent
             .datasets
-            .push((name.to_string(), T::h5(data), shape.to_vec(), a));
+            .push((name.to_string(), T::h5(data), shape.to_vec(), a, None));
+        Ok(())
+    }
+
+    fn column<T: Fixed>(
+        &mut self,
+        node: &str,
+        column: &Column<'_, T>,
+        attributes: Value,
+    ) -> Result<()> {
+        let a = attrs(&attributes)?;
+        let parts = split(node);
+        let (name, parent) = parts
+            .split_last()
+            .ok_or_else(|| anyhow!("h5ad: a dataset needs a name"))?;
+        let held = match column {
+            Column::Memory(values) => {
+                let mut bytes = Vec::with_capacity(values.len() * T::BYTES);
+                for &v in values.iter() {
+                    v.put(&mut bytes);
+                }
+                Held::Memory(bytes)
+            }
+            Column::File(file) => Held::File((*file).clone()),
+        };
+        let values = match T::NAME {
+            "float32" => AppendedValues::F32(held),
+            "int32" => AppendedValues::I32(held),
+            "int64" => AppendedValues::I64(held),
+            other => return Err(anyhow!("h5ad: no appended dataset of {other}")),
+        };
+        let chunk = column.len().clamp(1, APPEND_CHUNK);
+        self.node(parent)
+            .datasets
+            .push((name.to_string(), T::h5(&[]), vec![0], a, Some(chunk)));
+        self.appended.push(Appended {
+            path: parts.join("/"),
+            values,
+        });
         Ok(())
     }
 }

@@ -57,6 +57,153 @@ impl ZarrType for String {
     }
 }
 
+/// A number type of the large 1-D arrays ([`Column`]): little-endian bytes
+/// in a file, appended to an HDF5 dataset in blocks.
+pub trait Fixed: ZarrType + hdf5_pure::H5Element + Copy {
+    /// Bytes of one value.
+    const BYTES: usize;
+    /// Appends the value's little-endian bytes.
+    fn put(self, out: &mut Vec<u8>);
+    /// The value of `BYTES` little-endian bytes.
+    fn get(bytes: &[u8]) -> Self;
+}
+
+macro_rules! fixed {
+    ($t:ty) => {
+        impl Fixed for $t {
+            const BYTES: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(bytes: &[u8]) -> Self {
+                let mut b = [0u8; std::mem::size_of::<$t>()];
+                b.copy_from_slice(bytes);
+                <$t>::from_le_bytes(b)
+            }
+        }
+    };
+}
+fixed!(f32);
+fixed!(i32);
+fixed!(i64);
+
+/// Values handed to a writer per block, so that an array larger than
+/// memory can be written: most of [`COLUMN_BLOCK`] values at a time.
+pub const COLUMN_BLOCK: usize = 1 << 18;
+
+/// The values of a 1-D array that may be too large to hold: in memory, or
+/// in a file of little-endian values ([`ColumnFile`]).
+pub enum Column<'a, T> {
+    /// Held.
+    Memory(&'a [T]),
+    /// Spilled.
+    File(&'a ColumnFile),
+}
+
+/// A file of little-endian values of one type, and how many.
+#[derive(Debug, Clone)]
+pub struct ColumnFile {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Values in it.
+    pub len: u64,
+}
+
+impl<T: Fixed> Column<'_, T> {
+    /// Number of values.
+    pub fn len(&self) -> u64 {
+        match self {
+            Column::Memory(v) => v.len() as u64,
+            Column::File(f) => f.len,
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `block` on consecutive blocks of at most `size` values, in order.
+    pub fn each_block(&self, size: usize, mut block: impl FnMut(&[T]) -> Result<()>) -> Result<()> {
+        match self {
+            Column::Memory(values) => values.chunks(size.max(1)).try_for_each(block),
+            Column::File(file) => {
+                use std::io::Read;
+                let cannot = || format!("cannot read {}", file.path.display());
+                let mut reader = std::fs::File::open(&file.path).with_context(cannot)?;
+                let mut left = file.len as usize;
+                let mut bytes = Vec::new();
+                let mut values = Vec::new();
+                while left > 0 {
+                    let n = left.min(size.max(1));
+                    bytes.resize(n * T::BYTES, 0);
+                    reader.read_exact(&mut bytes).with_context(cannot)?;
+                    values.clear();
+                    values.extend(bytes.chunks_exact(T::BYTES).map(T::get));
+                    block(&values)?;
+                    left -= n;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes values to a [`ColumnFile`] as they come.
+pub struct ColumnWriter<T> {
+    file: ColumnFile,
+    out: std::io::BufWriter<std::fs::File>,
+    bytes: Vec<u8>,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<T: Fixed> ColumnWriter<T> {
+    /// Creates `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let out = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(ColumnWriter {
+            file: ColumnFile {
+                path: path.to_path_buf(),
+                len: 0,
+            },
+            out: std::io::BufWriter::new(out),
+            bytes: Vec::new(),
+            _type: std::marker::PhantomData,
+        })
+    }
+
+    /// Appends `value`.
+    pub fn push(&mut self, value: T) -> Result<()> {
+        use std::io::Write;
+        self.bytes.clear();
+        value.put(&mut self.bytes);
+        self.file.len += 1;
+        self.out
+            .write_all(&self.bytes)
+            .with_context(|| format!("cannot write {}", self.file.path.display()))
+    }
+
+    /// Values written so far.
+    pub fn len(&self) -> u64 {
+        self.file.len
+    }
+
+    /// Whether none was written.
+    pub fn is_empty(&self) -> bool {
+        self.file.len == 0
+    }
+
+    /// Flushes and closes the file.
+    pub fn finish(mut self) -> Result<ColumnFile> {
+        use std::io::Write;
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.file.path.display()))?;
+        Ok(self.file)
+    }
+}
+
 /// Where the AnnData writer puts groups and arrays: a zarr store or an
 /// h5ad file being built.
 pub trait Sink {
@@ -68,6 +215,14 @@ pub trait Sink {
         node: &str,
         shape: &[u64],
         data: &[T],
+        attributes: Value,
+    ) -> Result<()>;
+    /// 1-D array `node` with the values of `column` and `attributes`,
+    /// never held whole by the writer.
+    fn column<T: Fixed>(
+        &mut self,
+        node: &str,
+        column: &Column<'_, T>,
         attributes: Value,
     ) -> Result<()>;
 }
@@ -84,6 +239,14 @@ impl Sink for ZarrStore {
         attributes: Value,
     ) -> Result<()> {
         ZarrStore::array(self, node, shape, data, attributes)
+    }
+    fn column<T: Fixed>(
+        &mut self,
+        node: &str,
+        column: &Column<'_, T>,
+        attributes: Value,
+    ) -> Result<()> {
+        ZarrStore::column(self, node, column, attributes)
     }
 }
 
@@ -138,6 +301,54 @@ impl ZarrStore {
         data: &[T],
         attributes: Value,
     ) -> Result<()> {
+        let array = self.array_node::<T>(node, shape, attributes)?;
+        if shape.iter().all(|&n| n > 0) {
+            array
+                .store_array_subset_elements(&array.subset_all(), data)
+                .with_context(|| self.err(node))?;
+        }
+        array.store_metadata().with_context(|| self.err(node))?;
+        Ok(())
+    }
+
+    /// Writes 1-D array `node` (one chunk) with the values of `column`,
+    /// a block at a time: the chunk of the uncompressed little-endian
+    /// `bytes` codec is the values' bytes, so it is written as they come.
+    pub fn column<T: Fixed>(
+        &self,
+        node: &str,
+        column: &Column<'_, T>,
+        attributes: Value,
+    ) -> Result<()> {
+        use std::io::Write;
+        let array = self.array_node::<T>(node, &[column.len()], attributes)?;
+        if !column.is_empty() {
+            let chunk = self.path.join(array.chunk_key(&[0]).as_str());
+            let folder = chunk.parent().unwrap_or(&self.path);
+            std::fs::create_dir_all(folder).with_context(|| self.err(node))?;
+            let file = std::fs::File::create(&chunk).with_context(|| self.err(node))?;
+            let mut out = std::io::BufWriter::new(file);
+            let mut bytes = Vec::new();
+            column.each_block(COLUMN_BLOCK, |values| {
+                bytes.clear();
+                for &v in values {
+                    v.put(&mut bytes);
+                }
+                out.write_all(&bytes).with_context(|| self.err(node))
+            })?;
+            out.flush().with_context(|| self.err(node))?;
+        }
+        array.store_metadata().with_context(|| self.err(node))?;
+        Ok(())
+    }
+
+    /// Array `node` of `shape` (C order, one chunk, not yet stored).
+    fn array_node<T: ZarrType>(
+        &self,
+        node: &str,
+        shape: &[u64],
+        attributes: Value,
+    ) -> Result<Array<FilesystemStore>> {
         let codecs = if T::NAME == "string" {
             json!([{"name": "vlen-utf8", "configuration": {}}])
         } else if std::mem::size_of::<T>() == 1 {
@@ -159,15 +370,8 @@ impl ZarrStore {
         });
         let metadata = serde_json::from_value::<zarrs::metadata::v3::ArrayMetadataV3>(metadata)
             .with_context(|| self.err(node))?;
-        let array = Array::new_with_metadata(self.store.clone(), node, metadata.into())
-            .with_context(|| self.err(node))?;
-        if shape.iter().all(|&n| n > 0) {
-            array
-                .store_array_subset_elements(&array.subset_all(), data)
-                .with_context(|| self.err(node))?;
-        }
-        array.store_metadata().with_context(|| self.err(node))?;
-        Ok(())
+        Array::new_with_metadata(self.store.clone(), node, metadata.into())
+            .with_context(|| self.err(node))
     }
 }
 

@@ -430,7 +430,7 @@ pub fn run(
             written.push(output::BOUNDARIES_GEOJSON_FILE.to_string());
         }
         let uns = anndata_uns(args, &model, &params, command_line)?;
-        let table = output::anndata::AnnData::build(&result, &transcripts, cells, members, uns);
+        let table = output::anndata::AnnData::build(&result, &transcripts, cells, members, uns)?;
         if wants(output::OutputKind::Anndata) {
             let path = out.staged(output::ANNDATA_FILE)?;
             let mut store = output::zarr::ZarrStore::create(&path, serde_json::json!({}))?;
