@@ -28,9 +28,10 @@ use arrow::array::ArrayRef;
 use arrow::record_batch::RecordBatch;
 
 use super::anndata::{AnnData, CellCounts};
-use super::cells::{self, OutputCells};
-use super::html_report::{self, ReportData, ReportRow, ReportRows, RowFile, RowFileWriter};
-use super::polygons::CellPolygon;
+use super::cells::{self, OutputCells, PolygonWriter};
+use super::html_report::{
+    self, Outlines, ReportData, ReportRow, ReportRows, RowFile, RowFileWriter,
+};
 use super::xenium_ranger::{self, AssignmentWriter};
 use super::zarr::ZarrStore;
 use super::{CellRow, TableFormat, TableSink};
@@ -103,10 +104,16 @@ pub struct PendingReport {
     rows: RowFile,
     gene_names: Vec<String>,
     cells: Vec<CellRow>,
-    rings: Vec<Vec<[f64; 2]>>,
-    label: &'static str,
-    // Holds the rows' file until the report is written.
+    outlines: PendingOutlines,
+    // Holds the rows' and the polygons' files until the report is written.
     _scratch: Scratch,
+}
+
+/// What the report draws: the output cells' polygons, or (without them)
+/// the nuclei's outer rings.
+enum PendingOutlines {
+    Cells(OutputCells),
+    Nuclei(Vec<Vec<[f64; 2]>>),
 }
 
 impl PendingReport {
@@ -127,7 +134,10 @@ impl PendingReport {
             params,
             command_line,
             stage_seconds,
-            Some((&self.rings, self.label)),
+            Some(match &self.outlines {
+                PendingOutlines::Cells(cells) => (Outlines::Cells(cells), "cell polygons"),
+                PendingOutlines::Nuclei(rings) => (Outlines::Rings(rings), "nucleus polygons"),
+            }),
         )?;
         html_report::write(path, &data)
     }
@@ -381,11 +391,11 @@ impl CellAggregator {
     /// `gene_names` are the genes as numbered by the pass.
     pub fn finish(
         mut self,
-        rows: &[CellRow],
+        rows: Vec<CellRow>,
         nuclei: &Nuclei,
         gene_names: Vec<String>,
     ) -> Result<PerCellFacts> {
-        let index = cells::output_index(rows, self.outputs.min_transcripts);
+        let index = cells::output_index(&rows, self.outputs.min_transcripts);
         // Genes sorted by name, as the in-memory reader numbers them.
         let mut order: Vec<usize> = (0..gene_names.len()).collect();
         order.sort_by(|&a, &b| gene_names[a].cmp(&gene_names[b]));
@@ -402,21 +412,17 @@ impl CellAggregator {
         let cells = match self.points.take() {
             Some(mut points) => {
                 let polygons =
-                    self.polygons(&mut points, rows, nuclei, &index, &sorted, counts.as_mut())?;
-                Some(OutputCells {
-                    index,
-                    polygons,
-                    polygon_seconds: clock.elapsed().as_secs_f64(),
-                })
+                    self.polygons(&mut points, &rows, nuclei, &index, &sorted, counts.as_mut())?;
+                Some(polygons.finish(index, clock.elapsed().as_secs_f64())?)
             }
             None => None,
         };
         if let (Some((parquet, geojson)), Some(cells)) = (&self.outputs.boundaries, &cells) {
-            super::boundaries::write_geoparquet(parquet, rows, cells)?;
-            super::boundaries::write_geojson(geojson, rows, cells)?;
+            super::boundaries::write_geoparquet(parquet, &rows, cells)?;
+            super::boundaries::write_geojson(geojson, &rows, cells)?;
         }
         if let (Some(counts), Some(cells)) = (counts, &cells) {
-            let table = self.table(rows, cells, counts, var_names.clone(), &order)?;
+            let table = self.table(&rows, cells, counts, var_names.clone(), &order)?;
             if let Some((zarr, h5ad)) = &self.outputs.anndata {
                 let mut store = ZarrStore::create(zarr, serde_json::json!({}))?;
                 table.write_to(&mut store, "", serde_json::json!({}))?;
@@ -426,7 +432,7 @@ impl CellAggregator {
             }
             if let Some(points) = self.points_table.take() {
                 points.sink.finish()?;
-                super::spatialdata::finish(points.store, rows, cells, &table)?;
+                super::spatialdata::finish(points.store, &rows, cells, &table)?;
             } else if self.outputs.spatialdata.is_some() {
                 bail!("internal: the SpatialData points were never written");
             }
@@ -441,30 +447,35 @@ impl CellAggregator {
                 "internal: the cells counted before the last pass differ from its cells"
             );
             let low = assignment.finish()?;
-            xenium_ranger::finish(folder, rows, cells, low)?;
+            xenium_ranger::finish(folder, &rows, cells, low)?;
         }
+        let n_cells = cells.as_ref().map_or(0, OutputCells::len);
+        let polygon_sources = cells
+            .as_ref()
+            .map(OutputCells::polygon_sources)
+            .transpose()?;
+        let polygon_seconds = cells.as_ref().map_or(0.0, |c| c.polygon_seconds);
         let report = match self.report_rows.take() {
             Some(writer) => {
                 let rows_file = writer.finish(sorted)?;
-                let (rings, label) = match &cells {
-                    Some(cells) => (html_report::polygon_rings(cells), "cell polygons"),
-                    None => (html_report::nucleus_rings(nuclei)?, "nucleus polygons"),
+                let outlines = match cells {
+                    Some(cells) => PendingOutlines::Cells(cells),
+                    None => PendingOutlines::Nuclei(html_report::nucleus_rings(nuclei)?),
                 };
                 Some(PendingReport {
                     rows: rows_file,
                     gene_names: var_names,
-                    cells: rows.to_vec(),
-                    rings,
-                    label,
+                    cells: rows,
+                    outlines,
                     _scratch: self.scratch,
                 })
             }
             None => None,
         };
         Ok(PerCellFacts {
-            cells: cells.as_ref().map_or(0, OutputCells::len),
-            polygon_sources: cells.as_ref().map(OutputCells::polygon_sources),
-            polygon_seconds: cells.as_ref().map_or(0.0, |c| c.polygon_seconds),
+            cells: n_cells,
+            polygon_sources,
+            polygon_seconds,
             report,
         })
     }
@@ -480,11 +491,11 @@ impl CellAggregator {
         index: &[usize],
         sorted: &[u32],
         mut counts: Option<&mut CellCounts>,
-    ) -> Result<Vec<CellPolygon>> {
+    ) -> Result<PolygonWriter> {
         let files = points.close(&self.scratch)?;
         let per_file = points.cells_per_file;
         let n_nuclei = nuclei.ids.len();
-        let mut polygons = Vec::with_capacity(index.len());
+        let mut polygons = PolygonWriter::create(&self.scratch.dir.join("polygons.bin"))?;
         let mut at = 0;
         for (f, path) in files.iter().enumerate() {
             let first = f * per_file;
@@ -508,12 +519,14 @@ impl CellAggregator {
                     )?;
                 }
             }
-            polygons.extend(cells::polygons_of(
+            for polygon in cells::polygons_of(
                 here.len(),
                 |i| file.points[here[i] - first].clone(),
                 |i| (here[i] < n_nuclei).then(|| &nucleus_polygons[here[i] - first]),
                 |i| rows[here[i]].id.as_str(),
-            )?);
+            )? {
+                polygons.push(&polygon)?;
+            }
             at = end;
         }
         Ok(polygons)

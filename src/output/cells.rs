@@ -5,8 +5,11 @@
 //! transcripts table but is left out of every per-cell output; fragments
 //! have at least `min_transcripts` by construction.
 
-use anyhow::{Context, Result};
-use geo::{Area, Polygon};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use geo::{Area, Coord, LineString, Polygon};
 
 use super::polygons::{self, CellPolygon, PolygonSource};
 use super::CellRow;
@@ -18,9 +21,132 @@ pub struct OutputCells {
     /// Index into `Segmentation::cells` (= `cell_ids`) of every output cell.
     pub index: Vec<usize>,
     /// Polygon of every output cell.
-    pub polygons: Vec<CellPolygon>,
+    polygons: Polygons,
+    /// Area of every output cell's polygon, µm².
+    areas: Vec<f64>,
     /// Seconds spent on the polygons.
     pub polygon_seconds: f64,
+}
+
+/// The polygons of the output cells: held, or spilled to a file (a whole
+/// slide's need not fit in memory).
+enum Polygons {
+    Memory(Vec<CellPolygon>),
+    File(PathBuf),
+}
+
+/// Output cells per block handed out by [`OutputCells::each_block`], and
+/// so per row group of the polygon tables.
+pub const POLYGON_BLOCK: usize = 1 << 16;
+
+/// Writes the output cells' polygons to a file as they come: per polygon
+/// its source (u8), its vertices (u32) and their x, y (f64), little-endian.
+pub struct PolygonWriter {
+    path: PathBuf,
+    out: BufWriter<std::fs::File>,
+    areas: Vec<f64>,
+}
+
+fn source_code(source: PolygonSource) -> u8 {
+    match source {
+        PolygonSource::Transcripts => 0,
+        PolygonSource::Nucleus => 1,
+        PolygonSource::BoundingBox => 2,
+    }
+}
+
+impl PolygonWriter {
+    /// Creates `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        let out = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(PolygonWriter {
+            path: path.to_path_buf(),
+            out: BufWriter::new(out),
+            areas: Vec::new(),
+        })
+    }
+
+    /// Appends the next output cell's polygon.
+    pub fn push(&mut self, polygon: &CellPolygon) -> Result<()> {
+        let ring = polygon.polygon.exterior();
+        let mut bytes = Vec::with_capacity(5 + 16 * ring.0.len());
+        bytes.push(source_code(polygon.source));
+        bytes.extend_from_slice(&(ring.0.len() as u32).to_le_bytes());
+        for c in &ring.0 {
+            bytes.extend_from_slice(&c.x.to_le_bytes());
+            bytes.extend_from_slice(&c.y.to_le_bytes());
+        }
+        self.areas.push(polygon.polygon.unsigned_area());
+        self.out
+            .write_all(&bytes)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// The output cells `index` with the polygons written, one per cell.
+    pub fn finish(mut self, index: Vec<usize>, polygon_seconds: f64) -> Result<OutputCells> {
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        anyhow::ensure!(
+            self.areas.len() == index.len(),
+            "internal: {} polygons for {} output cells",
+            self.areas.len(),
+            index.len()
+        );
+        Ok(OutputCells {
+            index,
+            polygons: Polygons::File(self.path),
+            areas: self.areas,
+            polygon_seconds,
+        })
+    }
+}
+
+/// The polygons of a file of [`PolygonWriter`], `block` at a time.
+fn each_polygon_block(
+    path: &Path,
+    n: usize,
+    mut block: impl FnMut(usize, &[CellPolygon]) -> Result<()>,
+) -> Result<()> {
+    let cannot = || format!("cannot read {}", path.display());
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).with_context(cannot)?);
+    let mut polygons = Vec::with_capacity(POLYGON_BLOCK.min(n));
+    let mut head = [0u8; 5];
+    let mut coords = Vec::new();
+    for i in 0..n {
+        reader.read_exact(&mut head).with_context(cannot)?;
+        let source = match head[0] {
+            0 => PolygonSource::Transcripts,
+            1 => PolygonSource::Nucleus,
+            2 => PolygonSource::BoundingBox,
+            other => bail!("{}: polygon source {other} unknown", path.display()),
+        };
+        let vertices = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        coords.resize(16 * vertices, 0);
+        reader.read_exact(&mut coords).with_context(cannot)?;
+        let word = |a: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(a);
+            f64::from_le_bytes(w)
+        };
+        let ring: Vec<Coord<f64>> = coords
+            .chunks_exact(16)
+            .map(|c| Coord {
+                x: word(&c[..8]),
+                y: word(&c[8..]),
+            })
+            .collect();
+        polygons.push(CellPolygon {
+            polygon: Polygon::new(LineString(ring), Vec::new()),
+            source,
+        });
+        if polygons.len() == POLYGON_BLOCK || i + 1 == n {
+            block(i + 1 - polygons.len(), &polygons)?;
+            polygons.clear();
+        }
+    }
+    Ok(())
 }
 
 /// The input rows of every output cell (the in-memory path only: the
@@ -121,12 +247,35 @@ impl OutputCells {
             },
             |i| result.cell_ids[index[i]].as_str(),
         )?;
-        let cells = OutputCells {
-            index,
-            polygons,
-            polygon_seconds: clock.elapsed().as_secs_f64(),
-        };
+        let cells = OutputCells::held(index, polygons, clock.elapsed().as_secs_f64());
         Ok((cells, members))
+    }
+
+    /// The output cells `index` with their polygons, held.
+    pub fn held(index: Vec<usize>, polygons: Vec<CellPolygon>, polygon_seconds: f64) -> Self {
+        let areas = polygons.iter().map(|p| p.polygon.unsigned_area()).collect();
+        OutputCells {
+            index,
+            polygons: Polygons::Memory(polygons),
+            areas,
+            polygon_seconds,
+        }
+    }
+
+    /// Calls `block(first, polygons)` for consecutive blocks of at most
+    /// [`POLYGON_BLOCK`] output cells' polygons, `first` the first's
+    /// position, in order; the same blocks whether held or spilled.
+    pub fn each_block(
+        &self,
+        mut block: impl FnMut(usize, &[CellPolygon]) -> Result<()>,
+    ) -> Result<()> {
+        match &self.polygons {
+            Polygons::Memory(polygons) => polygons
+                .chunks(POLYGON_BLOCK)
+                .enumerate()
+                .try_for_each(|(b, part)| block(b * POLYGON_BLOCK, part)),
+            Polygons::File(path) => each_polygon_block(path, self.len(), block),
+        }
     }
 
     /// Position among the output cells of each of the `n` cells (or [`NOT_OUTPUT`]).
@@ -150,22 +299,94 @@ impl OutputCells {
 
     /// Area of output cell `i`'s polygon, µm².
     pub fn area(&self, i: usize) -> f64 {
-        self.polygons[i].polygon.unsigned_area()
+        self.areas[i]
     }
 
     /// How many polygons came from each source, for the log.
-    pub fn polygon_sources(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut counts = std::collections::BTreeMap::new();
-        for source in [
+    pub fn polygon_sources(&self) -> Result<std::collections::BTreeMap<&'static str, usize>> {
+        let sources = [
             PolygonSource::Transcripts,
             PolygonSource::Nucleus,
             PolygonSource::BoundingBox,
-        ] {
-            counts.insert(
-                source.as_str(),
-                self.polygons.iter().filter(|p| p.source == source).count(),
-            );
+        ];
+        let mut counts: std::collections::BTreeMap<&'static str, usize> =
+            sources.iter().map(|s| (s.as_str(), 0)).collect();
+        self.each_block(|_, polygons| {
+            for p in polygons {
+                *counts.entry(p.source.as_str()).or_default() += 1;
+            }
+            Ok(())
+        })?;
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A triangle per cell, its vertices depending on the cell (and one
+    /// with more vertices), with the three sources in turn.
+    fn polygon(i: usize) -> CellPolygon {
+        let x = i as f64 * 0.37 + 1e-9 * (i % 7) as f64;
+        let mut ring = vec![(x, 0.0), (x + 1.0, 0.5), (x + 0.25, 2.0 + x.sin())];
+        if i.is_multiple_of(5) {
+            ring.push((x - 0.5, 1.0));
         }
-        counts
+        ring.push(ring[0]);
+        CellPolygon {
+            polygon: Polygon::new(LineString::from(ring), Vec::new()),
+            source: [
+                PolygonSource::Transcripts,
+                PolygonSource::Nucleus,
+                PolygonSource::BoundingBox,
+            ][i % 3],
+        }
+    }
+
+    fn blocks(cells: &OutputCells) -> Vec<(usize, Vec<CellPolygon>)> {
+        let mut seen = Vec::new();
+        cells
+            .each_block(|first, polygons| {
+                seen.push((first, polygons.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        seen
+    }
+
+    #[test]
+    fn spilled_polygons_come_back_in_the_blocks_of_held_ones() {
+        let n = 2 * POLYGON_BLOCK + 3;
+        let polygons: Vec<CellPolygon> = (0..n).map(polygon).collect();
+        let index: Vec<usize> = (0..n).map(|i| 2 * i).collect();
+        let held = OutputCells::held(index.clone(), polygons.clone(), 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = PolygonWriter::create(&dir.path().join("polygons.bin")).unwrap();
+        for p in &polygons {
+            writer.push(p).unwrap();
+        }
+        let spilled = writer.finish(index, 0.0).unwrap();
+        let (a, b) = (blocks(&held), blocks(&spilled));
+        let firsts: Vec<usize> = b.iter().map(|(first, _)| *first).collect();
+        assert_eq!(firsts, [0, POLYGON_BLOCK, 2 * POLYGON_BLOCK]);
+        assert_eq!(a.len(), b.len());
+        for ((fa, pa), (fb, pb)) in a.iter().zip(&b) {
+            assert_eq!(fa, fb);
+            assert_eq!(pa.len(), pb.len());
+            for (p, q) in pa.iter().zip(pb) {
+                assert_eq!(p.source, q.source);
+                assert_eq!(p.polygon, q.polygon, "the vertices' bits come back");
+            }
+        }
+        for i in [0, 1, POLYGON_BLOCK, n - 1] {
+            assert_eq!(held.area(i).to_bits(), spilled.area(i).to_bits());
+        }
+        assert_eq!(
+            held.polygon_sources().unwrap(),
+            spilled.polygon_sources().unwrap()
+        );
+        // Cells 1, 4, 7, … are the nucleus ones.
+        assert_eq!(spilled.polygon_sources().unwrap()["nucleus"], (n + 1) / 3);
     }
 }

@@ -245,8 +245,8 @@ pub struct ReportData<'a> {
     pub knee: Option<f64>,
     /// Cells and fragments (`cells.parquet` rows).
     pub cells: &'a [CellRow],
-    /// Outer rings (µm) to draw on the map, `None` for none.
-    pub polygons: Option<&'a [Vec<[f64; 2]>]>,
+    /// Outlines to draw on the map, `None` for none.
+    pub polygons: Option<Outlines<'a>>,
     /// What the rings are ("cell polygons", "nucleus polygons").
     pub polygons_label: &'a str,
     /// Seconds per stage, in stage order.
@@ -265,7 +265,7 @@ impl<'a> ReportData<'a> {
         params: &SegmentParams,
         command_line: &'a [String],
         stage_seconds: &'a [(&'static str, f64)],
-        polygons: Option<(&'a [Vec<[f64; 2]>], &'a str)>,
+        polygons: Option<(Outlines<'a>, &'a str)>,
     ) -> Result<Self> {
         Ok(Self {
             version: env!("CARGO_PKG_VERSION"),
@@ -277,7 +277,7 @@ impl<'a> ReportData<'a> {
             score_cut: summary.score_cut,
             knee: summary.scores.knee,
             cells,
-            polygons: polygons.map(|(p, _)| p),
+            polygons: polygons.as_ref().map(|(p, _)| *p),
             polygons_label: polygons.map_or("", |(_, label)| label),
             stage_seconds,
         })
@@ -292,7 +292,7 @@ impl<'a> ReportData<'a> {
         params: &SegmentParams,
         command_line: &'a [String],
         stage_seconds: &'a [(&'static str, f64)],
-        polygons: Option<(&'a [Vec<[f64; 2]>], &'a str)>,
+        polygons: Option<(Outlines<'a>, &'a str)>,
     ) -> Result<Self> {
         Self::from_parts(
             &result.summary,
@@ -313,13 +313,50 @@ impl<'a> ReportData<'a> {
     }
 }
 
-/// Outer rings of the cell polygons (µm).
-pub fn polygon_rings(cells: &super::cells::OutputCells) -> Vec<Vec<[f64; 2]>> {
-    cells
-        .polygons
-        .iter()
-        .map(|p| p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect())
-        .collect()
+/// Outlines to draw: outer rings (µm) held, or the output cells' polygons
+/// (read a block at a time when spilled).
+#[derive(Clone, Copy)]
+pub enum Outlines<'a> {
+    /// Rings.
+    Rings(&'a [Vec<[f64; 2]>]),
+    /// The cells' polygons' outer rings.
+    Cells(&'a super::cells::OutputCells),
+}
+
+impl Outlines<'_> {
+    /// Number of outlines.
+    pub fn len(&self) -> usize {
+        match self {
+            Outlines::Rings(rings) => rings.len(),
+            Outlines::Cells(cells) => cells.len(),
+        }
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rings for which `keep` holds, in order.
+    fn collect(&self, keep: impl Fn(&[[f64; 2]]) -> bool) -> Result<Vec<Vec<[f64; 2]>>> {
+        match self {
+            Outlines::Rings(rings) => Ok(rings.iter().filter(|r| keep(r)).cloned().collect()),
+            Outlines::Cells(cells) => {
+                let mut kept = Vec::new();
+                cells.each_block(|_, polygons| {
+                    for p in polygons {
+                        let ring: Vec<[f64; 2]> =
+                            p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect();
+                        if keep(&ring) {
+                            kept.push(ring);
+                        }
+                    }
+                    Ok(())
+                })?;
+                Ok(kept)
+            }
+        }
+    }
 }
 
 /// Outer rings of the nuclei (µm), to draw until cell polygons are given.
@@ -1200,11 +1237,6 @@ fn spatial_section(h: &mut String, data: &ReportData) -> Result<()> {
         // needs one to centre the detail window on.
         rows.extend(first);
     }
-    let rings: Vec<&Vec<[f64; 2]>> = data
-        .polygons
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
-
     // Detail window: a square around the centre of the sample, sized so
     // that it holds about DETAIL_POINTS kept transcripts (estimated from
     // the sample).
@@ -1236,9 +1268,23 @@ fn spatial_section(h: &mut String, data: &ReportData) -> Result<()> {
         }
     })?;
 
+    // Every outline when the overview draws them all, else those the
+    // detail window shows: a whole slide's need not be held.
+    let outline_count = data.polygons.map_or(0, |p| p.len());
+    let near_window = |ring: &[[f64; 2]]| {
+        ring.iter().any(|p| p[0] >= wx0 && p[0] <= wx1)
+            && ring.iter().any(|p| p[1] >= wy0 && p[1] <= wy1)
+    };
+    let kept_rings = match data.polygons {
+        Some(outlines) => {
+            outlines.collect(|ring| outline_count <= MAP_OUTLINES || near_window(ring))?
+        }
+        None => Vec::new(),
+    };
+    let rings: Vec<&Vec<[f64; 2]>> = kept_rings.iter().collect();
     let frame = MapFrame::new(x0, x1, y0, y1, 600.0);
     let detail = MapFrame::new(wx0, wx1, wy0, wy1, 440.0);
-    let overview_path = if rings.len() <= MAP_OUTLINES {
+    let overview_path = if outline_count <= MAP_OUTLINES {
         outline_path(&frame, &rings, 10)
     } else {
         String::new()
@@ -1275,7 +1321,7 @@ fn spatial_section(h: &mut String, data: &ReportData) -> Result<()> {
         y1,
         if overview_outlines {
             format!(", with the {}", esc(data.polygons_label))
-        } else if rings.is_empty() {
+        } else if outline_count == 0 {
             String::new()
         } else {
             format!("; the {} are drawn in the detail window only", esc(data.polygons_label))
@@ -1293,10 +1339,7 @@ fn spatial_section(h: &mut String, data: &ReportData) -> Result<()> {
     let near: Vec<&Vec<[f64; 2]>> = rings
         .iter()
         .copied()
-        .filter(|ring| {
-            ring.iter().any(|p| p[0] >= wx0 && p[0] <= wx1)
-                && ring.iter().any(|p| p[1] >= wy0 && p[1] <= wy1)
-        })
+        .filter(|ring| near_window(ring))
         .collect();
     let detail_path = outline_path(&detail, &near, 3);
     if detail_path.len() <= DETAIL_OUTLINE_BYTES {
@@ -1500,7 +1543,7 @@ mod tests {
             score_cut: 0.5,
             knee: None,
             cells: &[],
-            polygons: Some(&[]),
+            polygons: Some(Outlines::Rings(&[])),
             polygons_label: "cell polygons",
             stage_seconds: &[],
         })
@@ -1604,7 +1647,7 @@ mod tests {
             score_cut: 0.5,
             knee: Some(0.2),
             cells: &cells_rows,
-            polygons: Some(&rings),
+            polygons: Some(Outlines::Rings(&rings)),
             polygons_label: "cell polygons",
             stage_seconds: &[("read", 1.0)],
         })

@@ -170,7 +170,10 @@ pub fn write_parquet_batches_with(
 }
 
 /// The parquet settings of every output: zstd level 1, `row_group` rows per group.
-fn parquet_properties(row_group: usize, metadata: Vec<KeyValue>) -> Result<WriterProperties> {
+pub(crate) fn parquet_properties(
+    row_group: usize,
+    metadata: Vec<KeyValue>,
+) -> Result<WriterProperties> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_max_row_group_size(row_group)

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, DictionaryArray, UInt32Array};
 use arrow::datatypes::UInt32Type;
-use parquet::file::metadata::KeyValue;
 use serde_json::{json, Value};
 
 use super::anndata::{self, AnnData, REGION};
@@ -108,6 +107,26 @@ pub fn create(path: &Path, columns: &[&str]) -> Result<(ZarrStore, PathBuf)> {
     Ok((store, parts.join("part.0.parquet")))
 }
 
+/// The pandas metadata of the shapes' columns: the cell id as the index.
+fn pandas_metadata(columns: &[(String, ArrayRef)]) -> Value {
+    json!({
+        "index_columns": ["cell_id"],
+        "column_indexes": [],
+        "columns": columns.iter().map(|(name, array)| {
+            let (pandas_type, numpy_type) = match array.data_type() {
+                arrow::datatypes::DataType::Utf8 => ("unicode", "object"),
+                arrow::datatypes::DataType::UInt64 => ("uint64", "uint64"),
+                arrow::datatypes::DataType::Float64 => ("float64", "float64"),
+                _ => ("bytes", "object"),
+            };
+            json!({
+                "name": name, "field_name": name, "pandas_type": pandas_type,
+                "numpy_type": numpy_type, "metadata": null,
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
 /// Writes the shapes and the table into a store made by [`create`] whose
 /// points are written; `rows` are the rows of `cells.parquet`.
 pub fn finish(
@@ -127,33 +146,11 @@ pub fn finish(
             "spatialdata_attrs": {"version": "0.3"},
         }),
     )?;
-    let shape_columns = super::boundaries::boundary_columns(rows, cells)?;
-    let pandas = json!({
-        "index_columns": ["cell_id"],
-        "column_indexes": [],
-        "columns": shape_columns.iter().map(|(name, array)| {
-            let (pandas_type, numpy_type) = match array.data_type() {
-                arrow::datatypes::DataType::Utf8 => ("unicode", "object"),
-                arrow::datatypes::DataType::UInt64 => ("uint64", "uint64"),
-                arrow::datatypes::DataType::Float64 => ("float64", "float64"),
-                _ => ("bytes", "object"),
-            };
-            json!({
-                "name": name, "field_name": name, "pandas_type": pandas_type,
-                "numpy_type": numpy_type, "metadata": null,
-            })
-        }).collect::<Vec<_>>(),
-    });
-    super::write_parquet_with(
+    super::boundaries::write_polygon_parquet(
         &path.join("shapes").join(REGION).join("shapes.parquet"),
-        shape_columns,
-        vec![
-            KeyValue::new(
-                "geo".to_string(),
-                super::boundaries::geo_metadata().to_string(),
-            ),
-            KeyValue::new("pandas".to_string(), pandas.to_string()),
-        ],
+        rows,
+        cells,
+        Some(pandas_metadata),
     )?;
 
     // The table.

@@ -343,18 +343,22 @@ fn write_polygons(path: &Path, cells: &OutputCells) -> Result<()> {
     let cannot = || format!("cannot write {}", path.display());
     w.write_all(b"{\"type\":\"GeometryCollection\",\"geometries\":[\n")
         .with_context(cannot)?;
-    for (i, p) in cells.polygons.iter().enumerate() {
-        let ring: Vec<[f64; 2]> = p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect();
-        let geometry = serde_json::json!({
-            "type": "Polygon",
-            "coordinates": [ring],
-            "cell": cell_number(i),
-        });
-        if i > 0 {
-            w.write_all(b",\n").with_context(cannot)?;
+    cells.each_block(|first, polygons| {
+        for (k, p) in polygons.iter().enumerate() {
+            let i = first + k;
+            let ring: Vec<[f64; 2]> = p.polygon.exterior().coords().map(|c| [c.x, c.y]).collect();
+            let geometry = serde_json::json!({
+                "type": "Polygon",
+                "coordinates": [ring],
+                "cell": cell_number(i),
+            });
+            if i > 0 {
+                w.write_all(b",\n").with_context(cannot)?;
+            }
+            serde_json::to_writer(&mut w, &geometry).with_context(cannot)?;
         }
-        serde_json::to_writer(&mut w, &geometry).with_context(cannot)?;
-    }
+        Ok(())
+    })?;
     w.write_all(b"\n]}\n").with_context(cannot)?;
     w.flush().with_context(cannot)?;
     Ok(())

@@ -466,10 +466,14 @@ pub fn run(
     if wants(output::OutputKind::Report) {
         let clock = Instant::now();
         // The cell polygons when they were computed, else the nucleus outlines.
-        let (rings, label) = match &cells {
-            Some(cells) => (output::html_report::polygon_rings(cells), "cell polygons"),
+        let nucleus_rings = match &cells {
+            Some(_) => Vec::new(),
+            None => output::html_report::nucleus_rings(&nuclei)?,
+        };
+        let outlines = match &cells {
+            Some(cells) => (output::html_report::Outlines::Cells(cells), "cell polygons"),
             None => (
-                output::html_report::nucleus_rings(&nuclei)?,
+                output::html_report::Outlines::Rings(&nucleus_rings),
                 "nucleus polygons",
             ),
         };
@@ -479,7 +483,7 @@ pub fn run(
             &params,
             command_line,
             &stages,
-            Some((&rings, label)),
+            Some(outlines),
         )?;
         output::html_report::write(&out.staged(output::html_report::REPORT_FILE)?, &report)?;
         stages.push(("html_report", clock.elapsed().as_secs_f64()));
@@ -490,7 +494,7 @@ pub fn run(
         table_format: format,
         cells: cells.as_ref().map_or(0, |c| c.len()),
         min_transcripts: args.min_transcripts(&model).max(1),
-        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()),
+        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()).transpose()?,
     };
     finish(
         out,

@@ -2405,7 +2405,7 @@ pub fn segment_file(
     memory.extend(PhaseMemory::now("transcripts+cells"));
     let per_cell = match written.per_cell {
         Some(aggregator) => {
-            let facts = aggregator.finish(&cells, nuclei, written.gene_names)?;
+            let facts = aggregator.finish(cells, nuclei, written.gene_names)?;
             seconds.push(("polygons", facts.polygon_seconds));
             memory.extend(PhaseMemory::now("per-cell outputs"));
             Some(facts)
