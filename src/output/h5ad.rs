@@ -72,8 +72,10 @@ enum Held {
 }
 
 /// Values per chunk of an appended dataset (fewer for a shorter column:
-/// a chunk takes its whole size on disk).
-const APPEND_CHUNK: u64 = 1 << 16;
+/// a chunk takes its whole size on disk). At most 0xFFFF: hdf5-pure
+/// encodes a larger chunk length in 4 bytes where libhdf5 expects the
+/// fewest (3), and h5py then refuses the dataset.
+const APPEND_CHUNK: u64 = 1 << 15;
 
 /// The values of `held` (little-endian `T`), a block at a time.
 fn each_block<T: Fixed>(held: &Held, mut block: impl FnMut(&[T]) -> Result<()>) -> Result<()> {
