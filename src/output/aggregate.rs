@@ -160,7 +160,7 @@ const POINT_FILES: usize = 256;
 /// little-endian.
 const POINT_BYTES: usize = 24;
 
-/// The assigned transcripts' (cell, x, y), spilled by cell range.
+/// The assigned transcripts' (cell, x, y, gene), spilled by cell range.
 struct PointSpill {
     cells_per_file: usize,
     files: Vec<(PathBuf, BufWriter<std::fs::File>)>,

@@ -334,35 +334,30 @@ impl AnnData {
             Some("string-array"),
         )?;
         write_categorical(store, &format!("{obs}/kind"), &KINDS, &self.kind)?;
-        write_1d(
-            store,
+        store.column(
             &format!("{obs}/n_transcripts"),
-            &self.n_transcripts,
-            Some("array"),
+            &Column::Memory(&self.n_transcripts),
+            array_attrs("array"),
         )?;
-        write_1d(
-            store,
+        store.column(
             &format!("{obs}/centroid_x"),
-            &self.centroid_x,
-            Some("array"),
+            &Column::Memory(&self.centroid_x),
+            array_attrs("array"),
         )?;
-        write_1d(
-            store,
+        store.column(
             &format!("{obs}/centroid_y"),
-            &self.centroid_y,
-            Some("array"),
+            &Column::Memory(&self.centroid_y),
+            array_attrs("array"),
         )?;
-        write_1d(
-            store,
+        store.column(
             &format!("{obs}/nucleus_area"),
-            &self.nucleus_area,
-            Some("array"),
+            &Column::Memory(&self.nucleus_area),
+            array_attrs("array"),
         )?;
-        write_1d(
-            store,
+        store.column(
             &format!("{obs}/cell_area"),
-            &self.cell_area,
-            Some("array"),
+            &Column::Memory(&self.cell_area),
+            array_attrs("array"),
         )?;
         write_categorical(
             store,
@@ -498,5 +493,9 @@ fn write_categorical<S: Sink>(
         &categories,
         Some("string-array"),
     )?;
-    write_1d(store, &format!("{node}/codes"), codes, Some("array"))
+    store.column(
+        &format!("{node}/codes"),
+        &Column::Memory(codes),
+        array_attrs("array"),
+    )
 }

@@ -62,6 +62,8 @@ struct Appended {
 
 enum AppendedValues {
     F32(Held),
+    F64(Held),
+    I8(Held),
     I32(Held),
     I64(Held),
 }
@@ -164,6 +166,12 @@ impl H5adFile {
             match &column.values {
                 AppendedValues::F32(held) => {
                     each_block::<f32>(held, |v| dataset.append(v).map_err(cannot))?
+                }
+                AppendedValues::F64(held) => {
+                    each_block::<f64>(held, |v| dataset.append(v).map_err(cannot))?
+                }
+                AppendedValues::I8(held) => {
+                    each_block::<i8>(held, |v| dataset.append(v).map_err(cannot))?
                 }
                 AppendedValues::I32(held) => {
                     each_block::<i32>(held, |v| dataset.append(v).map_err(cannot))?
@@ -292,6 +300,8 @@ impl Sink for H5adFile {
         };
         let values = match T::NAME {
             "float32" => AppendedValues::F32(held),
+            "float64" => AppendedValues::F64(held),
+            "int8" => AppendedValues::I8(held),
             "int32" => AppendedValues::I32(held),
             "int64" => AppendedValues::I64(held),
             other => return Err(anyhow!("h5ad: no appended dataset of {other}")),

@@ -84,6 +84,8 @@ macro_rules! fixed {
     };
 }
 fixed!(f32);
+fixed!(f64);
+fixed!(i8);
 fixed!(i32);
 fixed!(i64);
 
