@@ -407,13 +407,17 @@ impl CellAggregator {
         let wants_table = self.outputs.anndata.is_some() || self.outputs.spatialdata.is_some();
         let mut counts = wants_table
             .then(|| CellCounts::spilled(var_names.len(), &self.scratch.dir))
-            .transpose()?;
+            .transpose()
+            .with_context(|| self.scratch.error(&self.scratch.dir, "create"))?;
         let clock = std::time::Instant::now();
         let cells = match self.points.take() {
             Some(mut points) => {
                 let polygons =
                     self.polygons(&mut points, &rows, nuclei, &index, &sorted, counts.as_mut())?;
-                Some(polygons.finish(index, clock.elapsed().as_secs_f64())?)
+                let cells = polygons
+                    .finish(index, clock.elapsed().as_secs_f64())
+                    .with_context(|| self.scratch.error(&self.scratch.dir, "write"))?;
+                Some(cells)
             }
             None => None,
         };
@@ -495,7 +499,9 @@ impl CellAggregator {
         let files = points.close(&self.scratch)?;
         let per_file = points.cells_per_file;
         let n_nuclei = nuclei.ids.len();
-        let mut polygons = PolygonWriter::create(&self.scratch.dir.join("polygons.bin"))?;
+        let spilled = |what| self.scratch.error(&self.scratch.dir, what);
+        let mut polygons = PolygonWriter::create(&self.scratch.dir.join("polygons.bin"))
+            .with_context(|| spilled("create"))?;
         let mut at = 0;
         for (f, path) in files.iter().enumerate() {
             let first = f * per_file;
@@ -512,11 +518,13 @@ impl CellAggregator {
                     genes.clear();
                     genes.extend(file.genes[c - first].iter().map(|&g| sorted[g as usize]));
                     genes.sort_unstable();
-                    counts.push_cell(
-                        genes
-                            .chunk_by(|a, b| a == b)
-                            .map(|run| (run[0], run.len() as u64)),
-                    )?;
+                    counts
+                        .push_cell(
+                            genes
+                                .chunk_by(|a, b| a == b)
+                                .map(|run| (run[0], run.len() as u64)),
+                        )
+                        .with_context(|| spilled("write"))?;
                 }
             }
             for polygon in cells::polygons_of(
@@ -525,7 +533,7 @@ impl CellAggregator {
                 |i| (here[i] < n_nuclei).then(|| &nucleus_polygons[here[i] - first]),
                 |i| rows[here[i]].id.as_str(),
             )? {
-                polygons.push(&polygon)?;
+                polygons.push(&polygon).with_context(|| spilled("write"))?;
             }
             at = end;
         }
