@@ -146,6 +146,27 @@ impl H5adFile {
         node
     }
 
+    /// Dataset `node` (`/a/b`) of `data`, `shape` and `attributes`;
+    /// `chunk`: see [`Dataset`].
+    fn add_dataset(
+        &mut self,
+        node: &str,
+        data: H5Data,
+        shape: Vec<u64>,
+        attributes: &Value,
+        chunk: Option<u64>,
+    ) -> Result<()> {
+        let a = attrs(attributes)?;
+        let parts = split(node);
+        let (name, parent) = parts
+            .split_last()
+            .ok_or_else(|| anyhow!("h5ad: a dataset needs a name"))?;
+        self.node(parent)
+            .datasets
+            .push((name.to_string(), data, shape, a, chunk));
+        Ok(())
+    }
+
     /// Writes the file to `path`, then appends the columns' values.
     pub fn write(mut self, path: &Path) -> Result<()> {
         let appended = std::mem::take(&mut self.appended);
@@ -265,16 +286,7 @@ impl Sink for H5adFile {
         data: &[T],
         attributes: Value,
     ) -> Result<()> {
-        let a = attrs(&attributes)?;
-        let parts = split(node);
-        let (name, parent) = parts
-            .split_last()
-            .ok_or_else(|| anyhow!("h5ad: a dataset needs a name"))?;
-        let parent = self.node(parent);
-        parent
-            .datasets
-            .push((name.to_string(), T::h5(data), shape.to_vec(), a, None));
-        Ok(())
+        self.add_dataset(node, T::h5(data), shape.to_vec(), &attributes, None)
     }
 
     fn column<T: Fixed>(
@@ -283,11 +295,6 @@ impl Sink for H5adFile {
         column: &Column<'_, T>,
         attributes: Value,
     ) -> Result<()> {
-        let a = attrs(&attributes)?;
-        let parts = split(node);
-        let (name, parent) = parts
-            .split_last()
-            .ok_or_else(|| anyhow!("h5ad: a dataset needs a name"))?;
         let held = match column {
             Column::Memory(values) => {
                 let mut bytes = Vec::with_capacity(values.len() * T::BYTES);
@@ -307,11 +314,9 @@ impl Sink for H5adFile {
             other => return Err(anyhow!("h5ad: no appended dataset of {other}")),
         };
         let chunk = column.len().clamp(1, APPEND_CHUNK);
-        self.node(parent)
-            .datasets
-            .push((name.to_string(), T::h5(&[]), vec![0], a, Some(chunk)));
+        self.add_dataset(node, T::h5(&[]), vec![0], &attributes, Some(chunk))?;
         self.appended.push(Appended {
-            path: parts.join("/"),
+            path: split(node).join("/"),
             values,
         });
         Ok(())
