@@ -454,10 +454,7 @@ impl CellAggregator {
             xenium_ranger::finish(folder, &rows, cells, low)?;
         }
         let n_cells = cells.as_ref().map_or(0, OutputCells::len);
-        let polygon_sources = cells
-            .as_ref()
-            .map(OutputCells::polygon_sources)
-            .transpose()?;
+        let polygon_sources = cells.as_ref().map(OutputCells::polygon_sources);
         let polygon_seconds = cells.as_ref().map_or(0.0, |c| c.polygon_seconds);
         let report = match self.report_rows.take() {
             Some(writer) => {

@@ -494,7 +494,7 @@ pub fn run(
         table_format: format,
         cells: cells.as_ref().map_or(0, |c| c.len()),
         min_transcripts: args.min_transcripts(&model).max(1),
-        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()).transpose()?,
+        polygon_sources: cells.as_ref().map(|c| c.polygon_sources()),
     };
     finish(
         out,
