@@ -186,16 +186,6 @@ impl<T: Fixed> ColumnWriter<T> {
             .with_context(|| format!("cannot write {}", self.file.path.display()))
     }
 
-    /// Values written so far.
-    pub fn len(&self) -> u64 {
-        self.file.len
-    }
-
-    /// Whether none was written.
-    pub fn is_empty(&self) -> bool {
-        self.file.len == 0
-    }
-
     /// Flushes and closes the file.
     pub fn finish(mut self) -> Result<ColumnFile> {
         use std::io::Write;
