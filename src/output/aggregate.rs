@@ -412,8 +412,14 @@ impl CellAggregator {
         let clock = std::time::Instant::now();
         let cells = match self.points.take() {
             Some(mut points) => {
-                let polygons =
-                    self.polygons(&mut points, &rows, nuclei, &index, &sorted, counts.as_mut())?;
+                let polygons = self.polygons_and_counts(
+                    &mut points,
+                    &rows,
+                    nuclei,
+                    &index,
+                    &sorted,
+                    counts.as_mut(),
+                )?;
                 let cells = polygons
                     .finish(index, clock.elapsed().as_secs_f64())
                     .with_context(|| self.scratch.error(&self.scratch.dir, "write"))?;
@@ -484,7 +490,7 @@ impl CellAggregator {
     /// The polygons of the output cells `index`, a file of points at a
     /// time, and their gene `counts` when wanted (`sorted[g]`: gene `g`'s
     /// column).
-    fn polygons(
+    fn polygons_and_counts(
         &self,
         points: &mut PointSpill,
         rows: &[CellRow],

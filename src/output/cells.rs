@@ -50,6 +50,14 @@ pub struct PolygonWriter {
     sources: [usize; 3],
 }
 
+/// Every polygon source.
+const SOURCES: [PolygonSource; 3] = [
+    PolygonSource::Transcripts,
+    PolygonSource::Nucleus,
+    PolygonSource::BoundingBox,
+];
+
+/// A source's byte in the polygon file and its place in the counts.
 fn source_code(source: PolygonSource) -> u8 {
     match source {
         PolygonSource::Transcripts => 0,
@@ -123,11 +131,8 @@ fn each_polygon_block(
     let mut coords = Vec::new();
     for i in 0..n {
         reader.read_exact(&mut head).with_context(cannot)?;
-        let source = match head[0] {
-            0 => PolygonSource::Transcripts,
-            1 => PolygonSource::Nucleus,
-            2 => PolygonSource::BoundingBox,
-            other => bail!("{}: polygon source {other} unknown", path.display()),
+        let Some(source) = SOURCES.into_iter().find(|&s| source_code(s) == head[0]) else {
+            bail!("{}: polygon source {} unknown", path.display(), head[0]);
         };
         let vertices = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
         coords.resize(16 * vertices, 0);
@@ -316,14 +321,10 @@ impl OutputCells {
 
     /// How many polygons came from each source, for the log.
     pub fn polygon_sources(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        [
-            PolygonSource::Transcripts,
-            PolygonSource::Nucleus,
-            PolygonSource::BoundingBox,
-        ]
-        .into_iter()
-        .map(|s| (s.as_str(), self.sources[usize::from(source_code(s))]))
-        .collect()
+        SOURCES
+            .into_iter()
+            .map(|s| (s.as_str(), self.sources[usize::from(source_code(s))]))
+            .collect()
     }
 }
 
